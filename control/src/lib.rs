@@ -1,0 +1,2 @@
+//! weft control plane.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! weft data plane.
+#![deny(unsafe_code)]
