@@ -1,0 +1,225 @@
+//! `Dataplane`: creates the TUN device and sockets, starts the pinned workers, and stops them.
+
+use crate::decap::DecapPolicy;
+use crate::net::Ipv4Net;
+use crate::route::RouteTable;
+use crate::stats::{StatsSnapshot, WorkerStats};
+use crate::tun::{self, TunConfig};
+use crate::udp::BatchSocket;
+use crate::worker::{self, Worker, WorkerSetup};
+use mio::{Poll, Waker};
+use std::io;
+use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// IPv4 + UDP header bytes the udp wire format adds to every packet (flannel's MTU rule).
+pub const UDP_OVERHEAD: u32 = 28;
+/// Default batch size (packets per recvmmsg / sendmmsg).
+pub const DEFAULT_BATCH: usize = 64;
+/// Default socket buffer size: large enough to ride out a scheduling gap at line rate.
+pub const DEFAULT_SOCKET_BUFFER: usize = 8 << 20;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct DataplaneConfig {
+    /// TUN device name.
+    pub tun_name: String,
+    /// Underlay MTU; the TUN MTU is this minus [`UDP_OVERHEAD`].
+    pub underlay_mtu: u32,
+    /// The whole overlay network (routed through the TUN device).
+    pub network: Ipv4Net,
+    /// This host's subnet (its network address is the TUN address).
+    pub local: Ipv4Net,
+    /// Underlay address and port to bind.
+    pub bind: SocketAddrV4,
+    /// Number of workers (one TUN queue and one socket each).
+    pub workers: usize,
+    /// Packets per batch, 1..=128.
+    pub batch_size: usize,
+    /// Skip the sender checks on received datagrams.
+    pub accept_any_source: bool,
+    /// Socket buffer size in bytes.
+    pub socket_buffer: usize,
+}
+
+impl DataplaneConfig {
+    /// MTU of the TUN device.
+    pub fn tun_mtu(&self) -> u32 {
+        self.underlay_mtu.saturating_sub(UDP_OVERHEAD)
+    }
+}
+
+/// A running data plane.
+#[derive(Debug)]
+pub struct Dataplane {
+    threads: Vec<JoinHandle<()>>,
+    wakers: Vec<Waker>,
+    stop: Arc<AtomicBool>,
+    stats: Vec<Arc<WorkerStats>>,
+    routes: Arc<RouteTable>,
+    pinned: bool,
+}
+
+/// Why the data plane could not start.
+#[derive(Debug)]
+pub struct StartError {
+    /// What was being done.
+    pub what: String,
+    /// The underlying error.
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.what, self.source)
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+fn ctx(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> StartError {
+    move |source| StartError {
+        what: what(),
+        source,
+    }
+}
+
+impl Dataplane {
+    /// Creates the TUN device (one queue per worker), binds one socket per worker, and starts the
+    /// workers, each pinned to its own core when the process may run on enough cores. Forwarding
+    /// follows whatever `routes` holds, now and after every `RouteTable::replace`.
+    pub fn start(cfg: &DataplaneConfig, routes: Arc<RouteTable>) -> Result<Dataplane, StartError> {
+        let workers = cfg.workers.max(1);
+        let mtu = u16::try_from(cfg.tun_mtu()).unwrap_or(u16::MAX);
+        // Read the affinity mask before any thread is pinned (core_affinity reads the caller's mask).
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let queues = tun::create(&TunConfig {
+            name: cfg.tun_name.clone(),
+            addr: cfg.local.addr(),
+            mtu,
+            route: cfg.network,
+            queues: workers,
+        })
+        .map_err(ctx(|| format!("creating TUN device {}", cfg.tun_name)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let policy = DecapPolicy {
+            local: cfg.local,
+            accept_any_source: cfg.accept_any_source,
+        };
+        let mut setups = Vec::with_capacity(workers);
+        let mut wakers = Vec::with_capacity(workers);
+        let mut stats = Vec::with_capacity(workers);
+        for (id, tun) in queues.into_iter().enumerate() {
+            let sock = BatchSocket::bind(cfg.bind, cfg.socket_buffer)
+                .map_err(ctx(|| format!("binding UDP {}", cfg.bind)))?;
+            let poll = Poll::new().map_err(ctx(|| "creating poll".to_string()))?;
+            wakers.push(worker::waker(&poll).map_err(ctx(|| "creating waker".to_string()))?);
+            let st = Arc::new(WorkerStats::default());
+            stats.push(Arc::clone(&st));
+            setups.push(WorkerSetup {
+                id,
+                tun,
+                sock,
+                routes: routes.cache(),
+                policy,
+                icmp_src: cfg.local.addr(),
+                batch_size: cfg.batch_size,
+                stats: st,
+                stop: Arc::clone(&stop),
+                poll,
+            });
+        }
+        let pinned = cores.len() >= 2 || workers == 1;
+        let mut threads = Vec::with_capacity(workers);
+        for s in setups {
+            let id = s.id;
+            let core = if pinned && !cores.is_empty() {
+                Some(cores[id % cores.len()])
+            } else {
+                None
+            };
+            let w = Worker::new(s).map_err(ctx(|| format!("registering worker {id}")))?;
+            let t = std::thread::Builder::new()
+                .name(format!("weft-worker-{id}"))
+                .spawn(move || {
+                    if let Some(c) = core {
+                        if !core_affinity::set_for_current(c) {
+                            tracing::warn!(worker = id, core = c.id, "could not pin worker to core");
+                        }
+                    }
+                    tracing::debug!(worker = id, core = ?core.map(|c| c.id), "worker started");
+                    w.run();
+                })
+                .map_err(ctx(|| format!("spawning worker {id}")))?;
+            threads.push(t);
+        }
+        Ok(Dataplane {
+            threads,
+            wakers,
+            stop,
+            stats,
+            routes,
+            pinned,
+        })
+    }
+
+    /// Counters summed over all workers.
+    pub fn stats(&self) -> StatsSnapshot {
+        StatsSnapshot::sum(self.stats.iter().map(|s| &**s))
+    }
+
+    /// The route table the workers follow.
+    pub fn routes(&self) -> &Arc<RouteTable> {
+        &self.routes
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Whether the workers were pinned to cores.
+    pub fn pinned(&self) -> bool {
+        self.pinned
+    }
+
+    /// Whether every worker thread is still running.
+    pub fn healthy(&self) -> bool {
+        self.threads.iter().all(|t| !t.is_finished())
+    }
+
+    /// Stops and joins the workers; their TUN queues close, which removes the device and its route.
+    /// Returns the final counters.
+    pub fn stop(mut self) -> StatsSnapshot {
+        self.shutdown();
+        self.stats()
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        for w in &self.wakers {
+            if let Err(e) = w.wake() {
+                tracing::warn!(error = %e, "waking a worker failed");
+            }
+        }
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a worker thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.shutdown();
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Per-worker counters, summed on demand.
+//!
+//! Each worker owns one [`WorkerStats`] on its own cache lines and is its only writer, so an update
+//! is a relaxed load and store (no locked instruction); readers sum all workers' counters.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a packet was dropped. Every drop is counted under exactly one reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    /// Datagram shorter than an IPv4 header.
+    Truncated,
+    /// Datagram is not IPv4.
+    NotIpv4,
+    /// IPv4 header length below 20 or beyond the datagram.
+    BadHeaderLen,
+    /// IPv4 total length differs from the datagram length.
+    LengthMismatch,
+    /// IPv4 header checksum wrong.
+    BadChecksum,
+    /// Inner destination outside the local subnet.
+    NotLocal,
+    /// Outer source is not the address of any peer.
+    UnknownSender,
+    /// Outer source is a peer, but not the one leasing the inner source's subnet.
+    Spoofed,
+    /// Writing the packet into the TUN device failed.
+    TunWriteFailed,
+    /// Packet read from the TUN device is not IPv4 (IPv6 neighbour discovery, say).
+    TxNotIpv4,
+    /// Packet read from the TUN device has a malformed IPv4 header.
+    TxMalformed,
+    /// No peer leases the destination's subnet (an ICMP net unreachable is sent back).
+    NoRoute,
+    /// TTL would reach zero (an ICMP time exceeded is sent back).
+    TtlExceeded,
+    /// The UDP send failed (unreachable underlay, for example).
+    SendFailed,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 14] = [
+        DropReason::Truncated,
+        DropReason::NotIpv4,
+        DropReason::BadHeaderLen,
+        DropReason::LengthMismatch,
+        DropReason::BadChecksum,
+        DropReason::NotLocal,
+        DropReason::UnknownSender,
+        DropReason::Spoofed,
+        DropReason::TunWriteFailed,
+        DropReason::TxNotIpv4,
+        DropReason::TxMalformed,
+        DropReason::NoRoute,
+        DropReason::TtlExceeded,
+        DropReason::SendFailed,
+    ];
+
+    /// Stable snake_case name used in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Truncated => "truncated",
+            DropReason::NotIpv4 => "not_ipv4",
+            DropReason::BadHeaderLen => "bad_header_len",
+            DropReason::LengthMismatch => "length_mismatch",
+            DropReason::BadChecksum => "bad_checksum",
+            DropReason::NotLocal => "not_local",
+            DropReason::UnknownSender => "unknown_sender",
+            DropReason::Spoofed => "spoofed",
+            DropReason::TunWriteFailed => "tun_write_failed",
+            DropReason::TxNotIpv4 => "tx_not_ipv4",
+            DropReason::TxMalformed => "tx_malformed",
+            DropReason::NoRoute => "no_route",
+            DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::SendFailed => "send_failed",
+        }
+    }
+}
+
+/// A counter other than a drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Counter {
+    /// Packets read from the TUN device and sent to peers.
+    TxPackets,
+    /// Bytes of those packets.
+    TxBytes,
+    /// sendmmsg calls.
+    TxBatches,
+    /// Datagrams received from peers and written to the TUN device.
+    RxPackets,
+    /// Bytes of those packets.
+    RxBytes,
+    /// recvmmsg calls that returned at least one datagram.
+    RxBatches,
+    /// Datagrams received in those calls (before decapsulation).
+    RxDatagrams,
+    /// ICMP errors written back into the TUN device.
+    IcmpSent,
+    /// ICMP errors suppressed by the rate limit.
+    IcmpRateLimited,
+}
+
+const NAMED: usize = 9;
+const COUNTERS: usize = NAMED + DropReason::ALL.len();
+
+impl Counter {
+    /// Every counter, in order.
+    pub const ALL: [Counter; NAMED] = [
+        Counter::TxPackets,
+        Counter::TxBytes,
+        Counter::TxBatches,
+        Counter::RxPackets,
+        Counter::RxBytes,
+        Counter::RxBatches,
+        Counter::RxDatagrams,
+        Counter::IcmpSent,
+        Counter::IcmpRateLimited,
+    ];
+
+    /// Stable snake_case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::TxPackets => "tx_packets",
+            Counter::TxBytes => "tx_bytes",
+            Counter::TxBatches => "tx_batches",
+            Counter::RxPackets => "rx_packets",
+            Counter::RxBytes => "rx_bytes",
+            Counter::RxBatches => "rx_batches",
+            Counter::RxDatagrams => "rx_datagrams",
+            Counter::IcmpSent => "icmp_sent",
+            Counter::IcmpRateLimited => "icmp_rate_limited",
+        }
+    }
+}
+
+/// One worker's counters, aligned so that two workers never share a cache line.
+#[derive(Debug)]
+#[repr(align(128))]
+pub struct WorkerStats {
+    values: [AtomicU64; COUNTERS],
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        WorkerStats {
+            values: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl WorkerStats {
+    /// Adds `n` to `c`. Only the owning worker may call this (single writer).
+    #[inline]
+    pub fn add(&self, c: Counter, n: u64) {
+        self.bump(c as usize, n);
+    }
+
+    /// Counts `n` drops for `reason`. Only the owning worker may call this.
+    #[inline]
+    pub fn drop_packets(&self, reason: DropReason, n: u64) {
+        self.bump(NAMED + reason as usize, n);
+    }
+
+    #[inline]
+    fn bump(&self, i: usize, n: u64) {
+        let v = &self.values[i];
+        v.store(v.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    fn value(&self, i: usize) -> u64 {
+        self.values[i].load(Ordering::Relaxed)
+    }
+}
+
+/// Counters summed over workers at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    values: Vec<u64>,
+}
+
+impl StatsSnapshot {
+    /// Sums the counters of `workers`.
+    pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerStats>) -> StatsSnapshot {
+        let mut values = vec![0u64; COUNTERS];
+        for w in workers {
+            for (i, v) in values.iter_mut().enumerate() {
+                *v = v.wrapping_add(w.value(i));
+            }
+        }
+        StatsSnapshot { values }
+    }
+
+    /// Value of counter `c`.
+    pub fn get(&self, c: Counter) -> u64 {
+        self.values.get(c as usize).copied().unwrap_or(0)
+    }
+
+    /// Drops counted for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.values.get(NAMED + reason as usize).copied().unwrap_or(0)
+    }
+
+    /// All drops.
+    pub fn dropped_total(&self) -> u64 {
+        DropReason::ALL.iter().map(|r| self.dropped(*r)).sum()
+    }
+
+    /// Mean packets per sendmmsg call.
+    pub fn mean_tx_batch(&self) -> f64 {
+        ratio(self.get(Counter::TxPackets), self.get(Counter::TxBatches))
+    }
+
+    /// Mean datagrams per recvmmsg call.
+    pub fn mean_rx_batch(&self) -> f64 {
+        ratio(self.get(Counter::RxDatagrams), self.get(Counter::RxBatches))
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+impl fmt::Display for StatsSnapshot {
+    /// One line of `key=value` pairs: every counter, the mean batch sizes, then every non-zero drop
+    /// reason as `drop_<reason>=n`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in Counter::ALL {
+            write!(f, "{}={} ", c.name(), self.get(c))?;
+        }
+        write!(
+            f,
+            "mean_tx_batch={:.1} mean_rx_batch={:.1} dropped={}",
+            self.mean_tx_batch(),
+            self.mean_rx_batch(),
+            self.dropped_total()
+        )?;
+        for r in DropReason::ALL {
+            let n = self.dropped(r);
+            if n > 0 {
+                write!(f, " drop_{}={n}", r.name())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_workers_and_formats() {
+        let a = WorkerStats::default();
+        let b = WorkerStats::default();
+        a.add(Counter::TxPackets, 10);
+        a.add(Counter::TxBatches, 2);
+        b.add(Counter::TxPackets, 6);
+        b.add(Counter::TxBatches, 2);
+        b.drop_packets(DropReason::Spoofed, 3);
+        a.drop_packets(DropReason::SendFailed, 1);
+        let s = StatsSnapshot::sum([&a, &b]);
+        assert_eq!(s.get(Counter::TxPackets), 16);
+        assert_eq!(s.dropped(DropReason::Spoofed), 3);
+        assert_eq!(s.dropped_total(), 4);
+        assert_eq!(s.mean_tx_batch(), 4.0);
+        let line = s.to_string();
+        assert!(line.contains("tx_packets=16 "), "{line}");
+        assert!(line.contains("drop_spoofed=3"), "{line}");
+        assert!(line.contains("drop_send_failed=1"), "{line}");
+        assert!(!line.contains("drop_truncated"), "{line}");
+        assert!(std::mem::align_of::<WorkerStats>() >= 64);
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<&str> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        names.extend(Counter::ALL.iter().map(|c| c.name()));
+        let n = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), n);
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+    }
+}

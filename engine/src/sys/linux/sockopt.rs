@@ -1,0 +1,33 @@
+//! Socket options socket2 does not offer.
+
+use std::io;
+use std::mem;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+fn set_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: `value` is a live c_int and the length passed is its size; the fd is borrowed, so open.
+    syscall!(setsockopt(
+        fd.as_raw_fd(),
+        level,
+        name,
+        (&value as *const libc::c_int).cast(),
+        mem::size_of::<libc::c_int>() as libc::socklen_t,
+    ))
+    .map(drop)
+}
+
+/// Sets the receive and send buffers to `bytes`, past `net.core.{r,w}mem_max` when the process has
+/// CAP_NET_ADMIN (SO_RCVBUFFORCE); without it, falls back to the capped SO_RCVBUF/SO_SNDBUF.
+/// The default 208 KiB receive buffer is where flannel's proxy loses most packets under load.
+pub(crate) fn set_buffer_sizes(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if set_int(fd, libc::SOL_SOCKET, force, v).is_err() {
+            set_int(fd, libc::SOL_SOCKET, plain, v)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,358 @@
+//! One worker: a thread pinned to a core that owns one TUN queue and one UDP socket and moves
+//! packets both ways in batches.
+//!
+//! ```text
+//!   TUN queue ──read×n──▶ encapsulate ──▶ one sendmmsg ──▶ peers
+//!   TUN queue ◀─write×n── decapsulate ◀── one recvmmsg ◀── peers
+//! ```
+//!
+//! Each wakeup moves at most one batch per direction, then checks the other direction, so neither
+//! starves the other; while a direction filled its batch the worker loops without waiting in poll.
+//! Nothing on this path allocates, locks or makes a system call per packet beyond the TUN read and
+//! write themselves (without TUN offloads the kernel offers no batched TUN I/O).
+
+use crate::batch::{Meta, PacketBatch, HEADROOM, SLOT_LEN};
+use crate::decap::{decapsulate, DecapPolicy, Verdict};
+use crate::encap::{encapsulate, Encap};
+use crate::route::RouteCache;
+use crate::stats::{Counter, DropReason, WorkerStats};
+use crate::tun::TunQueue;
+use crate::udp::{BatchSocket, RecvMeta, MAX_BATCH};
+use crate::wire::icmp;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TUN: Token = Token(0);
+const UDP: Token = Token(1);
+/// Token of the waker that asks the worker to stop.
+pub(crate) const WAKE: Token = Token(2);
+
+/// ICMP errors a worker may originate per second (and its burst).
+const ICMP_PER_SEC: u32 = 100;
+/// Least time between two log lines about the same kind of I/O error.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Token bucket for ICMP errors (RFC 1812 §4.3.2.8: rate-limit them).
+#[derive(Debug)]
+struct IcmpLimiter {
+    tokens: u32,
+    refilled: Instant,
+}
+
+impl IcmpLimiter {
+    fn new() -> Self {
+        IcmpLimiter {
+            tokens: ICMP_PER_SEC,
+            refilled: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        if self.tokens == 0 {
+            let now = Instant::now();
+            let elapsed = now.duration_since(self.refilled);
+            let add = (elapsed.as_millis() as u64 * u64::from(ICMP_PER_SEC) / 1000) as u32;
+            if add > 0 {
+                self.tokens = add.min(ICMP_PER_SEC);
+                self.refilled = now;
+            }
+        }
+        if self.tokens > 0 {
+            self.tokens -= 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Logs an I/O error at most once per interval, with the number suppressed meanwhile.
+#[derive(Debug)]
+struct ErrorLog {
+    what: &'static str,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl ErrorLog {
+    fn new(what: &'static str) -> Self {
+        ErrorLog {
+            what,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    #[cold]
+    fn report(&mut self, worker: usize, e: &io::Error) {
+        let now = Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) < ERROR_LOG_INTERVAL) {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(worker, error = %e, suppressed = self.suppressed, "{}", self.what);
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+/// Everything a worker needs; moved into its thread.
+#[derive(Debug)]
+pub(crate) struct WorkerSetup {
+    pub(crate) id: usize,
+    pub(crate) tun: TunQueue,
+    pub(crate) sock: BatchSocket,
+    pub(crate) routes: RouteCache,
+    pub(crate) policy: DecapPolicy,
+    pub(crate) icmp_src: Ipv4Addr,
+    pub(crate) batch_size: usize,
+    pub(crate) stats: Arc<WorkerStats>,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) poll: Poll,
+}
+
+pub(crate) struct Worker {
+    s: WorkerSetup,
+    tx: PacketBatch,
+    rx: PacketBatch,
+    rx_meta: Box<[RecvMeta]>,
+    icmp: IcmpLimiter,
+    icmp_buf: [u8; icmp::MAX_ERROR_LEN],
+    send_errors: ErrorLog,
+    tun_read_errors: ErrorLog,
+    tun_write_errors: ErrorLog,
+    recv_errors: ErrorLog,
+}
+
+impl Worker {
+    /// Registers the TUN queue and socket with the worker's poll and allocates its buffers.
+    pub(crate) fn new(s: WorkerSetup) -> io::Result<Worker> {
+        let tun_fd = s.tun.as_raw_fd();
+        let udp_fd = s.sock.as_raw_fd();
+        s.poll
+            .registry()
+            .register(&mut SourceFd(&tun_fd), TUN, Interest::READABLE)?;
+        s.poll
+            .registry()
+            .register(&mut SourceFd(&udp_fd), UDP, Interest::READABLE)?;
+        let batch = s.batch_size.clamp(1, MAX_BATCH);
+        Ok(Worker {
+            tx: PacketBatch::new(batch),
+            rx: PacketBatch::new(batch),
+            rx_meta: vec![RecvMeta::default(); batch].into_boxed_slice(),
+            icmp: IcmpLimiter::new(),
+            icmp_buf: [0; icmp::MAX_ERROR_LEN],
+            send_errors: ErrorLog::new("UDP send failed"),
+            tun_read_errors: ErrorLog::new("TUN read failed"),
+            tun_write_errors: ErrorLog::new("TUN write failed"),
+            recv_errors: ErrorLog::new("UDP receive failed"),
+            s: WorkerSetup {
+                batch_size: batch,
+                ..s
+            },
+        })
+    }
+
+    /// Runs until the stop flag is set.
+    pub(crate) fn run(mut self) {
+        let mut events = Events::with_capacity(8);
+        // Edge-triggered readiness: a source is ready until a read on it comes back short.
+        let mut tun_ready = true;
+        let mut udp_ready = true;
+        loop {
+            if self.s.stop.load(Ordering::Acquire) {
+                break;
+            }
+            if !tun_ready && !udp_ready {
+                match self.s.poll.poll(&mut events, None) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::error!(worker = self.s.id, error = %e, "poll failed; worker stops");
+                        break;
+                    }
+                }
+                for ev in events.iter() {
+                    match ev.token() {
+                        TUN => tun_ready = true,
+                        UDP => udp_ready = true,
+                        _ => {}
+                    }
+                }
+                continue;
+            }
+            if tun_ready {
+                tun_ready = self.tun_to_udp();
+            }
+            if udp_ready {
+                udp_ready = self.udp_to_tun();
+            }
+        }
+    }
+
+    /// Reads up to one batch from the TUN queue, encapsulates and sends it. Returns whether the TUN
+    /// queue may hold more (the batch filled up).
+    fn tun_to_udp(&mut self) -> bool {
+        let routes = Arc::clone(self.s.routes.load());
+        let mut queued = 0;
+        let mut reads = 0;
+        let mut more = true;
+        while reads < self.s.batch_size {
+            let area = self.tx.packet_area_mut(queued);
+            let len = match self.s.tun.read(area) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    more = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.tun_read_errors.report(self.s.id, &e);
+                    more = false;
+                    break;
+                }
+            };
+            reads += 1;
+            match encapsulate(&mut area[..len], &routes) {
+                Encap::Forward(peer) => {
+                    self.tx.set_meta(queued, Meta { len, addr: peer });
+                    queued += 1;
+                }
+                Encap::Drop { reason, reply } => {
+                    self.s.stats.drop_packets(reason, 1);
+                    if let Some(kind) = reply {
+                        self.reply_icmp(kind, queued, len);
+                    }
+                }
+            }
+        }
+        self.send_queued(queued);
+        more
+    }
+
+    /// Writes an ICMP error about the packet in tx slot `slot` back into the TUN device.
+    #[cold]
+    fn reply_icmp(&mut self, kind: icmp::ErrorKind, slot: usize, len: usize) {
+        if !self.icmp.allow() {
+            self.s.stats.add(Counter::IcmpRateLimited, 1);
+            return;
+        }
+        let offending = &self.tx.packet_area_mut(slot)[..len];
+        let n = icmp::emit_error(&mut self.icmp_buf, kind, self.s.icmp_src, offending);
+        match self.s.tun.write(&self.icmp_buf[..n]) {
+            Ok(_) => self.s.stats.add(Counter::IcmpSent, 1),
+            Err(e) => {
+                self.s.stats.drop_packets(DropReason::TunWriteFailed, 1);
+                self.tun_write_errors.report(self.s.id, &e);
+            }
+        }
+    }
+
+    /// Sends tx slots `0..count`, one sendmmsg per call until all went or failed.
+    fn send_queued(&mut self, count: usize) {
+        let mut sent = 0;
+        while sent < count {
+            let tx = &self.tx;
+            let base = sent;
+            match self.s.sock.send_batch(count - sent, |i| {
+                let m = tx.meta(base + i);
+                (tx.packet(base + i), m.addr)
+            }) {
+                Ok(0) => {
+                    // Should not happen for UDP; never spin on it.
+                    self.s.stats.drop_packets(DropReason::SendFailed, (count - sent) as u64);
+                    break;
+                }
+                Ok(n) => {
+                    let bytes: usize = (base..base + n).map(|i| tx.meta(i).len).sum();
+                    self.s.stats.add(Counter::TxBatches, 1);
+                    self.s.stats.add(Counter::TxPackets, n as u64);
+                    self.s.stats.add(Counter::TxBytes, bytes as u64);
+                    sent += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // The first datagram of this call failed (no route on the underlay, firewall):
+                    // count it and go on with the rest.
+                    self.s.stats.drop_packets(DropReason::SendFailed, 1);
+                    self.send_errors.report(self.s.id, &e);
+                    sent += 1;
+                }
+            }
+        }
+    }
+
+    /// Receives one batch from the socket, decapsulates and writes it to the TUN queue. Returns
+    /// whether the socket may hold more (the batch filled up).
+    fn udp_to_tun(&mut self) -> bool {
+        let want = self.s.batch_size;
+        let n = match self.s.sock.recv_batch(
+            self.rx.slots_mut(),
+            SLOT_LEN,
+            HEADROOM,
+            &mut self.rx_meta[..want],
+        ) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
+            Err(e) => {
+                self.recv_errors.report(self.s.id, &e);
+                return false;
+            }
+        };
+        self.s.stats.add(Counter::RxBatches, 1);
+        self.s.stats.add(Counter::RxDatagrams, n as u64);
+        let routes = Arc::clone(self.s.routes.load());
+        let mut delivered = 0u64;
+        let mut bytes = 0u64;
+        for i in 0..n {
+            let m = self.rx_meta[i];
+            if m.truncated {
+                // Cannot happen with 64 KiB slots; counted rather than assumed.
+                self.s.stats.drop_packets(DropReason::LengthMismatch, 1);
+                continue;
+            }
+            self.rx.set_meta(i, Meta { len: m.len, addr: m.src });
+            let datagram = self.rx.packet(i);
+            match decapsulate(*m.src.ip(), datagram, &routes, &self.s.policy) {
+                Verdict::Deliver(range) => match self.s.tun.write(&datagram[range]) {
+                    Ok(w) => {
+                        delivered += 1;
+                        bytes += w as u64;
+                    }
+                    Err(e) => {
+                        self.s.stats.drop_packets(DropReason::TunWriteFailed, 1);
+                        self.tun_write_errors.report(self.s.id, &e);
+                    }
+                },
+                Verdict::Drop(reason) => self.s.stats.drop_packets(reason, 1),
+            }
+        }
+        self.s.stats.add(Counter::RxPackets, delivered);
+        self.s.stats.add(Counter::RxBytes, bytes);
+        n == want
+    }
+}
+
+/// Wakes a worker out of poll.
+pub(crate) fn waker(poll: &Poll) -> io::Result<Waker> {
+    Waker::new(poll.registry(), WAKE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn icmp_limiter_caps_bursts() {
+        let mut l = IcmpLimiter::new();
+        let allowed = (0..1000).filter(|_| l.allow()).count();
+        assert!(allowed >= ICMP_PER_SEC as usize && allowed <= ICMP_PER_SEC as usize + 5, "{allowed}");
+    }
+}
