@@ -1,0 +1,694 @@
+//! The network config stored at `<prefix>/config`, parsed and validated exactly as flannel's
+//! `ParseConfig` + `CheckNetworkConfig` do (flannel-compat §1).
+//!
+//! * Keys match case-insensitively, the last duplicate wins and unknown keys are ignored (Go
+//!   `encoding/json`).
+//! * `null` leaves a plain field (`SubnetLen`, `EnableIPv4`, ...) at its default, but is an error
+//!   for the address fields (`Network`, `SubnetMin`, `SubnetMax`), as flannel's custom
+//!   unmarshallers reject it.
+//! * Defaults and error messages follow §1.3; each error names the key and its value and ends with
+//!   flannel's message.
+//! * No `Backend` means udp; weft implements only udp, so any other type is refused by name.
+//! * IPv6 (`EnableIPv6: true`) and IPv4 disabled are refused: weft is IPv4-only for now.
+
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use serde_json::Value;
+
+use crate::error::Error;
+use crate::gojson::GoObject;
+use crate::subnet::Ipv4Net;
+
+/// Default UDP port of flannel's udp backend.
+pub const UDP_DEFAULT_PORT: u16 = 8285;
+
+/// The backend section of the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// flannel's udp backend: the UDP payload is the bare inner IPv4 packet.
+    Udp {
+        /// UDP port every node listens on and sends to (`Port`, default 8285).
+        port: u16,
+    },
+}
+
+/// A validated network config with every default filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// The overlay network (`Network`, host bits masked off).
+    pub network: Ipv4Net,
+    /// Prefix length of each host's subnet (`SubnetLen`, defaulted).
+    pub subnet_len: u8,
+    /// First subnet that may be leased (`SubnetMin`, defaulted).
+    pub subnet_min: Ipv4Addr,
+    /// Last subnet that may be leased (`SubnetMax`, defaulted).
+    pub subnet_max: Ipv4Addr,
+    /// `EnableNFTables` (informational for the daemon).
+    pub enable_nftables: bool,
+    /// The backend.
+    pub backend: Backend,
+}
+
+fn cfg_err(key: &'static str, value: impl Into<String>, reason: impl Into<String>) -> Error {
+    Error::Config {
+        key,
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Go `bool` field: null keeps the default, anything but true/false is a type error.
+fn get_bool(obj: &GoObject<Value>, key: &'static str, default: bool) -> Result<bool, Error> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(cfg_err(key, v.to_string(), "expected a boolean")),
+    }
+}
+
+/// Go `uint` field: null keeps 0; only non-negative integers without fraction or exponent.
+fn get_uint(obj: &GoObject<Value>, key: &'static str) -> Result<u64, Error> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .ok_or_else(|| cfg_err(key, n.to_string(), "expected an unsigned integer")),
+        Some(v) => Err(cfg_err(key, v.to_string(), "expected an unsigned integer")),
+    }
+}
+
+/// flannel's `ip.IP4` field: absent means 0.0.0.0; present must be a string holding an IPv4
+/// address (null is an error, as `IP4.UnmarshalJSON("null")` fails).
+fn get_ip4(obj: &GoObject<Value>, key: &'static str) -> Result<Option<Ipv4Addr>, Error> {
+    match obj.get(key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ipv4Addr::from_str(s)
+            .map(Some)
+            .map_err(|_| cfg_err(key, s.clone(), "invalid IPv4 address")),
+        Some(v) => Err(cfg_err(key, v.to_string(), "invalid IPv4 address")),
+    }
+}
+
+impl NetworkConfig {
+    /// Parses and validates a config JSON text (never panics on any input).
+    pub fn parse(text: &str) -> Result<NetworkConfig, Error> {
+        let obj: GoObject<Value> = serde_json::from_str(text).map_err(|e| Error::ConfigSyntax {
+            reason: e.to_string(),
+        })?;
+
+        let enable_ipv4 = get_bool(&obj, "EnableIPv4", true)?;
+        let enable_ipv6 = get_bool(&obj, "EnableIPv6", false)?;
+        let enable_nftables = get_bool(&obj, "EnableNFTables", false)?;
+
+        // Network: flannel's IP4Net unmarshaller (ParseCIDR, host bits masked, IPv4 only).
+        let network = match obj.get("Network") {
+            None => None,
+            Some(Value::String(s)) => Some(
+                Ipv4Net::from_str(s)
+                    .map_err(|_| cfg_err("Network", s.clone(), "invalid IPv4 CIDR format"))?,
+            ),
+            Some(v) => {
+                return Err(cfg_err(
+                    "Network",
+                    v.to_string(),
+                    "invalid IPv4 CIDR format",
+                ))
+            }
+        };
+        let subnet_len = get_uint(&obj, "SubnetLen")?;
+        let subnet_min = get_ip4(&obj, "SubnetMin")?;
+        let subnet_max = get_ip4(&obj, "SubnetMax")?;
+        // Checked for type like flannel's decoder does, even though weft does not use them.
+        get_uint(&obj, "IPv6SubnetLen")?;
+        if let Some(v) = obj.get("IPv6Network") {
+            let ok = matches!(v, Value::String(s) if s.split_once('/').is_some_and(|(a, l)| {
+                std::net::Ipv6Addr::from_str(a).is_ok() && l.parse::<u8>().is_ok_and(|l| l <= 128)
+            }));
+            if !ok {
+                return Err(cfg_err(
+                    "IPv6Network",
+                    v.to_string(),
+                    "invalid IPv6 CIDR format",
+                ));
+            }
+        }
+
+        let backend = parse_backend(obj.get("Backend"))?;
+
+        if enable_ipv6 {
+            return Err(cfg_err(
+                "EnableIPv6",
+                "true",
+                "IPv6 overlay networks are not supported by weft yet",
+            ));
+        }
+        if !enable_ipv4 {
+            return Err(cfg_err(
+                "EnableIPv4",
+                "false",
+                "weft needs an IPv4 overlay network (EnableIPv4 must be true)",
+            ));
+        }
+
+        // --- CheckNetworkConfig, IPv4 part ---
+        let network = match network {
+            Some(n) if !(n.addr() == Ipv4Addr::UNSPECIFIED && n.prefix_len() == 0) => n,
+            other => {
+                return Err(cfg_err(
+                    "Network",
+                    other.map(|n| n.to_string()).unwrap_or_default(),
+                    "please define a correct Network parameter in the flannel config",
+                ))
+            }
+        };
+        let plen = u64::from(network.prefix_len());
+        let subnet_len: u8 = if subnet_len > 0 {
+            if subnet_len > 30 {
+                return Err(cfg_err(
+                    "SubnetLen",
+                    subnet_len.to_string(),
+                    "SubnetLen must be less than /31",
+                ));
+            }
+            if subnet_len < plen + 2 {
+                return Err(cfg_err(
+                    "SubnetLen",
+                    subnet_len.to_string(),
+                    format!(
+                        "network must be able to accommodate at least four subnets (Network {network})"
+                    ),
+                ));
+            }
+            // ≤ 30 checked above.
+            u8::try_from(subnet_len).unwrap_or(30)
+        } else if plen > 28 {
+            return Err(cfg_err(
+                "Network",
+                network.to_string(),
+                "network is too small. Minimum useful network prefix is /28",
+            ));
+        } else if plen <= 22 {
+            24
+        } else {
+            network.prefix_len() + 2
+        };
+
+        // Go uint32 arithmetic (ip.IP4), so wrapping.
+        let subnet_size = 1u32 << (32 - u32::from(subnet_len));
+        let subnet_min = match subnet_min {
+            None | Some(Ipv4Addr::UNSPECIFIED) => network.nth(subnet_size),
+            Some(ip) if !network.contains(ip) => {
+                return Err(cfg_err(
+                    "SubnetMin",
+                    ip.to_string(),
+                    "SubnetMin is not in the range of the Network",
+                ))
+            }
+            Some(ip) => ip,
+        };
+        let subnet_max = match subnet_max {
+            None | Some(Ipv4Addr::UNSPECIFIED) => {
+                // Network.Next().IP - subnetSize
+                let next = u32::from(network.addr()).wrapping_add(network.size() as u32);
+                Ipv4Addr::from(next.wrapping_sub(subnet_size))
+            }
+            Some(ip) if !network.contains(ip) => {
+                return Err(cfg_err(
+                    "SubnetMax",
+                    ip.to_string(),
+                    "SubnetMax is not in the range of the Network",
+                ))
+            }
+            Some(ip) => ip,
+        };
+        let mask = u32::MAX << (32 - u32::from(subnet_len));
+        if u32::from(subnet_min) & mask != u32::from(subnet_min) {
+            return Err(cfg_err(
+                "SubnetMin",
+                subnet_min.to_string(),
+                format!("SubnetMin is not on a SubnetLen boundary: {subnet_min}"),
+            ));
+        }
+        if u32::from(subnet_max) & mask != u32::from(subnet_max) {
+            return Err(cfg_err(
+                "SubnetMax",
+                subnet_max.to_string(),
+                format!("SubnetMax is not on a SubnetLen boundary: {subnet_max}"),
+            ));
+        }
+
+        Ok(NetworkConfig {
+            network,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+            enable_nftables,
+            backend,
+        })
+    }
+
+    /// Whether `subnet` may be used under this config (flannel's `isSubnetConfigCompat`):
+    /// SubnetMin ≤ addr ≤ SubnetMax and the prefix length equals SubnetLen.
+    pub fn is_compatible(&self, subnet: &Ipv4Net) -> bool {
+        subnet.addr() >= self.subnet_min
+            && subnet.addr() <= self.subnet_max
+            && subnet.prefix_len() == self.subnet_len
+    }
+
+    /// The udp port (every backend weft has is udp).
+    pub fn udp_port(&self) -> u16 {
+        match self.backend {
+            Backend::Udp { port } => port,
+        }
+    }
+}
+
+/// flannel's `parseBackendType` + the udp backend's own config decoding.
+fn parse_backend(v: Option<&Value>) -> Result<Backend, Error> {
+    let obj = match v {
+        None => {
+            return Ok(Backend::Udp {
+                port: UDP_DEFAULT_PORT,
+            })
+        }
+        // `"Backend": null` decodes to Type "" in flannel → unknown backend type.
+        Some(Value::Null) => GoObject(Vec::new()),
+        Some(v @ Value::Object(_)) => serde_json::from_value::<GoObject<Value>>(v.clone())
+            .map_err(|e| {
+                cfg_err(
+                    "Backend",
+                    v.to_string(),
+                    format!("error decoding Backend property of config: {e}"),
+                )
+            })?,
+        Some(v) => {
+            return Err(cfg_err(
+                "Backend",
+                v.to_string(),
+                "error decoding Backend property of config: expected a JSON object",
+            ))
+        }
+    };
+    let backend_type = match obj.get("Type") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => {
+            return Err(cfg_err(
+                "Backend.Type",
+                v.to_string(),
+                "error decoding Backend property of config: expected a string",
+            ))
+        }
+    };
+    // flannel lower-cases the type before looking it up.
+    match backend_type.to_ascii_lowercase().as_str() {
+        "udp" => {
+            let port = match obj.get("Port") {
+                None | Some(Value::Null) => UDP_DEFAULT_PORT,
+                Some(Value::Number(n)) => n
+                    .as_u64()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| {
+                        cfg_err(
+                            "Backend.Port",
+                            n.to_string(),
+                            "expected a UDP port 1..65535",
+                        )
+                    })?,
+                Some(v) => {
+                    return Err(cfg_err(
+                        "Backend.Port",
+                        v.to_string(),
+                        "error decoding UDP backend config: expected an integer",
+                    ))
+                }
+            };
+            Ok(Backend::Udp { port })
+        }
+        _ => Err(Error::UnsupportedBackend { backend_type }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(text: &str) -> NetworkConfig {
+        match NetworkConfig::parse(text) {
+            Ok(c) => c,
+            Err(e) => panic!("{text}: unexpected error {e}"),
+        }
+    }
+
+    /// Asserts the error names `key`, `value` and contains flannel's `msg`.
+    fn err(text: &str, key: &str, value: &str, msg: &str) {
+        match NetworkConfig::parse(text) {
+            Ok(c) => panic!("{text}: expected error, got {c:?}"),
+            Err(e) => {
+                let s = e.to_string();
+                assert!(s.contains(msg), "{text}: {s:?} lacks {msg:?}");
+                assert!(
+                    s.contains(&format!("{key}={value}")),
+                    "{text}: {s:?} lacks {key}={value}"
+                );
+                assert!(!e.is_retryable());
+            }
+        }
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().expect("test literal")
+    }
+
+    #[test]
+    fn docs_example() {
+        let c = ok(
+            r#"{"Network":"10.0.0.0/8","SubnetLen":20,"SubnetMin":"10.10.0.0","SubnetMax":"10.99.0.0","Backend":{"Type":"udp","Port":7890}}"#,
+        );
+        assert_eq!(c.network.to_string(), "10.0.0.0/8");
+        assert_eq!(c.subnet_len, 20);
+        assert_eq!(c.subnet_min, ip("10.10.0.0"));
+        assert_eq!(c.subnet_max, ip("10.99.0.0"));
+        assert_eq!(c.backend, Backend::Udp { port: 7890 });
+    }
+
+    #[test]
+    fn defaults() {
+        // /16 → SubnetLen 24, Min = second subnet, Max = last subnet, udp 8285.
+        let c = ok(r#"{"Network":"10.1.0.0/16"}"#);
+        assert_eq!(
+            (c.subnet_len, c.subnet_min, c.subnet_max),
+            (24, ip("10.1.1.0"), ip("10.1.255.0"))
+        );
+        assert_eq!(c.backend, Backend::Udp { port: 8285 });
+        assert!(!c.enable_nftables);
+        // /22 → 24 (boundary of "PrefixLen <= 22")
+        assert_eq!(ok(r#"{"Network":"10.1.0.0/22"}"#).subnet_len, 24);
+        // /23 → 25
+        let c = ok(r#"{"Network":"10.1.0.0/23"}"#);
+        assert_eq!(
+            (c.subnet_len, c.subnet_min, c.subnet_max),
+            (25, ip("10.1.0.128"), ip("10.1.1.128"))
+        );
+        // /28 → 30
+        let c = ok(r#"{"Network":"10.1.0.0/28"}"#);
+        assert_eq!(
+            (c.subnet_len, c.subnet_min, c.subnet_max),
+            (30, ip("10.1.0.4"), ip("10.1.0.12"))
+        );
+        // /29 → too small
+        err(
+            r#"{"Network":"10.1.0.0/29"}"#,
+            "Network",
+            "10.1.0.0/29",
+            "network is too small. Minimum useful network prefix is /28",
+        );
+        // Big network: /1 wraps like Go's uint32 and still gives the last subnet.
+        let c = ok(r#"{"Network":"128.0.0.0/1"}"#);
+        assert_eq!(c.subnet_max, ip("255.255.255.0"));
+        // Explicit 0.0.0.0 for Min/Max means "unset" in flannel.
+        let c = ok(r#"{"Network":"10.1.0.0/16","SubnetMin":"0.0.0.0","SubnetMax":"0.0.0.0"}"#);
+        assert_eq!(
+            (c.subnet_min, c.subnet_max),
+            (ip("10.1.1.0"), ip("10.1.255.0"))
+        );
+        // Explicit SubnetLen 0 = unset; null = unset.
+        assert_eq!(
+            ok(r#"{"Network":"10.1.0.0/16","SubnetLen":0}"#).subnet_len,
+            24
+        );
+        assert_eq!(
+            ok(r#"{"Network":"10.1.0.0/16","SubnetLen":null}"#).subnet_len,
+            24
+        );
+        assert!(ok(r#"{"Network":"10.1.0.0/16","EnableNFTables":true}"#).enable_nftables);
+    }
+
+    #[test]
+    fn case_insensitive_unknown_and_masking() {
+        let c = ok(
+            r#"{"network":"10.1.2.3/16","SUBNETLEN":26,"subnetmin":"10.1.15.0","sUbNeTmAx":"10.1.20.0","backend":{"type":"UDP","port":9000},"Whatever":[1,{"x":2}]}"#,
+        );
+        assert_eq!(c.network.to_string(), "10.1.0.0/16");
+        assert_eq!(c.subnet_len, 26);
+        assert_eq!(
+            (c.subnet_min, c.subnet_max),
+            (ip("10.1.15.0"), ip("10.1.20.0"))
+        );
+        assert_eq!(c.backend, Backend::Udp { port: 9000 });
+        // Last duplicate (in any case) wins, as in Go.
+        assert_eq!(
+            ok(r#"{"Network":"10.2.0.0/16","network":"10.3.0.0/16"}"#)
+                .network
+                .to_string(),
+            "10.3.0.0/16"
+        );
+        // Issue #3's config.
+        let c = ok(
+            r#"{"Network": "10.1.0.0/16", "SubnetLen": 24, "SubnetMin": "10.1.15.0", "SubnetMax": "10.1.20.0", "Backend": {"Type": "udp"}}"#,
+        );
+        assert_eq!(
+            (c.subnet_min, c.subnet_max, c.udp_port()),
+            (ip("10.1.15.0"), ip("10.1.20.0"), 8285)
+        );
+    }
+
+    #[test]
+    fn every_flannel_error() {
+        err(
+            r#"{}"#,
+            "Network",
+            "",
+            "please define a correct Network parameter in the flannel config",
+        );
+        err(
+            r#"{"Network":"0.0.0.0/0"}"#,
+            "Network",
+            "0.0.0.0/0",
+            "please define a correct Network parameter in the flannel config",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","SubnetLen":31}"#,
+            "SubnetLen",
+            "31",
+            "SubnetLen must be less than /31",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","SubnetLen":4000000000000}"#,
+            "SubnetLen",
+            "4000000000000",
+            "SubnetLen must be less than /31",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","SubnetLen":17}"#,
+            "SubnetLen",
+            "17",
+            "network must be able to accommodate at least four subnets",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","SubnetLen":8}"#,
+            "SubnetLen",
+            "8",
+            "network must be able to accommodate at least four subnets",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/30"}"#,
+            "Network",
+            "10.1.0.0/30",
+            "network is too small. Minimum useful network prefix is /28",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","SubnetMin":"10.2.0.0"}"#,
+            "SubnetMin",
+            "10.2.0.0",
+            "SubnetMin is not in the range of the Network",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","SubnetMax":"10.2.0.0"}"#,
+            "SubnetMax",
+            "10.2.0.0",
+            "SubnetMax is not in the range of the Network",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.0.5"}"#,
+            "SubnetMin",
+            "10.1.0.5",
+            "SubnetMin is not on a SubnetLen boundary: 10.1.0.5",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","SubnetMax":"10.1.9.128"}"#,
+            "SubnetMax",
+            "10.1.9.128",
+            "SubnetMax is not on a SubnetLen boundary: 10.1.9.128",
+        );
+        err(
+            r#"{"Network":"fc00::/8"}"#,
+            "Network",
+            "fc00::/8",
+            "invalid IPv4 CIDR format",
+        );
+        err(
+            r#"{"Network":""}"#,
+            "Network",
+            "",
+            "invalid IPv4 CIDR format",
+        );
+        err(
+            r#"{"Network":null}"#,
+            "Network",
+            "null",
+            "invalid IPv4 CIDR format",
+        );
+        err(
+            r#"{"Network":10}"#,
+            "Network",
+            "10",
+            "invalid IPv4 CIDR format",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.300.0"}"#,
+            "SubnetMin",
+            "10.1.300.0",
+            "invalid IPv4 address",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","SubnetMax":null}"#,
+            "SubnetMax",
+            "null",
+            "invalid IPv4 address",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","SubnetLen":"24"}"#,
+            "SubnetLen",
+            "\"24\"",
+            "expected an unsigned integer",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","SubnetLen":-1}"#,
+            "SubnetLen",
+            "-1",
+            "expected an unsigned integer",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","SubnetLen":24.0}"#,
+            "SubnetLen",
+            "24.0",
+            "expected an unsigned integer",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","EnableIPv4":"yes"}"#,
+            "EnableIPv4",
+            "\"yes\"",
+            "expected a boolean",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#,
+            "EnableIPv6",
+            "true",
+            "not supported by weft",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","EnableIPv4":false}"#,
+            "EnableIPv4",
+            "false",
+            "EnableIPv4 must be true",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","IPv6Network":"nope"}"#,
+            "IPv6Network",
+            "\"nope\"",
+            "invalid IPv6 CIDR format",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","Backend":"udp"}"#,
+            "Backend",
+            "\"udp\"",
+            "error decoding Backend property of config",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","Backend":{"Type":1}}"#,
+            "Backend.Type",
+            "1",
+            "error decoding Backend property of config",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp","Port":"x"}}"#,
+            "Backend.Port",
+            "\"x\"",
+            "error decoding UDP backend config",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp","Port":70000}}"#,
+            "Backend.Port",
+            "70000",
+            "expected a UDP port",
+        );
+    }
+
+    #[test]
+    fn unsupported_backends_named() {
+        for (text, ty) in [
+            (
+                r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#,
+                "vxlan",
+            ),
+            (
+                r#"{"Network":"10.1.0.0/16","Backend":{"Type":"VXLAN","VNI":1}}"#,
+                "VXLAN",
+            ),
+            (
+                r#"{"Network":"10.1.0.0/16","Backend":{"Type":"host-gw"}}"#,
+                "host-gw",
+            ),
+            (r#"{"Network":"10.1.0.0/16","Backend":{}}"#, ""),
+            (r#"{"Network":"10.1.0.0/16","Backend":null}"#, ""),
+        ] {
+            match NetworkConfig::parse(text) {
+                Err(e @ Error::UnsupportedBackend { .. }) => {
+                    assert!(
+                        e.to_string().contains(&format!("Backend.Type={ty:?}")),
+                        "{e}"
+                    );
+                    assert!(!e.is_retryable());
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn syntax_errors_never_panic() {
+        for text in [
+            "",
+            "[]",
+            "\"x\"",
+            "{",
+            "{\"Network\":\"10.1.0.0/16\"} x",
+            "\u{0}",
+            "{\"Network\":\"10.1.0.0/16\",}",
+        ] {
+            assert!(NetworkConfig::parse(text).is_err(), "{text:?}");
+        }
+        // null at top level is a no-op in Go → Network missing.
+        err(
+            "null",
+            "Network",
+            "",
+            "please define a correct Network parameter",
+        );
+    }
+
+    #[test]
+    fn compatibility() {
+        let c = ok(r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.15.0","SubnetMax":"10.1.20.0"}"#);
+        let n = |s: &str| s.parse::<Ipv4Net>().expect("literal");
+        assert!(c.is_compatible(&n("10.1.15.0/24")));
+        assert!(c.is_compatible(&n("10.1.20.0/24")));
+        assert!(!c.is_compatible(&n("10.1.21.0/24")));
+        assert!(!c.is_compatible(&n("10.1.14.0/24")));
+        assert!(!c.is_compatible(&n("10.1.16.0/25")));
+    }
+}

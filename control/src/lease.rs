@@ -1,0 +1,366 @@
+//! Lease values and the lease cache.
+//!
+//! The value stored under a lease key is flannel's `lease.LeaseAttrs` JSON. weft writes it
+//! byte-identically to flannel (`{"PublicIP":"1.2.3.4","PublicIPv6":null}` for udp: field order
+//! `PublicIP`, `PublicIPv6` (never omitted), `BackendType`, `BackendData`, `BackendV6Data`, the
+//! last three omitted when empty) and reads it like Go does (case-insensitive keys, unknown keys
+//! ignored). Other nodes' `BackendData`/`BackendV6Data` are kept as raw JSON and re-emitted
+//! compacted, as Go's `json.RawMessage` is.
+//!
+//! [`LeaseCache`] turns listings and watch events into [`LeaseEvent`]s; removals carry the cached
+//! lease (the watch's delete event has no value), as flannel's `LeaseWatcher` does.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use serde_json::value::RawValue;
+
+use crate::gojson::{push_compact, push_go_string, GoObject};
+use crate::subnet::{Ipv4Net, Ipv6Net, SubnetKey};
+
+/// Raw JSON text (a `json.RawMessage`), stored as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawJson(String);
+
+impl RawJson {
+    /// Wraps `text` if it is one valid JSON value.
+    pub fn new(text: &str) -> Option<RawJson> {
+        serde_json::from_str::<&RawValue>(text).ok()?;
+        Some(RawJson(text.to_owned()))
+    }
+
+    /// The JSON text as received.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// flannel's `LeaseAttrs`: what a node publishes about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseAttrs {
+    /// The node's public IPv4 address (its identity, and the udp tunnel endpoint).
+    pub public_ip: Ipv4Addr,
+    /// The node's public IPv6 address (dual-stack flannel nodes).
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// `BackendType` (`vxlan`, `host-gw`, ...); flannel's udp backend leaves it empty.
+    pub backend_type: Option<String>,
+    /// `BackendData` (e.g. vxlan's `{"VNI":1,"VtepMAC":"..."}`), raw.
+    pub backend_data: Option<RawJson>,
+    /// `BackendV6Data`, raw.
+    pub backend_v6_data: Option<RawJson>,
+}
+
+/// Why a lease value was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadLeaseValue(pub String);
+
+impl std::fmt::Display for BadLeaseValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl LeaseAttrs {
+    /// The attributes weft's udp backend publishes.
+    pub fn udp(public_ip: Ipv4Addr) -> Self {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: None,
+            backend_data: None,
+            backend_v6_data: None,
+        }
+    }
+
+    /// Serialises exactly as flannel's `json.Marshal(LeaseAttrs)`.
+    pub fn to_json(&self) -> String {
+        let mut s = String::with_capacity(48);
+        s.push_str("{\"PublicIP\":\"");
+        s.push_str(&self.public_ip.to_string());
+        s.push_str("\",\"PublicIPv6\":");
+        match &self.public_ipv6 {
+            Some(ip) => {
+                s.push('"');
+                s.push_str(&ip.to_string());
+                s.push('"');
+            }
+            None => s.push_str("null"),
+        }
+        if let Some(t) = self.backend_type.as_deref().filter(|t| !t.is_empty()) {
+            s.push_str(",\"BackendType\":");
+            push_go_string(&mut s, t);
+        }
+        if let Some(d) = &self.backend_data {
+            s.push_str(",\"BackendData\":");
+            push_compact(&mut s, d.as_str());
+        }
+        if let Some(d) = &self.backend_v6_data {
+            s.push_str(",\"BackendV6Data\":");
+            push_compact(&mut s, d.as_str());
+        }
+        s.push('}');
+        s
+    }
+
+    /// Parses a lease value like Go's `json.Unmarshal` into `LeaseAttrs` (never panics).
+    ///
+    /// Deviation: a value without `PublicIP` (Go would leave 0.0.0.0) is rejected, since a route
+    /// to 0.0.0.0 is useless.
+    pub fn parse(value: &[u8]) -> Result<LeaseAttrs, BadLeaseValue> {
+        let text = std::str::from_utf8(value).map_err(|_| BadLeaseValue("not UTF-8".into()))?;
+        let obj: GoObject<Box<RawValue>> = serde_json::from_str(text)
+            .map_err(|e| BadLeaseValue(format!("not a JSON object: {e}")))?;
+        let string_field = |name: &str| -> Result<Option<String>, BadLeaseValue> {
+            match obj.get(name) {
+                None => Ok(None),
+                Some(raw) => serde_json::from_str::<Option<String>>(raw.get()).map_err(|_| {
+                    BadLeaseValue(format!("{name}: expected a string, got {}", raw.get()))
+                }),
+            }
+        };
+        // ip.IP4's unmarshaller rejects null (it parses the text "null").
+        let public_ip = match obj.get("PublicIP") {
+            None => return Err(BadLeaseValue("PublicIP missing".into())),
+            Some(raw) => {
+                let s = serde_json::from_str::<String>(raw.get())
+                    .map_err(|_| BadLeaseValue(format!("PublicIP: invalid {}", raw.get())))?;
+                Ipv4Addr::from_str(&s)
+                    .map_err(|_| BadLeaseValue(format!("PublicIP: invalid {s:?}")))?
+            }
+        };
+        let public_ipv6 = match string_field("PublicIPv6")? {
+            None => None,
+            Some(s) => Some(
+                Ipv6Addr::from_str(&s)
+                    .map_err(|_| BadLeaseValue(format!("PublicIPv6: invalid {s:?}")))?,
+            ),
+        };
+        let backend_type = string_field("BackendType")?.filter(|t| !t.is_empty());
+        let raw_field = |name: &str| obj.get(name).map(|raw| RawJson(raw.get().to_owned()));
+        Ok(LeaseAttrs {
+            public_ip,
+            public_ipv6,
+            backend_type,
+            backend_data: raw_field("BackendData"),
+            backend_v6_data: raw_field("BackendV6Data"),
+        })
+    }
+}
+
+/// One host's subnet lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The leased IPv4 subnet.
+    pub subnet: Ipv4Net,
+    /// The IPv6 subnet of a dual-stack (flannel) lease.
+    pub ipv6_subnet: Option<Ipv6Net>,
+    /// What the host published.
+    pub attrs: LeaseAttrs,
+    /// When the etcd lease expires. Known for our own lease (`None` for a reservation: a key
+    /// without etcd lease); `None` for other hosts' leases, whose expiry weft does not query (one
+    /// `TimeToLive` RPC per key in flannel): etcd deletes them on expiry and the watch reports it.
+    pub expiration: Option<SystemTime>,
+}
+
+impl Lease {
+    /// The key suffix under `<prefix>/subnets/` (`10.1.15.0-24`, dual stack `...&fc00::-64`).
+    pub fn key(&self) -> String {
+        SubnetKey {
+            v4: self.subnet,
+            v6: self.ipv6_subnet,
+        }
+        .to_string()
+    }
+
+    /// Same subnet(s) and attributes (expiration ignored).
+    pub fn same_content(&self, other: &Lease) -> bool {
+        self.subnet == other.subnet
+            && self.ipv6_subnet == other.ipv6_subnet
+            && self.attrs == other.attrs
+    }
+}
+
+/// A change in the set of known leases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// A lease appeared or changed.
+    Added(Lease),
+    /// A lease disappeared; carries the last known content.
+    Removed(Lease),
+}
+
+/// The set of other hosts' leases, keyed by IPv4 subnet.
+#[derive(Debug, Default, Clone)]
+pub struct LeaseCache {
+    leases: BTreeMap<Ipv4Net, Lease>,
+}
+
+impl LeaseCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies a put: `Some(Added)` if the lease is new or its content changed.
+    pub fn put(&mut self, lease: Lease) -> Option<LeaseEvent> {
+        match self.leases.get(&lease.subnet) {
+            Some(old) if old.same_content(&lease) => None,
+            _ => {
+                self.leases.insert(lease.subnet, lease.clone());
+                Some(LeaseEvent::Added(lease))
+            }
+        }
+    }
+
+    /// Applies a delete: `Some(Removed(cached lease))` if it was known.
+    pub fn remove(&mut self, subnet: &Ipv4Net) -> Option<LeaseEvent> {
+        self.leases.remove(subnet).map(LeaseEvent::Removed)
+    }
+
+    /// Replaces the content with a fresh listing and returns the differences (flannel's
+    /// `LeaseWatcher.Reset`): `Removed` for vanished leases, `Added` for new or changed ones.
+    pub fn reset(&mut self, snapshot: Vec<Lease>) -> Vec<LeaseEvent> {
+        let mut fresh = BTreeMap::new();
+        for l in snapshot {
+            fresh.insert(l.subnet, l);
+        }
+        let mut events = Vec::new();
+        for (subnet, old) in &self.leases {
+            if !fresh.contains_key(subnet) {
+                events.push(LeaseEvent::Removed(old.clone()));
+            }
+        }
+        for (subnet, new) in &fresh {
+            match self.leases.get(subnet) {
+                Some(old) if old.same_content(new) => {}
+                _ => events.push(LeaseEvent::Added(new.clone())),
+            }
+        }
+        self.leases = fresh;
+        events
+    }
+
+    /// All cached leases, ordered by subnet.
+    pub fn leases(&self) -> Vec<Lease> {
+        self.leases.values().cloned().collect()
+    }
+
+    /// Number of cached leases.
+    pub fn len(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UDP: &str = r#"{"PublicIP":"1.2.3.4","PublicIPv6":null}"#;
+    const VXLAN: &str = r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
+    const HOSTGW: &str = r#"{"PublicIP":"10.0.0.5","PublicIPv6":null,"BackendType":"host-gw"}"#;
+    const KUBE_NULL: &str =
+        r#"{"PublicIP":"10.0.0.5","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}"#;
+    const DUAL: &str = r#"{"PublicIP":"10.0.0.6","PublicIPv6":"fc00::6","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"},"BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:00"}}"#;
+
+    fn round_trip(s: &str) -> String {
+        LeaseAttrs::parse(s.as_bytes())
+            .expect("valid lease value")
+            .to_json()
+    }
+
+    #[test]
+    fn udp_value_byte_identical() {
+        assert_eq!(LeaseAttrs::udp(Ipv4Addr::new(1, 2, 3, 4)).to_json(), UDP);
+        assert_eq!(round_trip(UDP), UDP);
+    }
+
+    #[test]
+    fn other_backends_round_trip_byte_for_byte() {
+        for s in [VXLAN, HOSTGW, KUBE_NULL, DUAL] {
+            assert_eq!(round_trip(s), s);
+        }
+        let a = LeaseAttrs::parse(VXLAN.as_bytes()).expect("valid");
+        assert_eq!(a.backend_type.as_deref(), Some("vxlan"));
+        assert_eq!(
+            a.backend_data.as_ref().map(RawJson::as_str),
+            Some(r#"{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}"#)
+        );
+    }
+
+    #[test]
+    fn decoding_like_go() {
+        // Case-insensitive keys, unknown keys ignored, whitespace compacted on output.
+        let a = LeaseAttrs::parse(br#"{ "publicip" : "1.2.3.4", "BACKENDTYPE":"vxlan", "backenddata": { "VNI" : 1 }, "extra": [1] }"#)
+            .expect("valid");
+        assert_eq!(
+            a.to_json(),
+            r#"{"PublicIP":"1.2.3.4","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1}}"#
+        );
+        // Empty BackendType is omitted (omitempty).
+        assert_eq!(
+            round_trip(r#"{"PublicIP":"1.2.3.4","BackendType":""}"#),
+            UDP
+        );
+        assert_eq!(
+            round_trip(r#"{"PublicIP":"1.2.3.4","BackendType":null,"PublicIPv6":null}"#),
+            UDP
+        );
+        for bad in [
+            &br#"{"PublicIP":null}"#[..],
+            br#"{"PublicIP":"1.2.3"}"#,
+            br#"{"PublicIP":1234}"#,
+            br#"{"PublicIPv6":"fc00::1"}"#,
+            br#"{"PublicIP":"1.2.3.4","PublicIPv6":"x"}"#,
+            br#"{"PublicIP":"1.2.3.4","BackendType":7}"#,
+            br#"[1]"#,
+            b"not json",
+            b"\xff",
+            b"",
+        ] {
+            assert!(LeaseAttrs::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn lease(subnet: &str, ip: [u8; 4]) -> Lease {
+        Lease {
+            subnet: subnet.parse().expect("literal"),
+            ipv6_subnet: None,
+            attrs: LeaseAttrs::udp(Ipv4Addr::from(ip)),
+            expiration: None,
+        }
+    }
+
+    #[test]
+    fn cache_diffs() {
+        let mut c = LeaseCache::new();
+        let a = lease("10.1.15.0/24", [1, 1, 1, 1]);
+        let b = lease("10.1.16.0/24", [2, 2, 2, 2]);
+        assert_eq!(
+            c.reset(vec![a.clone(), b.clone()]),
+            vec![LeaseEvent::Added(a.clone()), LeaseEvent::Added(b.clone())]
+        );
+        // Same content again (a renewal) → nothing.
+        assert_eq!(c.put(a.clone()), None);
+        let mut a2 = a.clone();
+        a2.attrs.public_ip = Ipv4Addr::new(9, 9, 9, 9);
+        assert_eq!(c.put(a2.clone()), Some(LeaseEvent::Added(a2.clone())));
+        // Removal answers with the cached content.
+        assert_eq!(c.remove(&b.subnet), Some(LeaseEvent::Removed(b.clone())));
+        assert_eq!(c.remove(&b.subnet), None);
+        let d = lease("10.1.17.0/24", [3, 3, 3, 3]);
+        assert_eq!(
+            c.reset(vec![d.clone()]),
+            vec![LeaseEvent::Removed(a2), LeaseEvent::Added(d.clone())]
+        );
+        assert_eq!(c.leases(), vec![d]);
+        assert_eq!(c.len(), 1);
+        assert_eq!(a.key(), "10.1.15.0-24");
+    }
+}

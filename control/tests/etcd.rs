@@ -1,0 +1,771 @@
+//! Control plane against a real etcd (Debian's `etcd` 3.4 binary), started by each test on free
+//! loopback ports with a temporary data dir and killed + removed afterwards (Drop guard, so
+//! also on panic). Only 127.0.0.1 is used.
+//!
+//! If `etcd` is missing the tests fail, unless `WEFT_SKIP_PRIVILEGED=1` is set, in which case
+//! they print that they skip. (etcd itself does not need root.)
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use control::manager::{ManagerOptions, LEASE_TTL};
+use control::registry::{CreateOutcome, Listing, PutCondition, PutOutcome, Registry};
+use control::{ControlHandle, ControlOptions, EtcdOptions, EtcdRegistry, Lease, SubnetManager};
+
+const CFG: &str = r#"{"Network": "10.1.0.0/16", "SubnetLen": 24, "SubnetMin": "10.1.15.0", "SubnetMax": "10.1.20.0", "Backend": {"Type": "udp"}}"#;
+const PREFIX: &str = "/coreos.com/network";
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+}
+
+/// `true` if etcd is available; panics with a clear message if not (unless skipping is allowed).
+fn etcd_available() -> bool {
+    let ok = Command::new("etcd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return true;
+    }
+    if std::env::var("WEFT_SKIP_PRIVILEGED").as_deref() == Ok("1") {
+        eprintln!("SKIPPING etcd test: no `etcd` binary in PATH (WEFT_SKIP_PRIVILEGED=1)");
+        return false;
+    }
+    panic!("the `etcd` binary is not installed: run `apt-get install -y etcd-server etcd-client` (or set WEFT_SKIP_PRIVILEGED=1 to skip)");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0 for a free port")
+}
+
+/// TLS material for the server and etcdctl.
+#[derive(Clone)]
+struct Tls {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+/// A running etcd; killed and its directory removed on drop.
+struct Etcd {
+    dir: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    tls: Option<Tls>,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    fn start(tls: bool) -> Etcd {
+        let dir = std::env::temp_dir().join(format!(
+            "weft-etcd-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating the test directory");
+        let mut e = Etcd {
+            tls: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            child: None,
+            dir,
+        };
+        if tls {
+            e.tls = Some(make_certs(&e.dir));
+        }
+        e.spawn();
+        e
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
+    }
+
+    fn spawn(&mut self) {
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))
+            .expect("opening the etcd log");
+        let log2 = log.try_clone().expect("cloning the log handle");
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name=t1")
+            .arg(format!("--data-dir={}", self.dir.join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=t1={peer}"))
+            .arg("--initial-cluster-state=new")
+            .stdout(log)
+            .stderr(log2);
+        if let Some(t) = &self.tls {
+            cmd.arg(format!("--cert-file={}", t.server_cert.display()))
+                .arg(format!("--key-file={}", t.server_key.display()))
+                .arg(format!("--trusted-ca-file={}", t.ca.display()))
+                .arg("--client-cert-auth");
+        }
+        self.child = Some(cmd.spawn().expect("spawning etcd"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.ctl_status(&["endpoint", "health"]).0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become healthy; log in {}",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn ctl_status(&self, args: &[&str]) -> (bool, String) {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint()))
+            .arg("--dial-timeout=1s")
+            .arg("--command-timeout=2s");
+        if let Some(t) = &self.tls {
+            cmd.arg(format!("--cacert={}", t.ca.display()))
+                .arg(format!("--cert={}", t.client_cert.display()))
+                .arg(format!("--key={}", t.client_key.display()));
+        }
+        match cmd.args(args).output() {
+            Ok(o) => (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stdout).into_owned()
+                    + &String::from_utf8_lossy(&o.stderr),
+            ),
+            Err(e) => (false, e.to_string()),
+        }
+    }
+
+    fn ctl(&self, args: &[&str]) -> String {
+        let (ok, out) = self.ctl_status(args);
+        assert!(ok, "etcdctl {args:?} failed: {out}");
+        out
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        let out = self.ctl(&["get", "--print-value-only", key]);
+        let v = out.trim_end_matches('\n');
+        (!v.is_empty()).then(|| v.to_owned())
+    }
+
+    fn etcd_opts(&self, prefix: &str) -> EtcdOptions {
+        let (ca_file, cert_file, key_file) = match &self.tls {
+            Some(t) => (
+                Some(t.ca.clone()),
+                Some(t.client_cert.clone()),
+                Some(t.client_key.clone()),
+            ),
+            None => (None, None, None),
+        };
+        EtcdOptions {
+            endpoints: vec![self.endpoint()],
+            prefix: prefix.to_owned(),
+            ca_file,
+            cert_file,
+            key_file,
+            username: None,
+            password: None,
+        }
+    }
+
+    fn control_opts(&self, ip: [u8; 4], tag: &str) -> ControlOptions {
+        let mut o = ControlOptions::new(Ipv4Addr::from(ip));
+        o.etcd = self.etcd_opts(PREFIX);
+        o.subnet_file = self.dir.join(format!("{tag}/subnet.env"));
+        o
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            // Keep the etcd log for the post-mortem, drop the data.
+            let _ = std::fs::remove_dir_all(self.dir.join("data"));
+            eprintln!("etcd log kept in {}", self.dir.display());
+        }
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn make_certs(dir: &Path) -> Tls {
+    let d = dir.join("tls");
+    std::fs::create_dir_all(&d).expect("tls dir");
+    openssl(
+        &d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=weft-test-ca",
+        ],
+    );
+    std::fs::write(
+        d.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .expect("ext");
+    std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
+    for name in ["server", "client"] {
+        openssl(
+            &d,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN=weft-{name}"),
+            ],
+        );
+        openssl(
+            &d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+    Tls {
+        ca: d.join("ca.pem"),
+        server_cert: d.join("server.pem"),
+        server_key: d.join("server.key"),
+        client_cert: d.join("client.pem"),
+        client_key: d.join("client.key"),
+    }
+}
+
+type Calls = Arc<Mutex<Vec<Vec<Lease>>>>;
+
+fn recorder() -> (Calls, control::OnPeers) {
+    let calls: Calls = Arc::default();
+    let c = calls.clone();
+    (
+        calls,
+        Box::new(move |l: &[Lease]| c.lock().expect("test mutex").push(l.to_vec())),
+    )
+}
+
+fn peer_ips(calls: &Calls) -> Option<Vec<String>> {
+    calls.lock().expect("test mutex").last().map(|v| {
+        v.iter()
+            .map(|l| format!("{}@{}", l.subnet, l.attrs.public_ip))
+            .collect()
+    })
+}
+
+fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn start(opts: ControlOptions) -> (ControlHandle, Calls) {
+    let (calls, cb) = recorder();
+    let h = control::start(opts, cb).expect("control::start");
+    (h, calls)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("test runtime")
+}
+
+fn key_of(l: &Lease) -> String {
+    format!("{PREFIX}/subnets/{}", l.subnet.key())
+}
+
+/// Remaining TTL of the etcd lease attached to `key`, read with the client.
+fn ttl_of(etcd: &Etcd, key: &str) -> Duration {
+    rt().block_on(async {
+        let reg = EtcdRegistry::connect(&etcd.etcd_opts(PREFIX))
+            .await
+            .expect("connect");
+        let mut c = reg.client().clone();
+        let r = c.get(key, None).await.expect("get");
+        let kv = r.kvs().first().expect("key exists");
+        assert_ne!(kv.lease(), 0, "key has an etcd lease");
+        let t = c
+            .lease_time_to_live(kv.lease(), None)
+            .await
+            .expect("timetolive");
+        Duration::from_secs(u64::try_from(t.ttl()).expect("positive ttl"))
+    })
+}
+
+#[test]
+fn acquire_watch_reacquire_restart_and_env_file() {
+    if !etcd_available() {
+        return;
+    }
+    init_logs();
+    let etcd = Etcd::start(false);
+
+    // Invalid config under another prefix: start fails with a clear error.
+    etcd.ctl(&[
+        "put",
+        "/bad/config",
+        r#"{"Network":"10.9.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    ]);
+    let mut bad = etcd.control_opts([10, 0, 0, 9], "bad");
+    bad.etcd.prefix = "/bad".into();
+    let (_c, cb) = recorder();
+    let e = control::start(bad, cb).expect_err("vxlan refused");
+    assert!(e.to_string().contains("\"vxlan\""), "{e}");
+
+    // Missing config: start waits, then proceeds once etcdctl writes it.
+    let opts_a = etcd.control_opts([10, 0, 0, 1], "a");
+    let waiter = std::thread::spawn(move || start(opts_a));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!waiter.is_finished(), "start must wait for the config");
+    etcd.ctl(&["put", &format!("{PREFIX}/config"), CFG]);
+    let (a, calls_a) = waiter.join().expect("start thread");
+    let lease_a = a.lease();
+    assert!(
+        a.config().is_compatible(&lease_a.subnet),
+        "{}",
+        lease_a.subnet
+    );
+    assert_eq!(
+        etcd.get(&key_of(&lease_a)).as_deref(),
+        Some(r#"{"PublicIP":"10.0.0.1","PublicIPv6":null}"#)
+    );
+    let ttl = ttl_of(&etcd, &key_of(&lease_a));
+    assert!(
+        ttl > LEASE_TTL - Duration::from_secs(60) && ttl <= LEASE_TTL,
+        "ttl {ttl:?}"
+    );
+    assert_eq!(
+        peer_ips(&calls_a),
+        Some(vec![]),
+        "first listing reported (empty)"
+    );
+    let st = a.stats();
+    assert!(
+        st.etcd_connected
+            && st
+                .lease_expires_in
+                .is_some_and(|d| d > LEASE_TTL - Duration::from_secs(60))
+    );
+
+    // subnet.env in flannel's format.
+    a.data_plane_ready(1472).expect("subnet.env written");
+    let env = std::fs::read_to_string(etcd.dir.join("a/subnet.env")).expect("subnet.env");
+    let octets = lease_a.subnet.addr().octets();
+    assert_eq!(
+        env,
+        format!(
+            "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET={}.{}.{}.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=false\n",
+            octets[0], octets[1], octets[2]
+        )
+    );
+
+    // A second host gets a different subnet; each sees the other.
+    let (b, calls_b) = start(etcd.control_opts([10, 0, 0, 2], "b"));
+    let lease_b = b.lease();
+    assert_ne!(lease_b.subnet, lease_a.subnet);
+    assert_eq!(
+        peer_ips(&calls_b),
+        Some(vec![format!("{}@10.0.0.1", lease_a.subnet)])
+    );
+    wait_for("A sees B", Duration::from_secs(2), || {
+        peer_ips(&calls_a) == Some(vec![format!("{}@10.0.0.2", lease_b.subnet)])
+    });
+
+    // Watch: a put and a delete reach on_peers within 2 s (with the vxlan value kept).
+    let free = (15..=20)
+        .map(|i| format!("10.1.{i}.0"))
+        .find(|s| {
+            *s != lease_a.subnet.addr().to_string() && *s != lease_b.subnet.addr().to_string()
+        })
+        .expect("a free subnet");
+    let peer_key = format!("{PREFIX}/subnets/{free}-24");
+    let vxlan = r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
+    let t0 = Instant::now();
+    etcd.ctl(&["put", &peer_key, vxlan]);
+    wait_for("put delivered", Duration::from_secs(2), || {
+        peer_ips(&calls_a).is_some_and(|v| v.contains(&format!("{free}/24@192.168.64.3")))
+    });
+    let put_latency = t0.elapsed();
+    let seen = calls_a.lock().expect("m").last().cloned().expect("a call");
+    let p = seen
+        .iter()
+        .find(|l| l.attrs.public_ip == Ipv4Addr::new(192, 168, 64, 3))
+        .expect("peer");
+    assert_eq!(p.attrs.to_json(), vxlan, "value kept byte for byte");
+    etcd.ctl(&["del", &peer_key]);
+    wait_for("delete delivered", Duration::from_secs(2), || {
+        peer_ips(&calls_a).is_some_and(|v| !v.iter().any(|s| s.starts_with(&free)))
+    });
+    eprintln!("put→on_peers latency {put_latency:?} (incl. etcdctl start)");
+
+    // Malformed value and key: skipped and counted, never fatal.
+    let calls_before = calls_a.lock().expect("m").len();
+    etcd.ctl(&["put", &peer_key, "{this is not json"]);
+    etcd.ctl(&[
+        "put",
+        &format!("{PREFIX}/subnets/not-a-subnet"),
+        r#"{"PublicIP":"10.0.0.7","PublicIPv6":null}"#,
+    ]);
+    wait_for("malformed counted", Duration::from_secs(2), || {
+        a.stats().malformed_skipped >= 2
+    });
+    assert_eq!(
+        calls_a.lock().expect("m").len(),
+        calls_before,
+        "no peer change for malformed entries"
+    );
+    etcd.ctl(&["del", &peer_key]);
+    etcd.ctl(&["del", &format!("{PREFIX}/subnets/not-a-subnet")]);
+
+    // Deleting our own key: re-acquired, same subnet, same value.
+    etcd.ctl(&["del", &key_of(&lease_a)]);
+    wait_for("re-acquisition", Duration::from_secs(3), || {
+        a.stats().reacquisitions == 1
+    });
+    assert_eq!(a.lease().subnet, lease_a.subnet);
+    wait_for("key back", Duration::from_secs(2), || {
+        etcd.get(&key_of(&lease_a)).is_some()
+    });
+    assert_eq!(
+        etcd.get(&key_of(&lease_a)).as_deref(),
+        Some(r#"{"PublicIP":"10.0.0.1","PublicIPv6":null}"#)
+    );
+    assert!(ttl_of(&etcd, &key_of(&lease_a)) > LEASE_TTL - Duration::from_secs(60));
+
+    // Restart with the same public IP reuses the subnet (stop does not delete the lease).
+    a.stop();
+    assert!(
+        etcd.get(&key_of(&lease_a)).is_some(),
+        "stop keeps the lease"
+    );
+    let (a2, _calls) = start(etcd.control_opts([10, 0, 0, 1], "a"));
+    assert_eq!(a2.lease().subnet, lease_a.subnet);
+    // Restart with a new public IP but the old subnet.env: previous subnet reused if free.
+    b.stop();
+    etcd.ctl(&["del", &key_of(&lease_b)]);
+    let mut o = etcd.control_opts([10, 0, 0, 3], "b");
+    o.subnet_file = etcd.dir.join("b/subnet.env");
+    std::fs::create_dir_all(etcd.dir.join("b")).expect("dir");
+    let ob = lease_b.subnet.addr().octets();
+    std::fs::write(&o.subnet_file, format!("FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET={}.{}.{}.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=false\n", ob[0], ob[1], ob[2])).expect("write env");
+    let (b2, _c) = start(o);
+    assert_eq!(b2.lease().subnet, lease_b.subnet);
+    a2.stop();
+    b2.stop();
+}
+
+/// Wraps the etcd registry and lets another client create the chosen key first, once.
+struct Racing {
+    inner: EtcdRegistry,
+    thief: Option<etcd_client::Client>,
+    creates: u32,
+    stolen: Option<String>,
+}
+
+impl Registry for Racing {
+    type Watch = <EtcdRegistry as Registry>::Watch;
+    async fn get_config(&mut self) -> Result<Option<Vec<u8>>, control::Error> {
+        self.inner.get_config().await
+    }
+    async fn list_subnets(&mut self) -> Result<Listing, control::Error> {
+        self.inner.list_subnets().await
+    }
+    async fn create_subnet(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<CreateOutcome, control::Error> {
+        self.creates += 1;
+        if let Some(mut thief) = self.thief.take() {
+            let full = format!("{}{key}", self.inner.subnets_prefix());
+            thief
+                .put(full, r#"{"PublicIP":"10.0.0.66","PublicIPv6":null}"#, None)
+                .await
+                .expect("the thief's put");
+            self.stolen = Some(key.to_owned());
+        }
+        self.inner.create_subnet(key, value, ttl).await
+    }
+    async fn put_subnet(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        cond: PutCondition<'_>,
+    ) -> Result<PutOutcome, control::Error> {
+        self.inner.put_subnet(key, value, ttl, cond).await
+    }
+    async fn delete_subnet(&mut self, key: &str) -> Result<(), control::Error> {
+        self.inner.delete_subnet(key).await
+    }
+    async fn revoke_lease(&mut self, lease_id: i64) -> Result<(), control::Error> {
+        self.inner.revoke_lease(lease_id).await
+    }
+    async fn watch_subnets(&mut self, from_revision: i64) -> Result<Self::Watch, control::Error> {
+        self.inner.watch_subnets(from_revision).await
+    }
+}
+
+#[test]
+fn lost_create_race_is_retried() {
+    if !etcd_available() {
+        return;
+    }
+    init_logs();
+    let etcd = Etcd::start(false);
+    etcd.ctl(&["put", &format!("{PREFIX}/config"), CFG]);
+    rt().block_on(async {
+        let inner = EtcdRegistry::connect(&etcd.etcd_opts(PREFIX))
+            .await
+            .expect("connect");
+        let thief = inner.client().clone();
+        let reg = Racing {
+            inner,
+            thief: Some(thief),
+            creates: 0,
+            stolen: None,
+        };
+        let mut mgr = SubnetManager::new(
+            reg,
+            ManagerOptions {
+                public_ip: Ipv4Addr::new(10, 0, 0, 1),
+                renew_margin: Duration::from_secs(3600),
+                previous_subnet: None,
+                config_key: format!("{PREFIX}/config"),
+            },
+        );
+        mgr.load_config().await.expect("config");
+        let lease = mgr.acquire().await.expect("acquired despite the lost race");
+        let stolen = mgr.registry().stolen.clone().expect("a key was stolen");
+        assert_eq!(mgr.registry().creates, 2, "one lost create, one retry");
+        assert_ne!(lease.subnet.key(), stolen);
+        assert_eq!(
+            etcd.get(&format!("{PREFIX}/subnets/{stolen}")).as_deref(),
+            Some(r#"{"PublicIP":"10.0.0.66","PublicIPv6":null}"#),
+            "the winner's key is untouched"
+        );
+        assert_eq!(
+            etcd.get(&format!("{PREFIX}/subnets/{}", lease.subnet.key()))
+                .as_deref(),
+            Some(r#"{"PublicIP":"10.0.0.1","PublicIPv6":null}"#)
+        );
+        // The renewal primitive on real etcd: fresh grant + put only if the value is ours.
+        let ours = br#"{"PublicIP":"10.0.0.1","PublicIPv6":null}"#;
+        let key = lease.subnet.key();
+        let reg = &mut mgr.registry().inner;
+        match reg
+            .put_subnet(&key, ours, Some(LEASE_TTL), PutCondition::ValueIs(ours))
+            .await
+        {
+            Ok(PutOutcome::Written { lease_id, ttl }) => {
+                assert_ne!(lease_id, 0);
+                assert_eq!(ttl, Some(LEASE_TTL));
+            }
+            other => panic!("renewal put: {other:?}"),
+        }
+        match reg
+            .put_subnet(&stolen, ours, Some(LEASE_TTL), PutCondition::ValueIs(ours))
+            .await
+        {
+            Ok(PutOutcome::ConditionFailed) => {}
+            other => panic!("put over a foreign key must fail: {other:?}"),
+        }
+        assert_eq!(
+            etcd.get(&format!("{PREFIX}/subnets/{stolen}")).as_deref(),
+            Some(r#"{"PublicIP":"10.0.0.66","PublicIPv6":null}"#)
+        );
+    });
+}
+
+#[test]
+fn etcd_restart_keeps_leases_and_watch() {
+    if !etcd_available() {
+        return;
+    }
+    init_logs();
+    let mut etcd = Etcd::start(false);
+    etcd.ctl(&["put", &format!("{PREFIX}/config"), CFG]);
+    let (a, calls_a) = start(etcd.control_opts([10, 0, 0, 1], "a"));
+    let (b, _calls_b) = start(etcd.control_opts([10, 0, 0, 2], "b"));
+    let (la, lb) = (a.lease(), b.lease());
+    wait_for("A sees B", Duration::from_secs(2), || {
+        peer_ips(&calls_a).is_some_and(|v| v.len() == 1)
+    });
+    // The watch outlives the 5 s per-request timeout: no restart while idle.
+    std::thread::sleep(Duration::from_secs(7));
+    let st = a.stats();
+    assert!(
+        st.etcd_connected && st.resyncs == 0,
+        "idle watch restarted: {st:?}"
+    );
+    let calls_before = calls_a.lock().expect("m").len();
+
+    etcd.kill();
+    wait_for("A notices the outage", Duration::from_secs(20), || {
+        !a.stats().etcd_connected
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    // The handle keeps answering; no callback (in particular no empty set) during the outage.
+    assert_eq!(a.lease().subnet, la.subnet);
+    assert_eq!(calls_a.lock().expect("m").len(), calls_before);
+
+    etcd.restart();
+    wait_for("A reconnects", Duration::from_secs(15), || {
+        a.stats().etcd_connected
+    });
+    wait_for("B reconnects", Duration::from_secs(15), || {
+        b.stats().etcd_connected
+    });
+    assert!(a.stats().resyncs >= 1);
+    assert_eq!(
+        calls_a.lock().expect("m").len(),
+        calls_before,
+        "re-list found no change"
+    );
+    // Leases still held, with their 24 h etcd leases.
+    for l in [&la, &lb] {
+        assert!(etcd.get(&key_of(l)).is_some(), "{} still leased", l.subnet);
+        assert!(ttl_of(&etcd, &key_of(l)) > Duration::from_secs(3600));
+    }
+    // The watch works again: a new host appears within 2 s.
+    let free = (15..=20)
+        .map(|i| format!("10.1.{i}.0"))
+        .find(|s| *s != la.subnet.addr().to_string() && *s != lb.subnet.addr().to_string())
+        .expect("free subnet");
+    etcd.ctl(&[
+        "put",
+        &format!("{PREFIX}/subnets/{free}-24"),
+        r#"{"PublicIP":"10.0.0.5","PublicIPv6":null}"#,
+    ]);
+    wait_for("new peer after restart", Duration::from_secs(2), || {
+        peer_ips(&calls_a).is_some_and(|v| v.contains(&format!("{free}/24@10.0.0.5")))
+    });
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn tls_with_client_certificates() {
+    if !etcd_available() {
+        return;
+    }
+    init_logs();
+    let etcd = Etcd::start(true);
+    etcd.ctl(&["put", &format!("{PREFIX}/config"), CFG]);
+    // Unreadable TLS file: fatal at once, naming the file.
+    let mut bad = etcd.control_opts([10, 0, 0, 1], "bad");
+    bad.etcd.key_file = Some(etcd.dir.join("missing.key"));
+    let (_c, cb) = recorder();
+    let e = control::start(bad, cb).expect_err("missing key file");
+    assert!(e.to_string().contains("missing.key"), "{e}");
+
+    let (a, calls) = start(etcd.control_opts([10, 0, 0, 1], "a"));
+    let lease = a.lease();
+    assert_eq!(
+        etcd.get(&key_of(&lease)).as_deref(),
+        Some(r#"{"PublicIP":"10.0.0.1","PublicIPv6":null}"#)
+    );
+    etcd.ctl(&[
+        "put",
+        &format!("{PREFIX}/subnets/10.1.99.0-24"),
+        r#"{"PublicIP":"10.0.0.8","PublicIPv6":null}"#,
+    ]);
+    wait_for("watch over TLS", Duration::from_secs(2), || {
+        peer_ips(&calls).is_some_and(|v| v.contains(&"10.1.99.0/24@10.0.0.8".to_string()))
+    });
+    a.stop();
+}
