@@ -5,7 +5,7 @@ use crate::net::Ipv4Net;
 use crate::route::RouteTable;
 use crate::stats::{StatsSnapshot, WorkerStats};
 use crate::tun::{self, TunConfig};
-use crate::udp::BatchSocket;
+use crate::udp::{BatchSocket, Offload};
 use crate::worker::{self, Worker, WorkerSetup};
 use mio::{Poll, Waker};
 use std::io;
@@ -42,6 +42,8 @@ pub struct DataplaneConfig {
     pub accept_any_source: bool,
     /// Socket buffer size in bytes.
     pub socket_buffer: usize,
+    /// Use of UDP GSO/GRO.
+    pub offload: Offload,
 }
 
 impl DataplaneConfig {
@@ -55,6 +57,8 @@ impl DataplaneConfig {
 #[derive(Debug)]
 pub struct Dataplane {
     threads: Vec<JoinHandle<()>>,
+    gso: bool,
+    gro: bool,
     wakers: Vec<Waker>,
     stop: Arc<AtomicBool>,
     stats: Vec<Arc<WorkerStats>>,
@@ -112,11 +116,11 @@ impl Dataplane {
             local: cfg.local,
             accept_any_source: cfg.accept_any_source,
         };
-        let mut setups = Vec::with_capacity(workers);
+        let mut setups: Vec<WorkerSetup> = Vec::with_capacity(workers);
         let mut wakers = Vec::with_capacity(workers);
         let mut stats = Vec::with_capacity(workers);
         for (id, tun) in queues.into_iter().enumerate() {
-            let sock = BatchSocket::bind(cfg.bind, cfg.socket_buffer)
+            let sock = BatchSocket::bind(cfg.bind, cfg.socket_buffer, cfg.offload)
                 .map_err(ctx(|| format!("binding UDP {}", cfg.bind)))?;
             let poll = Poll::new().map_err(ctx(|| "creating poll".to_string()))?;
             wakers.push(worker::waker(&poll).map_err(ctx(|| "creating waker".to_string()))?);
@@ -135,6 +139,8 @@ impl Dataplane {
                 poll,
             });
         }
+        let gso = setups.iter().all(|s| s.sock.gso());
+        let gro = setups.iter().all(|s| s.sock.gro());
         let pinned = cores.len() >= 2 || workers == 1;
         let mut threads = Vec::with_capacity(workers);
         for s in setups {
@@ -150,7 +156,11 @@ impl Dataplane {
                 .spawn(move || {
                     if let Some(c) = core {
                         if !core_affinity::set_for_current(c) {
-                            tracing::warn!(worker = id, core = c.id, "could not pin worker to core");
+                            tracing::warn!(
+                                worker = id,
+                                core = c.id,
+                                "could not pin worker to core"
+                            );
                         }
                     }
                     tracing::debug!(worker = id, core = ?core.map(|c| c.id), "worker started");
@@ -161,6 +171,8 @@ impl Dataplane {
         }
         Ok(Dataplane {
             threads,
+            gso,
+            gro,
             wakers,
             stop,
             stats,
@@ -187,6 +199,11 @@ impl Dataplane {
     /// Whether the workers were pinned to cores.
     pub fn pinned(&self) -> bool {
         self.pinned
+    }
+
+    /// Whether the sockets use UDP GSO and GRO at start.
+    pub fn offloads(&self) -> (bool, bool) {
+        (self.gso, self.gro)
     }
 
     /// Whether every worker thread is still running.

@@ -122,7 +122,9 @@ mod tests {
 
     #[test]
     fn golden_checksum_is_right() {
-        assert!(ipv4::Packet::new_checked(&DATAGRAM[..]).expect("valid").verify_checksum());
+        assert!(ipv4::Packet::new_checked(&DATAGRAM[..])
+            .expect("valid")
+            .verify_checksum());
     }
 
     #[test]
@@ -132,7 +134,10 @@ mod tests {
 
     #[test]
     fn drop_truncated() {
-        assert_eq!(judge(PEER_B, &DATAGRAM[..19]), Verdict::Drop(DropReason::Truncated));
+        assert_eq!(
+            judge(PEER_B, &DATAGRAM[..19]),
+            Verdict::Drop(DropReason::Truncated)
+        );
         assert_eq!(judge(PEER_B, &[]), Verdict::Drop(DropReason::Truncated));
     }
 
@@ -155,10 +160,16 @@ mod tests {
     #[test]
     fn drop_length_mismatch() {
         // The datagram lost its last byte: no silent truncation.
-        assert_eq!(judge(PEER_B, &DATAGRAM[..27]), Verdict::Drop(DropReason::LengthMismatch));
+        assert_eq!(
+            judge(PEER_B, &DATAGRAM[..27]),
+            Verdict::Drop(DropReason::LengthMismatch)
+        );
         let mut longer = DATAGRAM.to_vec();
         longer.extend_from_slice(&[0; 4]);
-        assert_eq!(judge(PEER_B, &longer), Verdict::Drop(DropReason::LengthMismatch));
+        assert_eq!(
+            judge(PEER_B, &longer),
+            Verdict::Drop(DropReason::LengthMismatch)
+        );
     }
 
     #[test]
@@ -204,8 +215,14 @@ mod tests {
             ..policy()
         };
         let unknown = Ipv4Addr::new(198, 51, 100, 7);
-        assert_eq!(decapsulate(unknown, &DATAGRAM, &routes(), &p), Verdict::Deliver(0..28));
-        assert_eq!(decapsulate(PEER_C, &DATAGRAM, &routes(), &p), Verdict::Deliver(0..28));
+        assert_eq!(
+            decapsulate(unknown, &DATAGRAM, &routes(), &p),
+            Verdict::Deliver(0..28)
+        );
+        assert_eq!(
+            decapsulate(PEER_C, &DATAGRAM, &routes(), &p),
+            Verdict::Deliver(0..28)
+        );
     }
 
     #[test]

@@ -98,7 +98,8 @@ impl FromStr for Ipv4Net {
             .ok()
             .filter(|p| *p <= 32)
             .ok_or_else(|| ParseNetError(format!("{p:?} is not a prefix length (0-32)")))?;
-        let net = Ipv4Net::new(addr, prefix).ok_or_else(|| ParseNetError(format!("bad prefix {p}")))?;
+        let net =
+            Ipv4Net::new(addr, prefix).ok_or_else(|| ParseNetError(format!("bad prefix {p}")))?;
         if net.addr != addr {
             return Err(ParseNetError(format!(
                 "{s} has host bits set (the network is {net})"
@@ -122,7 +123,10 @@ mod tests {
         assert!(!s.contains_net(&n));
         assert_eq!(s.first_host(), Ipv4Addr::new(10, 1, 2, 1));
         assert_eq!(n.to_string(), "10.1.0.0/16");
-        assert!("0.0.0.0/0".parse::<Ipv4Net>().expect("valid").contains(Ipv4Addr::BROADCAST));
+        assert!("0.0.0.0/0"
+            .parse::<Ipv4Net>()
+            .expect("valid")
+            .contains(Ipv4Addr::BROADCAST));
     }
 
     #[test]

@@ -99,7 +99,10 @@ mod tests {
     fn request_layout() {
         let m = route_request("10.1.0.0/16".parse().expect("valid"), 7, 42);
         assert_eq!(m.len(), 16 + 12 + 8 + 8);
-        assert_eq!(u32::from_ne_bytes([m[0], m[1], m[2], m[3]]) as usize, m.len());
+        assert_eq!(
+            u32::from_ne_bytes([m[0], m[1], m[2], m[3]]) as usize,
+            m.len()
+        );
         assert_eq!(m[16], libc::AF_INET as u8);
         assert_eq!(m[17], 16);
         assert_eq!(u16::from_ne_bytes([m[28], m[29]]), 8);
@@ -116,7 +119,10 @@ mod tests {
         ok[8..12].copy_from_slice(&9u32.to_ne_bytes());
         assert!(parse_ack(&ok, 9).is_ok());
         ok[16..20].copy_from_slice(&(-libc::EEXIST).to_ne_bytes());
-        assert_eq!(parse_ack(&ok, 9).expect_err("eexist").raw_os_error(), Some(libc::EEXIST));
+        assert_eq!(
+            parse_ack(&ok, 9).expect_err("eexist").raw_os_error(),
+            Some(libc::EEXIST)
+        );
         assert!(parse_ack(&ok[..10], 9).is_err());
         assert!(parse_ack(&ok, 10).is_err());
     }

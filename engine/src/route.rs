@@ -101,9 +101,11 @@ impl RouteSnapshot {
                     groups.len() - 1
                 }
             };
-            groups[idx].routes.insert(u32::from(r.subnet.addr()), r.peer);
+            groups[idx]
+                .routes
+                .insert(u32::from(r.subnet.addr()), r.peer);
         }
-        groups.sort_by(|a, b| b.prefix.cmp(&a.prefix));
+        groups.sort_by_key(|g| std::cmp::Reverse(g.prefix));
         let mut snap = RouteSnapshot {
             generation,
             groups,
@@ -113,7 +115,8 @@ impl RouteSnapshot {
         snap.check_overlaps()?;
         for g in &snap.groups {
             snap.len += g.routes.len();
-            snap.peers.extend(g.routes.values().map(|p| u32::from(*p.ip())));
+            snap.peers
+                .extend(g.routes.values().map(|p| u32::from(*p.ip())));
         }
         Ok(snap)
     }
@@ -273,13 +276,22 @@ mod tests {
     fn lookup_longest_prefix_and_overlap() {
         let s = RouteSnapshot::build(
             1,
-            [route("10.1.0.0/24", [1, 1, 1, 1]), route("10.2.0.0/16", [2, 2, 2, 2])],
+            [
+                route("10.1.0.0/24", [1, 1, 1, 1]),
+                route("10.2.0.0/16", [2, 2, 2, 2]),
+            ],
         )
         .expect("disjoint");
-        assert_eq!(s.lookup(Ipv4Addr::new(10, 2, 9, 9)).map(|p| *p.ip()), Some(Ipv4Addr::new(2, 2, 2, 2)));
+        assert_eq!(
+            s.lookup(Ipv4Addr::new(10, 2, 9, 9)).map(|p| *p.ip()),
+            Some(Ipv4Addr::new(2, 2, 2, 2))
+        );
         let e = RouteSnapshot::build(
             1,
-            [route("10.1.0.0/24", [1, 1, 1, 1]), route("10.1.0.0/16", [2, 2, 2, 2])],
+            [
+                route("10.1.0.0/24", [1, 1, 1, 1]),
+                route("10.1.0.0/16", [2, 2, 2, 2]),
+            ],
         )
         .expect_err("overlap");
         assert_eq!(e.to_string(), "subnets 10.1.0.0/24 and 10.1.0.0/16 overlap");
@@ -289,11 +301,17 @@ mod tests {
     fn duplicate_subnet_last_wins() {
         let s = RouteSnapshot::build(
             1,
-            [route("10.1.2.0/24", [1, 1, 1, 1]), route("10.1.2.0/24", [2, 2, 2, 2])],
+            [
+                route("10.1.2.0/24", [1, 1, 1, 1]),
+                route("10.1.2.0/24", [2, 2, 2, 2]),
+            ],
         )
         .expect("duplicates are replacements");
         assert_eq!(s.len(), 1);
-        assert_eq!(s.lookup(Ipv4Addr::new(10, 1, 2, 1)).map(|p| *p.ip()), Some(Ipv4Addr::new(2, 2, 2, 2)));
+        assert_eq!(
+            s.lookup(Ipv4Addr::new(10, 1, 2, 1)).map(|p| *p.ip()),
+            Some(Ipv4Addr::new(2, 2, 2, 2))
+        );
     }
 
     #[test]
@@ -309,7 +327,10 @@ mod tests {
         let snap = cache.load();
         assert_eq!(snap.generation(), g2);
         assert_eq!(snap.lookup(Ipv4Addr::new(10, 1, 2, 1)), None);
-        assert!(old.upgrade().is_none(), "old snapshot must be reclaimed once no reader holds it");
+        assert!(
+            old.upgrade().is_none(),
+            "old snapshot must be reclaimed once no reader holds it"
+        );
         assert_eq!(t.load().routes().count(), 1);
     }
 
@@ -323,7 +344,10 @@ mod tests {
         assert_eq!(s.len(), 65_536);
         for i in [0u32, 1, 255, 4096, 65_535] {
             let dst = Ipv4Addr::from(0x0a00_0000 | (i << 8) | 9);
-            assert_eq!(s.lookup(dst).map(|p| u32::from(*p.ip())), Some(0xc000_0000 | i));
+            assert_eq!(
+                s.lookup(dst).map(|p| u32::from(*p.ip())),
+                Some(0xc000_0000 | i)
+            );
         }
     }
 }

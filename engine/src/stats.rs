@@ -90,21 +90,25 @@ pub enum Counter {
     TxBytes,
     /// sendmmsg calls.
     TxBatches,
+    /// Messages sent as one UDP GSO run of several datagrams.
+    TxGsoSends,
     /// Datagrams received from peers and written to the TUN device.
     RxPackets,
     /// Bytes of those packets.
     RxBytes,
     /// recvmmsg calls that returned at least one datagram.
     RxBatches,
-    /// Datagrams received in those calls (before decapsulation).
+    /// Datagrams received in those calls (before decapsulation; a GRO run counts each datagram).
     RxDatagrams,
+    /// Messages received as one UDP GRO run of several datagrams.
+    RxGroRuns,
     /// ICMP errors written back into the TUN device.
     IcmpSent,
     /// ICMP errors suppressed by the rate limit.
     IcmpRateLimited,
 }
 
-const NAMED: usize = 9;
+const NAMED: usize = 11;
 const COUNTERS: usize = NAMED + DropReason::ALL.len();
 
 impl Counter {
@@ -113,10 +117,12 @@ impl Counter {
         Counter::TxPackets,
         Counter::TxBytes,
         Counter::TxBatches,
+        Counter::TxGsoSends,
         Counter::RxPackets,
         Counter::RxBytes,
         Counter::RxBatches,
         Counter::RxDatagrams,
+        Counter::RxGroRuns,
         Counter::IcmpSent,
         Counter::IcmpRateLimited,
     ];
@@ -127,10 +133,12 @@ impl Counter {
             Counter::TxPackets => "tx_packets",
             Counter::TxBytes => "tx_bytes",
             Counter::TxBatches => "tx_batches",
+            Counter::TxGsoSends => "tx_gso_sends",
             Counter::RxPackets => "rx_packets",
             Counter::RxBytes => "rx_bytes",
             Counter::RxBatches => "rx_batches",
             Counter::RxDatagrams => "rx_datagrams",
+            Counter::RxGroRuns => "rx_gro_runs",
             Counter::IcmpSent => "icmp_sent",
             Counter::IcmpRateLimited => "icmp_rate_limited",
         }
@@ -201,7 +209,10 @@ impl StatsSnapshot {
 
     /// Drops counted for `reason`.
     pub fn dropped(&self, reason: DropReason) -> u64 {
-        self.values.get(NAMED + reason as usize).copied().unwrap_or(0)
+        self.values
+            .get(NAMED + reason as usize)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// All drops.

@@ -33,7 +33,9 @@ pub struct TunQueue {
 
 impl std::fmt::Debug for TunQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TunQueue").field("fd", &self.dev.as_raw_fd()).finish()
+        f.debug_struct("TunQueue")
+            .field("fd", &self.dev.as_raw_fd())
+            .finish()
     }
 }
 
@@ -64,7 +66,10 @@ pub fn create(cfg: &TunConfig) -> io::Result<Vec<TunQueue>> {
     if cfg.name.is_empty() || cfg.name.len() > 15 || cfg.name.contains(['/', ' ']) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("{:?} is not a valid interface name (1-15 characters)", cfg.name),
+            format!(
+                "{:?} is not a valid interface name (1-15 characters)",
+                cfg.name
+            ),
         ));
     }
     if Path::new("/sys/class/net").join(&cfg.name).exists() {
@@ -82,13 +87,15 @@ pub fn create(cfg: &TunConfig) -> io::Result<Vec<TunQueue>> {
         .mtu(cfg.mtu)
         .multi_queue(true)
         .tx_queue_len(TX_QUEUE_LEN)
+        .enable(false)
         .build_sync()?;
     // The overlay carries IPv4 only; without this the kernel sends router solicitations and MLD
-    // reports into the device, which would be counted as drops.
+    // reports into the device, which would be counted as drops. Done before the link goes up.
     let _ = std::fs::write(
         format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", cfg.name),
         "1",
     );
+    first.enabled(true)?;
     let index = nix::net::if_::if_nametoindex(cfg.name.as_str()).map_err(io::Error::from)?;
     netlink::replace_route(cfg.route, index).map_err(|e| {
         io::Error::new(

@@ -17,7 +17,7 @@ use crate::encap::{encapsulate, Encap};
 use crate::route::RouteCache;
 use crate::stats::{Counter, DropReason, WorkerStats};
 use crate::tun::TunQueue;
-use crate::udp::{BatchSocket, RecvMeta, MAX_BATCH};
+use crate::udp::{BatchSocket, RecvMeta, SendMsg, MAX_BATCH, MAX_GSO_BYTES, MAX_GSO_SEGMENTS};
 use crate::wire::icmp;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -92,7 +92,10 @@ impl ErrorLog {
     #[cold]
     fn report(&mut self, worker: usize, e: &io::Error) {
         let now = Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < ERROR_LOG_INTERVAL) {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < ERROR_LOG_INTERVAL)
+        {
             self.suppressed += 1;
             return;
         }
@@ -122,6 +125,7 @@ pub(crate) struct Worker {
     tx: PacketBatch,
     rx: PacketBatch,
     rx_meta: Box<[RecvMeta]>,
+    msgs: Box<[SendMsg]>,
     icmp: IcmpLimiter,
     icmp_buf: [u8; icmp::MAX_ERROR_LEN],
     send_errors: ErrorLog,
@@ -146,6 +150,16 @@ impl Worker {
             tx: PacketBatch::new(batch),
             rx: PacketBatch::new(batch),
             rx_meta: vec![RecvMeta::default(); batch].into_boxed_slice(),
+            msgs: vec![
+                SendMsg {
+                    first: 0,
+                    count: 0,
+                    dst: std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+                    segment: 0,
+                };
+                batch
+            ]
+            .into_boxed_slice(),
             icmp: IcmpLimiter::new(),
             icmp_buf: [0; icmp::MAX_ERROR_LEN],
             send_errors: ErrorLog::new("UDP send failed"),
@@ -254,35 +268,90 @@ impl Worker {
         }
     }
 
+    /// Groups tx slots `from..count` into messages: with GSO, each run of packets to the same peer
+    /// whose sizes equal the run's first (the last may be shorter) becomes one message. Returns the
+    /// number of messages written to `self.msgs`.
+    fn plan_messages(&mut self, from: usize, count: usize) -> usize {
+        let gso = self.s.sock.gso();
+        let mut k = 0;
+        let mut i = from;
+        while i < count && k < self.msgs.len() {
+            let head = self.tx.meta(i);
+            let mut j = i + 1;
+            let mut bytes = head.len;
+            if gso {
+                while j < count && j - i < MAX_GSO_SEGMENTS {
+                    let m = self.tx.meta(j);
+                    if m.addr != head.addr || m.len > head.len || bytes + m.len > MAX_GSO_BYTES {
+                        break;
+                    }
+                    bytes += m.len;
+                    j += 1;
+                    if m.len < head.len {
+                        break; // a shorter packet can only end a run
+                    }
+                }
+            }
+            self.msgs[k] = SendMsg {
+                first: i,
+                count: j - i,
+                dst: head.addr,
+                segment: head.len as u16,
+            };
+            k += 1;
+            i = j;
+        }
+        k
+    }
+
     /// Sends tx slots `0..count`, one sendmmsg per call until all went or failed.
     fn send_queued(&mut self, count: usize) {
         let mut sent = 0;
         while sent < count {
+            let planned = self.plan_messages(sent, count);
             let tx = &self.tx;
-            let base = sent;
-            match self.s.sock.send_batch(count - sent, |i| {
-                let m = tx.meta(base + i);
-                (tx.packet(base + i), m.addr)
-            }) {
+            match self
+                .s
+                .sock
+                .send_batch(&self.msgs[..planned], |p| tx.packet(p))
+            {
                 Ok(0) => {
                     // Should not happen for UDP; never spin on it.
-                    self.s.stats.drop_packets(DropReason::SendFailed, (count - sent) as u64);
+                    self.s
+                        .stats
+                        .drop_packets(DropReason::SendFailed, (count - sent) as u64);
                     break;
                 }
                 Ok(n) => {
-                    let bytes: usize = (base..base + n).map(|i| tx.meta(i).len).sum();
+                    let msgs = &self.msgs[..n];
+                    let packets: usize = msgs.iter().map(|m| m.count).sum();
+                    let bytes: usize = (sent..sent + packets).map(|i| tx.meta(i).len).sum();
+                    let gso = msgs.iter().filter(|m| m.count > 1).count();
                     self.s.stats.add(Counter::TxBatches, 1);
-                    self.s.stats.add(Counter::TxPackets, n as u64);
+                    self.s.stats.add(Counter::TxPackets, packets as u64);
                     self.s.stats.add(Counter::TxBytes, bytes as u64);
-                    sent += n;
+                    self.s.stats.add(Counter::TxGsoSends, gso as u64);
+                    sent += packets;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if self.msgs[0].count > 1
+                        && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) =>
+                {
+                    // The egress device cannot segment (no checksum offload, say): plain batches
+                    // from now on, as quinn-udp and wireguard-go do.
+                    tracing::warn!(worker = self.s.id, error = %e, "UDP GSO refused by the kernel; sending without it");
+                    self.s.sock.disable_gso();
+                }
                 Err(e) => {
-                    // The first datagram of this call failed (no route on the underlay, firewall):
-                    // count it and go on with the rest.
-                    self.s.stats.drop_packets(DropReason::SendFailed, 1);
+                    // The first message of this call failed (no route on the underlay, firewall):
+                    // count its packets and go on with the rest.
+                    let lost = self.msgs[0].count;
+                    self.s
+                        .stats
+                        .drop_packets(DropReason::SendFailed, lost as u64);
                     self.send_errors.report(self.s.id, &e);
-                    sent += 1;
+                    sent += lost;
                 }
             }
         }
@@ -307,37 +376,70 @@ impl Worker {
             }
         };
         self.s.stats.add(Counter::RxBatches, 1);
-        self.s.stats.add(Counter::RxDatagrams, n as u64);
         let routes = Arc::clone(self.s.routes.load());
         let mut delivered = 0u64;
         let mut bytes = 0u64;
+        let mut datagrams = 0u64;
         for i in 0..n {
             let m = self.rx_meta[i];
             if m.truncated {
                 // Cannot happen with 64 KiB slots; counted rather than assumed.
                 self.s.stats.drop_packets(DropReason::LengthMismatch, 1);
+                datagrams += 1;
                 continue;
             }
-            self.rx.set_meta(i, Meta { len: m.len, addr: m.src });
-            let datagram = self.rx.packet(i);
-            match decapsulate(*m.src.ip(), datagram, &routes, &self.s.policy) {
-                Verdict::Deliver(range) => match self.s.tun.write(&datagram[range]) {
-                    Ok(w) => {
-                        delivered += 1;
-                        bytes += w as u64;
-                    }
-                    Err(e) => {
-                        self.s.stats.drop_packets(DropReason::TunWriteFailed, 1);
-                        self.tun_write_errors.report(self.s.id, &e);
-                    }
+            self.rx.set_meta(
+                i,
+                Meta {
+                    len: m.len,
+                    addr: m.src,
                 },
-                Verdict::Drop(reason) => self.s.stats.drop_packets(reason, 1),
+            );
+            let buffer = self.rx.packet(i);
+            // A GRO run holds several datagrams of `segment` bytes (the last may be shorter).
+            let seg = if m.segment > 0 {
+                m.segment
+            } else {
+                buffer.len().max(1)
+            };
+            for datagram in buffer.chunks(seg) {
+                datagrams += 1;
+                match decapsulate(*m.src.ip(), datagram, &routes, &self.s.policy) {
+                    Verdict::Deliver(range) => match self.s.tun.write(&datagram[range]) {
+                        Ok(w) => {
+                            delivered += 1;
+                            bytes += w as u64;
+                        }
+                        Err(e) => {
+                            self.s.stats.drop_packets(DropReason::TunWriteFailed, 1);
+                            self.tun_write_errors.report(self.s.id, &e);
+                        }
+                    },
+                    Verdict::Drop(reason) => self.s.stats.drop_packets(reason, 1),
+                }
             }
+            if buffer.is_empty() {
+                // An empty datagram: chunks() yields nothing, but it still arrived and is dropped.
+                datagrams += 1;
+                self.s.stats.drop_packets(DropReason::Truncated, 1);
+            }
+        }
+        self.s.stats.add(Counter::RxDatagrams, datagrams);
+        let runs = gro_runs(&self.rx_meta[..n]);
+        if runs > 0 {
+            self.s.stats.add(Counter::RxGroRuns, runs);
         }
         self.s.stats.add(Counter::RxPackets, delivered);
         self.s.stats.add(Counter::RxBytes, bytes);
         n == want
     }
+}
+
+/// Messages in `meta` that carried a GRO run of more than one datagram.
+fn gro_runs(meta: &[RecvMeta]) -> u64 {
+    meta.iter()
+        .filter(|m| m.segment > 0 && m.len > m.segment)
+        .count() as u64
 }
 
 /// Wakes a worker out of poll.
@@ -353,6 +455,9 @@ mod tests {
     fn icmp_limiter_caps_bursts() {
         let mut l = IcmpLimiter::new();
         let allowed = (0..1000).filter(|_| l.allow()).count();
-        assert!(allowed >= ICMP_PER_SEC as usize && allowed <= ICMP_PER_SEC as usize + 5, "{allowed}");
+        assert!(
+            allowed >= ICMP_PER_SEC as usize && allowed <= ICMP_PER_SEC as usize + 5,
+            "{allowed}"
+        );
     }
 }

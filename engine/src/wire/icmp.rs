@@ -126,7 +126,12 @@ mod tests {
     fn emits_net_unreachable() {
         let off = udp_packet(64);
         let mut buf = [0u8; MAX_ERROR_LEN];
-        let n = emit_error(&mut buf, ErrorKind::NetUnreachable, Ipv4Addr::new(10, 1, 1, 0), &off);
+        let n = emit_error(
+            &mut buf,
+            ErrorKind::NetUnreachable,
+            Ipv4Addr::new(10, 1, 1, 0),
+            &off,
+        );
         assert_eq!(&buf[..n], &UNREACHABLE_BYTES[..]);
         let ip = Ipv4Packet::new_checked(&buf[..n]).expect("valid");
         assert!(ip.verify_checksum());
@@ -137,7 +142,12 @@ mod tests {
     fn emits_time_exceeded() {
         let off = udp_packet(1);
         let mut buf = [0u8; MAX_ERROR_LEN];
-        let n = emit_error(&mut buf, ErrorKind::TimeExceeded, Ipv4Addr::new(10, 1, 1, 0), &off);
+        let n = emit_error(
+            &mut buf,
+            ErrorKind::TimeExceeded,
+            Ipv4Addr::new(10, 1, 1, 0),
+            &off,
+        );
         assert_eq!((buf[20], buf[21]), (11, 0));
         assert_eq!(checksum::sum(&buf[20..n]), 0xffff);
     }

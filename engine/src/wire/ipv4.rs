@@ -249,14 +249,26 @@ mod tests {
         assert_eq!(Packet::new_checked(&six[..]).err(), Some(Error::NotIpv4));
         let mut short_ihl = v.clone();
         short_ihl[0] = 0x44;
-        assert_eq!(Packet::new_checked(&short_ihl[..]).err(), Some(Error::BadHeaderLen));
+        assert_eq!(
+            Packet::new_checked(&short_ihl[..]).err(),
+            Some(Error::BadHeaderLen)
+        );
         let mut long_ihl = v.clone();
         long_ihl[0] = 0x4f; // 60 bytes of header in a 28-byte packet
-        assert_eq!(Packet::new_checked(&long_ihl[..]).err(), Some(Error::BadHeaderLen));
-        assert_eq!(Packet::new_checked(&v[..27]).err(), Some(Error::LengthMismatch));
+        assert_eq!(
+            Packet::new_checked(&long_ihl[..]).err(),
+            Some(Error::BadHeaderLen)
+        );
+        assert_eq!(
+            Packet::new_checked(&v[..27]).err(),
+            Some(Error::LengthMismatch)
+        );
         let mut longer = v.clone();
         longer.push(0);
-        assert_eq!(Packet::new_checked(&longer[..]).err(), Some(Error::LengthMismatch));
+        assert_eq!(
+            Packet::new_checked(&longer[..]).err(),
+            Some(Error::LengthMismatch)
+        );
     }
 
     #[test]
@@ -277,7 +289,11 @@ mod tests {
             let ttl = p.ttl();
             p.decrement_ttl();
             assert_eq!(p.ttl(), ttl - 1);
-            assert!(p.verify_checksum(), "incremental checksum wrong for {:02x?}", &v[..20]);
+            assert!(
+                p.verify_checksum(),
+                "incremental checksum wrong for {:02x?}",
+                &v[..20]
+            );
         }
     }
 }

@@ -3,6 +3,6 @@
 mod mmsg;
 mod sockopt;
 
-pub use mmsg::{RecvMeta, MAX_BATCH};
 pub(crate) use mmsg::{recv_batch, send_batch};
-pub(crate) use sockopt::set_buffer_sizes;
+pub use mmsg::{RecvMeta, SendMsg, MAX_BATCH};
+pub(crate) use sockopt::{enable_udp_gro, probe_udp_gso, set_buffer_sizes};

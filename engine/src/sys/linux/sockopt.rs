@@ -4,7 +4,12 @@ use std::io;
 use std::mem;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-fn set_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn set_int(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: `value` is a live c_int and the length passed is its size; the fd is borrowed, so open.
     syscall!(setsockopt(
         fd.as_raw_fd(),
@@ -30,4 +35,15 @@ pub(crate) fn set_buffer_sizes(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<(
         }
     }
     Ok(())
+}
+
+/// Turns on UDP GRO: the kernel may hand over runs of datagrams from one sender as one buffer.
+pub(crate) fn enable_udp_gro(fd: BorrowedFd<'_>) -> io::Result<()> {
+    set_int(fd, libc::SOL_UDP, 104, 1)
+}
+
+/// Whether the kernel knows UDP GSO: setting the socket's default segment size to 0 (no GSO unless
+/// a message asks for it) fails with ENOPROTOOPT on kernels without it.
+pub(crate) fn probe_udp_gso(fd: BorrowedFd<'_>) -> bool {
+    set_int(fd, libc::SOL_UDP, 103, 0).is_ok()
 }

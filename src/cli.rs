@@ -1,0 +1,184 @@
+//! Command line of the `weft` binary.
+
+use clap::{Args, Parser, Subcommand};
+use engine::Ipv4Net;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+/// weft: a container overlay network daemon, wire- and store-compatible with flannel.
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the daemon: create the TUN device and carry overlay traffic to the peers.
+    Run(RunArgs),
+}
+
+/// A static peer: `SUBNET=IP`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerArg {
+    /// The subnet the peer's containers use.
+    pub(crate) subnet: Ipv4Net,
+    /// The peer's underlay (public) address.
+    pub(crate) ip: Ipv4Addr,
+}
+
+impl std::str::FromStr for PeerArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (net, ip) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?} is not SUBNET=IP (e.g. 10.1.2.0/24=192.0.2.2)"))?;
+        let subnet = net.trim().parse::<Ipv4Net>().map_err(|e| e.to_string())?;
+        let ip = ip
+            .trim()
+            .parse::<Ipv4Addr>()
+            .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+        Ok(PeerArg { subnet, ip })
+    }
+}
+
+fn parse_net(s: &str) -> Result<Ipv4Net, String> {
+    s.parse::<Ipv4Net>().map_err(|e| e.to_string())
+}
+
+fn parse_batch(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=engine::udp::MAX_BATCH).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a batch size (1-{})",
+            engine::udp::MAX_BATCH
+        )),
+    }
+}
+
+fn parse_workers(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1024).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a worker count (1-1024)")),
+    }
+}
+
+/// Values of `--offload`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OffloadArg {
+    /// Use offloads where the kernel has them.
+    Auto,
+    /// Require them.
+    On,
+    /// Never use them.
+    Off,
+}
+
+impl From<OffloadArg> for engine::udp::Offload {
+    fn from(o: OffloadArg) -> Self {
+        match o {
+            OffloadArg::Auto => engine::udp::Offload::Auto,
+            OffloadArg::On => engine::udp::Offload::On,
+            OffloadArg::Off => engine::udp::Offload::Off,
+        }
+    }
+}
+
+/// Options of `weft run`.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// Underlay interface, by name or by one of its IPv4 addresses [default: the interface of the
+    /// default route]. UDP is bound to its address.
+    #[arg(long, value_name = "NAME|IP")]
+    pub(crate) iface: Option<String>,
+
+    /// Address other hosts reach this host at [default: the interface address].
+    #[arg(long, value_name = "IP")]
+    pub(crate) public_ip: Option<Ipv4Addr>,
+
+    /// The whole overlay network (static mode), e.g. 10.1.0.0/16.
+    #[arg(long, value_name = "CIDR", value_parser = parse_net)]
+    pub(crate) network: Option<Ipv4Net>,
+
+    /// This host's subnet inside the network (static mode), e.g. 10.1.1.0/24.
+    #[arg(long, value_name = "CIDR", value_parser = parse_net)]
+    pub(crate) subnet: Option<Ipv4Net>,
+
+    /// A peer host: its subnet and underlay address (repeatable), e.g. 10.1.2.0/24=192.0.2.2.
+    #[arg(long = "peer", value_name = "SUBNET=IP")]
+    pub(crate) peers: Vec<PeerArg>,
+
+    /// File of SUBNET=IP lines (blank lines and # comments allowed), read at start and again on SIGHUP.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) peers_file: Option<PathBuf>,
+
+    /// UDP port of the overlay on every host.
+    #[arg(long, default_value_t = 8285)]
+    pub(crate) port: u16,
+
+    /// Worker threads, each with its own TUN queue and UDP socket [default: the CPUs this process may run on].
+    #[arg(long, value_name = "N", value_parser = parse_workers)]
+    pub(crate) workers: Option<usize>,
+
+    /// Packets moved per recvmmsg/sendmmsg call.
+    #[arg(long, value_name = "N", default_value_t = engine::dataplane::DEFAULT_BATCH, value_parser = parse_batch)]
+    pub(crate) batch_size: usize,
+
+    /// Name of the TUN device.
+    #[arg(long, default_value = "weft0", value_name = "NAME")]
+    pub(crate) tun_name: String,
+
+    /// Kernel offloads: UDP GSO/GRO on the underlay socket. `auto` uses them where the kernel has
+    /// them and falls back to plain batches where a send is refused; `on` fails at start without them.
+    #[arg(long, value_enum, default_value_t = OffloadArg::Auto)]
+    pub(crate) offload: OffloadArg,
+
+    /// Accept datagrams whatever their outer source (mixed clusters where peers send from other
+    /// addresses than the ones they lease); by default the sender must lease the inner source.
+    #[arg(long)]
+    pub(crate) accept_any_source: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn peer_parsing() {
+        let p: PeerArg = "10.1.2.0/24=192.0.2.2".parse().expect("valid");
+        assert_eq!(p.subnet.to_string(), "10.1.2.0/24");
+        assert_eq!(p.ip, Ipv4Addr::new(192, 0, 2, 2));
+        assert!("10.1.2.0/24".parse::<PeerArg>().is_err());
+        assert!("10.1.2.1/24=192.0.2.2"
+            .parse::<PeerArg>()
+            .unwrap_err()
+            .contains("host bits"));
+        assert!("10.1.2.0/24=nope"
+            .parse::<PeerArg>()
+            .unwrap_err()
+            .contains("\"nope\""));
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let e = Cli::try_parse_from(["weft", "run", "--subnet", "10.1.1.0"]).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("--subnet") && msg.contains("10.1.1.0"),
+            "{msg}"
+        );
+        assert_eq!(e.exit_code(), 2);
+        let e = Cli::try_parse_from(["weft", "run", "--batch-size", "0"]).unwrap_err();
+        assert!(e.to_string().contains("--batch-size"), "{e}");
+    }
+}
