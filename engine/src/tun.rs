@@ -95,6 +95,12 @@ pub fn create(cfg: &TunConfig) -> io::Result<Vec<TunQueue>> {
         format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", cfg.name),
         "1",
     );
+    // ICMP errors weft originates carry the device's own address as source (as flannel's do); the
+    // kernel drops packets with a local source arriving on an interface unless accept_local is set.
+    std::fs::write(
+        format!("/proc/sys/net/ipv4/conf/{}/accept_local", cfg.name),
+        "1",
+    )?;
     first.enabled(true)?;
     let index = nix::net::if_::if_nametoindex(cfg.name.as_str()).map_err(io::Error::from)?;
     netlink::replace_route(cfg.route, index).map_err(|e| {

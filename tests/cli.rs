@@ -1,0 +1,96 @@
+//! Flag errors: exit code 2 and a message naming the flag and the value. No root needed.
+
+#[path = "support/daemon.rs"]
+mod daemon;
+
+use std::process::Command;
+
+fn weft(args: &[&str]) -> (i32, String) {
+    let out = Command::new(daemon::weft_bin())
+        .args(args)
+        .output()
+        .expect("run weft");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn bad_values_exit_2_naming_flag_and_value() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["run", "--subnet", "10.1.1.0"], &["--subnet", "10.1.1.0"]),
+        (
+            &["run", "--network", "10.1.0.0/40"],
+            &["--network", "10.1.0.0/40"],
+        ),
+        (
+            &["run", "--peer", "10.1.2.0/24"],
+            &["--peer", "10.1.2.0/24"],
+        ),
+        (&["run", "--workers", "0"], &["--workers", "0"]),
+        (&["run", "--batch-size", "1000"], &["--batch-size", "1000"]),
+        (&["run", "--offload", "maybe"], &["--offload", "maybe"]),
+        (&["run", "--port", "70000"], &["--port", "70000"]),
+        (
+            &["run", "--network", "10.1.0.0/16", "--subnet", "10.2.1.0/24"],
+            &["--subnet 10.2.1.0/24", "--network 10.1.0.0/16"],
+        ),
+        (
+            &[
+                "run",
+                "--network",
+                "10.1.0.0/16",
+                "--subnet",
+                "10.1.1.0/24",
+                "--peer",
+                "10.1.1.0/25=192.0.2.9",
+            ],
+            &["--peer 10.1.1.0/25=192.0.2.9", "overlaps"],
+        ),
+        (
+            &[
+                "run",
+                "--network",
+                "10.1.0.0/16",
+                "--subnet",
+                "10.1.1.0/24",
+                "--iface",
+                "nosuchif0",
+            ],
+            &["--iface nosuchif0"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let (code, err) = weft(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        for n in *needles {
+            assert!(err.contains(n), "{args:?}: stderr lacks {n:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn version_and_help() {
+    let out = Command::new(daemon::weft_bin())
+        .arg("--version")
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("weft "));
+    let out = Command::new(daemon::weft_bin())
+        .args(["run", "--help"])
+        .output()
+        .expect("run");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--iface",
+        "--peer",
+        "--workers",
+        "--batch-size",
+        "--offload",
+        "--accept-any-source",
+    ] {
+        assert!(help.contains(flag), "help lacks {flag}");
+    }
+}

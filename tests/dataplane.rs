@@ -1,0 +1,448 @@
+//! End-to-end tests of the data plane through the `weft` binary: two hosts joined by a veth underlay,
+//! each with a container behind a bridge, `weft run` on each naming the other as its static peer.
+//! Root is required (namespaces, TUN); see `netns::require_root`.
+
+#[path = "support/daemon.rs"]
+mod daemon;
+#[path = "support/netns.rs"]
+mod netns;
+
+use daemon::Daemon;
+use netns::{Attach, TwoHosts};
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+const MB: u64 = 1 << 20;
+const TRANSFER_PORT: u16 = 5001;
+
+fn topology(test: &str) -> Option<TwoHosts> {
+    if !netns::require_root(test) {
+        return None;
+    }
+    netns::sweep_stale();
+    let t = netns::two_hosts(Attach::Bridge).expect("build the two-host topology");
+    t.set_container_mtu(netns::UDP_BACKEND_MTU)
+        .expect("set container MTU");
+    Some(t)
+}
+
+fn weft_args<'a>(subnet: &'a str, peer: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "run",
+        "--iface",
+        "ul0",
+        "--network",
+        netns::OVERLAY_NET,
+        "--subnet",
+        subnet,
+    ];
+    if !peer.is_empty() {
+        v.extend(["--peer", peer]);
+    }
+    v.extend_from_slice(extra);
+    v
+}
+
+/// Starts weft on both hosts and waits until the containers reach each other.
+fn start_pair(t: &TwoHosts, extra_a: &[&str]) -> (Daemon, Daemon) {
+    let peer_b = format!("{}={}", netns::SUBNET_B, netns::HOST_B_UL);
+    let peer_a = format!("{}={}", netns::SUBNET_A, netns::HOST_A_UL);
+    let uses_file = extra_a.contains(&"--peers-file");
+    let a = Daemon::start(
+        t.host_a.name(),
+        "weft-a",
+        &weft_args(
+            netns::SUBNET_A,
+            if uses_file { "" } else { &peer_b },
+            extra_a,
+        ),
+    );
+    let b = Daemon::start(
+        t.host_b.name(),
+        "weft-b",
+        &weft_args(netns::SUBNET_B, &peer_a, &[]),
+    );
+    a.wait_running();
+    b.wait_running();
+    if let Err(e) = t.wait_ping(Duration::from_secs(15)) {
+        panic!(
+            "{e}\nweft-a:\n{}\nweft-b:\n{}",
+            a.lines().join("\n"),
+            b.lines().join("\n")
+        );
+    }
+    (a, b)
+}
+
+/// Deterministic content of 64 KiB block `n` of a transfer (xorshift64* seeded by the index).
+fn fill_block(n: u64, buf: &mut [u8]) {
+    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for chunk in buf.chunks_mut(8) {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+}
+
+const BLOCK: usize = 64 * 1024;
+
+/// A TCP transfer from ctr_a to ctr_b whose every byte the receiver checks.
+struct Transfer {
+    stop: Arc<AtomicBool>,
+    sender: JoinHandle<io::Result<u64>>,
+    receiver: JoinHandle<io::Result<u64>>,
+}
+
+impl Transfer {
+    /// Sends at least `min_bytes`, and keeps sending until [`Transfer::finish`] when `open_ended`.
+    fn start(t: &TwoHosts, min_bytes: u64, open_ended: bool) -> Transfer {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let ctr_b = format!("/run/netns/{}", t.ctr_b.name());
+        let receiver = thread::spawn(move || -> io::Result<u64> {
+            enter(&ctr_b)?;
+            let l = TcpListener::bind((netns::CTR_B, TRANSFER_PORT))?;
+            let _ = ready_tx.send(());
+            let (mut s, _) = l.accept()?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            let mut got = vec![0u8; BLOCK];
+            let mut want = vec![0u8; BLOCK];
+            let mut total = 0u64;
+            let mut fill = 0usize;
+            loop {
+                let n = s.read(&mut got[fill..])?;
+                if n == 0 {
+                    break;
+                }
+                fill += n;
+                if fill == BLOCK {
+                    fill_block(total / BLOCK as u64, &mut want);
+                    if got != want {
+                        return Err(io::Error::other(format!(
+                            "corrupted data in block at offset {total}"
+                        )));
+                    }
+                    total += BLOCK as u64;
+                    fill = 0;
+                }
+            }
+            if fill != 0 {
+                return Err(io::Error::other(format!(
+                    "stream ended mid-block after {total} bytes"
+                )));
+            }
+            Ok(total)
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("receiver listening");
+        let stop = Arc::new(AtomicBool::new(!open_ended));
+        let stop_s = Arc::clone(&stop);
+        let ctr_a = format!("/run/netns/{}", t.ctr_a.name());
+        let sender = thread::spawn(move || -> io::Result<u64> {
+            enter(&ctr_a)?;
+            let dst: SocketAddrV4 = format!("{}:{TRANSFER_PORT}", netns::CTR_B)
+                .parse()
+                .map_err(io::Error::other)?;
+            let mut s = TcpStream::connect_timeout(&dst.into(), Duration::from_secs(10))?;
+            s.set_write_timeout(Some(Duration::from_secs(30)))?;
+            let mut block = vec![0u8; BLOCK];
+            let mut sent = 0u64;
+            while sent < min_bytes || !stop_s.load(Ordering::Relaxed) {
+                fill_block(sent / BLOCK as u64, &mut block);
+                s.write_all(&block)?;
+                sent += BLOCK as u64;
+            }
+            s.shutdown(std::net::Shutdown::Write)?;
+            Ok(sent)
+        });
+        Transfer {
+            stop,
+            sender,
+            receiver,
+        }
+    }
+
+    /// Ends the transfer; returns the bytes that arrived, all checked.
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let sent = self.sender.join().expect("sender thread").expect("sender");
+        let got = self
+            .receiver
+            .join()
+            .expect("receiver thread")
+            .expect("receiver");
+        assert_eq!(got, sent, "bytes received differ from bytes sent");
+        got
+    }
+}
+
+fn enter(path: &str) -> io::Result<()> {
+    let f = std::fs::File::open(path)?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+}
+
+fn stat(m: &std::collections::HashMap<String, f64>, k: &str) -> u64 {
+    m.get(k).copied().unwrap_or(0.0) as u64
+}
+
+#[test]
+fn containers_ping_both_ways_and_icmp_errors() {
+    let Some(t) = topology("containers_ping_both_ways_and_icmp_errors") else {
+        return;
+    };
+    let (a, _b) = start_pair(&t, &[]);
+    t.ctr_a
+        .run(&["ping", "-n", "-c", "3", "-W", "2", netns::CTR_B])
+        .expect("A pings B");
+    t.ctr_b
+        .run(&["ping", "-n", "-c", "3", "-W", "2", netns::CTR_A])
+        .expect("B pings A");
+
+    // No peer leases 10.1.9.0/24: weft answers with ICMP net unreachable from its TUN address.
+    let out = netns::output_timeout(
+        t.ctr_a
+            .cmd("ping")
+            .args(["-n", "-c", "1", "-W", "2", "10.1.9.9"]),
+        Duration::from_secs(10),
+    )
+    .expect("run ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("10.1.1.0") && text.contains("Destination Net Unreachable"),
+        "{text}"
+    );
+    // TTL 2 leaves ctr_a, host A's kernel forwards it with TTL 1 into the TUN: time exceeded.
+    let out = netns::output_timeout(
+        t.ctr_a
+            .cmd("ping")
+            .args(["-n", "-c", "1", "-W", "2", "-t", "2", netns::CTR_B]),
+        Duration::from_secs(10),
+    )
+    .expect("run ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Time to live exceeded"), "{text}");
+
+    let s = a.stats();
+    assert!(stat(&s, "icmp_sent") >= 2, "{s:?}");
+    assert!(stat(&s, "drop_no_route") >= 1, "{s:?}");
+    assert!(stat(&s, "drop_ttl_exceeded") >= 1, "{s:?}");
+    assert!(
+        stat(&s, "tx_packets") >= 3 && stat(&s, "rx_packets") >= 3,
+        "{s:?}"
+    );
+}
+
+#[test]
+fn tcp_200mb_arrives_intact() {
+    let Some(t) = topology("tcp_200mb_arrives_intact") else {
+        return;
+    };
+    let (a, b) = start_pair(&t, &[]);
+    let got = Transfer::start(&t, 200 * MB, false).finish();
+    assert!(got >= 200 * MB);
+    let sa = a.stats();
+    let sb = b.stats();
+    // Every data packet crossed the engines: at least 200 MB / MTU packets each way of the stream.
+    assert!(stat(&sa, "tx_bytes") >= 200 * MB, "{sa:?}");
+    assert!(stat(&sb, "rx_bytes") >= 200 * MB, "{sb:?}");
+    assert_eq!(stat(&sb, "dropped"), 0, "{sb:?}");
+    assert!(sa["mean_tx_batch"] > 1.0, "batching must happen: {sa:?}");
+    let (sa_exit, sb_exit) = (a.stop(), b.stop());
+    assert!(sa_exit.success() && sb_exit.success());
+}
+
+#[test]
+fn thousand_route_swaps_during_a_transfer_break_nothing() {
+    let Some(t) = topology("thousand_route_swaps_during_a_transfer_break_nothing") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("weft-churn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let file = dir.join("peers");
+    let base = format!("{}={}\n", netns::SUBNET_B, netns::HOST_B_UL);
+    std::fs::write(&file, &base).expect("peers file");
+    let file_s = file.to_string_lossy().to_string();
+    let (a, _b) = start_pair(&t, &["--peers-file", &file_s]);
+
+    let transfer = Transfer::start(&t, 20 * MB, true);
+    for i in 0..1000 {
+        // Alternate between two different tables so every swap really changes the snapshot.
+        let content = if i % 2 == 0 {
+            format!("{base}10.1.200.0/24=192.0.2.200\n")
+        } else {
+            base.clone()
+        };
+        std::fs::write(&file, content).expect("rewrite peers file");
+        let from = a.line_count();
+        a.signal(nix::sys::signal::Signal::SIGHUP);
+        if a.wait_line(from, "route table replaced", Duration::from_secs(5))
+            .is_none()
+        {
+            panic!("swap {i} not acknowledged:\n{}", a.lines().join("\n"));
+        }
+    }
+    let got = transfer.finish();
+    assert!(got >= 20 * MB);
+    let s = a.stats();
+    assert_eq!(stat(&s, "generation"), 1001, "{s:?}");
+    assert_eq!(stat(&s, "routes"), 1, "{s:?}");
+    assert_eq!(stat(&s, "dropped"), 0, "{s:?}");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// A valid IPv4/ICMP packet from `src` to `dst`.
+fn inner_packet(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let mut p = vec![
+        0x45, 0, 0, 28, 0, 1, 0x40, 0, 64, 1, 0, 0, src[0], src[1], src[2], src[3], dst[0], dst[1],
+        dst[2], dst[3], 8, 0, 0xf7, 0xfe, 0, 1, 0, 0,
+    ];
+    let mut sum = 0u32;
+    for c in p[..20].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    p
+}
+
+/// Sends each datagram `count` times from a socket bound to `from` inside namespace `ns_path`.
+fn inject(ns_path: &str, from: Ipv4Addr, datagrams: Vec<(Vec<u8>, usize)>) {
+    let path = ns_path.to_string();
+    thread::spawn(move || -> io::Result<()> {
+        enter(&path)?;
+        let s = UdpSocket::bind((from, 0))?;
+        let dst = (netns::HOST_A_UL, 8285);
+        for (d, count) in &datagrams {
+            for _ in 0..*count {
+                s.send_to(d, dst)?;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    })
+    .join()
+    .expect("inject thread")
+    .expect("inject datagrams");
+}
+
+#[test]
+fn hostile_datagrams_are_dropped_and_counted_while_traffic_flows() {
+    let Some(t) = topology("hostile_datagrams_are_dropped_and_counted_while_traffic_flows") else {
+        return;
+    };
+    let (a, _b) = start_pair(&t, &[]);
+    let transfer = Transfer::start(&t, 20 * MB, true);
+    let n = 100;
+    let ok = inner_packet([10, 1, 2, 9], [10, 1, 1, 2]);
+    let spoofed = inner_packet([10, 1, 3, 7], [10, 1, 1, 2]);
+    let not_local = inner_packet([10, 1, 2, 9], [10, 1, 3, 5]);
+    let mut six = ok.clone();
+    six[0] = 0x60;
+    let mut bad_sum = ok.clone();
+    bad_sum[11] ^= 0xff;
+    let mut long = ok.clone();
+    long.extend_from_slice(&[0; 8]);
+    let mut garbage = Vec::new();
+    let mut x = 0x1234_5678_9abc_def0u64;
+    for i in 0..1000usize {
+        let len = 20 + i % 40;
+        let mut g = Vec::with_capacity(len);
+        for _ in 0..len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            g.push(x as u8);
+        }
+        g[0] = 0x4f; // IPv4 with a 60-byte header, in fewer than 60 bytes
+        garbage.push((g, 1));
+    }
+    let host_b = format!("/run/netns/{}", t.host_b.name());
+    let edge = format!(
+        "/run/netns/{}",
+        t.edge
+            .as_ref()
+            .expect("switched underlay has an edge")
+            .name()
+    );
+    let b_ip: Ipv4Addr = netns::HOST_B_UL.parse().expect("ip");
+    let e_ip: Ipv4Addr = netns::EDGE_UL.parse().expect("ip");
+    inject(
+        &host_b,
+        b_ip,
+        vec![
+            (ok[..10].to_vec(), n),
+            (spoofed.clone(), n),
+            (not_local.clone(), n),
+            (bad_sum.clone(), n),
+            (long.clone(), n),
+        ],
+    );
+    inject(&edge, e_ip, vec![(ok.clone(), n), (six.clone(), n)]);
+    inject(&edge, e_ip, garbage);
+    thread::sleep(Duration::from_millis(300));
+    let s = a.stats();
+    let got = transfer.finish();
+    assert!(got >= 20 * MB, "the transfer goes on");
+    let n = n as u64;
+    assert_eq!(stat(&s, "drop_truncated"), n, "{s:?}");
+    assert_eq!(stat(&s, "drop_spoofed"), n, "{s:?}");
+    assert_eq!(stat(&s, "drop_not_local"), n, "{s:?}");
+    assert_eq!(stat(&s, "drop_bad_checksum"), n, "{s:?}");
+    assert_eq!(stat(&s, "drop_length_mismatch"), n, "{s:?}");
+    assert_eq!(stat(&s, "drop_unknown_sender"), n, "{s:?}");
+    assert_eq!(stat(&s, "drop_not_ipv4"), n, "{s:?}");
+    assert_eq!(stat(&s, "drop_bad_header_len"), 1000, "{s:?}");
+    assert_eq!(stat(&s, "dropped"), 7 * n + 1000, "{s:?}");
+    let status = a.stop();
+    assert!(status.success(), "weft exits 0 after SIGTERM: {status:?}");
+}
+
+#[test]
+fn shutdown_removes_the_device_and_route() {
+    let Some(t) = topology("shutdown_removes_the_device_and_route") else {
+        return;
+    };
+    let (a, b) = start_pair(&t, &[]);
+    let routes = t
+        .host_a
+        .ip(&["route", "show", netns::OVERLAY_NET])
+        .expect("ip route");
+    assert!(routes.contains("dev weft0"), "{routes}");
+    let addr = t
+        .host_a
+        .ip(&["-4", "addr", "show", "dev", "weft0"])
+        .expect("ip addr");
+    assert!(
+        addr.contains("10.1.1.0/32") && addr.contains("mtu 1472"),
+        "{addr}"
+    );
+    assert!(a.stop().success());
+    assert!(
+        t.host_a.ip(&["link", "show", "weft0"]).is_err(),
+        "weft0 still exists"
+    );
+    let routes = t
+        .host_a
+        .ip(&["route", "show", netns::OVERLAY_NET])
+        .expect("ip route");
+    assert!(routes.trim().is_empty(), "{routes}");
+    // A second weft with the same device name refuses to attach to a live device.
+    let mut dup = Daemon::start(
+        t.host_b.name(),
+        "weft-dup",
+        &weft_args(netns::SUBNET_B, "10.1.1.0/24=192.0.2.1", &[]),
+    );
+    let status = dup.wait_exit(Duration::from_secs(10));
+    let log = dup.lines().join("\n");
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{status:?} {log}");
+    assert!(log.contains("weft0 already exists"), "{log}");
+    assert!(b.stop().success());
+}
