@@ -88,17 +88,137 @@ impl From<OffloadArg> for engine::udp::Offload {
     }
 }
 
-/// Options of `weft run`.
+/// Flags flanneld spells the same way; accepted with one dash too (`-etcd-endpoints=…`), as Go's
+/// flag package allows.
+pub(crate) const FLANNEL_FLAGS: &[&str] = &[
+    "etcd-endpoints",
+    "etcd-prefix",
+    "etcd-cafile",
+    "etcd-certfile",
+    "etcd-keyfile",
+    "etcd-username",
+    "etcd-password",
+    "iface",
+    "public-ip",
+    "subnet-file",
+    "subnet-lease-renew-margin",
+];
+
+/// Rewrites Go-style single-dash long flags (`-iface=eth0`, `-public-ip 1.2.3.4`) of
+/// [`FLANNEL_FLAGS`] to `--iface=eth0`, so flanneld command lines and unit files work unchanged.
+pub(crate) fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    args.into_iter()
+        .map(|a| {
+            let single = a.starts_with('-') && !a.starts_with("--");
+            let name = a.trim_start_matches('-').split('=').next().unwrap_or("");
+            if single && FLANNEL_FLAGS.contains(&name) {
+                format!("-{a}")
+            } else {
+                a
+            }
+        })
+        .collect()
+}
+
+fn parse_margin(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if (1..=1439).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a renew margin in minutes (1-1439)")),
+    }
+}
+
+/// `--etcd-endpoints`: comma-separated URLs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Endpoints(pub(crate) Vec<String>);
+
+fn parse_endpoints(s: &str) -> Result<Endpoints, String> {
+    let v: Vec<String> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect();
+    if v.is_empty() {
+        return Err(format!("{s:?} names no endpoint"));
+    }
+    for e in &v {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(format!("{e:?} is not an http:// or https:// URL"));
+        }
+    }
+    Ok(Endpoints(v))
+}
+
+/// Options of `weft run`. Without `--network`/`--subnet` weft takes its subnet from etcd, as
+/// flanneld does; flannel's flags are also read from `FLANNELD_*` environment variables when not
+/// given on the command line.
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// Underlay interface, by name or by one of its IPv4 addresses [default: the interface of the
-    /// default route]. UDP is bound to its address.
-    #[arg(long, value_name = "NAME|IP")]
-    pub(crate) iface: Option<String>,
+    /// Underlay interface, by name or IPv4 address; repeatable, the first that exists wins
+    /// [default: the interface of the default route]. UDP is bound to its address.
+    #[arg(long, value_name = "NAME|IP", env = "FLANNELD_IFACE")]
+    pub(crate) iface: Vec<String>,
 
-    /// Address other hosts reach this host at [default: the interface address].
-    #[arg(long, value_name = "IP")]
+    /// Address other hosts reach this host at, published in the lease [default: the interface address].
+    #[arg(long, value_name = "IP", env = "FLANNELD_PUBLIC_IP")]
     pub(crate) public_ip: Option<Ipv4Addr>,
+
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        value_name = "URLS",
+        env = "FLANNELD_ETCD_ENDPOINTS",
+        default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379",
+        value_parser = parse_endpoints
+    )]
+    pub(crate) etcd_endpoints: Endpoints,
+
+    /// etcd key prefix of the network config and the leases.
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        env = "FLANNELD_ETCD_PREFIX",
+        default_value = "/coreos.com/network"
+    )]
+    pub(crate) etcd_prefix: String,
+
+    /// CA certificate (PEM) to verify etcd's server certificate.
+    #[arg(long, value_name = "PATH", env = "FLANNELD_ETCD_CAFILE")]
+    pub(crate) etcd_cafile: Option<PathBuf>,
+
+    /// Client certificate (PEM) for etcd.
+    #[arg(long, value_name = "PATH", env = "FLANNELD_ETCD_CERTFILE")]
+    pub(crate) etcd_certfile: Option<PathBuf>,
+
+    /// Client key (PEM) for etcd.
+    #[arg(long, value_name = "PATH", env = "FLANNELD_ETCD_KEYFILE")]
+    pub(crate) etcd_keyfile: Option<PathBuf>,
+
+    /// etcd user name.
+    #[arg(long, value_name = "NAME", env = "FLANNELD_ETCD_USERNAME")]
+    pub(crate) etcd_username: Option<String>,
+
+    /// etcd password.
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "FLANNELD_ETCD_PASSWORD",
+        hide_env_values = true
+    )]
+    pub(crate) etcd_password: Option<String>,
+
+    /// Where to write the subnet environment file (read back at start to keep the same subnet).
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "FLANNELD_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env"
+    )]
+    pub(crate) subnet_file: PathBuf,
+
+    /// Renew the lease this many minutes before it expires (1-1439).
+    #[arg(long, value_name = "MINUTES", env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60, value_parser = parse_margin)]
+    pub(crate) subnet_lease_renew_margin: u32,
 
     /// The whole overlay network (static mode), e.g. 10.1.0.0/16.
     #[arg(long, value_name = "CIDR", value_parser = parse_net)]
@@ -116,7 +236,8 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub(crate) peers_file: Option<PathBuf>,
 
-    /// UDP port of the overlay on every host.
+    /// UDP port of the overlay on every host (static mode; with etcd the network config's
+    /// Backend.Port applies).
     #[arg(long, default_value_t = 8285)]
     pub(crate) port: u16,
 
@@ -167,6 +288,60 @@ mod tests {
             .parse::<PeerArg>()
             .unwrap_err()
             .contains("\"nope\""));
+    }
+
+    #[test]
+    fn go_style_flags_are_normalized() {
+        let v = normalize_args(
+            [
+                "weft",
+                "run",
+                "-etcd-endpoints=http://a:1",
+                "-iface",
+                "eth0",
+                "-h",
+                "--port",
+                "1",
+            ]
+            .map(String::from),
+        );
+        assert_eq!(
+            v,
+            [
+                "weft",
+                "run",
+                "--etcd-endpoints=http://a:1",
+                "--iface",
+                "eth0",
+                "-h",
+                "--port",
+                "1"
+            ]
+        );
+        let cli = Cli::try_parse_from(normalize_args(
+            [
+                "weft",
+                "run",
+                "-subnet-lease-renew-margin=30",
+                "-public-ip=192.0.2.9",
+            ]
+            .map(String::from),
+        ))
+        .expect("valid");
+        let Command::Run(r) = cli.command;
+        assert_eq!(r.subnet_lease_renew_margin, 30);
+        assert_eq!(r.public_ip, Some(Ipv4Addr::new(192, 0, 2, 9)));
+        assert_eq!(r.etcd_endpoints.0.len(), 2, "flannel's default endpoints");
+    }
+
+    #[test]
+    fn flannel_flag_errors() {
+        let e = Cli::try_parse_from(["weft", "run", "--subnet-lease-renew-margin", "1440"])
+            .unwrap_err();
+        assert!(e.to_string().contains("--subnet-lease-renew-margin"), "{e}");
+        let e =
+            Cli::try_parse_from(["weft", "run", "--etcd-endpoints", "127.0.0.1:2379"]).unwrap_err();
+        assert!(e.to_string().contains("http://"), "{e}");
     }
 
     #[test]

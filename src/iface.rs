@@ -49,33 +49,46 @@ fn default_route_iface() -> Result<String> {
         .ok_or_else(|| anyhow!("no IPv4 default route: name the underlay interface with --iface"))
 }
 
-/// Resolves `--iface` (a name or an address; `None` = the default route's interface).
-pub(crate) fn resolve(spec: Option<&str>) -> Result<Underlay> {
+fn resolve_one(all: &[(String, Ipv4Addr)], s: &str) -> Result<(String, Ipv4Addr)> {
+    if let Ok(ip) = s.parse::<Ipv4Addr>() {
+        return all
+            .iter()
+            .find(|(_, a)| *a == ip)
+            .cloned()
+            .ok_or_else(|| anyhow!("--iface {s}: no interface has this address"));
+    }
+    if !std::path::Path::new("/sys/class/net").join(s).exists() {
+        bail!("--iface {s}: no such interface");
+    }
+    all.iter()
+        .find(|(n, _)| n == s)
+        .cloned()
+        .ok_or_else(|| anyhow!("--iface {s}: the interface has no IPv4 address"))
+}
+
+/// Resolves `--iface` values in order, the first that matches winning (as flanneld does); with
+/// none given, the interface of the default route.
+pub(crate) fn resolve(specs: &[String]) -> Result<Underlay> {
     let all = ipv4_addrs()?;
-    let (name, addr) = match spec {
-        Some(s) => {
-            if let Ok(ip) = s.parse::<Ipv4Addr>() {
-                all.iter()
-                    .find(|(_, a)| *a == ip)
-                    .cloned()
-                    .ok_or_else(|| anyhow!("--iface {s}: no interface has this address"))?
-            } else {
-                if !std::path::Path::new("/sys/class/net").join(s).exists() {
-                    bail!("--iface {s}: no such interface");
+    let (name, addr) = if specs.is_empty() {
+        let name = default_route_iface()?;
+        all.iter()
+            .find(|(n, _)| *n == name)
+            .cloned()
+            .ok_or_else(|| anyhow!("default route interface {name} has no IPv4 address"))?
+    } else {
+        let mut errors = Vec::new();
+        let mut found = None;
+        for s in specs {
+            match resolve_one(&all, s) {
+                Ok(f) => {
+                    found = Some(f);
+                    break;
                 }
-                all.iter()
-                    .find(|(n, _)| n == s)
-                    .cloned()
-                    .ok_or_else(|| anyhow!("--iface {s}: the interface has no IPv4 address"))?
+                Err(e) => errors.push(e.to_string()),
             }
         }
-        None => {
-            let name = default_route_iface()?;
-            all.iter()
-                .find(|(n, _)| *n == name)
-                .cloned()
-                .ok_or_else(|| anyhow!("default route interface {name} has no IPv4 address"))?
-        }
+        found.ok_or_else(|| anyhow!("{}", errors.join("; ")))?
     };
     let mtu = mtu_of(&name)?;
     Ok(Underlay { name, addr, mtu })
@@ -87,18 +100,20 @@ mod tests {
 
     #[test]
     fn loopback_by_name_and_address() {
-        let by_name = resolve(Some("lo")).expect("lo exists");
+        let by_name = resolve(&["lo".into()]).expect("lo exists");
         assert_eq!(by_name.addr, Ipv4Addr::LOCALHOST);
         assert!(by_name.mtu >= 1500);
-        let by_addr = resolve(Some("127.0.0.1")).expect("127.0.0.1 exists");
+        let by_addr = resolve(&["127.0.0.1".into()]).expect("127.0.0.1 exists");
         assert_eq!(by_addr, by_name);
     }
 
     #[test]
     fn errors_name_the_flag_and_value() {
-        let e = resolve(Some("nosuchif0")).unwrap_err().to_string();
+        let e = resolve(&["nosuchif0".into()]).unwrap_err().to_string();
         assert!(e.contains("--iface nosuchif0"), "{e}");
-        let e = resolve(Some("203.0.113.77")).unwrap_err().to_string();
+        let e = resolve(&["203.0.113.77".into()]).unwrap_err().to_string();
         assert!(e.contains("203.0.113.77"), "{e}");
+        let first_missing = resolve(&["nosuchif0".into(), "lo".into()]).expect("lo is second");
+        assert_eq!(first_missing.name, "lo");
     }
 }

@@ -1,18 +1,21 @@
-//! `weft run`: wires the command line, the data plane and (later) the control plane together.
+//! `weft run`: the only code that knows both the control plane and the data plane. It turns lease
+//! sets (or static peers) into route snapshots for the engine, and serves signals.
 
 use crate::cli::{PeerArg, RunArgs};
-use crate::iface;
+use crate::iface::{self, Underlay};
 use anyhow::{Context, Result};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use engine::{Dataplane, DataplaneConfig, Ipv4Net, Route, RouteTable};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// A mistake in the flags or their values: reported with exit code 2.
 #[derive(Debug)]
-pub(crate) struct UsageError(pub String);
+pub(crate) struct UsageError(pub(crate) String);
 
 impl std::fmt::Display for UsageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -24,6 +27,28 @@ impl std::error::Error for UsageError {}
 
 fn usage(msg: String) -> anyhow::Error {
     UsageError(msg).into()
+}
+
+/// How often the main thread checks the workers and the lease when no signal arrives.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Signals caught from the very start, delivered on a channel so the main thread can also wait
+/// for other things.
+fn signal_channel() -> Result<Receiver<i32>> {
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1]).context("installing signal handlers")?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::Builder::new()
+        .name("weft-signals".into())
+        .spawn(move || {
+            for s in signals.forever() {
+                if tx.send(s).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("spawning the signal thread")?;
+    Ok(rx)
 }
 
 /// Reads a peers file: one `SUBNET=IP` per line, blank lines and `#` comments ignored.
@@ -44,7 +69,7 @@ pub(crate) fn read_peers_file(path: &Path) -> Result<Vec<PeerArg>> {
     Ok(peers)
 }
 
-/// Checks the peers against the network and the local subnet and turns them into routes.
+/// Checks static peers against the network and the local subnet and turns them into routes.
 fn peer_routes(
     peers: &[PeerArg],
     network: Ipv4Net,
@@ -85,13 +110,127 @@ fn static_peers(args: &RunArgs) -> Result<Vec<PeerArg>> {
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub(crate) fn run(args: RunArgs) -> Result<()> {
-    // Catch signals first, so that a SIGTERM during start-up still ends in an orderly clean-up.
-    let mut signals =
-        Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1]).context("installing signal handlers")?;
+    // Catch signals first, so that a SIGTERM during start-up still ends in an orderly exit.
+    let signals = signal_channel()?;
+    let static_mode = args.network.is_some()
+        || args.subnet.is_some()
+        || !args.peers.is_empty()
+        || args.peers_file.is_some();
+    let underlay = iface::resolve(&args.iface).map_err(|e| usage(format!("{e:#}")))?;
+    if underlay.mtu <= engine::dataplane::UDP_OVERHEAD + 68 {
+        return Err(usage(format!(
+            "--iface {}: MTU {} is too small for an overlay",
+            underlay.name, underlay.mtu
+        )));
+    }
+    if static_mode {
+        run_static(&args, &underlay, &signals)
+    } else {
+        run_etcd(&args, &underlay, &signals)
+    }
+}
 
+fn dataplane_config(
+    args: &RunArgs,
+    underlay: &Underlay,
+    network: Ipv4Net,
+    local: Ipv4Net,
+    port: u16,
+) -> DataplaneConfig {
+    DataplaneConfig {
+        tun_name: args.tun_name.clone(),
+        underlay_mtu: underlay.mtu,
+        network,
+        local,
+        bind: SocketAddrV4::new(underlay.addr, port),
+        workers: args
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        batch_size: args.batch_size,
+        accept_any_source: args.accept_any_source,
+        socket_buffer: engine::dataplane::DEFAULT_SOCKET_BUFFER,
+        offload: args.offload.into(),
+    }
+}
+
+fn log_started(
+    mode: &str,
+    cfg: &DataplaneConfig,
+    dp: &Dataplane,
+    public_ip: Ipv4Addr,
+    underlay: &Underlay,
+) {
+    tracing::info!(
+        tun = %cfg.tun_name,
+        mtu = cfg.tun_mtu(),
+        address = %cfg.local.addr(),
+        network = %cfg.network,
+        underlay = %underlay.name,
+        bind = %cfg.bind,
+        public_ip = %public_ip,
+        workers = dp.workers(),
+        pinned = dp.pinned(),
+        batch = cfg.batch_size,
+        udp_gso = dp.offloads().0,
+        udp_gro = dp.offloads().1,
+        routes = dp.routes().load().len(),
+        "weft running ({mode})"
+    );
+}
+
+fn log_stats(dp: &Dataplane, extra: &str) {
+    let snap = dp.routes().load();
+    tracing::info!(
+        "stats generation={} routes={} healthy={} {}{extra}",
+        snap.generation(),
+        snap.len(),
+        dp.healthy(),
+        dp.stats()
+    );
+}
+
+/// What the main loop should do after a tick.
+enum Tick {
+    Continue,
+    Fail(anyhow::Error),
+}
+
+/// Serves signals until SIGINT/SIGTERM: SIGUSR1 logs the counters, SIGHUP calls `on_hup`; every
+/// [`TICK`] without a signal calls `on_tick`.
+fn serve(
+    signals: &Receiver<i32>,
+    dp: &Dataplane,
+    mut on_hup: impl FnMut(),
+    mut on_tick: impl FnMut() -> Tick,
+    extra_stats: impl Fn() -> String,
+) -> Result<()> {
+    loop {
+        match signals.recv_timeout(TICK) {
+            Ok(SIGUSR1) => log_stats(dp, &extra_stats()),
+            Ok(SIGHUP) => on_hup(),
+            Ok(sig) => {
+                tracing::info!(signal = sig, "shutting down");
+                return Ok(());
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if !dp.healthy() {
+                    return Err(anyhow::anyhow!("a worker thread stopped; exiting"));
+                }
+                if let Tick::Fail(e) = on_tick() {
+                    return Err(e);
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(anyhow::anyhow!("signal thread ended"));
+            }
+        }
+    }
+}
+
+fn run_static(args: &RunArgs, underlay: &Underlay, signals: &Receiver<i32>) -> Result<()> {
     let (Some(network), Some(local)) = (args.network, args.subnet) else {
         return Err(usage(
-            "static mode needs --network and --subnet (with --peer or --peers-file)".to_string(),
+            "static mode needs both --network and --subnet (and --peer or --peers-file)".into(),
         ));
     };
     if !network.contains_net(&local) {
@@ -99,95 +238,220 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
             "--subnet {local} is not inside --network {network}"
         )));
     }
-    let peers = static_peers(&args).map_err(|e| usage(format!("{e:#}")))?;
+    let peers = static_peers(args).map_err(|e| usage(format!("{e:#}")))?;
     let routes = peer_routes(&peers, network, local, args.port).map_err(usage)?;
     let table = Arc::new(RouteTable::new());
     table
         .replace(routes)
         .map_err(|e| usage(format!("--peer: {e}")))?;
 
-    let underlay = iface::resolve(args.iface.as_deref()).map_err(|e| usage(format!("{e:#}")))?;
-    if underlay.mtu <= engine::dataplane::UDP_OVERHEAD + 68 {
-        return Err(usage(format!(
-            "--iface {}: MTU {} is too small for an overlay",
-            underlay.name, underlay.mtu
-        )));
-    }
-    let workers = args.workers.unwrap_or_else(|| core_count().unwrap_or(1));
-    let cfg = DataplaneConfig {
-        tun_name: args.tun_name.clone(),
-        underlay_mtu: underlay.mtu,
-        network,
-        local,
-        bind: SocketAddrV4::new(underlay.addr, args.port),
-        workers,
-        batch_size: args.batch_size,
-        accept_any_source: args.accept_any_source,
-        socket_buffer: engine::dataplane::DEFAULT_SOCKET_BUFFER,
-        offload: args.offload.into(),
-    };
+    let cfg = dataplane_config(args, underlay, network, local, args.port);
     let dp = Dataplane::start(&cfg, Arc::clone(&table)).context("starting the data plane")?;
-    tracing::info!(
-        tun = %cfg.tun_name,
-        mtu = cfg.tun_mtu(),
-        address = %local.addr(),
-        underlay = %underlay.name,
-        bind = %cfg.bind,
-        public_ip = %args.public_ip.unwrap_or(underlay.addr),
-        workers = dp.workers(),
-        pinned = dp.pinned(),
-        batch = cfg.batch_size,
-        udp_gso = dp.offloads().0,
-        udp_gro = dp.offloads().1,
-        routes = table.load().len(),
-        "weft running (static peers)"
+    log_started(
+        "static peers",
+        &cfg,
+        &dp,
+        args.public_ip.unwrap_or(underlay.addr),
+        underlay,
     );
-
-    for sig in signals.forever() {
-        match sig {
-            SIGUSR1 => log_stats(&dp, &table),
-            SIGHUP => match static_peers(&args)
-                .and_then(|p| {
-                    peer_routes(&p, network, local, args.port).map_err(anyhow::Error::msg)
-                })
-                .and_then(|r| table.replace(r).map_err(anyhow::Error::from))
-            {
-                Ok(generation) => tracing::info!(
-                    generation,
-                    routes = table.load().len(),
-                    "route table replaced"
-                ),
-                Err(e) => tracing::error!("SIGHUP: keeping the current routes: {e:#}"),
-            },
-            _ => {
-                tracing::info!(signal = sig, "shutting down");
-                break;
-            }
-        }
-    }
+    let reload = || match static_peers(args)
+        .and_then(|p| peer_routes(&p, network, local, args.port).map_err(anyhow::Error::msg))
+        .and_then(|r| table.replace(r).map_err(anyhow::Error::from))
+    {
+        Ok(generation) => tracing::info!(
+            generation,
+            routes = table.load().len(),
+            "route table replaced"
+        ),
+        Err(e) => tracing::error!("SIGHUP: keeping the current routes: {e:#}"),
+    };
+    let result = serve(signals, &dp, reload, || Tick::Continue, String::new);
     let stats = dp.stop();
-    tracing::info!(
-        generation = table.load().generation(),
-        routes = table.load().len(),
-        "stats {stats}"
-    );
-    Ok(())
+    tracing::info!("final stats {stats}");
+    result
 }
 
-fn log_stats(dp: &Dataplane, table: &RouteTable) {
-    let snap = table.load();
-    tracing::info!(
-        generation = snap.generation(),
-        routes = snap.len(),
-        healthy = dp.healthy(),
-        "stats {}",
-        dp.stats()
-    );
+fn engine_net(n: control::Ipv4Net) -> Option<Ipv4Net> {
+    Ipv4Net::new(n.addr(), n.prefix_len())
 }
 
-/// CPUs this process may run on.
-fn core_count() -> Option<usize> {
-    std::thread::available_parallelism().ok().map(|n| n.get())
+/// What route snapshots are built from in etcd mode.
+#[derive(Debug, Clone, Copy)]
+struct LeaseParams {
+    network: Ipv4Net,
+    local: Ipv4Net,
+    port: u16,
+}
+
+/// Builds the routes of a lease set: udp leases (BackendType absent or "udp") inside the
+/// network, not overlapping our subnet or an earlier lease (etcd holds what anyone wrote). Returns
+/// the routes and how many leases were skipped.
+fn lease_routes(leases: &[control::Lease], p: &LeaseParams) -> (Vec<Route>, usize) {
+    let mut candidates: Vec<Route> = leases
+        .iter()
+        .filter(|l| {
+            l.attrs
+                .backend_type
+                .as_deref()
+                .is_none_or(|t| t.eq_ignore_ascii_case("udp"))
+        })
+        .filter_map(|l| {
+            let subnet = engine_net(l.subnet)?;
+            (p.network.contains_net(&subnet) && !subnet.overlaps(&p.local)).then_some(Route {
+                subnet,
+                peer: SocketAddrV4::new(l.attrs.public_ip, p.port),
+            })
+        })
+        .collect();
+    candidates.sort_by_key(|r| (u32::from(r.subnet.addr()), r.subnet.prefix()));
+    let mut routes: Vec<Route> = Vec::with_capacity(candidates.len());
+    let mut end = 0u64; // one past the last address covered so far
+    for r in candidates {
+        let start = u64::from(u32::from(r.subnet.addr()));
+        if start < end && !routes.is_empty() {
+            continue;
+        }
+        end = start + (1u64 << (32 - u32::from(r.subnet.prefix())));
+        routes.push(r);
+    }
+    let skipped = leases.len() - routes.len();
+    (routes, skipped)
+}
+
+/// Keeps the latest lease set and publishes routes once the parameters are known (the first
+/// lease set arrives before the network config is handed over).
+#[derive(Debug, Default)]
+struct LeaseState {
+    params: Option<LeaseParams>,
+    leases: Vec<control::Lease>,
+}
+
+fn publish(table: &RouteTable, state: &LeaseState) {
+    let Some(p) = state.params else { return };
+    let (routes, skipped) = lease_routes(&state.leases, &p);
+    if skipped > 0 {
+        tracing::warn!(
+            skipped,
+            "leases not routable (other backend, outside the network, or overlapping)"
+        );
+    }
+    match table.replace(routes) {
+        Ok(generation) => {
+            tracing::debug!(generation, routes = table.load().len(), "routes updated")
+        }
+        Err(e) => tracing::error!("keeping the current routes: {e}"),
+    }
+}
+
+fn run_etcd(args: &RunArgs, underlay: &Underlay, signals: &Receiver<i32>) -> Result<()> {
+    let public_ip = args.public_ip.unwrap_or(underlay.addr);
+    let opts = control::ControlOptions {
+        etcd: control::EtcdOptions {
+            endpoints: args.etcd_endpoints.0.clone(),
+            prefix: args.etcd_prefix.clone(),
+            ca_file: args.etcd_cafile.clone(),
+            cert_file: args.etcd_certfile.clone(),
+            key_file: args.etcd_keyfile.clone(),
+            username: args.etcd_username.clone(),
+            password: args.etcd_password.clone(),
+        },
+        public_ip,
+        subnet_file: args.subnet_file.clone(),
+        renew_margin: Duration::from_secs(u64::from(args.subnet_lease_renew_margin) * 60),
+        ip_masq: false,
+    };
+    let table = Arc::new(RouteTable::new());
+    let state = Arc::new(Mutex::new(LeaseState::default()));
+    let on_peers: control::OnPeers = {
+        let table = Arc::clone(&table);
+        let state = Arc::clone(&state);
+        Box::new(move |leases: &[control::Lease]| {
+            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+            s.leases = leases.to_vec();
+            publish(&table, &s);
+        })
+    };
+
+    // Start-up waits for etcd and the config as long as it takes; a signal ends the wait.
+    tracing::info!(endpoints = ?opts.etcd.endpoints, prefix = %opts.etcd.prefix, %public_ip, "acquiring a subnet lease");
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("weft-startup".into())
+        .spawn(move || {
+            let _ = tx.send(control::start(opts, on_peers));
+        })
+        .context("spawning the start-up thread")?;
+    let handle = loop {
+        crossbeam_channel::select! {
+            recv(rx) -> r => match r {
+                Ok(Ok(h)) => break h,
+                Ok(Err(e)) => return Err(anyhow::Error::new(e).context("control plane start-up")),
+                Err(_) => return Err(anyhow::anyhow!("control plane start-up thread ended")),
+            },
+            recv(signals) -> s => match s {
+                Ok(SIGINT | SIGTERM) => {
+                    tracing::info!("interrupted while waiting for etcd; nothing to clean up");
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(_) => return Err(anyhow::anyhow!("signal thread ended")),
+            },
+        }
+    };
+
+    let config = handle.config().clone();
+    let lease = handle.lease();
+    let network = engine_net(config.network).context("network config")?;
+    let local = engine_net(lease.subnet).context("lease subnet")?;
+    let port = config.udp_port();
+    let cfg = dataplane_config(args, underlay, network, local, port);
+    let dp = Dataplane::start(&cfg, Arc::clone(&table)).context("starting the data plane")?;
+    {
+        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        s.params = Some(LeaseParams {
+            network,
+            local,
+            port,
+        });
+        publish(&table, &s);
+    }
+    if let Err(e) = handle.data_plane_ready(cfg.tun_mtu()) {
+        tracing::error!("writing {}: {e}", args.subnet_file.display());
+    }
+    log_started("etcd", &cfg, &dp, public_ip, underlay);
+    tracing::info!(subnet = %local, file = %args.subnet_file.display(), "lease held, subnet file written");
+
+    let on_hup = || tracing::info!("SIGHUP: routes follow etcd; nothing to reload");
+    let on_tick = || {
+        let now = handle.lease().subnet;
+        if engine_net(now) != Some(local) {
+            Tick::Fail(anyhow::anyhow!(
+                "our lease moved from {local} to {now} (the old subnet was taken while the lease \
+                 was lost); exiting so that a restart uses the new subnet"
+            ))
+        } else {
+            Tick::Continue
+        }
+    };
+    let extra = || {
+        let c = handle.stats();
+        format!(
+            " etcd_connected={} watch_events={} resyncs={} malformed_skipped={} leases_known={} renewals={} reacquisitions={} lease_expires_in_secs={}",
+            u8::from(c.etcd_connected),
+            c.watch_events,
+            c.resyncs,
+            c.malformed_skipped,
+            c.leases_known,
+            c.renewals,
+            c.reacquisitions,
+            c.lease_expires_in.map_or(-1, |d| d.as_secs() as i64),
+        )
+    };
+    let result = serve(signals, &dp, on_hup, on_tick, extra);
+    let stats = dp.stop();
+    handle.stop();
+    tracing::info!("final stats {stats}");
+    result
 }
 
 #[cfg(test)]
@@ -229,5 +493,43 @@ mod tests {
         let e = format!("{:#}", read_peers_file(&f).unwrap_err());
         assert!(e.contains(":2:"), "{e}");
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    fn lease(subnet: &str, ip: [u8; 4], backend: Option<&str>) -> control::Lease {
+        let mut attrs = control::LeaseAttrs::udp(Ipv4Addr::from(ip));
+        attrs.backend_type = backend.map(str::to_string);
+        control::Lease {
+            subnet: subnet.parse().expect("valid"),
+            ipv6_subnet: None,
+            attrs,
+            expiration: None,
+        }
+    }
+
+    #[test]
+    fn lease_routes_skip_what_cannot_be_routed() {
+        let p = LeaseParams {
+            network: net("10.1.0.0/16"),
+            local: net("10.1.1.0/24"),
+            port: 8285,
+        };
+        let leases = [
+            lease("10.1.2.0/24", [192, 0, 2, 2], None),
+            lease("10.1.3.0/24", [192, 0, 2, 3], Some("udp")),
+            lease("10.1.4.0/24", [192, 0, 2, 4], Some("vxlan")),
+            lease("10.9.0.0/24", [192, 0, 2, 5], None),
+            lease("10.1.1.0/24", [192, 0, 2, 6], None),
+            lease("10.1.2.0/25", [192, 0, 2, 7], None),
+        ];
+        let (routes, skipped) = lease_routes(&leases, &p);
+        assert_eq!(skipped, 4);
+        let got: Vec<String> = routes
+            .iter()
+            .map(|r| format!("{}={}", r.subnet, r.peer))
+            .collect();
+        assert_eq!(
+            got,
+            ["10.1.2.0/24=192.0.2.2:8285", "10.1.3.0/24=192.0.2.3:8285"]
+        );
     }
 }
