@@ -1,0 +1,288 @@
+//! A cluster of N hosts and one etcd on a shared underlay switch, for the control-plane tests.
+//!
+//! ```text
+//!   etcd 192.0.2.250 ─┐
+//!   host1 192.0.2.1  ─┤ wire: bridge sw0         host i: br0 (gateway .1 of its lease, set from
+//!   host2 192.0.2.2  ─┤                          subnet.env as Docker's --bip would) + veth to
+//!   …                ─┘                          container ctr i (.2 of its lease)
+//! ```
+//! Needs `netns` (and `daemon`) included next to it. etcd is Debian's binary, started inside its
+//! namespace with a temporary data dir; everything is removed on drop, also when a test panics.
+#![allow(dead_code)]
+
+use super::daemon::Daemon;
+use super::netns::{self, Netns};
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Address of the etcd host on the underlay.
+pub(crate) const ETCD_IP: &str = "192.0.2.250";
+/// Client URL of etcd.
+pub(crate) const ETCD_URL: &str = "http://192.0.2.250:2379";
+/// The network config the issue's tests use.
+pub(crate) const CONFIG: &str = r#"{"Network": "10.1.0.0/16", "SubnetLen": 24, "SubnetMin": "10.1.15.0", "SubnetMax": "10.1.20.0", "Backend": {"Type": "udp"}}"#;
+
+fn root_ip(args: &[&str]) -> io::Result<String> {
+    netns::run_cmd(Command::new("ip").args(args), netns::CMD_TIMEOUT)
+}
+
+/// One host namespace and its container.
+pub(crate) struct Host {
+    pub(crate) ns: Netns,
+    pub(crate) ctr: Netns,
+    pub(crate) ip: String,
+    /// Subnet (as in FLANNEL_SUBNET, e.g. 10.1.15.1/24) the container was attached with.
+    pub(crate) attached: Option<String>,
+}
+
+impl Host {
+    /// The container's address (.2 of the attached subnet).
+    pub(crate) fn ctr_ip(&self) -> String {
+        let s = self.attached.as_deref().expect("container attached");
+        let gw = s.split('/').next().expect("address");
+        let mut o: Vec<u8> = gw.split('.').map(|x| x.parse().expect("octet")).collect();
+        o[3] += 1;
+        format!("{}.{}.{}.{}", o[0], o[1], o[2], o[3])
+    }
+}
+
+/// The cluster.
+pub(crate) struct Cluster {
+    /// Hosts first, so their daemons' namespaces go before the switch.
+    pub(crate) hosts: Vec<Host>,
+    pub(crate) etcd_ns: Netns,
+    pub(crate) wire: Netns,
+    etcd: Option<Child>,
+    pub(crate) dir: PathBuf,
+    pub(crate) etcd_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Builds the switch, the etcd host and `n` hosts with their containers (not yet addressed).
+    pub(crate) fn new(n: usize) -> io::Result<Cluster> {
+        let wire = Netns::new("wire")?;
+        wire.ip(&["link", "add", "sw0", "type", "bridge"])?;
+        wire.ip(&["link", "set", "sw0", "up"])?;
+        let etcd_ns = Netns::new("etcd")?;
+        let dir = std::env::temp_dir().join(format!("weft-cluster-{}-{}", std::process::id(), etcd_ns.name()));
+        std::fs::create_dir_all(&dir)?;
+        let mut c = Cluster {
+            hosts: Vec::new(),
+            etcd_ns,
+            wire,
+            etcd: None,
+            dir,
+            etcd_args: Vec::new(),
+        };
+        c.plug(&c.etcd_ns, "pe", ETCD_IP)?;
+        for _ in 0..n {
+            c.add_host()?;
+        }
+        Ok(c)
+    }
+
+    fn plug(&self, ns: &Netns, port: &str, addr: &str) -> io::Result<()> {
+        root_ip(&[
+            "link", "add", "ul0", "netns", ns.name(), "type", "veth", "peer", "name", port, "netns",
+            self.wire.name(),
+        ])?;
+        self.wire.ip(&["link", "set", port, "master", "sw0", "up"])?;
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "ul0"])?;
+        ns.ip(&["link", "set", "ul0", "up"])?;
+        Ok(())
+    }
+
+    /// Adds host number `len + 1` (underlay 192.0.2.<n>), with a bridge and a container.
+    pub(crate) fn add_host(&mut self) -> io::Result<usize> {
+        let i = self.hosts.len() + 1;
+        let ns = Netns::new(&format!("host{i}"))?;
+        let ctr = Netns::new(&format!("ctr{i}"))?;
+        let ip = format!("192.0.2.{i}");
+        self.plug(&ns, &format!("p{i}"), &ip)?;
+        for (k, v) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+        ] {
+            ns.sysctl(k, v)?;
+        }
+        root_ip(&[
+            "link", "add", "eth0", "netns", ctr.name(), "type", "veth", "peer", "name", "veth0",
+            "netns", ns.name(),
+        ])?;
+        ns.ip(&["link", "add", "br0", "type", "bridge"])?;
+        ns.ip(&["link", "set", "veth0", "master", "br0", "up"])?;
+        ns.ip(&["link", "set", "br0", "up"])?;
+        ctr.ip(&["link", "set", "eth0", "up"])?;
+        self.hosts.push(Host {
+            ns,
+            ctr,
+            ip,
+            attached: None,
+        });
+        Ok(i - 1)
+    }
+
+    /// Starts etcd (again, on the same data dir after [`Cluster::stop_etcd`]) and waits until healthy.
+    pub(crate) fn start_etcd(&mut self) {
+        assert!(self.etcd.is_none(), "etcd already running");
+        let data = self.dir.join("etcd-data");
+        let log = std::fs::File::create(self.dir.join("etcd.log")).expect("etcd log");
+        let mut args: Vec<String> = [
+            "--name", "e1",
+            "--data-dir", data.to_str().expect("utf-8 path"),
+            "--listen-client-urls", ETCD_URL,
+            "--advertise-client-urls", ETCD_URL,
+            "--listen-peer-urls", "http://192.0.2.250:2380",
+            "--initial-advertise-peer-urls", "http://192.0.2.250:2380",
+            "--initial-cluster", "e1=http://192.0.2.250:2380",
+            "--initial-cluster-state", "new",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(self.etcd_args.iter().cloned());
+        let child = Command::new("ip")
+            .args(["netns", "exec", self.etcd_ns.name(), "etcd"])
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start etcd (apt-get install etcd-server): {e}"));
+        self.etcd = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.etcdctl_try(&["endpoint", "health"]).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "etcd not healthy within 20 s:\n{}",
+            std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
+        );
+    }
+
+    /// Stops etcd (SIGTERM), keeping its data dir.
+    pub(crate) fn stop_etcd(&mut self) {
+        if let Some(mut c) = self.etcd.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs etcdctl (API v3) against the cluster's etcd from its namespace.
+    pub(crate) fn etcdctl_try(&self, args: &[&str]) -> io::Result<String> {
+        netns::run_cmd(
+            self.etcd_ns
+                .cmd("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", ETCD_URL, "--dial-timeout=1s", "--command-timeout=5s"])
+                .args(args),
+            Duration::from_secs(20),
+        )
+    }
+
+    /// Runs etcdctl, panicking on failure.
+    pub(crate) fn etcdctl(&self, args: &[&str]) -> String {
+        self.etcdctl_try(args)
+            .unwrap_or_else(|e| panic!("etcdctl {args:?}: {e}"))
+    }
+
+    /// The subnet file of host `i`.
+    pub(crate) fn subnet_file(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("host{}.env", i + 1))
+    }
+
+    /// Starts weft on host `i` in etcd mode with `extra` flags.
+    pub(crate) fn start_weft(&self, i: usize, extra: &[&str]) -> Daemon {
+        let file = self.subnet_file(i);
+        let mut args = vec![
+            "run",
+            "--iface",
+            "ul0",
+            "--etcd-endpoints",
+            ETCD_URL,
+            "--subnet-file",
+            file.to_str().expect("utf-8 path"),
+        ];
+        args.extend_from_slice(extra);
+        Daemon::start(self.hosts[i].ns.name(), &format!("weft-host{}", i + 1), &args)
+    }
+
+    /// Reads host `i`'s subnet.env into key → value.
+    pub(crate) fn subnet_env(&self, i: usize) -> HashMap<String, String> {
+        let text = std::fs::read_to_string(self.subnet_file(i)).expect("subnet.env written");
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Addresses host `i`'s bridge and container from its subnet.env, as `dockerd --bip` would.
+    pub(crate) fn attach_container(&mut self, i: usize) {
+        let env = self.subnet_env(i);
+        let subnet = env["FLANNEL_SUBNET"].clone();
+        let mtu = env["FLANNEL_MTU"].clone();
+        let h = &self.hosts[i];
+        if let Some(old) = &h.attached {
+            h.ns.ip(&["addr", "del", old, "dev", "br0"]).expect("del old gw");
+            h.ctr.ip(&["addr", "flush", "dev", "eth0"]).expect("flush ctr");
+        }
+        h.ns.ip(&["addr", "add", &subnet, "dev", "br0"]).expect("gw address");
+        for (ns, dev) in [(&h.ns, "br0"), (&h.ns, "veth0"), (&h.ctr, "eth0")] {
+            ns.ip(&["link", "set", dev, "mtu", &mtu]).expect("mtu");
+        }
+        let gw = subnet.split('/').next().expect("addr").to_string();
+        let prefix = subnet.split('/').nth(1).expect("prefix").to_string();
+        self.hosts[i].attached = Some(subnet);
+        let h = &self.hosts[i];
+        let ctr_ip = h.ctr_ip();
+        h.ctr
+            .ip(&["addr", "add", &format!("{ctr_ip}/{prefix}"), "dev", "eth0"])
+            .expect("ctr address");
+        h.ctr
+            .ip(&["route", "replace", "default", "via", &gw])
+            .expect("ctr default route");
+    }
+
+    /// Pings from container `from` to container `to` until an answer or `timeout`.
+    pub(crate) fn ping(&self, from: usize, to: usize, timeout: Duration) -> io::Result<Duration> {
+        let start = Instant::now();
+        let dst = self.hosts[to].ctr_ip();
+        loop {
+            let out = netns::output_timeout(
+                self.hosts[from]
+                    .ctr
+                    .cmd("ping")
+                    .args(["-n", "-c", "1", "-W", "1", &dst]),
+                Duration::from_secs(5),
+            )?;
+            if out.status.success() {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() >= timeout {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("ctr{} cannot reach ctr{} ({dst}) within {timeout:?}", from + 1, to + 1),
+                ));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_etcd();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
