@@ -6,18 +6,18 @@
 mod daemon;
 #[path = "support/netns.rs"]
 mod netns;
+#[path = "support/transfer.rs"]
+mod transfer;
 
 use daemon::Daemon;
 use netns::{Attach, TwoHosts};
-use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::{self, JoinHandle};
+use std::io;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::thread;
 use std::time::Duration;
+use transfer::{enter, Transfer};
 
 const MB: u64 = 1 << 20;
-const TRANSFER_PORT: u16 = 5001;
 
 fn topology(test: &str) -> Option<TwoHosts> {
     if !netns::require_root(test) {
@@ -78,115 +78,6 @@ fn start_pair(t: &TwoHosts, extra_a: &[&str]) -> (Daemon, Daemon) {
     (a, b)
 }
 
-/// Deterministic content of 64 KiB block `n` of a transfer (xorshift64* seeded by the index).
-fn fill_block(n: u64, buf: &mut [u8]) {
-    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for chunk in buf.chunks_mut(8) {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
-        chunk.copy_from_slice(&v[..chunk.len()]);
-    }
-}
-
-const BLOCK: usize = 64 * 1024;
-
-/// A TCP transfer from ctr_a to ctr_b whose every byte the receiver checks.
-struct Transfer {
-    stop: Arc<AtomicBool>,
-    sender: JoinHandle<io::Result<u64>>,
-    receiver: JoinHandle<io::Result<u64>>,
-}
-
-impl Transfer {
-    /// Sends at least `min_bytes`, and keeps sending until [`Transfer::finish`] when `open_ended`.
-    fn start(t: &TwoHosts, min_bytes: u64, open_ended: bool) -> Transfer {
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let ctr_b = format!("/run/netns/{}", t.ctr_b.name());
-        let receiver = thread::spawn(move || -> io::Result<u64> {
-            enter(&ctr_b)?;
-            let l = TcpListener::bind((netns::CTR_B, TRANSFER_PORT))?;
-            let _ = ready_tx.send(());
-            let (mut s, _) = l.accept()?;
-            s.set_read_timeout(Some(Duration::from_secs(30)))?;
-            let mut got = vec![0u8; BLOCK];
-            let mut want = vec![0u8; BLOCK];
-            let mut total = 0u64;
-            let mut fill = 0usize;
-            loop {
-                let n = s.read(&mut got[fill..])?;
-                if n == 0 {
-                    break;
-                }
-                fill += n;
-                if fill == BLOCK {
-                    fill_block(total / BLOCK as u64, &mut want);
-                    if got != want {
-                        return Err(io::Error::other(format!(
-                            "corrupted data in block at offset {total}"
-                        )));
-                    }
-                    total += BLOCK as u64;
-                    fill = 0;
-                }
-            }
-            if fill != 0 {
-                return Err(io::Error::other(format!(
-                    "stream ended mid-block after {total} bytes"
-                )));
-            }
-            Ok(total)
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("receiver listening");
-        let stop = Arc::new(AtomicBool::new(!open_ended));
-        let stop_s = Arc::clone(&stop);
-        let ctr_a = format!("/run/netns/{}", t.ctr_a.name());
-        let sender = thread::spawn(move || -> io::Result<u64> {
-            enter(&ctr_a)?;
-            let dst: SocketAddrV4 = format!("{}:{TRANSFER_PORT}", netns::CTR_B)
-                .parse()
-                .map_err(io::Error::other)?;
-            let mut s = TcpStream::connect_timeout(&dst.into(), Duration::from_secs(10))?;
-            s.set_write_timeout(Some(Duration::from_secs(30)))?;
-            let mut block = vec![0u8; BLOCK];
-            let mut sent = 0u64;
-            while sent < min_bytes || !stop_s.load(Ordering::Relaxed) {
-                fill_block(sent / BLOCK as u64, &mut block);
-                s.write_all(&block)?;
-                sent += BLOCK as u64;
-            }
-            s.shutdown(std::net::Shutdown::Write)?;
-            Ok(sent)
-        });
-        Transfer {
-            stop,
-            sender,
-            receiver,
-        }
-    }
-
-    /// Ends the transfer; returns the bytes that arrived, all checked.
-    fn finish(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        let sent = self.sender.join().expect("sender thread").expect("sender");
-        let got = self
-            .receiver
-            .join()
-            .expect("receiver thread")
-            .expect("receiver");
-        assert_eq!(got, sent, "bytes received differ from bytes sent");
-        got
-    }
-}
-
-fn enter(path: &str) -> io::Result<()> {
-    let f = std::fs::File::open(path)?;
-    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
-}
-
 fn stat(m: &std::collections::HashMap<String, f64>, k: &str) -> u64 {
     m.get(k).copied().unwrap_or(0.0) as u64
 }
@@ -244,7 +135,7 @@ fn tcp_200mb_arrives_intact() {
         return;
     };
     let (a, b) = start_pair(&t, &[]);
-    let got = Transfer::start(&t, 200 * MB, false).finish();
+    let got = Transfer::start(&t.ctr_a, &t.ctr_b, netns::CTR_B, 200 * MB, false).finish();
     assert!(got >= 200 * MB);
     let sa = a.stats();
     let sb = b.stats();
@@ -270,7 +161,7 @@ fn thousand_route_swaps_during_a_transfer_break_nothing() {
     let file_s = file.to_string_lossy().to_string();
     let (a, _b) = start_pair(&t, &["--peers-file", &file_s]);
 
-    let transfer = Transfer::start(&t, 20 * MB, true);
+    let transfer = Transfer::start(&t.ctr_a, &t.ctr_b, netns::CTR_B, 20 * MB, true);
     for i in 0..1000 {
         // Alternate between two different tables so every swap really changes the snapshot.
         let content = if i % 2 == 0 {
@@ -339,7 +230,7 @@ fn hostile_datagrams_are_dropped_and_counted_while_traffic_flows() {
         return;
     };
     let (a, _b) = start_pair(&t, &[]);
-    let transfer = Transfer::start(&t, 20 * MB, true);
+    let transfer = Transfer::start(&t.ctr_a, &t.ctr_b, netns::CTR_B, 20 * MB, true);
     let n = 100;
     let ok = inner_packet([10, 1, 2, 9], [10, 1, 1, 2]);
     let spoofed = inner_packet([10, 1, 3, 7], [10, 1, 1, 2]);

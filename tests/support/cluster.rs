@@ -21,8 +21,21 @@ use std::time::{Duration, Instant};
 
 /// Address of the etcd host on the underlay.
 pub(crate) const ETCD_IP: &str = "192.0.2.250";
-/// Client URL of etcd.
+/// Client URL of etcd without TLS.
 pub(crate) const ETCD_URL: &str = "http://192.0.2.250:2379";
+/// Client URL of etcd with TLS.
+pub(crate) const ETCD_TLS_URL: &str = "https://192.0.2.250:2379";
+
+/// Makes a CA, a server certificate for the etcd address and a client certificate in `dir`.
+const MAKE_CERTS: &str = r#"set -e
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=weft-test-ca 2>/dev/null
+printf 'subjectAltName=IP:192.0.2.250\nextendedKeyUsage=serverAuth,clientAuth\n' > server.ext
+printf 'extendedKeyUsage=clientAuth\n' > client.ext
+for n in server client; do
+  openssl req -newkey rsa:2048 -nodes -keyout $n.key -out $n.csr -subj /CN=weft-$n 2>/dev/null
+  openssl x509 -req -in $n.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $n.pem -days 2 -extfile $n.ext 2>/dev/null
+done
+"#;
 /// The network config the issue's tests use.
 pub(crate) const CONFIG: &str = r#"{"Network": "10.1.0.0/16", "SubnetLen": 24, "SubnetMin": "10.1.15.0", "SubnetMax": "10.1.20.0", "Backend": {"Type": "udp"}}"#;
 
@@ -59,6 +72,7 @@ pub(crate) struct Cluster {
     etcd: Option<Child>,
     pub(crate) dir: PathBuf,
     pub(crate) etcd_args: Vec<String>,
+    tls: bool,
 }
 
 impl Cluster {
@@ -68,7 +82,11 @@ impl Cluster {
         wire.ip(&["link", "add", "sw0", "type", "bridge"])?;
         wire.ip(&["link", "set", "sw0", "up"])?;
         let etcd_ns = Netns::new("etcd")?;
-        let dir = std::env::temp_dir().join(format!("weft-cluster-{}-{}", std::process::id(), etcd_ns.name()));
+        let dir = std::env::temp_dir().join(format!(
+            "weft-cluster-{}-{}",
+            std::process::id(),
+            etcd_ns.name()
+        ));
         std::fs::create_dir_all(&dir)?;
         let mut c = Cluster {
             hosts: Vec::new(),
@@ -77,6 +95,7 @@ impl Cluster {
             etcd: None,
             dir,
             etcd_args: Vec::new(),
+            tls: false,
         };
         c.plug(&c.etcd_ns, "pe", ETCD_IP)?;
         for _ in 0..n {
@@ -87,10 +106,21 @@ impl Cluster {
 
     fn plug(&self, ns: &Netns, port: &str, addr: &str) -> io::Result<()> {
         root_ip(&[
-            "link", "add", "ul0", "netns", ns.name(), "type", "veth", "peer", "name", port, "netns",
+            "link",
+            "add",
+            "ul0",
+            "netns",
+            ns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            port,
+            "netns",
             self.wire.name(),
         ])?;
-        self.wire.ip(&["link", "set", port, "master", "sw0", "up"])?;
+        self.wire
+            .ip(&["link", "set", port, "master", "sw0", "up"])?;
         ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "ul0"])?;
         ns.ip(&["link", "set", "ul0", "up"])?;
         Ok(())
@@ -111,8 +141,18 @@ impl Cluster {
             ns.sysctl(k, v)?;
         }
         root_ip(&[
-            "link", "add", "eth0", "netns", ctr.name(), "type", "veth", "peer", "name", "veth0",
-            "netns", ns.name(),
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            ctr.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "veth0",
+            "netns",
+            ns.name(),
         ])?;
         ns.ip(&["link", "add", "br0", "type", "bridge"])?;
         ns.ip(&["link", "set", "veth0", "master", "br0", "up"])?;
@@ -127,20 +167,68 @@ impl Cluster {
         Ok(i - 1)
     }
 
+    /// Makes certificates and serves etcd over TLS with client-certificate authentication (call
+    /// before [`Cluster::start_etcd`]).
+    pub(crate) fn enable_tls(&mut self) {
+        let d = self.dir.join("tls");
+        std::fs::create_dir_all(&d).expect("tls dir");
+        netns::run_cmd(
+            Command::new("sh").arg("-c").arg(MAKE_CERTS).current_dir(&d),
+            Duration::from_secs(60),
+        )
+        .expect("making certificates with openssl");
+        let f = |n: &str| d.join(n).to_string_lossy().to_string();
+        self.etcd_args = vec![
+            "--cert-file".into(),
+            f("server.pem"),
+            "--key-file".into(),
+            f("server.key"),
+            "--trusted-ca-file".into(),
+            f("ca.pem"),
+            "--client-cert-auth".into(),
+        ];
+        self.tls = true;
+    }
+
+    /// etcd's client URL.
+    pub(crate) fn url(&self) -> &'static str {
+        if self.tls {
+            ETCD_TLS_URL
+        } else {
+            ETCD_URL
+        }
+    }
+
+    fn tls_file(&self, name: &str) -> String {
+        self.dir
+            .join("tls")
+            .join(name)
+            .to_string_lossy()
+            .to_string()
+    }
+
     /// Starts etcd (again, on the same data dir after [`Cluster::stop_etcd`]) and waits until healthy.
     pub(crate) fn start_etcd(&mut self) {
         assert!(self.etcd.is_none(), "etcd already running");
         let data = self.dir.join("etcd-data");
         let log = std::fs::File::create(self.dir.join("etcd.log")).expect("etcd log");
         let mut args: Vec<String> = [
-            "--name", "e1",
-            "--data-dir", data.to_str().expect("utf-8 path"),
-            "--listen-client-urls", ETCD_URL,
-            "--advertise-client-urls", ETCD_URL,
-            "--listen-peer-urls", "http://192.0.2.250:2380",
-            "--initial-advertise-peer-urls", "http://192.0.2.250:2380",
-            "--initial-cluster", "e1=http://192.0.2.250:2380",
-            "--initial-cluster-state", "new",
+            "--name",
+            "e1",
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+            "--listen-client-urls",
+            self.url(),
+            "--advertise-client-urls",
+            self.url(),
+            "--listen-peer-urls",
+            "http://192.0.2.250:2380",
+            "--initial-advertise-peer-urls",
+            "http://192.0.2.250:2380",
+            "--initial-cluster",
+            "e1=http://192.0.2.250:2380",
+            "--initial-cluster-state",
+            "new",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -181,14 +269,19 @@ impl Cluster {
 
     /// Runs etcdctl (API v3) against the cluster's etcd from its namespace.
     pub(crate) fn etcdctl_try(&self, args: &[&str]) -> io::Result<String> {
-        netns::run_cmd(
-            self.etcd_ns
-                .cmd("etcdctl")
-                .env("ETCDCTL_API", "3")
-                .args(["--endpoints", ETCD_URL, "--dial-timeout=1s", "--command-timeout=5s"])
-                .args(args),
-            Duration::from_secs(20),
-        )
+        let mut cmd = self.etcd_ns.cmd("etcdctl");
+        cmd.env("ETCDCTL_API", "3").args([
+            "--endpoints",
+            self.url(),
+            "--dial-timeout=1s",
+            "--command-timeout=5s",
+        ]);
+        if self.tls {
+            cmd.args(["--cacert", &self.tls_file("ca.pem")])
+                .args(["--cert", &self.tls_file("client.pem")])
+                .args(["--key", &self.tls_file("client.key")]);
+        }
+        netns::run_cmd(cmd.args(args), Duration::from_secs(20))
     }
 
     /// Runs etcdctl, panicking on failure.
@@ -204,18 +297,43 @@ impl Cluster {
 
     /// Starts weft on host `i` in etcd mode with `extra` flags.
     pub(crate) fn start_weft(&self, i: usize, extra: &[&str]) -> Daemon {
-        let file = self.subnet_file(i);
+        self.start_weft_with_log(i, extra, "info")
+    }
+
+    /// Like [`Cluster::start_weft`] with the given RUST_LOG filter.
+    pub(crate) fn start_weft_with_log(&self, i: usize, extra: &[&str], filter: &str) -> Daemon {
+        let file = self.subnet_file(i).to_string_lossy().to_string();
+        let (ca, cert, key) = (
+            self.tls_file("ca.pem"),
+            self.tls_file("client.pem"),
+            self.tls_file("client.key"),
+        );
         let mut args = vec![
             "run",
             "--iface",
             "ul0",
             "--etcd-endpoints",
-            ETCD_URL,
+            self.url(),
             "--subnet-file",
-            file.to_str().expect("utf-8 path"),
+            &file,
         ];
+        if self.tls {
+            args.extend([
+                "--etcd-cafile",
+                &ca,
+                "--etcd-certfile",
+                &cert,
+                "--etcd-keyfile",
+                &key,
+            ]);
+        }
         args.extend_from_slice(extra);
-        Daemon::start(self.hosts[i].ns.name(), &format!("weft-host{}", i + 1), &args)
+        Daemon::start_with_log(
+            self.hosts[i].ns.name(),
+            &format!("weft-host{}", i + 1),
+            &args,
+            filter,
+        )
     }
 
     /// Reads host `i`'s subnet.env into key → value.
@@ -234,10 +352,14 @@ impl Cluster {
         let mtu = env["FLANNEL_MTU"].clone();
         let h = &self.hosts[i];
         if let Some(old) = &h.attached {
-            h.ns.ip(&["addr", "del", old, "dev", "br0"]).expect("del old gw");
-            h.ctr.ip(&["addr", "flush", "dev", "eth0"]).expect("flush ctr");
+            h.ns.ip(&["addr", "del", old, "dev", "br0"])
+                .expect("del old gw");
+            h.ctr
+                .ip(&["addr", "flush", "dev", "eth0"])
+                .expect("flush ctr");
         }
-        h.ns.ip(&["addr", "add", &subnet, "dev", "br0"]).expect("gw address");
+        h.ns.ip(&["addr", "add", &subnet, "dev", "br0"])
+            .expect("gw address");
         for (ns, dev) in [(&h.ns, "br0"), (&h.ns, "veth0"), (&h.ctr, "eth0")] {
             ns.ip(&["link", "set", dev, "mtu", &mtu]).expect("mtu");
         }
@@ -272,7 +394,11 @@ impl Cluster {
             if start.elapsed() >= timeout {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("ctr{} cannot reach ctr{} ({dst}) within {timeout:?}", from + 1, to + 1),
+                    format!(
+                        "ctr{} cannot reach ctr{} ({dst}) within {timeout:?}",
+                        from + 1,
+                        to + 1
+                    ),
                 ));
             }
             thread::sleep(Duration::from_millis(50));

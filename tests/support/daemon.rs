@@ -32,10 +32,15 @@ pub(crate) struct Daemon {
 impl Daemon {
     /// Starts `ip netns exec <ns> weft <args>` with RUST_LOG=info (ANSI off: stderr is a pipe).
     pub(crate) fn start(ns: &str, label: &str, args: &[&str]) -> Daemon {
+        Self::start_with_log(ns, label, args, "info")
+    }
+
+    /// Like [`Daemon::start`] with the given RUST_LOG filter.
+    pub(crate) fn start_with_log(ns: &str, label: &str, args: &[&str], filter: &str) -> Daemon {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns, weft_bin()])
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,0 +1,142 @@
+//! A TCP transfer between two namespaces whose every byte the receiver checks, with progress
+//! tracking so a test can assert that forwarding never stalled.
+#![allow(dead_code)]
+
+use super::netns::Netns;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddrV4, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+const TRANSFER_PORT: u16 = 5001;
+
+/// Deterministic content of 64 KiB block `n` of a transfer (xorshift64* seeded by the index).
+pub(crate) fn fill_block(n: u64, buf: &mut [u8]) {
+    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for chunk in buf.chunks_mut(8) {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+}
+
+const BLOCK: usize = 64 * 1024;
+
+/// A TCP transfer from ctr_a to ctr_b whose every byte the receiver checks.
+pub(crate) struct Transfer {
+    stop: Arc<AtomicBool>,
+    sender: JoinHandle<io::Result<u64>>,
+    receiver: JoinHandle<io::Result<(u64, Duration)>>,
+}
+
+impl Transfer {
+    /// Sends at least `min_bytes`, and keeps sending until [`Transfer::finish`] when `open_ended`.
+    pub(crate) fn start(
+        from: &Netns,
+        to: &Netns,
+        to_ip: &str,
+        min_bytes: u64,
+        open_ended: bool,
+    ) -> Transfer {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let ctr_b = format!("/run/netns/{}", to.name());
+        let listen_ip = to_ip.to_string();
+        let dst_ip = to_ip.to_string();
+        let receiver = thread::spawn(move || -> io::Result<(u64, Duration)> {
+            enter(&ctr_b)?;
+            let l = TcpListener::bind((listen_ip.as_str(), TRANSFER_PORT))?;
+            let _ = ready_tx.send(());
+            let (mut s, _) = l.accept()?;
+            s.set_read_timeout(Some(Duration::from_secs(60)))?;
+            let mut got = vec![0u8; BLOCK];
+            let mut want = vec![0u8; BLOCK];
+            let mut total = 0u64;
+            let mut fill = 0usize;
+            let mut last = Instant::now();
+            let mut max_gap = Duration::ZERO;
+            loop {
+                let n = s.read(&mut got[fill..])?;
+                if n == 0 {
+                    break;
+                }
+                let now = Instant::now();
+                max_gap = max_gap.max(now - last);
+                last = now;
+                fill += n;
+                if fill == BLOCK {
+                    fill_block(total / BLOCK as u64, &mut want);
+                    if got != want {
+                        return Err(io::Error::other(format!(
+                            "corrupted data in block at offset {total}"
+                        )));
+                    }
+                    total += BLOCK as u64;
+                    fill = 0;
+                }
+            }
+            if fill != 0 {
+                return Err(io::Error::other(format!(
+                    "stream ended mid-block after {total} bytes"
+                )));
+            }
+            Ok((total, max_gap))
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("receiver listening");
+        let stop = Arc::new(AtomicBool::new(!open_ended));
+        let stop_s = Arc::clone(&stop);
+        let ctr_a = format!("/run/netns/{}", from.name());
+        let sender = thread::spawn(move || -> io::Result<u64> {
+            enter(&ctr_a)?;
+            let dst: SocketAddrV4 = format!("{dst_ip}:{TRANSFER_PORT}")
+                .parse()
+                .map_err(io::Error::other)?;
+            let mut s = TcpStream::connect_timeout(&dst.into(), Duration::from_secs(10))?;
+            s.set_write_timeout(Some(Duration::from_secs(60)))?;
+            let mut block = vec![0u8; BLOCK];
+            let mut sent = 0u64;
+            while sent < min_bytes || !stop_s.load(Ordering::Relaxed) {
+                fill_block(sent / BLOCK as u64, &mut block);
+                s.write_all(&block)?;
+                sent += BLOCK as u64;
+            }
+            s.shutdown(std::net::Shutdown::Write)?;
+            Ok(sent)
+        });
+        Transfer {
+            stop,
+            sender,
+            receiver,
+        }
+    }
+
+    /// Ends the transfer; returns the bytes that arrived, all checked.
+    pub(crate) fn finish(self) -> u64 {
+        self.finish_with_gap().0
+    }
+
+    /// Ends the transfer; returns the bytes that arrived (all checked) and the longest time the
+    /// receiver waited for data.
+    pub(crate) fn finish_with_gap(self) -> (u64, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        let sent = self.sender.join().expect("sender thread").expect("sender");
+        let (got, gap) = self
+            .receiver
+            .join()
+            .expect("receiver thread")
+            .expect("receiver");
+        assert_eq!(got, sent, "bytes received differ from bytes sent");
+        (got, gap)
+    }
+}
+
+/// Moves the current thread into the namespace at `path` (`/run/netns/<name>`).
+pub(crate) fn enter(path: &str) -> io::Result<()> {
+    let f = std::fs::File::open(path)?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+}
