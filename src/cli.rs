@@ -19,6 +19,14 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run the daemon: create the TUN device and carry overlay traffic to the peers.
     Run(RunArgs),
+    /// Write Docker daemon options from subnet.env, as flannel's mk-docker-opts.sh
+    /// (flags -f -d -i -c -k -m; see `weft docker-opts -h`).
+    #[command(name = "docker-opts", disable_help_flag = true)]
+    DockerOpts {
+        /// mk-docker-opts.sh flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// A static peer: `SUBNET=IP`.
@@ -328,7 +336,9 @@ mod tests {
             .map(String::from),
         ))
         .expect("valid");
-        let Command::Run(r) = cli.command;
+        let Command::Run(r) = cli.command else {
+            panic!("run expected");
+        };
         assert_eq!(r.subnet_lease_renew_margin, 30);
         assert_eq!(r.public_ip, Some(Ipv4Addr::new(192, 0, 2, 9)));
         assert_eq!(r.etcd_endpoints.0.len(), 2, "flannel's default endpoints");

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod docker_opts;
 mod iface;
 mod run;
 
@@ -9,6 +10,11 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // `docker-opts` takes mk-docker-opts.sh's getopts-style flags, so it bypasses clap.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("docker-opts") {
+        return ExitCode::from(docker_opts::main(&argv[2..]));
+    }
     let cli = cli::Cli::parse_from(cli::normalize_args(std::env::args()));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -20,6 +26,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         cli::Command::Run(args) => run::run(args),
+        cli::Command::DockerOpts { args } => return ExitCode::from(docker_opts::main(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

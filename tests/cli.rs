@@ -94,3 +94,32 @@ fn version_and_help() {
         assert!(help.contains(flag), "help lacks {flag}");
     }
 }
+
+#[test]
+fn docker_opts_writes_flannels_output() {
+    let dir = std::env::temp_dir().join(format!("weft-docker-opts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let env = dir.join("subnet.env");
+    let out = dir.join("docker_opts.env");
+    std::fs::write(
+        &env,
+        "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.74.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=false\n",
+    )
+    .expect("write");
+    let (code, err) = weft(&[
+        "docker-opts",
+        "-f",
+        env.to_str().expect("utf-8"),
+        "-d",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("written"),
+        "DOCKER_OPT_BIP=\"--bip=10.1.74.1/24\"\nDOCKER_OPT_IPMASQ=\"--ip-masq=true\"\nDOCKER_OPT_MTU=\"--mtu=1472\"\nDOCKER_OPTS=\" --bip=10.1.74.1/24 --ip-masq=true --mtu=1472\"\n"
+    );
+    let (code, err) = weft(&["docker-opts", "-x"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Generate Docker daemon options"), "{err}");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
