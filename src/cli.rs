@@ -110,6 +110,12 @@ pub(crate) const FLANNEL_FLAGS: &[&str] = &[
     "public-ip",
     "subnet-file",
     "subnet-lease-renew-margin",
+    "healthz-ip",
+    "healthz-port",
+    "ip-masq",
+    "iptables-resync",
+    "iptables-forward-rules",
+    "ip-masq-fully-random-disable",
 ];
 
 /// Rewrites Go-style single-dash long flags (`-iface=eth0`, `-public-ip 1.2.3.4`) of
@@ -227,6 +233,24 @@ pub(crate) struct RunArgs {
     /// Renew the lease this many minutes before it expires (1-1439).
     #[arg(long, value_name = "MINUTES", env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60, value_parser = parse_margin)]
     pub(crate) subnet_lease_renew_margin: u32,
+
+    /// Address of the health and metrics endpoints.
+    #[arg(
+        long,
+        value_name = "IP",
+        env = "FLANNELD_HEALTHZ_IP",
+        default_value = "0.0.0.0"
+    )]
+    pub(crate) healthz_ip: std::net::IpAddr,
+
+    /// Port of /healthz, /readyz and /metrics (0: off).
+    #[arg(
+        long,
+        value_name = "PORT",
+        env = "FLANNELD_HEALTHZ_PORT",
+        default_value_t = 0
+    )]
+    pub(crate) healthz_port: u16,
 
     /// The whole overlay network (static mode), e.g. 10.1.0.0/16.
     #[arg(long, value_name = "CIDR", value_parser = parse_net)]

@@ -3,6 +3,7 @@
 
 mod cli;
 mod docker_opts;
+mod health;
 mod iface;
 mod run;
 

@@ -2,6 +2,7 @@
 //! sets (or static peers) into route snapshots for the engine, and serves signals.
 
 use crate::cli::{PeerArg, RunArgs};
+use crate::health::{self, Status};
 use crate::iface::{self, Underlay};
 use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -123,10 +124,18 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
             underlay.name, underlay.mtu
         )));
     }
+    let status = Arc::new(Status::default());
+    if args.healthz_port > 0 {
+        health::serve(
+            std::net::SocketAddr::new(args.healthz_ip, args.healthz_port),
+            Arc::clone(&status),
+        )
+        .map_err(|e| usage(format!("{e:#}")))?;
+    }
     if static_mode {
-        run_static(&args, &underlay, &signals)
+        run_static(&args, &underlay, &signals, &status)
     } else {
-        run_etcd(&args, &underlay, &signals)
+        run_etcd(&args, &underlay, &signals, &status)
     }
 }
 
@@ -227,7 +236,12 @@ fn serve(
     }
 }
 
-fn run_static(args: &RunArgs, underlay: &Underlay, signals: &Receiver<i32>) -> Result<()> {
+fn run_static(
+    args: &RunArgs,
+    underlay: &Underlay,
+    signals: &Receiver<i32>,
+    status: &Status,
+) -> Result<()> {
     let (Some(network), Some(local)) = (args.network, args.subnet) else {
         return Err(usage(
             "static mode needs both --network and --subnet (and --peer or --peers-file)".into(),
@@ -254,6 +268,10 @@ fn run_static(args: &RunArgs, underlay: &Underlay, signals: &Receiver<i32>) -> R
         args.public_ip.unwrap_or(underlay.addr),
         underlay,
     );
+    let _ = status.dataplane.set(dp.stats_source());
+    status
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
     let reload = || match static_peers(args)
         .and_then(|p| peer_routes(&p, network, local, args.port).map_err(anyhow::Error::msg))
         .and_then(|r| table.replace(r).map_err(anyhow::Error::from))
@@ -343,7 +361,12 @@ fn publish(table: &RouteTable, state: &LeaseState) {
     }
 }
 
-fn run_etcd(args: &RunArgs, underlay: &Underlay, signals: &Receiver<i32>) -> Result<()> {
+fn run_etcd(
+    args: &RunArgs,
+    underlay: &Underlay,
+    signals: &Receiver<i32>,
+    status: &Status,
+) -> Result<()> {
     let public_ip = args.public_ip.unwrap_or(underlay.addr);
     let opts = control::ControlOptions {
         etcd: control::EtcdOptions {
@@ -415,8 +438,13 @@ fn run_etcd(args: &RunArgs, underlay: &Underlay, signals: &Receiver<i32>) -> Res
         });
         publish(&table, &s);
     }
-    if let Err(e) = handle.data_plane_ready(cfg.tun_mtu()) {
-        tracing::error!("writing {}: {e}", args.subnet_file.display());
+    let _ = status.dataplane.set(dp.stats_source());
+    let _ = status.control.set(Box::new(handle.stats_fn()));
+    match handle.data_plane_ready(cfg.tun_mtu()) {
+        Ok(()) => status
+            .ready
+            .store(true, std::sync::atomic::Ordering::Release),
+        Err(e) => tracing::error!("writing {}: {e}", args.subnet_file.display()),
     }
     log_started("etcd", &cfg, &dp, public_ip, underlay);
     tracing::info!(subnet = %local, file = %args.subnet_file.display(), "lease held, subnet file written");

@@ -404,3 +404,143 @@ fn thousand_leases_while_traffic_flows() {
     );
     assert!(p(0.99) < 2000.0);
 }
+
+/// `GET path` on 127.0.0.1:`port` inside namespace `ns`: status code and body.
+fn http_get(ns: &netns::Netns, port: u16, path: &str) -> (u16, String) {
+    let path = path.to_string();
+    ns.in_thread(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default();
+        Ok((code, body))
+    })
+    .expect("http request")
+}
+
+/// Checks the Prometheus text exposition format line by line and returns name{labels} → value.
+fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
+    let mut typed = HashSet::new();
+    let mut samples = std::collections::HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut f = rest.split_whitespace();
+            let name = f.next().expect("metric name");
+            let kind = f.next().expect("metric type");
+            assert!(["counter", "gauge"].contains(&kind), "{line}");
+            assert!(typed.insert(name.to_string()), "TYPE twice: {line}");
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample: {line}"));
+        let name = series.split('{').next().expect("name");
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad metric name: {line}"
+        );
+        assert!(typed.contains(name), "sample before its TYPE: {line}");
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(
+                    labels.starts_with('{') && labels.ends_with('}'),
+                    "bad labels: {line}"
+                );
+            }
+        }
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        samples.insert(series.to_string(), v);
+    }
+    samples
+}
+
+#[test]
+fn health_ready_and_metrics_endpoints() {
+    if !netns::require_root("health_ready_and_metrics_endpoints") {
+        return;
+    }
+    netns::sweep_stale();
+    let mut c = Cluster::new(2).expect("topology");
+    c.start_etcd();
+    // No config yet: the daemon runs (healthz) but is not ready.
+    let d1 = c.start_weft(0, &["--healthz-port", "9102", "--healthz-ip", "127.0.0.1"]);
+    within(Duration::from_secs(10), "healthz up", || {
+        d1.line_count() > 0
+            && c.hosts[0]
+                .ns
+                .in_thread(|| Ok(std::net::TcpStream::connect(("127.0.0.1", 9102)).is_ok()))
+                .unwrap_or(false)
+    });
+    assert_eq!(http_get(&c.hosts[0].ns, 9102, "/healthz").0, 200);
+    let (code, body) = http_get(&c.hosts[0].ns, 9102, "/readyz");
+    assert_eq!((code, body.as_str()), (503, "weft is not ready yet\n"));
+    c.etcdctl(&["put", &format!("{PREFIX}/config"), CONFIG]);
+    let d2 = c.start_weft(1, &[]);
+    d1.wait_running();
+    d2.wait_running();
+    within(Duration::from_secs(5), "readyz 200", || {
+        http_get(&c.hosts[0].ns, 9102, "/readyz").0 == 200
+    });
+    assert!(
+        c.subnet_file(0).exists(),
+        "ready implies subnet.env written"
+    );
+    c.attach_container(0);
+    c.attach_container(1);
+    let (code, text) = http_get(&c.hosts[0].ns, 9102, "/metrics");
+    assert_eq!(code, 200);
+    let before = parse_prometheus(&text);
+    for name in [
+        "weft_ready",
+        "weft_routes",
+        "weft_route_generation",
+        "weft_etcd_connected",
+        "weft_lease_expiry_seconds",
+        "weft_watch_events_total",
+        "weft_resyncs_total",
+        "weft_workers_running",
+        "weft_drops_total{reason=\"spoofed\"}",
+        "weft_batch_size_mean{direction=\"tx\"}",
+    ] {
+        assert!(before.contains_key(name), "{name} missing:\n{text}");
+    }
+    assert_eq!(before["weft_ready"], 1.0);
+    assert_eq!(before["weft_routes"], 1.0);
+    assert_eq!(before["weft_etcd_connected"], 1.0);
+    assert!(before["weft_lease_expiry_seconds"] > 23.0 * 3600.0);
+    for _ in 0..5 {
+        c.ping(0, 1, Duration::from_secs(5)).expect("ping");
+    }
+    let after = parse_prometheus(&http_get(&c.hosts[0].ns, 9102, "/metrics").1);
+    let tx = "weft_packets_total{direction=\"tx\"}";
+    let rx = "weft_packets_total{direction=\"rx\"}";
+    assert!(
+        after[tx] >= before[tx] + 5.0,
+        "{} -> {}",
+        before[tx],
+        after[tx]
+    );
+    assert!(
+        after[rx] >= before[rx] + 5.0,
+        "{} -> {}",
+        before[rx],
+        after[rx]
+    );
+    assert_eq!(http_get(&c.hosts[0].ns, 9102, "/nope").0, 404);
+}

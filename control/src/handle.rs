@@ -202,6 +202,12 @@ impl ControlHandle {
         self.shared.stats()
     }
 
+    /// A function returning the counters, usable from other threads (a metrics server).
+    pub fn stats_fn(&self) -> impl Fn() -> ControlStats + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || shared.stats()
+    }
+
     /// Ends the control thread promptly. Our lease is NOT deleted, so a restart reuses it.
     pub fn stop(mut self) {
         self.shutdown();

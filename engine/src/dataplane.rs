@@ -10,7 +10,7 @@ use crate::worker::{self, Worker, WorkerSetup};
 use mio::{Poll, Waker};
 use std::io;
 use std::net::SocketAddrV4;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -53,6 +53,47 @@ impl DataplaneConfig {
     }
 }
 
+/// A cheap, shareable view of a running data plane's counters and health (for a metrics server
+/// on another thread).
+#[derive(Debug, Clone)]
+pub struct StatsSource {
+    stats: Vec<Arc<WorkerStats>>,
+    routes: Arc<RouteTable>,
+    live: Arc<AtomicUsize>,
+    workers: usize,
+}
+
+impl StatsSource {
+    /// Counters summed over all workers.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot::sum(self.stats.iter().map(|s| &**s))
+    }
+
+    /// The route table.
+    pub fn routes(&self) -> &Arc<RouteTable> {
+        &self.routes
+    }
+
+    /// Workers still running.
+    pub fn live_workers(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Whether every worker is still running.
+    pub fn healthy(&self) -> bool {
+        self.live_workers() == self.workers
+    }
+}
+
+/// Decrements the live-worker count when a worker thread ends, however it ends.
+struct LiveGuard(Arc<AtomicUsize>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A running data plane.
 #[derive(Debug)]
 pub struct Dataplane {
@@ -64,6 +105,7 @@ pub struct Dataplane {
     stats: Vec<Arc<WorkerStats>>,
     routes: Arc<RouteTable>,
     pinned: bool,
+    live: Arc<AtomicUsize>,
 }
 
 /// Why the data plane could not start.
@@ -143,6 +185,7 @@ impl Dataplane {
         let gro = setups.iter().all(|s| s.sock.gro());
         let pinned = cores.len() >= 2 || workers == 1;
         let mut threads = Vec::with_capacity(workers);
+        let live = Arc::new(AtomicUsize::new(0));
         for s in setups {
             let id = s.id;
             let core = if pinned && !cores.is_empty() {
@@ -151,9 +194,12 @@ impl Dataplane {
                 None
             };
             let w = Worker::new(s).map_err(ctx(|| format!("registering worker {id}")))?;
+            live.fetch_add(1, Ordering::AcqRel);
+            let guard = LiveGuard(Arc::clone(&live));
             let t = std::thread::Builder::new()
                 .name(format!("weft-worker-{id}"))
                 .spawn(move || {
+                    let _guard = guard;
                     if let Some(c) = core {
                         if !core_affinity::set_for_current(c) {
                             tracing::warn!(
@@ -178,7 +224,18 @@ impl Dataplane {
             stats,
             routes,
             pinned,
+            live,
         })
+    }
+
+    /// A shareable view of the counters and worker health.
+    pub fn stats_source(&self) -> StatsSource {
+        StatsSource {
+            stats: self.stats.clone(),
+            routes: Arc::clone(&self.routes),
+            live: Arc::clone(&self.live),
+            workers: self.threads.len(),
+        }
     }
 
     /// Counters summed over all workers.
@@ -208,7 +265,7 @@ impl Dataplane {
 
     /// Whether every worker thread is still running.
     pub fn healthy(&self) -> bool {
-        self.threads.iter().all(|t| !t.is_finished())
+        self.live.load(Ordering::Acquire) == self.threads.len()
     }
 
     /// Stops and joins the workers; their TUN queues close, which removes the device and its route.

@@ -32,7 +32,7 @@ pub mod udp;
 pub mod wire;
 mod worker;
 
-pub use dataplane::{Dataplane, DataplaneConfig, StartError};
+pub use dataplane::{Dataplane, DataplaneConfig, StartError, StatsSource};
 pub use decap::{decapsulate, DecapPolicy, Verdict};
 pub use encap::{encapsulate, Encap};
 pub use net::Ipv4Net;
