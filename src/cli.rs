@@ -18,7 +18,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run the daemon: create the TUN device and carry overlay traffic to the peers.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Write Docker daemon options from subnet.env, as flannel's mk-docker-opts.sh
     /// (flags -f -d -i -c -k -m; see `weft docker-opts -h`).
     #[command(name = "docker-opts", disable_help_flag = true)]

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         )
         .init();
     let result = match cli.command {
-        cli::Command::Run(args) => run::run(args),
+        cli::Command::Run(args) => run::run(*args),
         cli::Command::DockerOpts { args } => return ExitCode::from(docker_opts::main(&args)),
     };
     match result {
