@@ -234,6 +234,22 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "MINUTES", env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60, value_parser = parse_margin)]
     pub(crate) subnet_lease_renew_margin: u32,
 
+    /// Install flannel's masquerade rules for traffic leaving the overlay (`--ip-masq=true|false`).
+    #[arg(long, env = "FLANNELD_IP_MASQ", num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub(crate) ip_masq: bool,
+
+    /// Masquerade without `--random-fully`.
+    #[arg(long, env = "FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE", num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub(crate) ip_masq_fully_random_disable: bool,
+
+    /// Install FORWARD accept rules for the overlay network (`=false` to leave FORWARD alone).
+    #[arg(long, env = "FLANNELD_IPTABLES_FORWARD_RULES", num_args = 0..=1, require_equals = true, default_value_t = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub(crate) iptables_forward_rules: bool,
+
+    /// Seconds between checks that the iptables rules are still in place.
+    #[arg(long, value_name = "SECONDS", env = "FLANNELD_IPTABLES_RESYNC", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) iptables_resync: u64,
+
     /// Address of the health and metrics endpoints.
     #[arg(
         long,

@@ -5,6 +5,7 @@ mod cli;
 mod docker_opts;
 mod health;
 mod iface;
+mod masq;
 mod run;
 
 use clap::Parser;

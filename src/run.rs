@@ -4,6 +4,7 @@
 use crate::cli::{PeerArg, RunArgs};
 use crate::health::{self, Status};
 use crate::iface::{self, Underlay};
+use crate::masq;
 use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use engine::{Dataplane, DataplaneConfig, Ipv4Net, Route, RouteTable};
@@ -28,6 +29,54 @@ impl std::error::Error for UsageError {}
 
 fn usage(msg: String) -> anyhow::Error {
     UsageError(msg).into()
+}
+
+/// Installs the iptables rules asked for. `previous` (network and subnet of the last run) has its
+/// masquerade rules removed first when they differ from the current ones.
+fn setup_rules(
+    args: &RunArgs,
+    network: Ipv4Net,
+    local: Ipv4Net,
+    previous: Option<(Ipv4Net, Ipv4Net)>,
+) -> Result<Option<masq::Keeper>> {
+    let random_fully = !args.ip_masq_fully_random_disable && masq::supports_random_fully();
+    let mut rules = Vec::new();
+    if args.ip_masq {
+        if let Some((net, sub)) = previous.filter(|p| *p != (network, local)) {
+            let mut removed = 0;
+            for rf in [true, false] {
+                removed += masq::delete(&masq::masq_rules(net, sub, rf))
+                    .context("removing the masquerade rules of the previous subnet")?;
+            }
+            tracing::info!(network = %net, subnet = %sub, removed, "removed the masquerade rules of the previous network/subnet");
+        }
+        rules.extend(masq::masq_rules(network, local, random_fully));
+    }
+    if args.iptables_forward_rules {
+        rules.extend(masq::forward_rules(network));
+    }
+    if rules.is_empty() {
+        return Ok(None);
+    }
+    let period = Duration::from_secs(args.iptables_resync);
+    match masq::Keeper::start(rules, period) {
+        Ok(k) => {
+            tracing::info!(
+                ip_masq = args.ip_masq,
+                forward_rules = args.iptables_forward_rules,
+                random_fully,
+                "iptables rules installed"
+            );
+            Ok(Some(k))
+        }
+        Err(e) if args.ip_masq => Err(e.context("installing the --ip-masq rules")),
+        Err(e) => {
+            tracing::warn!(
+                "FORWARD rules not installed (--iptables-forward-rules=false to skip them): {e:#}"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// How often the main thread checks the workers and the lease when no signal arrives.
@@ -381,8 +430,13 @@ fn run_etcd(
         public_ip,
         subnet_file: args.subnet_file.clone(),
         renew_margin: Duration::from_secs(u64::from(args.subnet_lease_renew_margin) * 60),
-        ip_masq: false,
+        ip_masq: args.ip_masq,
     };
+    let prev = control::env_file::read_previous(&args.subnet_file);
+    let previous = prev
+        .network
+        .zip(prev.subnet)
+        .and_then(|(n, s)| engine_net(n).zip(engine_net(s)));
     let table = Arc::new(RouteTable::new());
     let state = Arc::new(Mutex::new(LeaseState::default()));
     let on_peers: control::OnPeers = {
@@ -438,6 +492,7 @@ fn run_etcd(
         });
         publish(&table, &s);
     }
+    let _rules = setup_rules(args, network, local, previous)?;
     let _ = status.dataplane.set(dp.stats_source());
     let _ = status.control.set(Box::new(handle.stats_fn()));
     match handle.data_plane_ready(cfg.tun_mtu()) {

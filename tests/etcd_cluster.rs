@@ -544,3 +544,123 @@ fn health_ready_and_metrics_endpoints() {
     );
     assert_eq!(http_get(&c.hosts[0].ns, 9102, "/nope").0, 404);
 }
+
+/// Listens on `ip:port` in `server`, connects from `client` and returns the source address the
+/// server saw.
+fn seen_source(server: &netns::Netns, ip: &str, port: u16, client: &netns::Netns) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let addr = format!("{ip}:{port}");
+    let spath = format!("/run/netns/{}", server.name());
+    let a = addr.clone();
+    let srv = std::thread::spawn(move || -> std::io::Result<String> {
+        transfer::enter(&spath)?;
+        let l = std::net::TcpListener::bind(&a)?;
+        let _ = tx.send(());
+        let (_, peer) = l.accept()?;
+        Ok(peer.ip().to_string())
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("listening");
+    client
+        .in_thread(move || {
+            let sa: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+            std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(5)).map(drop)
+        })
+        .expect("connect");
+    srv.join().expect("server thread").expect("accept")
+}
+
+fn nat_rules(c: &Cluster, i: usize) -> String {
+    c.hosts[i]
+        .ns
+        .run(&["iptables", "-w", "-t", "nat", "-S"])
+        .expect("iptables -S")
+}
+
+#[test]
+fn ip_masq_rules_masquerade_resync_and_follow_the_subnet() {
+    let Some(mut c) = cluster("ip_masq_rules_masquerade_resync_and_follow_the_subnet", 2) else {
+        return;
+    };
+    let masq = ["--ip-masq", "--iptables-resync=1"];
+    let mut d1 = c.start_weft(0, &masq);
+    let d2 = c.start_weft(1, &[]);
+    d1.wait_running();
+    d2.wait_running();
+    assert_eq!(c.subnet_env(0)["FLANNEL_IPMASQ"], "true");
+    c.attach_container(0);
+    c.attach_container(1);
+    let ctr0 = c.hosts[0].ctr_ip();
+    let ctr1 = c.hosts[1].ctr_ip();
+
+    // Leaving the overlay (to host 2's underlay address): masqueraded to host 1's address.
+    let src = seen_source(&c.hosts[1].ns, "192.0.2.2", 7001, &c.hosts[0].ctr);
+    assert_eq!(src, "192.0.2.1");
+    // Inside the overlay: the container keeps its address.
+    let src = seen_source(&c.hosts[1].ctr, &ctr1, 7002, &c.hosts[0].ctr);
+    assert_eq!(src, ctr0);
+    // Host 2 runs without --ip-masq: no nat rules, and its container is not masqueraded.
+    assert!(!nat_rules(&c, 1).contains("FLANNEL-POSTRTG"));
+    let src = seen_source(&c.hosts[0].ns, "192.0.2.1", 7003, &c.hosts[1].ctr);
+    assert_eq!(src, ctr1);
+
+    // A deleted rule is back within one resync period (1 s, plus the check itself).
+    let old = c.subnet_env(0)["FLANNEL_SUBNET"].replace(".1/24", ".0/24");
+    let before = nat_rules(&c, 0);
+    assert!(
+        before.contains(&format!("-A FLANNEL-POSTRTG -s {old} -d 10.1.0.0/16")),
+        "{before}"
+    );
+    c.hosts[0]
+        .ns
+        .run(&[
+            "iptables",
+            "-w",
+            "-t",
+            "nat",
+            "-D",
+            "POSTROUTING",
+            "-m",
+            "comment",
+            "--comment",
+            "flanneld masq",
+            "-j",
+            "FLANNEL-POSTRTG",
+        ])
+        .expect("delete the jump rule");
+    let took = within(Duration::from_secs(3), "rule restored", || {
+        nat_rules(&c, 0)
+            .contains("-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG")
+    });
+    eprintln!("deleted masquerade rule restored after {took:?}");
+    let filter = c.hosts[0]
+        .ns
+        .run(&["iptables", "-w", "-S", "FLANNEL-FWD"])
+        .expect("forward chain");
+    assert!(filter.contains("-A FLANNEL-FWD -s 10.1.0.0/16"), "{filter}");
+
+    // Restart with another subnet (the old one is taken meanwhile): the old rules are gone.
+    assert!(d1.stop().success());
+    let old_key = format!("{PREFIX}/subnets/{}", old.replace('/', "-"));
+    c.etcdctl(&["del", &old_key]);
+    c.etcdctl(&[
+        "put",
+        &old_key,
+        r#"{"PublicIP":"192.0.2.99","PublicIPv6":null}"#,
+    ]);
+    d1 = c.start_weft(0, &masq);
+    d1.wait_running();
+    let new = c.subnet_env(0)["FLANNEL_SUBNET"].replace(".1/24", ".0/24");
+    assert_ne!(new, old);
+    let after = nat_rules(&c, 0);
+    assert!(!after.contains(&old), "old subnet's rules remain:\n{after}");
+    assert!(
+        after.contains(&format!("-A FLANNEL-POSTRTG -s {new} -d 10.1.0.0/16")),
+        "{after}"
+    );
+    assert_eq!(
+        after.matches("-j FLANNEL-POSTRTG").count(),
+        1,
+        "one jump rule:\n{after}"
+    );
+    drop(d1);
+}

@@ -155,6 +155,7 @@ impl Dataplane {
         .map_err(ctx(|| format!("creating TUN device {}", cfg.tun_name)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let policy = DecapPolicy {
+            network: cfg.network,
             local: cfg.local,
             accept_any_source: cfg.accept_any_source,
         };

@@ -7,8 +7,11 @@
 //! 1. the datagram is a well-formed IPv4 packet whose total length is the datagram length;
 //! 2. the header checksum verifies;
 //! 3. the inner destination lies in the local subnet;
-//! 4. the outer source is a peer (`UnknownSender` otherwise) and is the very peer whose subnet holds
-//!    the inner source (`Spoofed` otherwise), unless the operator accepts any source.
+//! 4. the outer source is a peer (`UnknownSender` otherwise) and, when the inner source lies in the
+//!    overlay network, is the very peer whose subnet holds it (`Spoofed` otherwise), unless the
+//!    operator accepts any source. An inner source outside the overlay network is a peer host's own
+//!    address (its reply to a container that reached it unmasqueraded, say) and is accepted from
+//!    any peer: no peer can claim another peer's containers.
 
 use crate::net::Ipv4Net;
 use crate::route::RouteSnapshot;
@@ -29,6 +32,8 @@ pub enum Verdict {
 /// What decapsulation checks against.
 #[derive(Debug, Clone, Copy)]
 pub struct DecapPolicy {
+    /// The whole overlay network.
+    pub network: Ipv4Net,
     /// The subnet this host leases.
     pub local: Ipv4Net,
     /// Skip the sender checks (mixed clusters where peers send from other addresses than they lease).
@@ -68,9 +73,12 @@ pub fn decapsulate(
         if !routes.is_peer(outer_src) {
             return Verdict::Drop(DropReason::UnknownSender);
         }
-        match routes.lookup(packet.src_addr()) {
-            Some(peer) if *peer.ip() == outer_src => {}
-            _ => return Verdict::Drop(DropReason::Spoofed),
+        let src = packet.src_addr();
+        if policy.network.contains(src) {
+            match routes.lookup(src) {
+                Some(peer) if *peer.ip() == outer_src => {}
+                _ => return Verdict::Drop(DropReason::Spoofed),
+            }
         }
     }
     Verdict::Deliver(0..datagram.len())
@@ -111,6 +119,7 @@ mod tests {
 
     fn policy() -> DecapPolicy {
         DecapPolicy {
+            network: "10.1.0.0/16".parse().expect("valid"),
             local: "10.1.1.0/24".parse().expect("valid"),
             accept_any_source: false,
         }
@@ -206,6 +215,22 @@ mod tests {
         p.set_src_addr(Ipv4Addr::new(10, 1, 1, 9));
         p.fill_checksum();
         assert_eq!(judge(PEER_B, &d), Verdict::Drop(DropReason::Spoofed));
+    }
+
+    #[test]
+    fn peer_host_addresses_outside_the_network_are_accepted() {
+        // Host B's reply from its underlay address to our container, tunnelled by B.
+        let mut d = DATAGRAM;
+        let mut p = ipv4::Packet::new_unchecked(&mut d[..]);
+        p.set_src_addr(PEER_B);
+        p.fill_checksum();
+        assert_eq!(judge(PEER_B, &d), Verdict::Deliver(0..28));
+        assert_eq!(judge(PEER_C, &d), Verdict::Deliver(0..28));
+        // But not from a stranger.
+        assert_eq!(
+            judge(Ipv4Addr::new(198, 51, 100, 7), &d),
+            Verdict::Drop(DropReason::UnknownSender)
+        );
     }
 
     #[test]

@@ -117,6 +117,7 @@ mod tests {
                 Encap::Forward(_)
             ));
             let policy = DecapPolicy {
+                network: "10.1.0.0/16".parse().expect("valid"),
                 local: "10.1.2.0/24".parse().expect("valid"),
                 accept_any_source: false,
             };
