@@ -1,1 +1,512 @@
-fn main() {}
+//! `weft-bench`: weft's udp backend against host-gw routing and flannel-style kernel VXLAN, container to
+//! container across two namespaced hosts (docs/performance.md; method of performance-anchors.md).
+//!
+//! Each round builds a fresh topology per mode (rotated order), checks it with ping, runs every test
+//! (rotated order) with iperf3 from ctr_a to ctr_b, and tears it down. Output: a markdown table on stdout,
+//! and in `--out`: `results.jsonl`, `report.md`, `tcp.svg`, `logs/`. Needs root, iperf3, iproute2, ping.
+//! Run: `cargo build --release --bin weft --bin weft-bench && sudo target/release/weft-bench`.
+#![forbid(unsafe_code)]
+// Cargo also auto-discovers this file as a libtest bench target, where `main` is unused.
+#![cfg_attr(test, allow(dead_code))]
+
+#[path = "../../tests/support/netns.rs"]
+mod netns;
+
+mod measure;
+mod modes;
+mod report;
+
+use std::fmt;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+
+use report::Record;
+
+/// A forwarding configuration under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Mode {
+    /// Plain routes between the hosts, no encapsulation (MTU 1500).
+    #[value(name = "host-gw")]
+    HostGw,
+    /// Kernel VXLAN as flannel's vxlan backend programs it (MTU 1450).
+    #[value(name = "vxlan", alias = "kernel-vxlan")]
+    Vxlan,
+    /// `weft run`, default workers and batch size (MTU 1472).
+    #[value(name = "weft")]
+    Weft,
+    /// `weft run --workers 1 --batch-size 1`.
+    #[value(name = "weft-1w-b1")]
+    Weft1w,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            self.to_possible_value()
+                .map(|v| v.get_name().to_string())
+                .as_deref()
+                .unwrap_or("?"),
+        )
+    }
+}
+
+/// One iperf3 test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Test {
+    /// TCP, one stream.
+    Tcp1,
+    /// TCP, four streams (-P 4).
+    Tcp4,
+    /// UDP, 64-byte payloads, unlimited rate.
+    Udp64,
+    /// UDP, 1400-byte payloads, unlimited rate.
+    Udp1400,
+}
+
+impl Test {
+    fn iperf_args(self) -> &'static [&'static str] {
+        match self {
+            Test::Tcp1 => &[],
+            Test::Tcp4 => &["-P", "4"],
+            Test::Udp64 => &["-u", "-b", "0", "-l", "64"],
+            Test::Udp1400 => &["-u", "-b", "0", "-l", "1400"],
+        }
+    }
+    fn udp_len(self) -> Option<u32> {
+        match self {
+            Test::Udp64 => Some(64),
+            Test::Udp1400 => Some(1400),
+            _ => None,
+        }
+    }
+    fn unit(self) -> &'static str {
+        if self.udp_len().is_some() {
+            "pps"
+        } else {
+            "Gbit/s"
+        }
+    }
+    fn title(self) -> &'static str {
+        match self {
+            Test::Tcp1 => "TCP 1 stream Gbit/s",
+            Test::Tcp4 => "TCP 4 streams Gbit/s",
+            Test::Udp64 => "UDP 64 B kpps rx",
+            Test::Udp1400 => "UDP 1400 B kpps rx",
+        }
+    }
+}
+
+impl fmt::Display for Test {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            self.to_possible_value()
+                .map(|v| v.get_name().to_string())
+                .as_deref()
+                .unwrap_or("?"),
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AttachArg {
+    Routed,
+    Bridge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum UnderlayArg {
+    Direct,
+    Switched,
+}
+
+/// Container-to-container throughput, packet rate and CPU cost of weft vs host-gw and kernel VXLAN.
+#[derive(Debug, Parser)]
+#[command(name = "weft-bench", version)]
+struct Args {
+    /// Modes to compare (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "host-gw,vxlan,weft,weft-1w-b1"
+    )]
+    modes: Vec<Mode>,
+    /// Tests per mode (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "tcp1,tcp4,udp64,udp1400"
+    )]
+    tests: Vec<Test>,
+    /// Rounds; each runs every mode once, order rotated between rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Seconds per iperf3 test (-t).
+    #[arg(long, default_value_t = 10)]
+    duration: u32,
+    /// CI smoke run: 1 round, 2 s per test, no waiting for an idle machine.
+    #[arg(long)]
+    smoke: bool,
+    /// Directory for results.jsonl, report.md, tcp.svg and logs/.
+    #[arg(long, default_value = "target/weft-bench")]
+    out: PathBuf,
+    /// The weft binary (default: target/release/weft, then next to this binary).
+    #[arg(long, env = "WEFT_BIN")]
+    weft: Option<PathBuf>,
+    /// Extra argument passed to every `weft run` (repeatable).
+    #[arg(long = "weft-arg", allow_hyphen_values = true)]
+    weft_args: Vec<String>,
+    /// Container attachment: routed veth (as the anchors) or behind a bridge br0 (like cni0).
+    #[arg(long, value_enum, default_value = "routed")]
+    attach: AttachArg,
+    /// Underlay: one veth pair (as the anchors) or a bridge in a third namespace.
+    #[arg(long, value_enum, default_value = "direct")]
+    underlay: UnderlayArg,
+    /// Before each test wait until the machine is below this many busy cores...
+    #[arg(long, default_value_t = 0.3)]
+    idle_threshold: f64,
+    /// ...but at most this many seconds.
+    #[arg(long, default_value_t = 20)]
+    idle_wait: u64,
+    /// Repeat a test (up to --attempts) while other workloads used more than this many CPU-seconds
+    /// during it; the last attempt is kept either way. Default: never repeat.
+    #[arg(long)]
+    max_foreign_cpu: Option<f64>,
+    /// Attempts per test with --max-foreign-cpu.
+    #[arg(long, default_value_t = 3)]
+    attempts: u32,
+}
+
+/// Returned (inside anyhow) when Ctrl-C/SIGTERM stopped the run.
+#[derive(Debug)]
+pub(crate) struct Interrupted;
+
+impl fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// Whether SIGINT/SIGTERM/SIGHUP arrived.
+pub(crate) fn interrupted() -> bool {
+    STOP.get().is_some_and(|f| f.load(Ordering::Relaxed))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) if e.is::<Interrupted>() => {
+            eprintln!("weft-bench: interrupted; namespaces removed");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("weft-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(mut args: Args) -> Result<ExitCode> {
+    if args.smoke {
+        args.rounds = 1;
+        args.duration = 2;
+        args.idle_wait = 0;
+    }
+    if args.rounds == 0 || args.duration == 0 || args.modes.is_empty() || args.tests.is_empty() {
+        bail!("--rounds, --duration, --modes and --tests must be non-empty/positive");
+    }
+    if !netns::require_root("weft-bench") {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (tool, pkg) in [
+        ("iperf3", "iperf3"),
+        ("ping", "iputils-ping"),
+        ("ss", "iproute2"),
+        ("bridge", "iproute2"),
+    ] {
+        if netns::output_timeout(Command::new(tool).arg("-V"), Duration::from_secs(5)).is_err() {
+            bail!("`{tool}` not found; apt-get install -y {pkg}");
+        }
+    }
+    let needs_weft = args
+        .modes
+        .iter()
+        .any(|m| matches!(m, Mode::Weft | Mode::Weft1w));
+    let weft = if needs_weft {
+        Some(find_weft(args.weft.as_deref())?)
+    } else {
+        None
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        // A second signal exits at once (namespaces left are swept by the next run).
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&stop))
+            .context("signal handler")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("signal handler")?;
+    }
+    let _ = STOP.set(stop);
+
+    let swept = netns::sweep_stale();
+    if !swept.is_empty() {
+        eprintln!(
+            "weft-bench: removed {} stale namespaces of killed runs",
+            swept.len()
+        );
+    }
+    let log_dir = args.out.join("logs");
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("create {}", log_dir.display()))?;
+    let jsonl_path = args.out.join("results.jsonl");
+    let mut jsonl = std::fs::File::create(&jsonl_path)
+        .with_context(|| format!("create {}", jsonl_path.display()))?;
+    let hz = measure::ticks_per_second();
+    let machine = machine();
+    let header = format!(
+        "## weft-bench {} — {machine}; {} round(s) × {} s per test; attach {:?}, underlay {:?}",
+        now(),
+        args.rounds,
+        args.duration,
+        args.attach,
+        args.underlay
+    );
+    writeln!(
+        jsonl,
+        "{}",
+        serde_json::json!({"type": "run", "started": now(), "machine": machine, "rounds": args.rounds, "duration_s": args.duration,
+            "modes": args.modes.iter().map(Mode::to_string).collect::<Vec<_>>(), "tests": args.tests.iter().map(Test::to_string).collect::<Vec<_>>(),
+            "attach": format!("{:?}", args.attach), "underlay": format!("{:?}", args.underlay),
+            "weft": weft.as_ref().map(|p| p.display().to_string()), "weft_args": args.weft_args})
+    )?;
+
+    let mut records: Vec<Record> = Vec::new();
+    let mut failures = 0usize;
+    let outcome = (|| -> Result<()> {
+        for round in 0..args.rounds {
+            for i in 0..args.modes.len() {
+                let mode = args.modes[(i + round as usize) % args.modes.len()];
+                let tag = format!("r{}-{mode}", round + 1);
+                let ctx = modes::Ctx {
+                    attach: if args.attach == AttachArg::Bridge {
+                        netns::Attach::Bridge
+                    } else {
+                        netns::Attach::Routed
+                    },
+                    underlay: if args.underlay == UnderlayArg::Switched {
+                        netns::Underlay::Switched
+                    } else {
+                        netns::Underlay::Direct
+                    },
+                    weft: weft.as_deref(),
+                    weft_args: &args.weft_args,
+                    log_dir: &log_dir,
+                    tag,
+                };
+                check_stop()?;
+                eprintln!("[round {}/{}] {mode}: setting up", round + 1, args.rounds);
+                let mut setup = match modes::Setup::start(mode, &ctx) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        check_stop()?;
+                        eprintln!(
+                            "[round {}/{}] {mode}: setup failed: {e:#}",
+                            round + 1,
+                            args.rounds
+                        );
+                        for &test in &args.tests {
+                            let r = Record {
+                                round: round + 1,
+                                mode,
+                                test,
+                                result: Err(format!("setup: {e:#}")),
+                            };
+                            writeln!(jsonl, "{}", r.to_json())?;
+                            records.push(r);
+                            failures += 1;
+                        }
+                        continue;
+                    }
+                };
+                for j in 0..args.tests.len() {
+                    let test = args.tests[(j + round as usize) % args.tests.len()];
+                    let mut attempt = 0;
+                    let result = loop {
+                        attempt += 1;
+                        check_stop()?;
+                        let pre = measure::wait_idle(
+                            args.idle_threshold,
+                            Duration::from_secs(args.idle_wait),
+                            hz,
+                        )?;
+                        check_stop()?;
+                        let r = measure::run_test(&setup.topo, test, args.duration, hz).and_then(
+                            |mut s| {
+                                setup.check_alive()?;
+                                s.pre_busy_cores = pre;
+                                s.attempt = attempt;
+                                Ok(s)
+                            },
+                        );
+                        match (&r, args.max_foreign_cpu) {
+                            (Ok(s), Some(max))
+                                if s.foreign_cpu_s > max && attempt < args.attempts.max(1) =>
+                            {
+                                eprintln!(
+                                    "[round {}/{}] {mode} {test}: other workloads used {:.2} CPU-s (> {max}); repeating",
+                                    round + 1,
+                                    args.rounds,
+                                    s.foreign_cpu_s
+                                );
+                            }
+                            _ => break r,
+                        }
+                    };
+                    let result = match result {
+                        Err(e) if e.is::<Interrupted>() => return Err(e),
+                        Err(e) => {
+                            failures += 1;
+                            eprintln!(
+                                "[round {}/{}] {mode} {test}: FAILED: {e:#}",
+                                round + 1,
+                                args.rounds
+                            );
+                            Err(format!("{e:#}"))
+                        }
+                        Ok(s) => {
+                            eprintln!(
+                                "[round {}/{}] {mode} {test}: {} {}{}, {:.2} busy cores, {:.2} CPU-s/GB, foreign {:.2} CPU-s",
+                                round + 1,
+                                args.rounds,
+                                if test.udp_len().is_some() { format!("{:.0}", s.value) } else { format!("{:.3}", s.value) },
+                                test.unit(),
+                                s.loss_pct.map(|l| format!(" ({l:.1}% loss)")).unwrap_or_default(),
+                                s.busy_cores,
+                                s.cpu_s_per_gb,
+                                s.foreign_cpu_s
+                            );
+                            Ok(s)
+                        }
+                    };
+                    let r = Record {
+                        round: round + 1,
+                        mode,
+                        test,
+                        result,
+                    };
+                    writeln!(jsonl, "{}", r.to_json())?;
+                    records.push(r);
+                }
+                for w in setup.stop() {
+                    failures += 1;
+                    eprintln!("[round {}/{}] {mode}: {w}", round + 1, args.rounds);
+                    writeln!(
+                        jsonl,
+                        "{}",
+                        serde_json::json!({"type": "warning", "round": round + 1, "mode": mode.to_string(), "message": w})
+                    )?;
+                }
+                drop(setup);
+            }
+        }
+        Ok(())
+    })();
+
+    let md = report::markdown(&records, &args.modes, &args.tests, &header);
+    println!("{md}");
+    std::fs::write(args.out.join("report.md"), &md)?;
+    let title = format!(
+        "TCP container to container, median of {} round(s) × {} s",
+        args.rounds, args.duration
+    );
+    std::fs::write(
+        args.out.join("tcp.svg"),
+        report::svg(&records, &args.modes, &title),
+    )?;
+    eprintln!(
+        "weft-bench: wrote {}, report.md, tcp.svg",
+        jsonl_path.display()
+    );
+    outcome?;
+    Ok(if failures > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn check_stop() -> Result<()> {
+    if interrupted() {
+        bail!(Interrupted);
+    }
+    Ok(())
+}
+
+fn find_weft(explicit: Option<&Path>) -> Result<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = explicit {
+        candidates.push(p.to_path_buf());
+    } else {
+        candidates.push(PathBuf::from("target/release/weft"));
+        if let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf))
+        {
+            candidates.push(dir.join("weft"));
+        }
+    }
+    for c in &candidates {
+        if c.is_file() {
+            return std::fs::canonicalize(c).with_context(|| format!("resolve {}", c.display()));
+        }
+    }
+    bail!(
+        "the weft modes need the weft binary, not found at {}; build it with `cargo build --release --bin weft`, pass --weft PATH, or leave the weft modes out (--modes host-gw,vxlan)",
+        candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(" or ")
+    )
+}
+
+fn machine() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let iperf = netns::run_cmd(Command::new("iperf3").arg("-v"), Duration::from_secs(5))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).map(str::to_string))
+        .unwrap_or_default();
+    format!("kernel {}, {n} CPUs ({cpu}), iperf3 {iperf}", kernel.trim())
+}
+
+fn now() -> String {
+    netns::run_cmd(
+        Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        Duration::from_secs(5),
+    )
+    .map(|s| s.trim().to_string())
+    .unwrap_or_default()
+}
