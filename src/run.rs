@@ -231,6 +231,7 @@ fn log_started(
         batch = cfg.batch_size,
         udp_gso = dp.offloads().0,
         udp_gro = dp.offloads().1,
+        tun_offload = dp.tun_offload(),
         routes = dp.routes().load().len(),
         "weft running ({mode})"
     );

@@ -1,14 +1,15 @@
 //! `PacketBatch`: a worker's packet buffers, allocated once and reused for every batch.
 //!
-//! Each slot is `HEADROOM + MAX_PACKET` bytes: room in front for headers a wire format or the TUN
-//! offload (`virtio_net_hdr`) needs, and room for a 64 KiB super-packet, so TUN offloads and UDP
-//! GSO/GRO need no new buffers.
+//! Each slot is its own `Vec<u8>` of `HEADROOM + MAX_PACKET` bytes: room in front for headers a
+//! wire format or the TUN offload (`virtio_net_hdr`) needs, and room for a 64 KiB super-packet or
+//! a UDP GRO run. Separate vectors (rather than one slab) let the TUN offload code split
+//! super-packets into them and coalesce into them without copying between layouts.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// Bytes kept free in front of each packet (virtio_net_hdr 10 + VXLAN 8 + Ethernet 14).
 pub const HEADROOM: usize = 32;
-/// Largest packet a slot holds (an IPv4 datagram, or a TUN GSO super-packet).
+/// Largest packet a slot holds (an IPv4 datagram, a TUN GSO super-packet or a UDP GRO run).
 pub const MAX_PACKET: usize = 65_536;
 /// Size of one slot.
 pub const SLOT_LEN: usize = HEADROOM + MAX_PACKET;
@@ -34,42 +35,39 @@ impl Default for Meta {
 /// `capacity` slots plus their metadata.
 #[derive(Debug)]
 pub struct PacketBatch {
-    buf: Box<[u8]>,
+    slots: Vec<Vec<u8>>,
     meta: Box<[Meta]>,
-    capacity: usize,
 }
 
 impl PacketBatch {
     /// Allocates `capacity` slots (pages are touched only as packets are written).
     pub fn new(capacity: usize) -> PacketBatch {
         PacketBatch {
-            buf: vec![0u8; capacity * SLOT_LEN].into_boxed_slice(),
+            slots: (0..capacity).map(|_| vec![0u8; SLOT_LEN]).collect(),
             meta: vec![Meta::default(); capacity].into_boxed_slice(),
-            capacity,
         }
     }
 
     /// Number of slots.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.slots.len()
     }
 
-    /// The whole slot area (for batched receives into every slot at once).
-    pub fn slots_mut(&mut self) -> &mut [u8] {
-        &mut self.buf
+    /// The slots themselves (each `SLOT_LEN` bytes), for batched I/O into several at once.
+    pub fn slots_mut(&mut self) -> &mut [Vec<u8>] {
+        &mut self.slots
     }
 
     /// Writable packet area of slot `i` (after the headroom).
     #[inline]
     pub fn packet_area_mut(&mut self, i: usize) -> &mut [u8] {
-        &mut self.buf[i * SLOT_LEN + HEADROOM..(i + 1) * SLOT_LEN]
+        &mut self.slots[i][HEADROOM..]
     }
 
     /// The packet in slot `i`, `meta(i).len` bytes.
     #[inline]
     pub fn packet(&self, i: usize) -> &[u8] {
-        let start = i * SLOT_LEN + HEADROOM;
-        &self.buf[start..start + self.meta[i].len]
+        &self.slots[i][HEADROOM..HEADROOM + self.meta[i].len]
     }
 
     /// Metadata of slot `i`.
@@ -107,6 +105,7 @@ mod tests {
             assert_eq!(b.meta(i).addr.port(), i as u16);
             assert_eq!(b.packet_area_mut(i).len(), MAX_PACKET);
         }
-        assert_eq!(b.slots_mut().len(), 3 * SLOT_LEN);
+        assert_eq!(b.slots_mut().len(), 3);
+        assert!(b.slots_mut().iter().all(|s| s.len() == SLOT_LEN));
     }
 }

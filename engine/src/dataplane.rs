@@ -42,7 +42,7 @@ pub struct DataplaneConfig {
     pub accept_any_source: bool,
     /// Socket buffer size in bytes.
     pub socket_buffer: usize,
-    /// Use of UDP GSO/GRO.
+    /// Use of kernel offloads: UDP GSO/GRO on the sockets, vnet_hdr TSO/USO on the TUN device.
     pub offload: Offload,
 }
 
@@ -100,6 +100,7 @@ pub struct Dataplane {
     threads: Vec<JoinHandle<()>>,
     gso: bool,
     gro: bool,
+    tun_offload: bool,
     wakers: Vec<Waker>,
     stop: Arc<AtomicBool>,
     stats: Vec<Arc<WorkerStats>>,
@@ -145,14 +146,24 @@ impl Dataplane {
         let mtu = u16::try_from(cfg.tun_mtu()).unwrap_or(u16::MAX);
         // Read the affinity mask before any thread is pinned (core_affinity reads the caller's mask).
         let cores = core_affinity::get_core_ids().unwrap_or_default();
-        let queues = tun::create(&TunConfig {
+        let mut tun_cfg = TunConfig {
             name: cfg.tun_name.clone(),
             addr: cfg.local.addr(),
             mtu,
             route: cfg.network,
             queues: workers,
-        })
+            offload: cfg.offload != Offload::Off,
+        };
+        let queues = match tun::create(&tun_cfg) {
+            Err(e) if cfg.offload == Offload::Auto && e.kind() != io::ErrorKind::AlreadyExists => {
+                tracing::warn!(error = %e, "TUN offloads unavailable; using plain TUN reads and writes");
+                tun_cfg.offload = false;
+                tun::create(&tun_cfg)
+            }
+            r => r,
+        }
         .map_err(ctx(|| format!("creating TUN device {}", cfg.tun_name)))?;
+        let tun_offload = tun_cfg.offload;
         let stop = Arc::new(AtomicBool::new(false));
         let policy = DecapPolicy {
             network: cfg.network,
@@ -220,6 +231,7 @@ impl Dataplane {
             threads,
             gso,
             gro,
+            tun_offload,
             wakers,
             stop,
             stats,
@@ -262,6 +274,11 @@ impl Dataplane {
     /// Whether the sockets use UDP GSO and GRO at start.
     pub fn offloads(&self) -> (bool, bool) {
         (self.gso, self.gro)
+    }
+
+    /// Whether the TUN device runs with offloads (vnet_hdr, TSO/USO, GRO on write).
+    pub fn tun_offload(&self) -> bool {
+        self.tun_offload
     }
 
     /// Whether every worker thread is still running.

@@ -85,14 +85,13 @@ impl BatchSocket {
 
     /// Receives a batch of messages; see [`RecvMeta`] for what each holds.
     #[inline]
-    pub fn recv_batch(
+    pub fn recv_batch<B: AsMut<[u8]>>(
         &self,
-        slots: &mut [u8],
-        slot_len: usize,
+        slots: &mut [B],
         offset: usize,
         meta: &mut [RecvMeta],
     ) -> io::Result<usize> {
-        sys::recv_batch(self.sock.as_fd(), slots, slot_len, offset, meta)
+        sys::recv_batch(self.sock.as_fd(), slots, offset, meta)
     }
 
     /// Sends a batch of messages with one sendmmsg; returns how many messages went (an error means
@@ -149,16 +148,16 @@ mod tests {
 
     /// Receives until `want` datagrams arrived, splitting GRO runs; returns them.
     fn recv_all(rx: &BatchSocket, want: usize) -> Vec<Vec<u8>> {
-        let mut slots = vec![0u8; SLOT * 8];
+        let mut slots = vec![vec![0u8; SLOT]; 8];
         let mut meta = [RecvMeta::default(); 8];
         let mut got = Vec::new();
         for _ in 0..2000 {
-            match rx.recv_batch(&mut slots, SLOT, 16, &mut meta) {
+            match rx.recv_batch(&mut slots, 16, &mut meta) {
                 Ok(n) => {
                     for (i, m) in meta[..n].iter().enumerate() {
                         assert_eq!(*m.src.ip(), Ipv4Addr::LOCALHOST);
                         assert!(!m.truncated);
-                        let data = &slots[i * SLOT + 16..][..m.len];
+                        let data = &slots[i][16..][..m.len];
                         if m.segment > 0 {
                             got.extend(data.chunks(m.segment).map(<[u8]>::to_vec));
                         } else {
@@ -235,11 +234,9 @@ mod tests {
     #[test]
     fn recv_reports_truncation_and_would_block() {
         let (rx, tx) = pair(Offload::Off, Offload::Off);
-        let mut slots = vec![0u8; 64 * 2];
+        let mut slots = vec![vec![0u8; 64]; 2];
         let mut meta = [RecvMeta::default(); 2];
-        let e = rx
-            .recv_batch(&mut slots, 64, 0, &mut meta)
-            .expect_err("empty");
+        let e = rx.recv_batch(&mut slots, 0, &mut meta).expect_err("empty");
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         let big = [7u8; 100];
         let dst = rx.local_addr().expect("addr");
@@ -254,7 +251,7 @@ mod tests {
         )
         .expect("send");
         let n = loop {
-            match rx.recv_batch(&mut slots, 64, 0, &mut meta) {
+            match rx.recv_batch(&mut slots, 0, &mut meta) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(1))

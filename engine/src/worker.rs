@@ -11,7 +11,7 @@
 //! Nothing on this path allocates, locks or makes a system call per packet beyond the TUN read and
 //! write themselves (without TUN offloads the kernel offers no batched TUN I/O).
 
-use crate::batch::{Meta, PacketBatch, HEADROOM, SLOT_LEN};
+use crate::batch::{Meta, PacketBatch, HEADROOM, MAX_PACKET};
 use crate::decap::{decapsulate, DecapPolicy, Verdict};
 use crate::encap::{encapsulate, Encap};
 use crate::route::RouteCache;
@@ -32,6 +32,9 @@ const TUN: Token = Token(0);
 const UDP: Token = Token(1);
 /// Token of the waker that asks the worker to stop.
 pub(crate) const WAKE: Token = Token(2);
+
+/// Most packets one TUN offload read may be cut into (64 KiB at the smallest MSS worth allowing).
+const TUN_SPLIT_MAX: usize = 128;
 
 /// ICMP errors a worker may originate per second (and its burst).
 const ICMP_PER_SEC: u32 = 100;
@@ -126,6 +129,14 @@ pub(crate) struct Worker {
     rx: PacketBatch,
     rx_meta: Box<[RecvMeta]>,
     msgs: Box<[SendMsg]>,
+    /// With TUN offloads: the raw read of one super-packet (virtio header + up to 64 KiB).
+    tun_scratch: Vec<u8>,
+    /// With TUN offloads: sizes of the packets recv_multiple cut.
+    sizes: Box<[usize]>,
+    /// With TUN offloads: packets staged for one coalescing TUN write.
+    tun_out: Vec<Vec<u8>>,
+    /// With TUN offloads: state of the TCP/UDP coalescing.
+    gro: tun_rs::GROTable,
     icmp: IcmpLimiter,
     icmp_buf: [u8; icmp::MAX_ERROR_LEN],
     send_errors: ErrorLog,
@@ -146,8 +157,19 @@ impl Worker {
             .registry()
             .register(&mut SourceFd(&udp_fd), UDP, Interest::READABLE)?;
         let batch = s.batch_size.clamp(1, MAX_BATCH);
+        let offload = s.tun.offload();
+        // With offloads one TUN read may yield up to TUN_SPLIT_MAX packets, so the tx side keeps
+        // room for that many beyond a batch.
+        let tx_slots = if offload { batch + TUN_SPLIT_MAX } else { batch };
+        let stage = if offload { batch } else { 0 };
         Ok(Worker {
-            tx: PacketBatch::new(batch),
+            tx: PacketBatch::new(tx_slots),
+            tun_scratch: vec![0u8; if offload { tun_rs::VIRTIO_NET_HDR_LEN + 65_535 } else { 0 }],
+            sizes: vec![0usize; tx_slots].into_boxed_slice(),
+            tun_out: (0..stage)
+                .map(|_| Vec::with_capacity(2 * HEADROOM + MAX_PACKET))
+                .collect(),
+            gro: tun_rs::GROTable::new(),
             rx: PacketBatch::new(batch),
             rx_meta: vec![RecvMeta::default(); batch].into_boxed_slice(),
             msgs: vec![
@@ -202,7 +224,11 @@ impl Worker {
                 continue;
             }
             if tun_ready {
-                tun_ready = self.tun_to_udp();
+                tun_ready = if self.s.tun.offload() {
+                    self.tun_to_udp_offload()
+                } else {
+                    self.tun_to_udp()
+                };
             }
             if udp_ready {
                 udp_ready = self.udp_to_tun();
@@ -242,6 +268,61 @@ impl Worker {
                     self.s.stats.drop_packets(reason, 1);
                     if let Some(kind) = reply {
                         self.reply_icmp(kind, queued, len);
+                    }
+                }
+            }
+        }
+        self.send_queued(queued);
+        more
+    }
+
+    /// [`Worker::tun_to_udp`] with TUN offloads: each read returns a super-packet already cut into
+    /// MTU-sized packets with their checksums, placed in consecutive tx slots.
+    fn tun_to_udp_offload(&mut self) -> bool {
+        let routes = Arc::clone(self.s.routes.load());
+        let mut queued = 0;
+        let mut more = true;
+        while queued < self.s.batch_size {
+            let n = match self.s.tun.recv_multiple(
+                &mut self.tun_scratch,
+                &mut self.tx.slots_mut()[queued..],
+                &mut self.sizes[queued..],
+                HEADROOM,
+            ) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    more = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.raw_os_error().is_none() => {
+                    // A super-packet that could not be cut (more segments than slots, a bad
+                    // virtio header): it was read, so drop it and go on.
+                    self.s.stats.drop_packets(DropReason::TxMalformed, 1);
+                    self.tun_read_errors.report(self.s.id, &e);
+                    continue;
+                }
+                Err(e) => {
+                    self.tun_read_errors.report(self.s.id, &e);
+                    more = false;
+                    break;
+                }
+            };
+            for k in queued..queued + n {
+                let len = self.sizes[k];
+                let verdict = encapsulate(&mut self.tx.packet_area_mut(k)[..len], &routes);
+                match verdict {
+                    Encap::Forward(peer) => {
+                        // Keep the forwarded packets contiguous: move this one down over drops.
+                        self.tx.slots_mut().swap(queued, k);
+                        self.tx.set_meta(queued, Meta { len, addr: peer });
+                        queued += 1;
+                    }
+                    Encap::Drop { reason, reply } => {
+                        self.s.stats.drop_packets(reason, 1);
+                        if let Some(kind) = reply {
+                            self.reply_icmp(kind, k, len);
+                        }
                     }
                 }
             }
@@ -361,12 +442,11 @@ impl Worker {
     /// whether the socket may hold more (the batch filled up).
     fn udp_to_tun(&mut self) -> bool {
         let want = self.s.batch_size;
-        let n = match self.s.sock.recv_batch(
-            self.rx.slots_mut(),
-            SLOT_LEN,
-            HEADROOM,
-            &mut self.rx_meta[..want],
-        ) {
+        let n = match self
+            .s
+            .sock
+            .recv_batch(self.rx.slots_mut(), HEADROOM, &mut self.rx_meta[..want])
+        {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
@@ -380,6 +460,7 @@ impl Worker {
         let mut delivered = 0u64;
         let mut bytes = 0u64;
         let mut datagrams = 0u64;
+        let mut staged = 0usize;
         for i in 0..n {
             let m = self.rx_meta[i];
             if m.truncated {
@@ -405,6 +486,25 @@ impl Worker {
             for datagram in buffer.chunks(seg) {
                 datagrams += 1;
                 match decapsulate(*m.src.ip(), datagram, &routes, &self.s.policy) {
+                    Verdict::Deliver(range) if self.s.tun.offload() => {
+                        // Staged for one coalescing write of the whole batch (below).
+                        let out = &mut self.tun_out[staged];
+                        out.clear();
+                        out.resize(HEADROOM, 0);
+                        out.extend_from_slice(&datagram[range]);
+                        staged += 1;
+                        if staged == self.tun_out.len() {
+                            let (d, b) = flush_staged(
+                                &self.s,
+                                &mut self.gro,
+                                &mut self.tun_out[..staged],
+                                &mut self.tun_write_errors,
+                            );
+                            delivered += d;
+                            bytes += b;
+                            staged = 0;
+                        }
+                    }
                     Verdict::Deliver(range) => match self.s.tun.write(&datagram[range]) {
                         Ok(w) => {
                             delivered += 1;
@@ -424,6 +524,16 @@ impl Worker {
                 self.s.stats.drop_packets(DropReason::Truncated, 1);
             }
         }
+        if staged > 0 {
+            let (d, b) = flush_staged(
+                &self.s,
+                &mut self.gro,
+                &mut self.tun_out[..staged],
+                &mut self.tun_write_errors,
+            );
+            delivered += d;
+            bytes += b;
+        }
         self.s.stats.add(Counter::RxDatagrams, datagrams);
         let runs = gro_runs(&self.rx_meta[..n]);
         if runs > 0 {
@@ -432,6 +542,26 @@ impl Worker {
         self.s.stats.add(Counter::RxPackets, delivered);
         self.s.stats.add(Counter::RxBytes, bytes);
         n == want
+    }
+}
+
+/// Writes staged packets (`out[i][HEADROOM..]`) with one coalescing call; returns the packets and
+/// bytes delivered (all of them, or none if the kernel refused a write).
+fn flush_staged(
+    s: &WorkerSetup,
+    gro: &mut tun_rs::GROTable,
+    out: &mut [Vec<u8>],
+    log: &mut ErrorLog,
+) -> (u64, u64) {
+    let n = out.len();
+    let bytes: usize = out.iter().map(|b| b.len() - HEADROOM).sum();
+    match s.tun.send_multiple(gro, out, HEADROOM) {
+        Ok(_) => (n as u64, bytes as u64),
+        Err(e) => {
+            s.stats.drop_packets(DropReason::TunWriteFailed, n as u64);
+            log.report(s.id, &e);
+            (0, 0)
+        }
     }
 }
 

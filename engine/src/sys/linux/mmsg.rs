@@ -121,17 +121,14 @@ fn from_sockaddr(sa: &libc::sockaddr_in, len: libc::socklen_t) -> SocketAddrV4 {
 }
 
 /// Receives up to `meta.len().min(MAX_BATCH)` messages without blocking, message `i` into
-/// `slots[i * slot_len + offset ..][.. slot_len - offset]`. Returns how many arrived; `WouldBlock`
-/// if none was waiting.
-pub(crate) fn recv_batch(
+/// `slots[i][offset..]`. Returns how many arrived; `WouldBlock` if none was waiting.
+pub(crate) fn recv_batch<B: AsMut<[u8]>>(
     fd: BorrowedFd<'_>,
-    slots: &mut [u8],
-    slot_len: usize,
+    slots: &mut [B],
     offset: usize,
     meta: &mut [RecvMeta],
 ) -> io::Result<usize> {
-    assert!(offset < slot_len, "slot offset must leave room for data");
-    let count = meta.len().min(MAX_BATCH).min(slots.len() / slot_len);
+    let count = meta.len().min(MAX_BATCH).min(slots.len());
     // SAFETY: all-zero bytes are a valid value of these plain C structs (integers, null pointers).
     let mut names: [libc::sockaddr_in; MAX_BATCH] = unsafe { mem::zeroed() };
     // SAFETY: as above.
@@ -139,8 +136,8 @@ pub(crate) fn recv_batch(
     // SAFETY: as above.
     let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { mem::zeroed() };
     let mut controls = [CmsgBuf([0; 32]); MAX_BATCH];
-    for (i, slot) in slots.chunks_exact_mut(slot_len).take(count).enumerate() {
-        let data = &mut slot[offset..];
+    for (i, slot) in slots.iter_mut().take(count).enumerate() {
+        let data = slot.as_mut().get_mut(offset..).unwrap_or_default();
         iovs[i].iov_base = data.as_mut_ptr().cast();
         iovs[i].iov_len = data.len();
         let h = &mut hdrs[i].msg_hdr;
