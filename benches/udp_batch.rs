@@ -11,15 +11,16 @@
 //!   one buffer plus its segment size (the worker then splits it).
 //!
 //! Compare `plain/32`, `gso/32` and `gso_gro/32`: the same bytes per round. Receive buffers are
-//! [`engine::batch::PacketBatch`] slots as the worker uses them (`SLOT_LEN`, `HEADROOM`). Every loop
-//! is bounded: a round that cannot send, or whose datagrams do not all arrive, panics rather than
-//! reporting a figure with losses. The GSO variants are skipped if the kernel lacks UDP GSO/GRO.
+//! [`engine::batch::PacketBatch`] slots as the worker uses them (64 KiB each, data after
+//! `HEADROOM`). Every loop is bounded: a round that cannot send, or whose datagrams do not all
+//! arrive, panics rather than reporting a figure with losses. The GSO variants are skipped if the
+//! kernel lacks UDP GSO/GRO.
 //!
 //! Run: `cargo bench --bench udp_batch` (quick check: `cargo bench --bench udp_batch --
 //! --warm-up-time 1 --measurement-time 3`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use engine::batch::{PacketBatch, HEADROOM, SLOT_LEN};
+use engine::batch::{PacketBatch, HEADROOM};
 use engine::udp::{BatchSocket, Offload, RecvMeta, SendMsg};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -109,7 +110,7 @@ impl Loopback {
         while got < self.datagrams {
             match self
                 .rx
-                .recv_batch(self.slots.slots_mut(), SLOT_LEN, HEADROOM, &mut self.meta)
+                .recv_batch(self.slots.slots_mut(), HEADROOM, &mut self.meta)
             {
                 Ok(n) => {
                     empty = 0;

@@ -24,7 +24,7 @@ use engine::{
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-/// Packet sizes measured: a small packet and a near-full one (TUN MTU 1472 on a 1500-byte underlay).
+/// Packet sizes: a small packet and a near-full one (TUN MTU 1472 on a 1500-byte underlay).
 const SIZES: [usize; 2] = [64, 1400];
 /// flannel's default overlay port.
 const PORT: u16 = 8285;
@@ -107,6 +107,7 @@ fn bench_encapsulate(c: &mut Criterion) {
 fn bench_decapsulate(c: &mut Criterion) {
     let routes = snapshot();
     let policy = DecapPolicy {
+        network: Ipv4Net::new(Ipv4Addr::new(10, 1, 0, 0), 16).expect("prefix 16 is valid"),
         local: Ipv4Net::new(Ipv4Addr::new(10, 1, LOCAL, 0), 24).expect("prefix 24 is valid"),
         accept_any_source: false,
     };

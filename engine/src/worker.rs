@@ -308,7 +308,8 @@ impl Worker {
                     break;
                 }
             };
-            for k in queued..queued + n {
+            let read_at = queued;
+            for k in read_at..read_at + n {
                 let len = self.sizes[k];
                 let verdict = encapsulate(&mut self.tx.packet_area_mut(k)[..len], &routes);
                 match verdict {

@@ -36,6 +36,11 @@ for n in server client; do
   openssl x509 -req -in $n.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $n.pem -days 2 -extfile $n.ext 2>/dev/null
 done
 "#;
+/// Client URLs of the three members of [`Cluster::start_etcd_cluster3`].
+pub(crate) const ETCD3_URLS: &str =
+    "http://192.0.2.250:2379,http://192.0.2.251:2379,http://192.0.2.252:2379";
+/// Underlay addresses of the three members.
+pub(crate) const ETCD3_IPS: [&str; 3] = ["192.0.2.250", "192.0.2.251", "192.0.2.252"];
 /// The network config the issue's tests use.
 pub(crate) const CONFIG: &str = r#"{"Network": "10.1.0.0/16", "SubnetLen": 24, "SubnetMin": "10.1.15.0", "SubnetMax": "10.1.20.0", "Backend": {"Type": "udp"}}"#;
 
@@ -73,6 +78,8 @@ pub(crate) struct Cluster {
     pub(crate) dir: PathBuf,
     pub(crate) etcd_args: Vec<String>,
     tls: bool,
+    /// Members of a three-member etcd cluster ([`Cluster::start_etcd_cluster3`]); `None` = stopped.
+    members: Vec<Option<Child>>,
 }
 
 impl Cluster {
@@ -96,6 +103,7 @@ impl Cluster {
             dir,
             etcd_args: Vec::new(),
             tls: false,
+            members: Vec::new(),
         };
         c.plug(&c.etcd_ns, "pe", ETCD_IP)?;
         for _ in 0..n {
@@ -192,7 +200,9 @@ impl Cluster {
 
     /// etcd's client URL.
     pub(crate) fn url(&self) -> &'static str {
-        if self.tls {
+        if !self.members.is_empty() {
+            ETCD3_URLS
+        } else if self.tls {
             ETCD_TLS_URL
         } else {
             ETCD_URL
@@ -265,6 +275,93 @@ impl Cluster {
             );
             let _ = c.wait();
         }
+    }
+
+    /// Stops etcd (if running) and deletes its data dir, so the next [`Cluster::start_etcd`]
+    /// starts an empty etcd (a new cluster, revision 1, no config, no leases).
+    pub(crate) fn wipe_etcd(&mut self) {
+        self.stop_etcd();
+        let data = self.dir.join("etcd-data");
+        if data.exists() {
+            std::fs::remove_dir_all(&data).expect("remove the etcd data dir");
+        }
+    }
+
+    /// Starts a three-member etcd cluster instead of the single etcd (members e1..e3 on
+    /// 192.0.2.250..252 in the etcd namespace, each with its own data dir) and waits until all
+    /// three are healthy. Afterwards [`Cluster::url`] names all three endpoints.
+    pub(crate) fn start_etcd_cluster3(&mut self) {
+        assert!(
+            self.etcd.is_none() && self.members.is_empty(),
+            "etcd already running"
+        );
+        assert!(!self.tls, "three-member cluster without TLS only");
+        for ip in &ETCD3_IPS[1..] {
+            self.etcd_ns
+                .ip(&["addr", "add", &format!("{ip}/24"), "dev", "ul0"])
+                .expect("member address");
+        }
+        let initial: Vec<String> = ETCD3_IPS
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| format!("e{}=http://{ip}:2380", i + 1))
+            .collect();
+        let initial = initial.join(",");
+        for (i, ip) in ETCD3_IPS.iter().enumerate() {
+            let name = format!("e{}", i + 1);
+            let data = self.dir.join(format!("etcd-data-{name}"));
+            let log = std::fs::File::create(self.dir.join(format!("etcd-{name}.log")))
+                .expect("etcd log");
+            let client = format!("http://{ip}:2379");
+            let peer = format!("http://{ip}:2380");
+            let child = Command::new("ip")
+                .args(["netns", "exec", self.etcd_ns.name(), "etcd"])
+                .args(["--name", &name, "--data-dir"])
+                .arg(&data)
+                .args(["--listen-client-urls", &client])
+                .args(["--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &peer])
+                .args(["--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &initial])
+                .args(["--initial-cluster-state", "new"])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start etcd member {name}: {e}"));
+            self.members.push(Some(child));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.etcdctl_try(&["endpoint", "health"]).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "three-member etcd not healthy within 30 s:\n{}",
+            std::fs::read_to_string(self.dir.join("etcd-e1.log")).unwrap_or_default()
+        );
+    }
+
+    /// SIGKILLs member `i` (0..3) of the three-member cluster.
+    pub(crate) fn kill_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members.get_mut(i).and_then(Option::take) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs etcdctl against the given endpoints (comma-separated) from the etcd namespace.
+    pub(crate) fn etcdctl_at(&self, endpoints: &str, args: &[&str]) -> io::Result<String> {
+        let mut cmd = self.etcd_ns.cmd("etcdctl");
+        cmd.env("ETCDCTL_API", "3").args([
+            "--endpoints",
+            endpoints,
+            "--dial-timeout=1s",
+            "--command-timeout=5s",
+        ]);
+        netns::run_cmd(cmd.args(args), Duration::from_secs(20))
     }
 
     /// Runs etcdctl (API v3) against the cluster's etcd from its namespace.
@@ -409,6 +506,9 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop_etcd();
+        for i in 0..self.members.len() {
+            self.kill_member(i);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
