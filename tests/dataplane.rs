@@ -49,6 +49,11 @@ fn weft_args<'a>(subnet: &'a str, peer: &'a str, extra: &[&'a str]) -> Vec<&'a s
 
 /// Starts weft on both hosts and waits until the containers reach each other.
 fn start_pair(t: &TwoHosts, extra_a: &[&str]) -> (Daemon, Daemon) {
+    start_pair_with(t, extra_a, &[])
+}
+
+/// Starts weft on both hosts with extra flags each and waits until the containers reach each other.
+fn start_pair_with(t: &TwoHosts, extra_a: &[&str], extra_b: &[&str]) -> (Daemon, Daemon) {
     let peer_b = format!("{}={}", netns::SUBNET_B, netns::HOST_B_UL);
     let peer_a = format!("{}={}", netns::SUBNET_A, netns::HOST_A_UL);
     let uses_file = extra_a.contains(&"--peers-file");
@@ -64,7 +69,7 @@ fn start_pair(t: &TwoHosts, extra_a: &[&str]) -> (Daemon, Daemon) {
     let b = Daemon::start(
         t.host_b.name(),
         "weft-b",
-        &weft_args(netns::SUBNET_B, &peer_a, &[]),
+        &weft_args(netns::SUBNET_B, &peer_a, extra_b),
     );
     a.wait_running();
     b.wait_running();
@@ -336,4 +341,37 @@ fn shutdown_removes_the_device_and_route() {
     assert_eq!(status.and_then(|s| s.code()), Some(1), "{status:?} {log}");
     assert!(log.contains("weft0 already exists"), "{log}");
     assert!(b.stop().success());
+}
+
+#[test]
+fn offloading_host_and_plain_host_interoperate() {
+    let Some(t) = topology("offloading_host_and_plain_host_interoperate") else {
+        return;
+    };
+    // A cuts TUN super-packets and sends UDP GSO runs; B reads and writes one packet at a time and
+    // receives without GRO: on the wire every datagram must be one complete inner packet.
+    let (a, b) = start_pair_with(&t, &["--offload", "on"], &["--offload", "off"]);
+    assert!(a
+        .lines()
+        .iter()
+        .any(|l| l.contains("tun_offload=true") && l.contains("udp_gso=true")));
+    assert!(b
+        .lines()
+        .iter()
+        .any(|l| l.contains("tun_offload=false") && l.contains("udp_gso=false")));
+    let there = Transfer::start(&t.ctr_a, &t.ctr_b, netns::CTR_B, 100 * MB, false).finish();
+    let back = Transfer::start(&t.ctr_b, &t.ctr_a, netns::CTR_A, 100 * MB, false).finish();
+    assert!(there >= 100 * MB && back >= 100 * MB);
+    let (sa, sb) = (a.stats(), b.stats());
+    assert!(stat(&sa, "tx_gso_sends") > 0, "{sa:?}");
+    assert_eq!(stat(&sb, "tx_gso_sends"), 0, "{sb:?}");
+    assert_eq!(stat(&sb, "rx_gro_runs"), 0, "{sb:?}");
+    assert_eq!(
+        stat(&sa, "dropped") + stat(&sb, "dropped"),
+        0,
+        "{sa:?} {sb:?}"
+    );
+    // Every datagram B received was one inner packet of at most the TUN MTU.
+    assert_eq!(stat(&sb, "rx_datagrams"), stat(&sb, "rx_packets"));
+    assert!(stat(&sb, "rx_bytes") / stat(&sb, "rx_packets").max(1) <= 1472);
 }

@@ -160,11 +160,22 @@ impl Worker {
         let offload = s.tun.offload();
         // With offloads one TUN read may yield up to TUN_SPLIT_MAX packets, so the tx side keeps
         // room for that many beyond a batch.
-        let tx_slots = if offload { batch + TUN_SPLIT_MAX } else { batch };
+        let tx_slots = if offload {
+            batch + TUN_SPLIT_MAX
+        } else {
+            batch
+        };
         let stage = if offload { batch } else { 0 };
         Ok(Worker {
             tx: PacketBatch::new(tx_slots),
-            tun_scratch: vec![0u8; if offload { tun_rs::VIRTIO_NET_HDR_LEN + 65_535 } else { 0 }],
+            tun_scratch: vec![
+                0u8;
+                if offload {
+                    tun_rs::VIRTIO_NET_HDR_LEN + 65_535
+                } else {
+                    0
+                }
+            ],
             sizes: vec![0usize; tx_slots].into_boxed_slice(),
             tun_out: (0..stage)
                 .map(|_| Vec::with_capacity(2 * HEADROOM + MAX_PACKET))
@@ -443,19 +454,20 @@ impl Worker {
     /// whether the socket may hold more (the batch filled up).
     fn udp_to_tun(&mut self) -> bool {
         let want = self.s.batch_size;
-        let n = match self
-            .s
-            .sock
-            .recv_batch(self.rx.slots_mut(), HEADROOM, &mut self.rx_meta[..want])
-        {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
-            Err(e) => {
-                self.recv_errors.report(self.s.id, &e);
-                return false;
-            }
-        };
+        let n =
+            match self
+                .s
+                .sock
+                .recv_batch(self.rx.slots_mut(), HEADROOM, &mut self.rx_meta[..want])
+            {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
+                Err(e) => {
+                    self.recv_errors.report(self.s.id, &e);
+                    return false;
+                }
+            };
         self.s.stats.add(Counter::RxBatches, 1);
         let routes = Arc::clone(self.s.routes.load());
         let mut delivered = 0u64;
