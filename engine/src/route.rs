@@ -26,14 +26,15 @@ pub struct Route {
     pub peer: SocketAddrV4,
 }
 
-/// Multiplicative hasher for `u32` keys (addresses are already well spread in their low bits
-/// after masking is undone by the multiply); avoids SipHash on the per-packet path.
+/// Multiplicative hasher for `u32` keys; avoids SipHash on the per-packet path. A multiply only
+/// carries low bits upwards, and the table picks buckets from the low bits, so `finish` folds the
+/// high half down: /24 keys (low byte zero) would otherwise share a few buckets.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct U32Hasher(u64);
 
 impl Hasher for U32Hasher {
     fn finish(&self) -> u64 {
-        self.0
+        self.0 ^ (self.0 >> 32)
     }
     fn write(&mut self, bytes: &[u8]) {
         for b in bytes {
@@ -332,6 +333,19 @@ mod tests {
             "old snapshot must be reclaimed once no reader holds it"
         );
         assert_eq!(t.load().routes().count(), 1);
+    }
+
+    #[test]
+    fn hasher_spreads_subnet_keys_over_low_bits() {
+        // 256 /24 network addresses must land in many distinct low-bit buckets.
+        let buckets: std::collections::HashSet<u64> = (0..256u32)
+            .map(|i| {
+                let mut h = U32Hasher::default();
+                h.write_u32(0x0a01_0000 | (i << 8));
+                h.finish() & 0xff
+            })
+            .collect();
+        assert!(buckets.len() > 128, "only {} of 256 buckets used", buckets.len());
     }
 
     #[test]
