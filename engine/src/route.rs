@@ -345,7 +345,11 @@ mod tests {
                 h.finish() & 0xff
             })
             .collect();
-        assert!(buckets.len() > 128, "only {} of 256 buckets used", buckets.len());
+        assert!(
+            buckets.len() > 128,
+            "only {} of 256 buckets used",
+            buckets.len()
+        );
     }
 
     #[test]

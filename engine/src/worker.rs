@@ -143,6 +143,14 @@ pub(crate) struct Worker {
     tun_read_errors: ErrorLog,
     tun_write_errors: ErrorLog,
     recv_errors: ErrorLog,
+    /// The TUN queue was detached (the device was deleted from outside): the worker ends, and the
+    /// daemon, seeing a worker gone, exits so that a supervisor starts it afresh.
+    tun_gone: bool,
+}
+
+/// Whether a TUN I/O error means the device is gone (the kernel detached our queue).
+fn tun_detached(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EBADFD)
 }
 
 impl Worker {
@@ -199,6 +207,7 @@ impl Worker {
             tun_read_errors: ErrorLog::new("TUN read failed"),
             tun_write_errors: ErrorLog::new("TUN write failed"),
             recv_errors: ErrorLog::new("UDP receive failed"),
+            tun_gone: false,
             s: WorkerSetup {
                 batch_size: batch,
                 ..s
@@ -214,6 +223,13 @@ impl Worker {
         let mut udp_ready = true;
         loop {
             if self.s.stop.load(Ordering::Acquire) {
+                break;
+            }
+            if self.tun_gone {
+                tracing::error!(
+                    worker = self.s.id,
+                    "the TUN device is gone (deleted from outside?); worker stops"
+                );
                 break;
             }
             if !tun_ready && !udp_ready {
@@ -265,6 +281,7 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.tun_read_errors.report(self.s.id, &e);
+                    self.tun_gone |= tun_detached(&e);
                     more = false;
                     break;
                 }
@@ -311,10 +328,12 @@ impl Worker {
                     // virtio header): it was read, so drop it and go on.
                     self.s.stats.drop_packets(DropReason::TxMalformed, 1);
                     self.tun_read_errors.report(self.s.id, &e);
+                    self.tun_gone |= tun_detached(&e);
                     continue;
                 }
                 Err(e) => {
                     self.tun_read_errors.report(self.s.id, &e);
+                    self.tun_gone |= tun_detached(&e);
                     more = false;
                     break;
                 }
@@ -357,6 +376,7 @@ impl Worker {
             Err(e) => {
                 self.s.stats.drop_packets(DropReason::TunWriteFailed, 1);
                 self.tun_write_errors.report(self.s.id, &e);
+                self.tun_gone |= tun_detached(&e);
             }
         }
     }
@@ -512,6 +532,7 @@ impl Worker {
                                 &mut self.gro,
                                 &mut self.tun_out[..staged],
                                 &mut self.tun_write_errors,
+                                &mut self.tun_gone,
                             );
                             delivered += d;
                             bytes += b;
@@ -526,6 +547,7 @@ impl Worker {
                         Err(e) => {
                             self.s.stats.drop_packets(DropReason::TunWriteFailed, 1);
                             self.tun_write_errors.report(self.s.id, &e);
+                            self.tun_gone |= tun_detached(&e);
                         }
                     },
                     Verdict::Drop(reason) => self.s.stats.drop_packets(reason, 1),
@@ -543,6 +565,7 @@ impl Worker {
                 &mut self.gro,
                 &mut self.tun_out[..staged],
                 &mut self.tun_write_errors,
+                &mut self.tun_gone,
             );
             delivered += d;
             bytes += b;
@@ -565,6 +588,7 @@ fn flush_staged(
     gro: &mut tun_rs::GROTable,
     out: &mut [Vec<u8>],
     log: &mut ErrorLog,
+    gone: &mut bool,
 ) -> (u64, u64) {
     let n = out.len();
     let bytes: usize = out.iter().map(|b| b.len() - HEADROOM).sum();
@@ -573,6 +597,7 @@ fn flush_staged(
         Err(e) => {
             s.stats.drop_packets(DropReason::TunWriteFailed, n as u64);
             log.report(s.id, &e);
+            *gone |= tun_detached(&e);
             (0, 0)
         }
     }
