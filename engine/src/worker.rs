@@ -251,11 +251,7 @@ impl Worker {
                 continue;
             }
             if tun_ready {
-                tun_ready = if self.s.tun.offload() {
-                    self.tun_to_udp_offload()
-                } else {
-                    self.tun_to_udp()
-                };
+                tun_ready = self.tun_to_udp();
             }
             if udp_ready {
                 udp_ready = self.udp_to_tun();
@@ -263,60 +259,39 @@ impl Worker {
         }
     }
 
-    /// Reads up to one batch from the TUN queue, encapsulates and sends it. Returns whether the TUN
-    /// queue may hold more (the batch filled up).
+    /// Reads from the TUN queue into tx slots from `at` on: one packet, or with TUN offloads one
+    /// super-packet cut into packets with their checksums. Returns how many slots were filled
+    /// (their sizes in `self.sizes`).
+    #[inline]
+    fn read_tun(&mut self, at: usize) -> io::Result<usize> {
+        if self.s.tun.offload() {
+            self.s.tun.recv_multiple(
+                &mut self.tun_scratch,
+                &mut self.tx.slots_mut()[at..],
+                &mut self.sizes[at..],
+                HEADROOM,
+            )
+        } else {
+            self.sizes[at] = self.s.tun.read(self.tx.packet_area_mut(at))?;
+            Ok(1)
+        }
+    }
+
+    /// Reads up to one batch of reads from the TUN queue, encapsulates and sends it. Returns
+    /// whether the TUN queue may hold more (the batch filled up).
     fn tun_to_udp(&mut self) -> bool {
         let routes = Arc::clone(self.s.routes.load());
+        // Room one read may need: with offloads a super-packet becomes up to TUN_SPLIT_MAX packets.
+        let per_read = if self.s.tun.offload() {
+            TUN_SPLIT_MAX
+        } else {
+            1
+        };
         let mut queued = 0;
         let mut reads = 0;
         let mut more = true;
-        while reads < self.s.batch_size {
-            let area = self.tx.packet_area_mut(queued);
-            let len = match self.s.tun.read(area) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    more = false;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.tun_read_errors.report(self.s.id, &e);
-                    self.tun_gone |= tun_detached(&e);
-                    more = false;
-                    break;
-                }
-            };
-            reads += 1;
-            match encapsulate(&mut area[..len], &routes) {
-                Encap::Forward(peer) => {
-                    self.tx.set_meta(queued, Meta { len, addr: peer });
-                    queued += 1;
-                }
-                Encap::Drop { reason, reply } => {
-                    self.s.stats.drop_packets(reason, 1);
-                    if let Some(kind) = reply {
-                        self.reply_icmp(kind, queued, len);
-                    }
-                }
-            }
-        }
-        self.send_queued(queued);
-        more
-    }
-
-    /// [`Worker::tun_to_udp`] with TUN offloads: each read returns a super-packet already cut into
-    /// MTU-sized packets with their checksums, placed in consecutive tx slots.
-    fn tun_to_udp_offload(&mut self) -> bool {
-        let routes = Arc::clone(self.s.routes.load());
-        let mut queued = 0;
-        let mut more = true;
-        while queued < self.s.batch_size {
-            let n = match self.s.tun.recv_multiple(
-                &mut self.tun_scratch,
-                &mut self.tx.slots_mut()[queued..],
-                &mut self.sizes[queued..],
-                HEADROOM,
-            ) {
+        while reads < self.s.batch_size && queued + per_read <= self.tx.capacity() {
+            let n = match self.read_tun(queued) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     more = false;
@@ -328,7 +303,6 @@ impl Worker {
                     // virtio header): it was read, so drop it and go on.
                     self.s.stats.drop_packets(DropReason::TxMalformed, 1);
                     self.tun_read_errors.report(self.s.id, &e);
-                    self.tun_gone |= tun_detached(&e);
                     continue;
                 }
                 Err(e) => {
@@ -338,11 +312,11 @@ impl Worker {
                     break;
                 }
             };
+            reads += 1;
             let read_at = queued;
             for k in read_at..read_at + n {
                 let len = self.sizes[k];
-                let verdict = encapsulate(&mut self.tx.packet_area_mut(k)[..len], &routes);
-                match verdict {
+                match encapsulate(&mut self.tx.packet_area_mut(k)[..len], &routes) {
                     Encap::Forward(peer) => {
                         // Keep the forwarded packets contiguous: move this one down over drops.
                         self.tx.slots_mut().swap(queued, k);
