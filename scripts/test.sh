@@ -32,3 +32,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 echo "==> cargo test"
 cargo test --workspace --release
+
+echo "==> fuzz (every target, ${WEFT_FUZZ_SECONDS:-30} s each)"
+fuzz/run.sh "${WEFT_FUZZ_SECONDS:-30}"

@@ -238,6 +238,16 @@ impl NetworkConfig {
                 format!("SubnetMax is not on a SubnetLen boundary: {subnet_max}"),
             ));
         }
+        // flannel accepts this and then fails every lease with "out of subnets"; say it here.
+        if u32::from(subnet_min) > u32::from(subnet_max) {
+            return Err(cfg_err(
+                "SubnetMin",
+                subnet_min.to_string(),
+                format!(
+                    "SubnetMin {subnet_min} is above SubnetMax {subnet_max}: no subnet to lease"
+                ),
+            ));
+        }
 
         Ok(NetworkConfig {
             network,
@@ -361,6 +371,24 @@ mod tests {
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().expect("test literal")
+    }
+
+    #[test]
+    fn subnet_min_above_max_is_refused() {
+        // Found by the config_parse fuzz target (fuzz/regressions/config_parse).
+        err(
+            r#"{"Network":"1.0.0.0/8","SubnetMax":"1.0.0.0"}"#,
+            "SubnetMin",
+            "1.0.1.0",
+            "SubnetMin 1.0.1.0 is above SubnetMax 1.0.0.0",
+        );
+        err(
+            r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.20.0","SubnetMax":"10.1.15.0"}"#,
+            "SubnetMin",
+            "10.1.20.0",
+            "is above SubnetMax 10.1.15.0",
+        );
+        ok(r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.15.0","SubnetMax":"10.1.15.0"}"#);
     }
 
     #[test]

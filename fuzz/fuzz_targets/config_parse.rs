@@ -1,0 +1,43 @@
+//! `control::NetworkConfig::parse` on any text (`<prefix>/config` is written by operators).
+//!
+//! Non-UTF-8 input is parsed after a lossy conversion. Checked: no panic, and a config that
+//! parses satisfies what the allocator relies on: SubnetLen within 1..=30 and longer than the
+//! network's prefix, SubnetMin ≤ SubnetMax, both inside the network and on a SubnetLen boundary,
+//! and a non-zero udp port; parsing is deterministic.
+#![no_main]
+
+use control::NetworkConfig;
+use libfuzzer_sys::fuzz_target;
+
+fn check(text: &str) {
+    let Ok(c) = NetworkConfig::parse(text) else {
+        return;
+    };
+    let net = c.network;
+    assert!(
+        (1..=30).contains(&c.subnet_len) && c.subnet_len > net.prefix_len(),
+        "SubnetLen {} with Network {net}",
+        c.subnet_len
+    );
+    let mask = u32::MAX << (32 - u32::from(c.subnet_len));
+    for (name, ip) in [("SubnetMin", c.subnet_min), ("SubnetMax", c.subnet_max)] {
+        assert!(net.contains(ip), "{name} {ip} outside Network {net}");
+        assert_eq!(u32::from(ip) & mask, u32::from(ip), "{name} {ip} not on a /{} boundary", c.subnet_len);
+    }
+    assert!(
+        c.subnet_min <= c.subnet_max,
+        "SubnetMin {} > SubnetMax {} accepted (Network {net}, SubnetLen {})",
+        c.subnet_min,
+        c.subnet_max,
+        c.subnet_len
+    );
+    assert_ne!(c.udp_port(), 0);
+    assert_eq!(NetworkConfig::parse(text).ok(), Some(c), "parse is not deterministic");
+}
+
+fuzz_target!(|data: &[u8]| {
+    match std::str::from_utf8(data) {
+        Ok(s) => check(s),
+        Err(_) => check(&String::from_utf8_lossy(data)),
+    }
+});
