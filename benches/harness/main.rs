@@ -183,6 +183,9 @@ struct Args {
     /// Attempts per test with --max-foreign-cpu.
     #[arg(long, default_value_t = 3)]
     attempts: u32,
+    /// Do not measure: rebuild report.md and tcp.svg in --out from an earlier results.jsonl.
+    #[arg(long, value_name = "PATH")]
+    from_jsonl: Option<PathBuf>,
 }
 
 /// Returned (inside anyhow) when Ctrl-C/SIGTERM stopped the run.
@@ -220,6 +223,9 @@ fn main() -> ExitCode {
 }
 
 fn run(mut args: Args) -> Result<ExitCode> {
+    if let Some(path) = &args.from_jsonl {
+        return rerender(path, &args.out);
+    }
     if args.smoke {
         args.rounds = 1;
         args.duration = 2;
@@ -377,6 +383,14 @@ fn run(mut args: Args) -> Result<ExitCode> {
                             _ => break r,
                         }
                     };
+                    // A daemon that died (or was signalled by someone else) explains the failure; say so.
+                    let daemon_gone = setup.check_alive().err();
+                    let result = match (result, &daemon_gone) {
+                        (Err(e), Some(d)) if !e.is::<Interrupted>() => {
+                            Err(e.context(format!("{d:#}")))
+                        }
+                        (r, _) => r,
+                    };
                     let result = match result {
                         Err(e) if e.is::<Interrupted>() => return Err(e),
                         Err(e) => {
@@ -411,6 +425,22 @@ fn run(mut args: Args) -> Result<ExitCode> {
                     };
                     writeln!(jsonl, "{}", r.to_json())?;
                     records.push(r);
+                    if daemon_gone.is_some() {
+                        // The rest of this mode's tests in this round cannot run.
+                        for k in j + 1..args.tests.len() {
+                            let test = args.tests[(k + round as usize) % args.tests.len()];
+                            let r = Record {
+                                round: round + 1,
+                                mode,
+                                test,
+                                result: Err("skipped: weft daemon gone".into()),
+                            };
+                            writeln!(jsonl, "{}", r.to_json())?;
+                            records.push(r);
+                            failures += 1;
+                        }
+                        break;
+                    }
                 }
                 for w in setup.stop() {
                     failures += 1;
@@ -509,4 +539,111 @@ fn now() -> String {
     )
     .map(|s| s.trim().to_string())
     .unwrap_or_default()
+}
+
+/// `--from-jsonl`: the report of an earlier run, from its JSON lines.
+fn rerender(path: &Path, out: &Path) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let mut records = Vec::new();
+    let (mut modes, mut tests, mut header) =
+        (Vec::new(), Vec::new(), String::from("## weft-bench"));
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}: bad line {line:?}", path.display()))?;
+        let str_of = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        match v.get("type").and_then(serde_json::Value::as_str) {
+            Some("run") => {
+                let list = |k: &str| -> Vec<String> {
+                    v.get(k)
+                        .and_then(serde_json::Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|x| x.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                modes = list("modes")
+                    .iter()
+                    .filter_map(|m| Mode::from_str(m, false).ok())
+                    .collect();
+                tests = list("tests")
+                    .iter()
+                    .filter_map(|t| Test::from_str(t, false).ok())
+                    .collect();
+                header =
+                    format!(
+                    "## weft-bench {} — {}; {} round(s) × {} s per test; attach {}, underlay {}",
+                    str_of("started"),
+                    str_of("machine"),
+                    v.get("rounds").and_then(serde_json::Value::as_u64).unwrap_or(0),
+                    v.get("duration_s").and_then(serde_json::Value::as_u64).unwrap_or(0),
+                    str_of("attach"),
+                    str_of("underlay")
+                );
+            }
+            Some("sample") => {
+                let (Ok(mode), Ok(test)) = (
+                    Mode::from_str(&str_of("mode"), false),
+                    Test::from_str(&str_of("test"), false),
+                ) else {
+                    continue;
+                };
+                let f = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
+                let result = match v.get("error").and_then(serde_json::Value::as_str) {
+                    Some(e) => Err(e.to_string()),
+                    None => Ok(measure::Sample {
+                        value: f("value").unwrap_or(f64::NAN),
+                        rx_bytes: f("rx_bytes").unwrap_or(0.0),
+                        rx_packets: f("rx_packets"),
+                        offered_pps: f("offered_pps"),
+                        loss_pct: f("loss_pct"),
+                        retransmits: f("retransmits"),
+                        seconds: f("iperf_seconds").unwrap_or(0.0),
+                        wall_s: f("wall_s").unwrap_or(0.0),
+                        cpu_busy_s: f("cpu_busy_s").unwrap_or(0.0),
+                        cpu_steal_s: f("cpu_steal_s").unwrap_or(0.0),
+                        busy_cores: f("busy_cores").unwrap_or(0.0),
+                        cpu_s_per_gb: f("cpu_s_per_gb").unwrap_or(f64::NAN),
+                        cpu_us_per_pkt: f("cpu_us_per_pkt"),
+                        pre_busy_cores: f("pre_busy_cores").unwrap_or(0.0),
+                        foreign_cpu_s: f("foreign_cpu_s").unwrap_or(0.0),
+                        attempt: f("attempt").unwrap_or(1.0) as u32,
+                    }),
+                };
+                let round = v
+                    .get("round")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0) as u32;
+                records.push(Record {
+                    round,
+                    mode,
+                    test,
+                    result,
+                });
+            }
+            _ => {}
+        }
+    }
+    if modes.is_empty() || tests.is_empty() {
+        bail!("{}: no run line naming the modes and tests", path.display());
+    }
+    let md = report::markdown(&records, &modes, &tests, &header);
+    println!("{md}");
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("report.md"), &md)?;
+    std::fs::write(
+        out.join("tcp.svg"),
+        report::svg(
+            &records,
+            &modes,
+            "TCP container to container, median over the rounds",
+        ),
+    )?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -310,8 +310,8 @@ impl Cluster {
         for (i, ip) in ETCD3_IPS.iter().enumerate() {
             let name = format!("e{}", i + 1);
             let data = self.dir.join(format!("etcd-data-{name}"));
-            let log = std::fs::File::create(self.dir.join(format!("etcd-{name}.log")))
-                .expect("etcd log");
+            let log =
+                std::fs::File::create(self.dir.join(format!("etcd-{name}.log"))).expect("etcd log");
             let client = format!("http://{ip}:2379");
             let peer = format!("http://{ip}:2380");
             let child = Command::new("ip")
