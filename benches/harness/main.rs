@@ -389,6 +389,9 @@ fn run(mut args: Args) -> Result<ExitCode> {
                         (Err(e), Some(d)) if !e.is::<Interrupted>() => {
                             Err(e.context(format!("{d:#}")))
                         }
+                        (Ok(_), Some(d)) => {
+                            Err(anyhow::anyhow!("weft died during the test: {d:#}"))
+                        }
                         (r, _) => r,
                     };
                     let result = match result {

@@ -1,0 +1,197 @@
+//! Setting up one mode on a fresh topology: host-gw routes, flannel's kernel VXLAN, or `weft run` on both hosts.
+//!
+//! A [`Setup`] owns the namespaces and the daemons; dropping it stops the daemons (SIGTERM, then SIGKILL)
+//! and then deletes the namespaces.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::netns::{self, Attach, TwoHosts, Underlay};
+use crate::Mode;
+
+/// How long the containers may take to reach each other after setup.
+const PING_WAIT: Duration = Duration::from_secs(20);
+/// How long weft may take to exit after SIGTERM.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// What a mode needs besides the mode itself.
+#[derive(Debug)]
+pub(crate) struct Ctx<'a> {
+    pub(crate) attach: Attach,
+    pub(crate) underlay: Underlay,
+    pub(crate) weft: Option<&'a Path>,
+    pub(crate) weft_args: &'a [String],
+    pub(crate) log_dir: &'a Path,
+    pub(crate) tag: String,
+}
+
+#[derive(Debug)]
+struct Daemon {
+    host: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+/// A topology with one mode configured; see the module doc.
+#[derive(Debug)]
+pub(crate) struct Setup {
+    daemons: Vec<Daemon>,
+    pub(crate) topo: TwoHosts,
+}
+
+impl Setup {
+    /// Builds the namespaces, configures `mode` and waits until ctr_a can ping ctr_b.
+    pub(crate) fn start(mode: Mode, ctx: &Ctx<'_>) -> Result<Setup> {
+        let topo = netns::two_hosts_with(ctx.attach, ctx.underlay)
+            .context("build the two-host topology")?;
+        let mut s = Setup {
+            daemons: Vec::new(),
+            topo,
+        };
+        match mode {
+            Mode::HostGw => {
+                s.topo.set_container_mtu(netns::UNDERLAY_MTU)?;
+                s.topo.add_hostgw_routes()?;
+            }
+            Mode::Vxlan => {
+                s.topo.set_container_mtu(netns::VXLAN_MTU)?;
+                s.topo.add_kernel_vxlan()?;
+            }
+            Mode::Weft | Mode::Weft1w => {
+                s.topo.set_container_mtu(netns::UDP_BACKEND_MTU)?;
+                let bin = ctx
+                    .weft
+                    .context("weft modes need the weft binary (--weft PATH)")?;
+                let extra: &[&str] = if mode == Mode::Weft1w {
+                    &["--workers", "1", "--batch-size", "1"]
+                } else {
+                    &[]
+                };
+                for (host, subnet, peer) in [
+                    (
+                        "a",
+                        netns::SUBNET_A,
+                        format!("{}={}", netns::SUBNET_B, netns::HOST_B_UL),
+                    ),
+                    (
+                        "b",
+                        netns::SUBNET_B,
+                        format!("{}={}", netns::SUBNET_A, netns::HOST_A_UL),
+                    ),
+                ] {
+                    let ns = if host == "a" {
+                        &s.topo.host_a
+                    } else {
+                        &s.topo.host_b
+                    };
+                    let log = ctx.log_dir.join(format!("{}-weft-host{host}.log", ctx.tag));
+                    let f =
+                        File::create(&log).with_context(|| format!("create {}", log.display()))?;
+                    let mut cmd = ns.cmd(&bin.to_string_lossy());
+                    cmd.args([
+                        "run",
+                        "--iface",
+                        "ul0",
+                        "--network",
+                        netns::OVERLAY_NET,
+                        "--subnet",
+                        subnet,
+                        "--peer",
+                        &peer,
+                    ])
+                    .args(extra)
+                    .args(ctx.weft_args)
+                    .env(
+                        "RUST_LOG",
+                        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                    )
+                    .stdin(Stdio::null())
+                    .stdout(f.try_clone()?)
+                    .stderr(f)
+                    .process_group(0);
+                    let child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
+                    s.daemons.push(Daemon {
+                        host: if host == "a" { "host_a" } else { "host_b" },
+                        child,
+                        log,
+                    });
+                }
+            }
+        }
+        if let Err(e) = s.topo.wait_ping(PING_WAIT) {
+            s.check_alive()?;
+            return Err(e).context(format!("{mode} set up, but ctr_a cannot ping ctr_b"));
+        }
+        Ok(s)
+    }
+
+    /// Fails (with the end of its log) if a daemon has exited.
+    pub(crate) fn check_alive(&mut self) -> Result<()> {
+        for d in &mut self.daemons {
+            if let Some(st) = d.child.try_wait()? {
+                bail!(
+                    "weft in {} exited early ({st}); log {}:\n{}",
+                    d.host,
+                    d.log.display(),
+                    tail(&d.log)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the daemons with SIGTERM; returns complaints (not exit 0, or no exit within [`STOP_WAIT`]).
+    pub(crate) fn stop(&mut self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for d in &mut self.daemons {
+            if let Ok(Some(st)) = d.child.try_wait() {
+                if !st.success() {
+                    warnings.push(format!("weft in {} had exited with {st}", d.host));
+                }
+                continue;
+            }
+            let _ = kill(Pid::from_raw(d.child.id() as i32), Signal::SIGTERM);
+        }
+        for d in &mut self.daemons {
+            match netns::wait_timeout(&mut d.child, STOP_WAIT) {
+                Ok(Some(st)) if st.success() => {}
+                Ok(Some(st)) => warnings.push(format!(
+                    "weft in {} exited with {st} after SIGTERM; log {}",
+                    d.host,
+                    d.log.display()
+                )),
+                _ => {
+                    let _ = d.child.kill();
+                    let _ = d.child.wait();
+                    warnings.push(format!(
+                        "weft in {} ignored SIGTERM for {STOP_WAIT:?}; killed",
+                        d.host
+                    ));
+                }
+            }
+        }
+        self.daemons.clear();
+        warnings
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        for w in self.stop() {
+            eprintln!("weft-bench: {w}");
+        }
+    }
+}
+
+fn tail(p: &Path) -> String {
+    let s = std::fs::read_to_string(p).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
+}
