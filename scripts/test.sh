@@ -33,9 +33,15 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --workspace --release
 
+echo "==> criterion benches build"
+cargo bench --workspace --no-run
+
 echo "==> benchmark harness, smoke mode (one round, a few seconds per test)"
 cargo build --release --bin weft --bin weft-bench
 target/release/weft-bench --smoke --out target/weft-bench-smoke
+
+echo "==> demo cluster (the README's main command)"
+scripts/demo.sh
 
 echo "==> fuzz (every target, ${WEFT_FUZZ_SECONDS:-30} s each)"
 fuzz/run.sh "${WEFT_FUZZ_SECONDS:-30}"

@@ -475,14 +475,14 @@ fn corrupted_lease_value_is_skipped_and_counted() {
     // The other host keeps its route to the corrupted lease's owner; forwarding goes on.
     let s1 = d[1].stats();
     assert_eq!(s1["routes"], 1.0);
-    assert_eq!(s1["generation"], gen1);
+    assert!(s1["generation"] >= gen1);
     all_pairs_ping(&c, Duration::from_secs(5));
-    // The owner neither exits nor moves.
-    assert_eq!(stat(&d[0], "reacquisitions"), 0);
+    // The owner neither exits nor moves (it puts its value back: at most one re-acquisition).
+    assert!(stat(&d[0], "reacquisitions") <= 1);
+    assert_eq!(lease_key(&c, 0), key);
 }
 
 #[test]
-#[ignore = "control does not re-assert its own lease after a corrupted value (see docs/reliability.md)"]
 fn corrupted_own_lease_value_is_reasserted_by_the_owner() {
     let Some(mut c) = cluster("corrupted_own_lease_value_is_reasserted_by_the_owner", 2) else {
         return;

@@ -404,7 +404,44 @@ impl<R: Registry> SubnetManager<R> {
         loop {
             let listing = self.reg.list_subnets().await?;
             let parsed = self.parse_listing(&listing, false);
-            let leases: Vec<Lease> = parsed.iter().map(|p| p.lease.clone()).collect();
+            // Keys whose value is garbage: their subnets are not free (creating them would fail
+            // forever), except our own previous subnet, whose value we put back.
+            let corrupted: Vec<(&KvEntry, Ipv4Net)> = listing
+                .entries
+                .iter()
+                .filter(|e| LeaseAttrs::parse(&e.value).is_err())
+                .filter_map(|e| parse_subnet_key(&e.key).map(|k| (e, k.v4)))
+                .collect();
+            if let Some((entry, subnet)) = corrupted
+                .iter()
+                .find(|(_, sn)| Some(*sn) == self.opts.previous_subnet)
+            {
+                if config.is_compatible(subnet) {
+                    match self
+                        .reg
+                        .put_subnet(
+                            &subnet.key(),
+                            &value,
+                            Some(LEASE_TTL),
+                            PutCondition::ValueIs(&entry.value),
+                        )
+                        .await?
+                    {
+                        PutOutcome::Written { lease_id, ttl } => {
+                            tracing::warn!(%subnet, "our subnet's lease value was overwritten with garbage; restored it");
+                            return Ok(self.install_own(*subnet, None, lease_id, ttl));
+                        }
+                        PutOutcome::ConditionFailed => continue, // rewritten meanwhile: look again
+                    }
+                }
+            }
+            let mut leases: Vec<Lease> = parsed.iter().map(|p| p.lease.clone()).collect();
+            leases.extend(corrupted.iter().map(|(_, sn)| Lease {
+                subnet: *sn,
+                ipv6_subnet: None,
+                attrs: LeaseAttrs::udp(Ipv4Addr::UNSPECIFIED),
+                expiration: None,
+            }));
             let plan = allocator::plan(
                 &config,
                 self.opts.public_ip,
@@ -547,6 +584,11 @@ impl<R: Registry> SubnetManager<R> {
             match ev {
                 WatchEvent::Put(entry) => {
                     let Some(p) = self.parse_entry(&entry, true) else {
+                        // Garbage written over our own key: treat it as lost, and the
+                        // re-acquisition puts our value back (see `acquire`).
+                        if parse_subnet_key(&entry.key).is_some_and(|k| Some(k.v4) == own) {
+                            lost = true;
+                        }
                         continue;
                     };
                     if Some(p.lease.subnet) == own {
@@ -1083,6 +1125,45 @@ mod tests {
                 let _ = tx.send(true);
             };
             tokio::join!(mgr.run(&mut cb, &mut stop), script);
+        });
+    }
+
+    #[test]
+    fn corrupted_own_value_is_restored_and_garbage_keys_are_not_free() {
+        rt().block_on(async {
+            let reg = MemRegistry::new();
+            reg.set_config(CFG);
+            let mut mgr = SubnetManager::new(reg.clone(), opts(ME));
+            let shared = mgr.shared();
+            let (_calls, mut cb) = recorder();
+            let (tx, mut stop) = watch::channel(false);
+            let (_, own) = mgr.startup(&mut cb, &mut stop).await.expect("startup");
+            let own_key = own.subnet.key();
+            let (good, _) = reg.get_raw(&own_key).expect("our key");
+            let script = async {
+                // Garbage over our own key: our value comes back, same subnet.
+                reg.put_raw(&own_key, b"{garbage", 0);
+                wait_until("restored", || {
+                    reg.get_raw(&own_key).is_some_and(|(v, _)| v == good)
+                })
+                .await;
+                assert_eq!(shared.lease().expect("lease").subnet, own.subnet);
+                assert!(shared.stats().malformed_skipped >= 1);
+                let _ = tx.send(true);
+            };
+            tokio::join!(mgr.run(&mut cb, &mut stop), script);
+
+            // A second host must not pick a subnet whose key holds garbage (its create would fail
+            // forever): fill all but one subnet with garbage and check it gets the free one.
+            let reg2 = MemRegistry::new();
+            reg2.set_config(CFG);
+            for i in 15..=19 {
+                reg2.put_raw(&format!("10.1.{i}.0-24"), b"nope", 0);
+            }
+            let mut other = SubnetManager::new(reg2.clone(), opts(Ipv4Addr::new(192, 168, 0, 2)));
+            other.load_config().await.expect("config");
+            let lease = other.acquire().await.expect("the one free subnet");
+            assert_eq!(lease.subnet.to_string(), "10.1.20.0/24");
         });
     }
 }
