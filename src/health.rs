@@ -164,6 +164,20 @@ pub(crate) fn render_metrics(status: &Status) -> String {
             "Worker threads running.",
             &[("", dp.live_workers() as f64)],
         );
+        let ages = dp.heartbeat_ages();
+        let labels: Vec<String> = (0..ages.len()).map(|i| format!("worker=\"{i}\"")).collect();
+        let beats: Vec<(&str, f64)> = labels
+            .iter()
+            .zip(&ages)
+            .map(|(l, a)| (l.as_str(), a.as_secs_f64()))
+            .collect();
+        metric(
+            &mut out,
+            "weft_worker_heartbeat_age_seconds",
+            "gauge",
+            "Seconds since each worker last went round its loop (at least every second when healthy).",
+            &beats,
+        );
     }
     if let Some(f) = status.control.get() {
         let c = f();

@@ -239,11 +239,18 @@ fn log_started(
 
 fn log_stats(dp: &Dataplane, extra: &str) {
     let snap = dp.routes().load();
+    let beat = dp
+        .stats_source()
+        .heartbeat_ages()
+        .into_iter()
+        .max()
+        .unwrap_or_default();
     tracing::info!(
-        "stats generation={} routes={} healthy={} {}{extra}",
+        "stats generation={} routes={} healthy={} heartbeat_max_age_ms={} {}{extra}",
         snap.generation(),
         snap.len(),
         dp.healthy(),
+        beat.as_millis(),
         dp.stats()
     );
 }

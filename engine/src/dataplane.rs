@@ -74,6 +74,12 @@ impl StatsSource {
         &self.routes
     }
 
+    /// Time since each worker last went round its loop (workers wake at least every second, so
+    /// an age of several seconds means a stalled worker).
+    pub fn heartbeat_ages(&self) -> Vec<std::time::Duration> {
+        self.stats.iter().map(|s| s.heartbeat_age()).collect()
+    }
+
     /// Workers still running.
     pub fn live_workers(&self) -> usize {
         self.live.load(Ordering::Acquire)

@@ -150,17 +150,38 @@ impl Counter {
 #[repr(align(128))]
 pub struct WorkerStats {
     values: [AtomicU64; COUNTERS],
+    /// Milliseconds after `epoch` at which the worker last went round its loop.
+    heartbeat_ms: AtomicU64,
+    epoch: std::time::Instant,
 }
 
 impl Default for WorkerStats {
     fn default() -> Self {
         WorkerStats {
             values: std::array::from_fn(|_| AtomicU64::new(0)),
+            heartbeat_ms: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
         }
     }
 }
 
 impl WorkerStats {
+    /// Records that the worker is alive and going round its loop (it does so at least every
+    /// second, also when idle).
+    #[inline]
+    pub fn beat(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.heartbeat_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the worker's last heartbeat.
+    pub fn heartbeat_age(&self) -> std::time::Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        std::time::Duration::from_millis(
+            now.saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed)),
+        )
+    }
+
     /// Adds `n` to `c`. Only the owning worker may call this (single writer).
     #[inline]
     pub fn add(&self, c: Counter, n: u64) {

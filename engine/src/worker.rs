@@ -38,6 +38,8 @@ const TUN_SPLIT_MAX: usize = 128;
 
 /// ICMP errors a worker may originate per second (and its burst).
 const ICMP_PER_SEC: u32 = 100;
+/// Longest an idle worker waits in poll before going round its loop (and its heartbeat).
+const IDLE_WAKEUP: Duration = Duration::from_secs(1);
 /// Least time between two log lines about the same kind of I/O error.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -222,6 +224,7 @@ impl Worker {
         let mut tun_ready = true;
         let mut udp_ready = true;
         loop {
+            self.s.stats.beat();
             if self.s.stop.load(Ordering::Acquire) {
                 break;
             }
@@ -233,7 +236,7 @@ impl Worker {
                 break;
             }
             if !tun_ready && !udp_ready {
-                match self.s.poll.poll(&mut events, None) {
+                match self.s.poll.poll(&mut events, Some(IDLE_WAKEUP)) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
