@@ -31,7 +31,9 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 echo "==> cargo test"
-cargo test --workspace --release
+test_log=$(mktemp)
+trap 'rm -f "$test_log"' EXIT
+cargo test --workspace --release 2>&1 | tee "$test_log"
 
 echo "==> criterion benches build"
 cargo bench --workspace --no-run
@@ -45,3 +47,6 @@ scripts/demo.sh
 
 echo "==> fuzz (every target, ${WEFT_FUZZ_SECONDS:-30} s each)"
 fuzz/run.sh "${WEFT_FUZZ_SECONDS:-30}"
+
+# One closing line for the whole suite (cargo prints one result line per test binary).
+awk '/^test result: / { p += $4; f += $6 } END { printf "weft: %d passed, %d failed\n", p, f }' "$test_log"
