@@ -11,7 +11,7 @@ mod netns;
 mod transfer;
 
 use cluster::{Cluster, CONFIG};
-use daemon::Daemon;
+use daemon::{within, Daemon};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -30,16 +30,6 @@ fn cluster(test: &str, hosts: usize) -> Option<Cluster> {
 
 fn stat(d: &Daemon, key: &str) -> u64 {
     d.stats().get(key).copied().unwrap_or(-1.0) as u64
-}
-
-/// Waits until `cond` holds, polling every 50 ms; returns the time it took.
-fn within(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    start.elapsed()
 }
 
 #[test]

@@ -14,7 +14,7 @@ mod netns;
 mod transfer;
 
 use cluster::{Cluster, CONFIG};
-use daemon::Daemon;
+use daemon::{rss_kib, within, Daemon};
 use nix::sys::signal::Signal;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -61,16 +61,6 @@ fn all_pairs_ping(c: &Cluster, timeout: Duration) {
 
 fn stat(d: &Daemon, key: &str) -> i64 {
     d.stats().get(key).copied().unwrap_or(-1.0) as i64
-}
-
-/// Waits until `cond` holds, polling every 100 ms; returns the time it took.
-fn within(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    start.elapsed()
 }
 
 /// `<prefix>/subnets/10.1.x.0-24` of host `i` (from its subnet.env).
@@ -131,16 +121,6 @@ fn cpu_time(pid: i32) -> Duration {
     let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
     // USER_HZ, the unit of /proc/<pid>/stat, is 100 on every Linux architecture weft runs on.
     Duration::from_millis(ticks * 10)
-}
-
-/// Resident set size of `pid` in KiB.
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("/proc/<pid>/status")
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS")
 }
 
 fn log_has(d: &Daemon, needle: &str) -> bool {

@@ -13,21 +13,12 @@ mod netns;
 mod transfer;
 
 use cluster::{Cluster, CONFIG};
-use daemon::Daemon;
+use daemon::{rss_kib, Daemon};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const PREFIX: &str = "/coreos.com/network";
-
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("/proc/<pid>/status")
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS")
-}
 
 fn stat(d: &Daemon, key: &str) -> f64 {
     d.stats().get(key).copied().unwrap_or(-1.0)

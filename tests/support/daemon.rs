@@ -177,6 +177,27 @@ impl Drop for Daemon {
     }
 }
 
+/// Waits until `cond` holds, polling every 50 ms; panics naming `what` after `limit`. Returns the
+/// time it took.
+pub(crate) fn within(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+/// Resident set size of process `pid` in KiB.
+pub(crate) fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("/proc/<pid>/status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
 /// Parses every `key=value` token with a numeric value.
 pub(crate) fn parse_kv(line: &str) -> HashMap<String, f64> {
     line.split_whitespace()
