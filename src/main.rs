@@ -1,6 +1,7 @@
 //! The `weft` daemon binary.
 #![forbid(unsafe_code)]
 
+mod backend;
 mod cli;
 mod docker_opts;
 mod health;

@@ -1,0 +1,1 @@
+//! Kernel networking state through rtnetlink (placeholder; filled in by the netlink work).
