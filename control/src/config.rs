@@ -8,7 +8,8 @@
 //!   unmarshallers reject it.
 //! * Defaults and error messages follow §1.3; each error names the key and its value and ends with
 //!   flannel's message.
-//! * No `Backend` means udp; weft implements only udp, so any other type is refused by name.
+//! * No `Backend` means udp. The type is matched case-insensitively: `udp`, `vxlan` and
+//!   `host-gw` are known; any other type is refused by name.
 //! * IPv6 (`EnableIPv6: true`) and IPv4 disabled are refused: weft is IPv4-only for now.
 
 use std::net::Ipv4Addr;
@@ -23,6 +24,11 @@ use crate::subnet::Ipv4Net;
 /// Default UDP port of flannel's udp backend.
 pub const UDP_DEFAULT_PORT: u16 = 8285;
 
+/// Default VNI of flannel's vxlan backend.
+pub const VXLAN_DEFAULT_VNI: u32 = 1;
+/// The port Linux's vxlan driver uses when none is configured (flannel's `Port: 0`).
+pub const VXLAN_DEFAULT_PORT: u16 = 8472;
+
 /// The backend section of the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -32,6 +38,32 @@ pub enum Backend {
         /// UDP port every node listens on and sends to (`Port`, default 8285).
         port: u16,
     },
+    /// flannel's vxlan backend (or weft's userspace VXLAN data plane, same wire and lease).
+    Vxlan(VxlanConfig),
+    /// flannel's host-gw backend: plain routes via each peer's public IP.
+    HostGw,
+}
+
+/// The `vxlan` backend section (flannel's `VXLANConfig`, keys matched case-insensitively).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanConfig {
+    /// `VNI` (default 1); the device is `flannel.<VNI>`.
+    pub vni: u32,
+    /// `Port`: UDP destination port (0 in the config means the kernel default, 8472).
+    pub port: u16,
+    /// Whether `Port` was given (flannel only sets the netlink attribute then).
+    pub port_set: bool,
+    /// `MTU`: the underlay MTU to assume (`None`: the interface's); the device gets MTU − 50.
+    pub mtu: Option<u32>,
+    /// `GBP`: VXLAN group based policy extension.
+    pub gbp: bool,
+    /// `Learning`: kernel MAC learning on the device.
+    pub learning: bool,
+    /// `DirectRouting`: a plain route via a peer that is on-link, VXLAN otherwise.
+    pub direct_routing: bool,
+    /// `Userspace` (weft's own key): carry VXLAN in weft's workers instead of the kernel's
+    /// vxlan device. Same wire format, port and lease as the kernel data plane.
+    pub userspace: bool,
 }
 
 /// A validated network config with every default filled in.
@@ -267,10 +299,12 @@ impl NetworkConfig {
             && subnet.prefix_len() == self.subnet_len
     }
 
-    /// The udp port (every backend weft has is udp).
-    pub fn udp_port(&self) -> u16 {
-        match self.backend {
-            Backend::Udp { port } => port,
+    /// The UDP port of the backend's tunnel (`None` for host-gw, which has none).
+    pub fn udp_port(&self) -> Option<u16> {
+        match &self.backend {
+            Backend::Udp { port } => Some(*port),
+            Backend::Vxlan(v) => Some(v.port),
+            Backend::HostGw => None,
         }
     }
 }
@@ -338,8 +372,89 @@ fn parse_backend(v: Option<&Value>) -> Result<Backend, Error> {
             };
             Ok(Backend::Udp { port })
         }
+        "vxlan" => parse_vxlan(&obj).map(Backend::Vxlan),
+        "host-gw" => Ok(Backend::HostGw),
         _ => Err(Error::UnsupportedBackend { backend_type }),
     }
+}
+
+/// Go `int`-typed option of a backend section: absent or null keeps `default`.
+fn backend_uint(
+    obj: &GoObject<Value>,
+    key: &'static str,
+    json_key: &str,
+    max: u64,
+    default: u64,
+) -> Result<u64, Error> {
+    match obj.get(json_key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .filter(|v| *v <= max)
+            .ok_or_else(|| cfg_err(key, n.to_string(), format!("expected an integer 0..{max}"))),
+        Some(v) => Err(cfg_err(
+            key,
+            v.to_string(),
+            "error decoding VXLAN backend config: expected an integer",
+        )),
+    }
+}
+
+fn backend_bool(obj: &GoObject<Value>, key: &'static str, json_key: &str) -> Result<bool, Error> {
+    match obj.get(json_key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(cfg_err(
+            key,
+            v.to_string(),
+            "error decoding VXLAN backend config: expected a boolean",
+        )),
+    }
+}
+
+/// flannel's `VXLANConfig` decoding, plus weft's `Userspace`.
+fn parse_vxlan(obj: &GoObject<Value>) -> Result<VxlanConfig, Error> {
+    let vni = backend_uint(
+        obj,
+        "Backend.VNI",
+        "VNI",
+        0xff_ffff,
+        u64::from(VXLAN_DEFAULT_VNI),
+    )? as u32;
+    let port = backend_uint(obj, "Backend.Port", "Port", 65_535, 0)? as u16;
+    let mtu = backend_uint(obj, "Backend.MTU", "MTU", 65_535, 0)? as u32;
+    if mtu != 0 && mtu < 68 + 50 {
+        return Err(cfg_err(
+            "Backend.MTU",
+            mtu.to_string(),
+            "too small: the device MTU (MTU - 50) must be at least 68",
+        ));
+    }
+    let cfg = VxlanConfig {
+        vni,
+        port: if port == 0 { VXLAN_DEFAULT_PORT } else { port },
+        port_set: port != 0,
+        mtu: (mtu != 0).then_some(mtu),
+        gbp: backend_bool(obj, "Backend.GBP", "GBP")?,
+        learning: backend_bool(obj, "Backend.Learning", "Learning")?,
+        direct_routing: backend_bool(obj, "Backend.DirectRouting", "DirectRouting")?,
+        userspace: backend_bool(obj, "Backend.Userspace", "Userspace")?,
+    };
+    if cfg.userspace && cfg.gbp {
+        return Err(cfg_err(
+            "Backend.GBP",
+            "true",
+            "group based policy is not supported with \"Userspace\": true",
+        ));
+    }
+    if cfg.userspace && cfg.direct_routing {
+        return Err(cfg_err(
+            "Backend.DirectRouting",
+            "true",
+            "direct routing is not supported with \"Userspace\": true",
+        ));
+    }
+    Ok(cfg)
 }
 
 #[cfg(test)]
@@ -480,7 +595,7 @@ mod tests {
         );
         assert_eq!(
             (c.subnet_min, c.subnet_max, c.udp_port()),
-            (ip("10.1.15.0"), ip("10.1.20.0"), 8285)
+            (ip("10.1.15.0"), ip("10.1.20.0"), Some(8285))
         );
     }
 
@@ -657,19 +772,88 @@ mod tests {
     }
 
     #[test]
+    fn vxlan_and_host_gw_sections() {
+        let c = NetworkConfig::parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"VXLAN"}}"#)
+            .expect("valid");
+        assert_eq!(
+            c.backend,
+            Backend::Vxlan(VxlanConfig {
+                vni: 1,
+                port: 8472,
+                port_set: false,
+                mtu: None,
+                gbp: false,
+                learning: false,
+                direct_routing: false,
+                userspace: false,
+            })
+        );
+        assert_eq!(c.udp_port(), Some(8472));
+        let c = NetworkConfig::parse(
+            r#"{"Network":"10.1.0.0/16","Backend":{"type":"vxlan","vni":42,"port":4789,"mtu":9000,"gbp":true,"learning":true,"directrouting":true}}"#,
+        )
+        .expect("valid");
+        let Backend::Vxlan(v) = c.backend else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            (v.vni, v.port, v.port_set, v.mtu),
+            (42, 4789, true, Some(9000))
+        );
+        assert!(v.gbp && v.learning && v.direct_routing && !v.userspace);
+        let c = NetworkConfig::parse(
+            r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan","Userspace":true}}"#,
+        )
+        .expect("valid");
+        assert!(matches!(
+            c.backend,
+            Backend::Vxlan(VxlanConfig {
+                userspace: true,
+                ..
+            })
+        ));
+        let c = NetworkConfig::parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"Host-GW"}}"#)
+            .expect("valid");
+        assert_eq!(c.backend, Backend::HostGw);
+        assert_eq!(c.udp_port(), None);
+        for (text, key, what) in [
+            (
+                r#"{"Type":"vxlan","VNI":16777216}"#,
+                "Backend.VNI",
+                "16777216",
+            ),
+            (r#"{"Type":"vxlan","VNI":-1}"#, "Backend.VNI", "-1"),
+            (r#"{"Type":"vxlan","VNI":"1"}"#, "Backend.VNI", "\"1\""),
+            (r#"{"Type":"vxlan","Port":65536}"#, "Backend.Port", "65536"),
+            (r#"{"Type":"vxlan","MTU":100}"#, "Backend.MTU", "100"),
+            (r#"{"Type":"vxlan","GBP":1}"#, "Backend.GBP", "1"),
+            (
+                r#"{"Type":"vxlan","Userspace":true,"GBP":true}"#,
+                "Backend.GBP",
+                "true",
+            ),
+            (
+                r#"{"Type":"vxlan","Userspace":true,"DirectRouting":true}"#,
+                "Backend.DirectRouting",
+                "true",
+            ),
+        ] {
+            let full = format!(r#"{{"Network":"10.1.0.0/16","Backend":{text}}}"#);
+            let e = NetworkConfig::parse(&full).expect_err(text).to_string();
+            assert!(e.contains(&format!("{key}={what}")), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn unsupported_backends_named() {
         for (text, ty) in [
             (
-                r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#,
-                "vxlan",
+                r#"{"Network":"10.1.0.0/16","Backend":{"Type":"wireguard"}}"#,
+                "wireguard",
             ),
             (
-                r#"{"Network":"10.1.0.0/16","Backend":{"Type":"VXLAN","VNI":1}}"#,
-                "VXLAN",
-            ),
-            (
-                r#"{"Network":"10.1.0.0/16","Backend":{"Type":"host-gw"}}"#,
-                "host-gw",
+                r#"{"Network":"10.1.0.0/16","Backend":{"Type":"IPIP"}}"#,
+                "IPIP",
             ),
             (r#"{"Network":"10.1.0.0/16","Backend":{}}"#, ""),
             (r#"{"Network":"10.1.0.0/16","Backend":null}"#, ""),

@@ -30,7 +30,7 @@ pub enum Error {
         reason: String,
     },
     /// The config names a backend weft does not implement.
-    #[error("invalid network config: Backend.Type={backend_type:?}: backend type not supported by weft (supported: \"udp\")")]
+    #[error("invalid network config: Backend.Type={backend_type:?}: backend type not supported by weft (supported: \"udp\", \"vxlan\", \"host-gw\")")]
     UnsupportedBackend {
         /// The `Backend.Type` as written.
         backend_type: String,
@@ -100,6 +100,9 @@ pub enum Error {
     /// Invalid options given to [`crate::start`] (endpoints, TLS combination, renew margin).
     #[error("invalid control options: {0}")]
     Options(String),
+    /// The backend could not be set up for the network config (e.g. its device).
+    #[error("backend: {0}")]
+    Backend(String),
     /// The control thread died or could not be started.
     #[error("control thread: {0}")]
     Thread(String),
@@ -124,6 +127,7 @@ impl Error {
             | Error::NoFreeSubnet { .. }
             | Error::Io { .. }
             | Error::Options(_)
+            | Error::Backend(_)
             | Error::Thread(_) => false,
         }
     }

@@ -16,7 +16,7 @@ use crate::config::NetworkConfig;
 use crate::env_file::{self, SubnetEnv};
 use crate::error::Error;
 use crate::etcd::{EtcdOptions, EtcdRegistry};
-use crate::lease::Lease;
+use crate::lease::{Lease, LeaseAttrs};
 use crate::manager::{
     ControlStats, ManagerOptions, Shared, SubnetManager, BACKOFF_MAX, BACKOFF_MIN,
     DEFAULT_RENEW_MARGIN, LEASE_TTL,
@@ -54,6 +54,11 @@ impl ControlOptions {
 /// The callback receiving the complete set of other hosts' leases.
 pub type OnPeers = Box<dyn FnMut(&[Lease]) + Send>;
 
+/// The callback that sets up the backend once the network config is known and returns the
+/// attributes our lease publishes (the backend type and its data, e.g. a VTEP MAC). Its error
+/// is fatal and reported by [`start`] as [`Error::Backend`].
+pub type Prepare = Box<dyn FnOnce(&NetworkConfig) -> Result<LeaseAttrs, String> + Send>;
+
 /// Handle on the running control thread.
 #[derive(Debug)]
 pub struct ControlHandle {
@@ -73,9 +78,14 @@ pub struct ControlHandle {
 /// unreachable this keeps retrying, as flanneld does. Fatal errors: invalid options, unreadable
 /// TLS files, an invalid config, "out of subnets" after retries.
 ///
-/// `on_peers` runs on the control thread, first after the initial listing (before `start`
-/// returns) and then after every change; never because of an outage.
-pub fn start(opts: ControlOptions, mut on_peers: OnPeers) -> Result<ControlHandle, Error> {
+/// `prepare` runs once on the control thread after the config was read and before the lease is
+/// acquired. `on_peers` runs on the control thread, first after the initial listing (before
+/// `start` returns) and then after every change; never because of an outage.
+pub fn start(
+    opts: ControlOptions,
+    prepare: Prepare,
+    mut on_peers: OnPeers,
+) -> Result<ControlHandle, Error> {
     if opts.renew_margin.is_zero() || opts.renew_margin >= LEASE_TTL {
         return Err(Error::Options(format!(
             "renew margin {:?} must be more than 0 and less than the 24 h lease TTL",
@@ -127,6 +137,26 @@ pub fn start(opts: ControlOptions, mut on_peers: OnPeers) -> Result<ControlHandl
                     config_key: reg.config_key().to_owned(),
                 };
                 let mut mgr = SubnetManager::new(reg, mopts);
+                let attrs = match mgr.wait_for_config(&mut stop_rx).await {
+                    Ok(config) => prepare(&config).map_err(Error::Backend).and_then(|a| {
+                        if a.public_ip == opts.public_ip {
+                            Ok(a)
+                        } else {
+                            Err(Error::Backend(format!(
+                                "lease attributes name {} but the public IP is {}",
+                                a.public_ip, opts.public_ip
+                            )))
+                        }
+                    }),
+                    Err(e) => Err(e),
+                };
+                match attrs {
+                    Ok(a) => mgr.set_attrs(a),
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                }
                 match mgr.startup(&mut *on_peers, &mut stop_rx).await {
                     Ok((config, lease)) => {
                         if ready_tx.send(Ok((config, lease, mgr.shared()))).is_err() {

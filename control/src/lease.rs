@@ -52,6 +52,38 @@ pub struct LeaseAttrs {
     pub backend_v6_data: Option<RawJson>,
 }
 
+/// A vxlan lease's `BackendData`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanData {
+    /// The peer's VNI.
+    pub vni: u32,
+    /// The MAC address of the peer's VTEP.
+    pub vtep_mac: [u8; 6],
+}
+
+/// A MAC address in Go's `net.HardwareAddr.String()` form (lower-case, colons).
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+    )
+}
+
+/// Parses a 6-byte MAC address as Go's `net.ParseMAC` does for the colon and hyphen forms.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let sep = if s.contains('-') { '-' } else { ':' };
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(sep);
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 /// Why a lease value was rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadLeaseValue(pub String);
@@ -72,6 +104,71 @@ impl LeaseAttrs {
             backend_data: None,
             backend_v6_data: None,
         }
+    }
+
+    /// The attributes flannel's vxlan backend publishes (and weft's userspace VXLAN, which
+    /// peers must not be able to tell apart):
+    /// `{"PublicIP":..,"PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:.."}}`.
+    pub fn vxlan(public_ip: Ipv4Addr, vni: u32, vtep_mac: [u8; 6]) -> Self {
+        let data = format!(r#"{{"VNI":{vni},"VtepMAC":"{}"}}"#, format_mac(&vtep_mac));
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: Some("vxlan".into()),
+            backend_data: Some(RawJson(data)),
+            backend_v6_data: None,
+        }
+    }
+
+    /// The attributes flannel's host-gw backend publishes.
+    pub fn host_gw(public_ip: Ipv4Addr) -> Self {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: Some("host-gw".into()),
+            backend_data: None,
+            backend_v6_data: None,
+        }
+    }
+
+    /// Whether the lease's `BackendType` is `ty` (case-insensitive; absent means `udp`).
+    pub fn is_backend(&self, ty: &str) -> bool {
+        self.backend_type
+            .as_deref()
+            .unwrap_or("udp")
+            .eq_ignore_ascii_case(ty)
+    }
+
+    /// Decodes a vxlan lease's `BackendData` (`{"VNI":..,"VtepMAC":".."}`, keys
+    /// case-insensitive as in Go).
+    pub fn vxlan_data(&self) -> Result<VxlanData, BadLeaseValue> {
+        let raw = self
+            .backend_data
+            .as_ref()
+            .ok_or_else(|| BadLeaseValue("BackendData missing".into()))?;
+        let obj: GoObject<serde_json::Value> = serde_json::from_str(raw.as_str())
+            .map_err(|e| BadLeaseValue(format!("BackendData: not a JSON object: {e}")))?;
+        let vni = match obj.get("VNI") {
+            None | Some(serde_json::Value::Null) => 0,
+            Some(v) => v
+                .as_u64()
+                .filter(|v| *v <= 0xff_ffff)
+                .ok_or_else(|| BadLeaseValue(format!("BackendData.VNI: invalid {v}")))?
+                as u32,
+        };
+        let mac = match obj.get("VtepMAC") {
+            Some(serde_json::Value::String(s)) => parse_mac(s)
+                .ok_or_else(|| BadLeaseValue(format!("BackendData.VtepMAC: invalid {s:?}")))?,
+            Some(v) => return Err(BadLeaseValue(format!("BackendData.VtepMAC: invalid {v}"))),
+            None => return Err(BadLeaseValue("BackendData.VtepMAC missing".into())),
+        };
+        if mac[0] & 1 == 1 || mac == [0; 6] {
+            return Err(BadLeaseValue(format!(
+                "BackendData.VtepMAC: {} is not a unicast address",
+                format_mac(&mac)
+            )));
+        }
+        Ok(VxlanData { vni, vtep_mac: mac })
     }
 
     /// Serialises exactly as flannel's `json.Marshal(LeaseAttrs)`.
@@ -261,6 +358,67 @@ impl LeaseCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vxlan_and_host_gw_values_are_flannels() {
+        let ip = Ipv4Addr::new(192, 168, 64, 3);
+        let a = LeaseAttrs::vxlan(ip, 1, [0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44]);
+        assert_eq!(
+            a.to_json(),
+            r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#
+        );
+        assert_eq!(
+            LeaseAttrs::parse(a.to_json().as_bytes()).expect("parses"),
+            a
+        );
+        assert_eq!(
+            a.vxlan_data().expect("valid"),
+            VxlanData {
+                vni: 1,
+                vtep_mac: [0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44]
+            }
+        );
+        assert!(a.is_backend("VXLAN") && !a.is_backend("udp"));
+        assert_eq!(
+            LeaseAttrs::host_gw(Ipv4Addr::new(10, 0, 0, 5)).to_json(),
+            r#"{"PublicIP":"10.0.0.5","PublicIPv6":null,"BackendType":"host-gw"}"#
+        );
+        assert!(LeaseAttrs::udp(ip).is_backend("udp"));
+    }
+
+    #[test]
+    fn vxlan_data_is_checked() {
+        let with = |data: &str| {
+            let v =
+                format!(r#"{{"PublicIP":"10.0.0.1","BackendType":"vxlan","BackendData":{data}}}"#);
+            LeaseAttrs::parse(v.as_bytes())
+                .expect("value parses")
+                .vxlan_data()
+        };
+        assert_eq!(
+            with(r#"{"vni":7,"vtepmac":"0E-2A-00-00-00-01"}"#).expect("valid"),
+            VxlanData {
+                vni: 7,
+                vtep_mac: [0x0e, 0x2a, 0, 0, 0, 1]
+            }
+        );
+        for bad in [
+            "null",
+            "[]",
+            r#"{"VNI":1}"#,
+            r#"{"VNI":1,"VtepMAC":"zz:00:00:00:00:01"}"#,
+            r#"{"VNI":1,"VtepMAC":"02:00:00:00:00"}"#,
+            r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:01:02"}"#,
+            r#"{"VNI":1,"VtepMAC":"01:00:5e:00:00:01"}"#,
+            r#"{"VNI":1,"VtepMAC":"00:00:00:00:00:00"}"#,
+            r#"{"VNI":-1,"VtepMAC":"02:00:00:00:00:01"}"#,
+            r#"{"VNI":16777216,"VtepMAC":"02:00:00:00:00:01"}"#,
+            r#"{"VNI":1,"VtepMAC":7}"#,
+        ] {
+            let e = with(bad).expect_err(bad);
+            assert!(e.0.starts_with("BackendData"), "{bad}: {e}");
+        }
+    }
 
     const UDP: &str = r#"{"PublicIP":"1.2.3.4","PublicIPv6":null}"#;
     const VXLAN: &str = r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;

@@ -28,10 +28,10 @@ pub mod subnet;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use config::{Backend, NetworkConfig};
+pub use config::{Backend, NetworkConfig, VxlanConfig};
 pub use error::Error;
 pub use etcd::{EtcdOptions, EtcdRegistry};
-pub use handle::{start, ControlHandle, ControlOptions, OnPeers};
-pub use lease::{Lease, LeaseAttrs, LeaseEvent};
+pub use handle::{start, ControlHandle, ControlOptions, OnPeers, Prepare};
+pub use lease::{Lease, LeaseAttrs, LeaseEvent, VxlanData};
 pub use manager::{ControlStats, SubnetManager};
 pub use subnet::Ipv4Net;

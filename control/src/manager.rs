@@ -237,6 +237,12 @@ impl<R: Registry> SubnetManager<R> {
         }
     }
 
+    /// Sets the attributes our lease publishes (the backend's; udp's by default). Takes effect
+    /// at the next acquisition.
+    pub fn set_attrs(&mut self, attrs: LeaseAttrs) {
+        self.attrs = attrs;
+    }
+
     /// Replaces the random subnet pick (tests make it deterministic).
     pub fn set_pick(&mut self, pick: Box<dyn FnMut(usize) -> usize + Send>) {
         self.pick = pick;
@@ -709,7 +715,10 @@ impl<R: Registry> SubnetManager<R> {
         on_peers: PeersCallback<'_>,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(NetworkConfig, Lease), Error> {
-        let config = self.wait_for_config(stop).await?;
+        let config = match self.config.clone() {
+            Some(c) => c,
+            None => self.wait_for_config(stop).await?,
+        };
         self.acquire_with_retry(stop).await?;
         let mut backoff = BACKOFF_MIN;
         loop {
@@ -1022,12 +1031,12 @@ mod tests {
             assert_eq!(cfg.expect("config appears").subnet_len, 24);
 
             let bad = MemRegistry::new();
-            bad.set_config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#);
+            bad.set_config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"wireguard"}}"#);
             let mut m = SubnetManager::new(bad, opts(ME));
             let e = m
                 .wait_for_config(&mut stop)
                 .await
-                .expect_err("vxlan refused");
+                .expect_err("wireguard refused");
             assert!(matches!(e, Error::UnsupportedBackend { .. }));
         });
     }

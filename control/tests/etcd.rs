@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use control::manager::{ManagerOptions, LEASE_TTL};
 use control::registry::{CreateOutcome, Listing, PutCondition, PutOutcome, Registry};
-use control::{ControlHandle, ControlOptions, EtcdOptions, EtcdRegistry, Lease, SubnetManager};
+use control::{
+    ControlHandle, ControlOptions, EtcdOptions, EtcdRegistry, Lease, LeaseAttrs, SubnetManager,
+};
 
 const CFG: &str = r#"{"Network": "10.1.0.0/16", "SubnetLen": 24, "SubnetMin": "10.1.15.0", "SubnetMax": "10.1.20.0", "Backend": {"Type": "udp"}}"#;
 const PREFIX: &str = "/coreos.com/network";
@@ -350,9 +352,15 @@ fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The udp backend's preparation: publish udp attributes.
+fn udp(opts: &ControlOptions) -> control::Prepare {
+    let ip = opts.public_ip;
+    Box::new(move |_| Ok(LeaseAttrs::udp(ip)))
+}
+
 fn start(opts: ControlOptions) -> (ControlHandle, Calls) {
     let (calls, cb) = recorder();
-    let h = control::start(opts, cb).expect("control::start");
+    let h = control::start(opts.clone(), udp(&opts), cb).expect("control::start");
     (h, calls)
 }
 
@@ -397,13 +405,41 @@ fn acquire_watch_reacquire_restart_and_env_file() {
     etcd.ctl(&[
         "put",
         "/bad/config",
-        r#"{"Network":"10.9.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        r#"{"Network":"10.9.0.0/16","Backend":{"Type":"wireguard"}}"#,
     ]);
     let mut bad = etcd.control_opts([10, 0, 0, 9], "bad");
     bad.etcd.prefix = "/bad".into();
     let (_c, cb) = recorder();
-    let e = control::start(bad, cb).expect_err("vxlan refused");
-    assert!(e.to_string().contains("\"vxlan\""), "{e}");
+    let e = control::start(bad.clone(), udp(&bad), cb).expect_err("wireguard refused");
+    assert!(e.to_string().contains("\"wireguard\""), "{e}");
+
+    // A backend that cannot be set up: start fails with its message, nothing is leased.
+    etcd.ctl(&[
+        "put",
+        "/bad/config",
+        r#"{"Network":"10.9.0.0/16","Backend":{"Type":"vxlan","VNI":7}}"#,
+    ]);
+    let (_c, cb) = recorder();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen2 = std::sync::Arc::clone(&seen);
+    let prepare: control::Prepare = Box::new(move |c| {
+        *seen2.lock().expect("lock") = Some(c.backend.clone());
+        Err("device flannel.7: no such luck".into())
+    });
+    let e = control::start(bad, prepare, cb).expect_err("backend failure is fatal");
+    assert!(
+        matches!(e, control::Error::Backend(ref m) if m.contains("flannel.7")),
+        "{e}"
+    );
+    assert!(matches!(
+        seen.lock().expect("lock").as_ref(),
+        Some(control::Backend::Vxlan(v)) if v.vni == 7
+    ));
+    assert_eq!(
+        etcd.ctl(&["get", "--prefix", "/bad/subnets", "--keys-only"])
+            .trim(),
+        ""
+    );
 
     // Missing config: start waits, then proceeds once etcdctl writes it.
     let opts_a = etcd.control_opts([10, 0, 0, 1], "a");
@@ -750,7 +786,7 @@ fn tls_with_client_certificates() {
     let mut bad = etcd.control_opts([10, 0, 0, 1], "bad");
     bad.etcd.key_file = Some(etcd.dir.join("missing.key"));
     let (_c, cb) = recorder();
-    let e = control::start(bad, cb).expect_err("missing key file");
+    let e = control::start(bad.clone(), udp(&bad), cb).expect_err("missing key file");
     assert!(e.to_string().contains("missing.key"), "{e}");
 
     let (a, calls) = start(etcd.control_opts([10, 0, 0, 1], "a"));
