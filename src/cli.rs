@@ -29,13 +29,15 @@ pub(crate) enum Command {
     },
 }
 
-/// A static peer: `SUBNET=IP`.
+/// A static peer: `SUBNET=IP`, or `SUBNET=IP,MAC` with the VXLAN wire (`--vni`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PeerArg {
     /// The subnet the peer's containers use.
     pub(crate) subnet: Ipv4Net,
     /// The peer's underlay (public) address.
     pub(crate) ip: Ipv4Addr,
+    /// The peer's VTEP MAC (VXLAN wire only).
+    pub(crate) mac: Option<[u8; 6]>,
 }
 
 impl std::str::FromStr for PeerArg {
@@ -46,11 +48,30 @@ impl std::str::FromStr for PeerArg {
             .split_once('=')
             .ok_or_else(|| format!("{s:?} is not SUBNET=IP (e.g. 10.1.2.0/24=192.0.2.2)"))?;
         let subnet = net.trim().parse::<Ipv4Net>().map_err(|e| e.to_string())?;
+        let (ip, mac) = match ip.split_once(',') {
+            Some((ip, mac)) => (ip, Some(parse_mac(mac.trim())?)),
+            None => (ip, None),
+        };
         let ip = ip
             .trim()
             .parse::<Ipv4Addr>()
             .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
-        Ok(PeerArg { subnet, ip })
+        Ok(PeerArg { subnet, ip, mac })
+    }
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    match control::lease::parse_mac(s) {
+        Some(m) if m[0] & 1 == 0 && m != [0; 6] => Ok(m),
+        Some(_) => Err(format!("{s:?} is not a unicast MAC address")),
+        None => Err(format!("{s:?} is not a MAC address (e.g. 0e:57:c0:00:02:02)")),
+    }
+}
+
+fn parse_vni(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n <= 0xff_ffff => Ok(n),
+        _ => Err(format!("{s:?} is not a VNI (0-16777215)")),
     }
 }
 
@@ -73,6 +94,15 @@ fn parse_workers(s: &str) -> Result<usize, String> {
         Ok(n) if (1..=1024).contains(&n) => Ok(n),
         _ => Err(format!("{s:?} is not a worker count (1-1024)")),
     }
+}
+
+/// Values of `--vxlan-dataplane`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum VxlanDataplane {
+    /// Linux's vxlan device, programmed as flannel does.
+    Kernel,
+    /// weft's workers.
+    Userspace,
 }
 
 /// Values of `--offload`.
@@ -166,7 +196,7 @@ fn parse_endpoints(s: &str) -> Result<Endpoints, String> {
 /// Options of `weft run`. Without `--network`/`--subnet` weft takes its subnet from etcd, as
 /// flanneld does; flannel's flags are also read from `FLANNELD_*` environment variables when not
 /// given on the command line.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct RunArgs {
     /// Underlay interface, by name or IPv4 address; repeatable, the first that exists wins
     /// [default: the interface of the default route]. UDP is bound to its address.
@@ -276,8 +306,9 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "CIDR", value_parser = parse_net)]
     pub(crate) subnet: Option<Ipv4Net>,
 
-    /// A peer host: its subnet and underlay address (repeatable), e.g. 10.1.2.0/24=192.0.2.2.
-    #[arg(long = "peer", value_name = "SUBNET=IP")]
+    /// A peer host: its subnet and underlay address (repeatable), e.g. 10.1.2.0/24=192.0.2.2;
+    /// with --vni also its VTEP MAC: 10.1.2.0/24=192.0.2.2,0e:57:c0:00:02:02.
+    #[arg(long = "peer", value_name = "SUBNET=IP[,MAC]")]
     pub(crate) peers: Vec<PeerArg>,
 
     /// File of SUBNET=IP lines (blank lines and # comments allowed), read at start and again on SIGHUP.
@@ -285,9 +316,25 @@ pub(crate) struct RunArgs {
     pub(crate) peers_file: Option<PathBuf>,
 
     /// UDP port of the overlay on every host (static mode; with etcd the network config's
-    /// Backend.Port applies).
-    #[arg(long, default_value_t = 8285)]
-    pub(crate) port: u16,
+    /// Backend.Port applies) [default: 8285, or 8472 with --vni].
+    #[arg(long, value_name = "PORT")]
+    pub(crate) port: Option<u16>,
+
+    /// With a vxlan network config: carry VXLAN in the kernel's vxlan device or in weft's
+    /// workers on this host, whatever the config's "Userspace" says (both interoperate, so one
+    /// cluster can mix them) [default: the config's choice].
+    #[arg(long, value_enum, value_name = "MODE", env = "WEFT_VXLAN_DATAPLANE")]
+    pub(crate) vxlan_dataplane: Option<VxlanDataplane>,
+
+    /// Static mode: speak VXLAN with this VNI (as Linux's vxlan driver does) instead of
+    /// flannel's udp wire; peers are then given as SUBNET=IP,MAC.
+    #[arg(long, value_name = "VNI", value_parser = parse_vni)]
+    pub(crate) vni: Option<u32>,
+
+    /// Static mode with --vni: this host's VTEP MAC [default: 0e:57 followed by the public IP's
+    /// four bytes].
+    #[arg(long, value_name = "MAC", value_parser = parse_mac, requires = "vni")]
+    pub(crate) vtep_mac: Option<[u8; 6]>,
 
     /// Worker threads, each with its own TUN queue and UDP socket [default: the CPUs this process may run on].
     #[arg(long, value_name = "N", value_parser = parse_workers)]

@@ -1,13 +1,14 @@
 //! `weft run`: the only code that knows both the control plane and the data plane. It turns lease
 //! sets (or static peers) into route snapshots for the engine, and serves signals.
 
-use crate::cli::{PeerArg, RunArgs};
+use crate::cli::{PeerArg, RunArgs, VxlanDataplane};
 use crate::health::{self, Status};
 use crate::iface::{self, Underlay};
 use crate::masq;
 use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use engine::{Dataplane, DataplaneConfig, Ipv4Net, Route, RouteTable};
+use crate::backend::{self, Backend, HostInfo};
+use engine::{Dataplane, DataplaneConfig, Ipv4Net, Route, RouteTable, Wire};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -125,6 +126,7 @@ fn peer_routes(
     network: Ipv4Net,
     local: Ipv4Net,
     port: u16,
+    wire: Wire,
 ) -> Result<Vec<Route>, String> {
     peers
         .iter()
@@ -141,10 +143,19 @@ fn peer_routes(
                     p.subnet, p.ip
                 ));
             }
-            Ok(Route {
-                subnet: p.subnet,
-                peer: SocketAddrV4::new(p.ip, port),
-            })
+            let peer = SocketAddrV4::new(p.ip, port);
+            match (wire, p.mac) {
+                (Wire::Udp, None) => Ok(Route::udp(p.subnet, peer)),
+                (Wire::Udp, Some(_)) => Err(format!(
+                    "--peer {}={}: a VTEP MAC is only used with --vni",
+                    p.subnet, p.ip
+                )),
+                (Wire::Vxlan { .. }, Some(mac)) => Ok(Route::vxlan(p.subnet, peer, mac)),
+                (Wire::Vxlan { .. }, None) => Err(format!(
+                    "--peer {}={}: --vni needs the peer's VTEP MAC (SUBNET=IP,MAC)",
+                    p.subnet, p.ip
+                )),
+            }
         })
         .collect()
 }
@@ -165,7 +176,8 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     let static_mode = args.network.is_some()
         || args.subnet.is_some()
         || !args.peers.is_empty()
-        || args.peers_file.is_some();
+        || args.peers_file.is_some()
+        || args.vni.is_some();
     let underlay = iface::resolve(&args.iface).map_err(|e| usage(format!("{e:#}")))?;
     if underlay.mtu <= engine::dataplane::UDP_OVERHEAD + 68 {
         return Err(usage(format!(
@@ -188,44 +200,15 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     }
 }
 
-fn dataplane_config(
-    args: &RunArgs,
-    underlay: &Underlay,
-    network: Ipv4Net,
-    local: Ipv4Net,
-    port: u16,
-) -> DataplaneConfig {
-    DataplaneConfig {
-        tun_name: args.tun_name.clone(),
-        underlay_mtu: underlay.mtu,
-        network,
-        local,
-        bind: SocketAddrV4::new(underlay.addr, port),
-        workers: args
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        batch_size: args.batch_size,
-        accept_any_source: args.accept_any_source,
-        socket_buffer: engine::dataplane::DEFAULT_SOCKET_BUFFER,
-        offload: args.offload.into(),
-    }
-}
-
-fn log_started(
-    mode: &str,
-    cfg: &DataplaneConfig,
-    dp: &Dataplane,
-    public_ip: Ipv4Addr,
-    underlay: &Underlay,
-) {
+fn log_started(mode: &str, cfg: &DataplaneConfig, dp: &Dataplane, public_ip: Ipv4Addr) {
     tracing::info!(
         tun = %cfg.tun_name,
         mtu = cfg.tun_mtu(),
         address = %cfg.local.addr(),
         network = %cfg.network,
-        underlay = %underlay.name,
         bind = %cfg.bind,
         public_ip = %public_ip,
+        wire = ?cfg.wire,
         workers = dp.workers(),
         pinned = dp.pinned(),
         batch = cfg.batch_size,
@@ -237,7 +220,7 @@ fn log_started(
     );
 }
 
-fn log_stats(dp: &Dataplane, extra: &str) {
+fn log_stats(dp: &Dataplane) {
     let snap = dp.routes().load();
     let beat = dp
         .stats_source()
@@ -246,7 +229,7 @@ fn log_stats(dp: &Dataplane, extra: &str) {
         .max()
         .unwrap_or_default();
     tracing::info!(
-        "stats generation={} routes={} healthy={} heartbeat_max_age_ms={} {}{extra}",
+        "stats generation={} routes={} healthy={} heartbeat_max_age_ms={} {}",
         snap.generation(),
         snap.len(),
         dp.healthy(),
@@ -261,27 +244,23 @@ enum Tick {
     Fail(anyhow::Error),
 }
 
-/// Serves signals until SIGINT/SIGTERM: SIGUSR1 logs the counters, SIGHUP calls `on_hup`; every
-/// [`TICK`] without a signal calls `on_tick`.
+/// Serves signals until SIGINT/SIGTERM: SIGUSR1 calls `on_usr1` (log the counters), SIGHUP
+/// calls `on_hup`; every [`TICK`] without a signal calls `on_tick`.
 fn serve(
     signals: &Receiver<i32>,
-    dp: &Dataplane,
+    mut on_usr1: impl FnMut(),
     mut on_hup: impl FnMut(),
     mut on_tick: impl FnMut() -> Tick,
-    extra_stats: impl Fn() -> String,
 ) -> Result<()> {
     loop {
         match signals.recv_timeout(TICK) {
-            Ok(SIGUSR1) => log_stats(dp, &extra_stats()),
+            Ok(SIGUSR1) => on_usr1(),
             Ok(SIGHUP) => on_hup(),
             Ok(sig) => {
                 tracing::info!(signal = sig, "shutting down");
                 return Ok(());
             }
             Err(RecvTimeoutError::Timeout) => {
-                if !dp.healthy() {
-                    return Err(anyhow::anyhow!("a worker thread stopped; exiting"));
-                }
                 if let Tick::Fail(e) = on_tick() {
                     return Err(e);
                 }
@@ -290,6 +269,19 @@ fn serve(
                 return Err(anyhow::anyhow!("signal thread ended"));
             }
         }
+    }
+}
+
+/// The wire of static mode: udp, or VXLAN with `--vni`.
+fn static_wire(args: &RunArgs, public_ip: Ipv4Addr) -> Wire {
+    match args.vni {
+        Some(vni) => Wire::Vxlan {
+            vni,
+            mac: args
+                .vtep_mac
+                .unwrap_or_else(|| backend::vxlan_user::vtep_mac(public_ip)),
+        },
+        None => Wire::Udp,
     }
 }
 
@@ -309,28 +301,29 @@ fn run_static(
             "--subnet {local} is not inside --network {network}"
         )));
     }
+    let public_ip = args.public_ip.unwrap_or(underlay.addr);
+    let wire = static_wire(args, public_ip);
+    let port = args.port.unwrap_or(match wire {
+        Wire::Udp => control::config::UDP_DEFAULT_PORT,
+        Wire::Vxlan { .. } => control::config::VXLAN_DEFAULT_PORT,
+    });
     let peers = static_peers(args).map_err(|e| usage(format!("{e:#}")))?;
-    let routes = peer_routes(&peers, network, local, args.port).map_err(usage)?;
+    let routes = peer_routes(&peers, network, local, port, wire).map_err(usage)?;
     let table = Arc::new(RouteTable::new());
     table
         .replace(routes)
         .map_err(|e| usage(format!("--peer: {e}")))?;
 
-    let cfg = dataplane_config(args, underlay, network, local, args.port);
+    let host = HostInfo::new(args, underlay, public_ip)?;
+    let cfg = backend::tunnel_config(&host, network, local, port, wire);
     let dp = Dataplane::start(&cfg, Arc::clone(&table)).context("starting the data plane")?;
-    log_started(
-        "static peers",
-        &cfg,
-        &dp,
-        args.public_ip.unwrap_or(underlay.addr),
-        underlay,
-    );
+    log_started("static peers", &cfg, &dp, public_ip);
     let _ = status.dataplane.set(dp.stats_source());
     status
         .ready
         .store(true, std::sync::atomic::Ordering::Release);
     let reload = || match static_peers(args)
-        .and_then(|p| peer_routes(&p, network, local, args.port).map_err(anyhow::Error::msg))
+        .and_then(|p| peer_routes(&p, network, local, port, wire).map_err(anyhow::Error::msg))
         .and_then(|r| table.replace(r).map_err(anyhow::Error::from))
     {
         Ok(generation) => tracing::info!(
@@ -340,7 +333,14 @@ fn run_static(
         ),
         Err(e) => tracing::error!("SIGHUP: keeping the current routes: {e:#}"),
     };
-    let result = serve(signals, &dp, reload, || Tick::Continue, String::new);
+    let tick = || {
+        if dp.healthy() {
+            Tick::Continue
+        } else {
+            Tick::Fail(anyhow::anyhow!("a worker thread stopped; exiting"))
+        }
+    };
+    let result = serve(signals, || log_stats(&dp), reload, tick);
     let stats = dp.stop();
     tracing::info!("final stats {stats}");
     result
@@ -350,72 +350,11 @@ fn engine_net(n: control::Ipv4Net) -> Option<Ipv4Net> {
     Ipv4Net::new(n.addr(), n.prefix_len())
 }
 
-/// What route snapshots are built from in etcd mode.
-#[derive(Debug, Clone, Copy)]
-struct LeaseParams {
-    network: Ipv4Net,
-    local: Ipv4Net,
-    port: u16,
-}
+/// The backend, set up by the control thread once the config is known.
+type Slot = Arc<Mutex<Option<Box<dyn Backend>>>>;
 
-/// Builds the routes of a lease set: udp leases (BackendType absent or "udp") inside the
-/// network, not overlapping our subnet or an earlier lease (etcd holds what anyone wrote). Returns
-/// the routes and how many leases were skipped.
-fn lease_routes(leases: &[control::Lease], p: &LeaseParams) -> (Vec<Route>, usize) {
-    let mut candidates: Vec<Route> = leases
-        .iter()
-        .filter(|l| {
-            l.attrs
-                .backend_type
-                .as_deref()
-                .is_none_or(|t| t.eq_ignore_ascii_case("udp"))
-        })
-        .filter_map(|l| {
-            let subnet = engine_net(l.subnet)?;
-            (p.network.contains_net(&subnet) && !subnet.overlaps(&p.local)).then_some(Route {
-                subnet,
-                peer: SocketAddrV4::new(l.attrs.public_ip, p.port),
-            })
-        })
-        .collect();
-    candidates.sort_by_key(|r| (u32::from(r.subnet.addr()), r.subnet.prefix()));
-    let mut routes: Vec<Route> = Vec::with_capacity(candidates.len());
-    let mut end = 0u64; // one past the last address covered so far
-    for r in candidates {
-        let start = u64::from(u32::from(r.subnet.addr()));
-        if start < end && !routes.is_empty() {
-            continue;
-        }
-        end = start + (1u64 << (32 - u32::from(r.subnet.prefix())));
-        routes.push(r);
-    }
-    let skipped = leases.len() - routes.len();
-    (routes, skipped)
-}
-
-/// Keeps the latest lease set and publishes routes once the parameters are known (the first
-/// lease set arrives before the network config is handed over).
-#[derive(Debug, Default)]
-struct LeaseState {
-    params: Option<LeaseParams>,
-    leases: Vec<control::Lease>,
-}
-
-fn publish(table: &RouteTable, state: &LeaseState) {
-    let Some(p) = state.params else { return };
-    let (routes, skipped) = lease_routes(&state.leases, &p);
-    if skipped > 0 {
-        tracing::warn!(
-            skipped,
-            "leases not routable (other backend, outside the network, or overlapping)"
-        );
-    }
-    match table.replace(routes) {
-        Ok(generation) => {
-            tracing::debug!(generation, routes = table.load().len(), "routes updated")
-        }
-        Err(e) => tracing::error!("keeping the current routes: {e}"),
-    }
+fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Box<dyn Backend>>> {
+    slot.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn run_etcd(
@@ -445,15 +384,38 @@ fn run_etcd(
         .network
         .zip(prev.subnet)
         .and_then(|(n, s)| engine_net(n).zip(engine_net(s)));
-    let table = Arc::new(RouteTable::new());
-    let state = Arc::new(Mutex::new(LeaseState::default()));
+    let host = HostInfo::new(args, underlay, public_ip)?;
+    let slot: Slot = Arc::new(Mutex::new(None));
+    let prepare: control::Prepare = {
+        let slot = Arc::clone(&slot);
+        let dataplane = args.vxlan_dataplane;
+        Box::new(move |config: &control::NetworkConfig| {
+            let mut config = config.clone();
+            if let (Some(d), control::Backend::Vxlan(v)) = (dataplane, &mut config.backend) {
+                v.userspace = d == VxlanDataplane::Userspace;
+                if v.userspace && (v.gbp || v.direct_routing) {
+                    return Err(
+                        "--vxlan-dataplane=userspace: the config's GBP and DirectRouting need the \
+                         kernel data plane"
+                            .into(),
+                    );
+                }
+            }
+            let config = &config;
+            let b = backend::create(config, &host).map_err(|e| {
+                format!("setting up the {} backend: {e:#}", backend::kind(config))
+            })?;
+            let attrs = b.lease_attrs();
+            *lock(&slot) = Some(b);
+            Ok(attrs)
+        })
+    };
     let on_peers: control::OnPeers = {
-        let table = Arc::clone(&table);
-        let state = Arc::clone(&state);
+        let slot = Arc::clone(&slot);
         Box::new(move |leases: &[control::Lease]| {
-            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-            s.leases = leases.to_vec();
-            publish(&table, &s);
+            if let Some(b) = lock(&slot).as_mut() {
+                b.set_leases(leases);
+            }
         })
     };
 
@@ -463,7 +425,7 @@ fn run_etcd(
     std::thread::Builder::new()
         .name("weft-startup".into())
         .spawn(move || {
-            let _ = tx.send(control::start(opts, on_peers));
+            let _ = tx.send(control::start(opts, prepare, on_peers));
         })
         .context("spawning the start-up thread")?;
     let handle = loop {
@@ -488,46 +450,47 @@ fn run_etcd(
     let lease = handle.lease();
     let network = engine_net(config.network).context("network config")?;
     let local = engine_net(lease.subnet).context("lease subnet")?;
-    let port = config.udp_port();
-    let cfg = dataplane_config(args, underlay, network, local, port);
-    let dp = Dataplane::start(&cfg, Arc::clone(&table)).context("starting the data plane")?;
-    {
-        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-        s.params = Some(LeaseParams {
-            network,
-            local,
-            port,
-        });
-        publish(&table, &s);
-    }
+    let (name, mtu, dataplane) = {
+        let mut guard = lock(&slot);
+        let b = guard
+            .as_mut()
+            .context("the control plane started without setting up a backend")?;
+        b.start(network, local)
+            .with_context(|| format!("starting the {} backend", b.name()))?;
+        (b.name(), b.mtu(), b.dataplane())
+    };
     let _rules = setup_rules(args, network, local, previous)?;
-    let _ = status.dataplane.set(dp.stats_source());
+    if let Some(d) = dataplane {
+        let _ = status.dataplane.set(d);
+    }
     let _ = status.control.set(Box::new(handle.stats_fn()));
-    match handle.data_plane_ready(cfg.tun_mtu()) {
+    match handle.data_plane_ready(mtu) {
         Ok(()) => status
             .ready
             .store(true, std::sync::atomic::Ordering::Release),
         Err(e) => tracing::error!("writing {}: {e}", args.subnet_file.display()),
     }
-    log_started("etcd", &cfg, &dp, public_ip, underlay);
-    tracing::info!(subnet = %local, file = %args.subnet_file.display(), "lease held, subnet file written");
+    tracing::info!(backend = name, subnet = %local, network = %network, mtu, %public_ip, underlay = %underlay.name, file = %args.subnet_file.display(), "weft running (etcd): lease held, subnet file written");
 
     let on_hup = || tracing::info!("SIGHUP: routes follow etcd; nothing to reload");
     let on_tick = || {
         let now = handle.lease().subnet;
         if engine_net(now) != Some(local) {
-            Tick::Fail(anyhow::anyhow!(
+            return Tick::Fail(anyhow::anyhow!(
                 "our lease moved from {local} to {now} (the old subnet was taken while the lease \
                  was lost); exiting so that a restart uses the new subnet"
-            ))
-        } else {
-            Tick::Continue
+            ));
+        }
+        match lock(&slot).as_mut().map(|b| b.tick()) {
+            Some(Err(e)) => Tick::Fail(e),
+            _ => Tick::Continue,
         }
     };
-    let extra = || {
+    let on_usr1 = || {
         let c = handle.stats();
-        format!(
-            " etcd_connected={} watch_events={} resyncs={} malformed_skipped={} leases_known={} renewals={} reacquisitions={} lease_expires_in_secs={}",
+        let backend = lock(&slot).as_ref().map(|b| b.stats()).unwrap_or_default();
+        tracing::info!(
+            "stats backend={name}{backend} etcd_connected={} watch_events={} resyncs={} malformed_skipped={} leases_known={} renewals={} reacquisitions={} lease_expires_in_secs={}",
             u8::from(c.etcd_connected),
             c.watch_events,
             c.resyncs,
@@ -536,12 +499,13 @@ fn run_etcd(
             c.renewals,
             c.reacquisitions,
             c.lease_expires_in.map_or(-1, |d| d.as_secs() as i64),
-        )
+        );
     };
-    let result = serve(signals, &dp, on_hup, on_tick, extra);
-    let stats = dp.stop();
+    let result = serve(signals, on_usr1, on_hup, on_tick);
     handle.stop();
-    tracing::info!("final stats {stats}");
+    if let Some(b) = lock(&slot).take() {
+        tracing::info!("final stats {}", b.stop());
+    }
     result
 }
 
@@ -559,12 +523,24 @@ mod tests {
         let n = net("10.1.0.0/16");
         let l = net("10.1.1.0/24");
         assert_eq!(
-            peer_routes(&[p("10.1.2.0/24=192.0.2.2")], n, l, 8285).expect("ok")[0].peer,
+            peer_routes(&[p("10.1.2.0/24=192.0.2.2")], n, l, 8285, Wire::Udp).expect("ok")[0].peer,
             "192.0.2.2:8285".parse().expect("valid")
         );
-        let e = peer_routes(&[p("10.2.0.0/24=192.0.2.2")], n, l, 8285).unwrap_err();
+        let e = peer_routes(&[p("10.2.0.0/24=192.0.2.2")], n, l, 8285, Wire::Udp).unwrap_err();
         assert!(e.contains("outside --network 10.1.0.0/16"), "{e}");
-        let e = peer_routes(&[p("10.1.0.0/23=192.0.2.2")], n, l, 8285).unwrap_err();
+        let e = peer_routes(&[p("10.1.0.0/23=192.0.2.2")], n, l, 8285, Wire::Udp).unwrap_err();
+        let vx = Wire::Vxlan {
+            vni: 1,
+            mac: [2, 0, 0, 0, 0, 1],
+        };
+        let r = peer_routes(&[p("10.1.2.0/24=192.0.2.2,02:00:00:00:00:02")], n, l, 8472, vx)
+            .expect("ok");
+        assert_eq!(r[0].mac, [2, 0, 0, 0, 0, 2]);
+        let e = peer_routes(&[p("10.1.2.0/24=192.0.2.2")], n, l, 8472, vx).unwrap_err();
+        assert!(e.contains("VTEP MAC"), "{e}");
+        let e = peer_routes(&[p("10.1.2.0/24=192.0.2.2,02:00:00:00:00:02")], n, l, 8285, Wire::Udp)
+            .unwrap_err();
+        assert!(e.contains("only used with --vni"), "{e}");
         assert!(e.contains("overlaps"), "{e}");
     }
 
@@ -584,43 +560,5 @@ mod tests {
         let e = format!("{:#}", read_peers_file(&f).unwrap_err());
         assert!(e.contains(":2:"), "{e}");
         std::fs::remove_dir_all(&dir).expect("cleanup");
-    }
-
-    fn lease(subnet: &str, ip: [u8; 4], backend: Option<&str>) -> control::Lease {
-        let mut attrs = control::LeaseAttrs::udp(Ipv4Addr::from(ip));
-        attrs.backend_type = backend.map(str::to_string);
-        control::Lease {
-            subnet: subnet.parse().expect("valid"),
-            ipv6_subnet: None,
-            attrs,
-            expiration: None,
-        }
-    }
-
-    #[test]
-    fn lease_routes_skip_what_cannot_be_routed() {
-        let p = LeaseParams {
-            network: net("10.1.0.0/16"),
-            local: net("10.1.1.0/24"),
-            port: 8285,
-        };
-        let leases = [
-            lease("10.1.2.0/24", [192, 0, 2, 2], None),
-            lease("10.1.3.0/24", [192, 0, 2, 3], Some("udp")),
-            lease("10.1.4.0/24", [192, 0, 2, 4], Some("vxlan")),
-            lease("10.9.0.0/24", [192, 0, 2, 5], None),
-            lease("10.1.1.0/24", [192, 0, 2, 6], None),
-            lease("10.1.2.0/25", [192, 0, 2, 7], None),
-        ];
-        let (routes, skipped) = lease_routes(&leases, &p);
-        assert_eq!(skipped, 4);
-        let got: Vec<String> = routes
-            .iter()
-            .map(|r| format!("{}={}", r.subnet, r.peer))
-            .collect();
-        assert_eq!(
-            got,
-            ["10.1.2.0/24=192.0.2.2:8285", "10.1.3.0/24=192.0.2.3:8285"]
-        );
     }
 }
