@@ -44,6 +44,10 @@ pub(crate) enum Mode {
     /// `weft run --workers 1 --batch-size 1`.
     #[value(name = "weft-1w-b1")]
     Weft1w,
+    /// `weft run --vni 1`: weft's workers speaking VXLAN (the userspace vxlan backend's wire,
+    /// MTU 1450).
+    #[value(name = "weft-vxlan")]
+    WeftVxlan,
 }
 
 impl fmt::Display for Mode {
@@ -135,7 +139,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "host-gw,vxlan,weft,weft-1w-b1"
+        default_value = "host-gw,vxlan,weft,weft-vxlan,weft-1w-b1"
     )]
     modes: Vec<Mode>,
     /// Tests per mode (comma-separated).
@@ -250,7 +254,7 @@ fn run(mut args: Args) -> Result<ExitCode> {
     let needs_weft = args
         .modes
         .iter()
-        .any(|m| matches!(m, Mode::Weft | Mode::Weft1w));
+        .any(|m| matches!(m, Mode::Weft | Mode::Weft1w | Mode::WeftVxlan));
     let weft = if needs_weft {
         Some(find_weft(args.weft.as_deref())?)
     } else {

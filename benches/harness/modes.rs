@@ -1,4 +1,5 @@
-//! Setting up one mode on a fresh topology: host-gw routes, flannel's kernel VXLAN, or `weft run` on both hosts.
+//! Setting up one mode on a fresh topology: host-gw routes, flannel's kernel VXLAN, or `weft run` on
+//! both hosts (udp wire, or VXLAN wire with `--vni`).
 //!
 //! A [`Setup`] owns the namespaces and the daemons; dropping it stops the daemons (SIGTERM, then SIGKILL)
 //! and then deletes the namespaces.
@@ -64,26 +65,42 @@ impl Setup {
                 s.topo.set_container_mtu(netns::VXLAN_MTU)?;
                 s.topo.add_kernel_vxlan()?;
             }
-            Mode::Weft | Mode::Weft1w => {
-                s.topo.set_container_mtu(netns::UDP_BACKEND_MTU)?;
+            Mode::Weft | Mode::Weft1w | Mode::WeftVxlan => {
+                s.topo.set_container_mtu(if mode == Mode::WeftVxlan {
+                    netns::VXLAN_MTU
+                } else {
+                    netns::UDP_BACKEND_MTU
+                })?;
                 let bin = ctx
                     .weft
                     .context("weft modes need the weft binary (--weft PATH)")?;
-                let extra: &[&str] = if mode == Mode::Weft1w {
-                    &["--workers", "1", "--batch-size", "1"]
-                } else {
-                    &[]
+                let extra: &[&str] = match mode {
+                    Mode::Weft1w => &["--workers", "1", "--batch-size", "1"],
+                    Mode::WeftVxlan => &["--vni", "1"],
+                    _ => &[],
+                };
+                // With --vni each host's VTEP MAC defaults to 0e:57 + its underlay address.
+                let peer = |subnet: &str, ip: &str| {
+                    if mode == Mode::WeftVxlan {
+                        let o: Vec<u8> = ip.split('.').filter_map(|x| x.parse().ok()).collect();
+                        format!(
+                            "{subnet}={ip},0e:57:{:02x}:{:02x}:{:02x}:{:02x}",
+                            o[0], o[1], o[2], o[3]
+                        )
+                    } else {
+                        format!("{subnet}={ip}")
+                    }
                 };
                 for (host, subnet, peer) in [
                     (
                         "a",
                         netns::SUBNET_A,
-                        format!("{}={}", netns::SUBNET_B, netns::HOST_B_UL),
+                        peer(netns::SUBNET_B, netns::HOST_B_UL),
                     ),
                     (
                         "b",
                         netns::SUBNET_B,
-                        format!("{}={}", netns::SUBNET_A, netns::HOST_A_UL),
+                        peer(netns::SUBNET_A, netns::HOST_A_UL),
                     ),
                 ] {
                     let ns = if host == "a" {
