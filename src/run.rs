@@ -1,13 +1,13 @@
 //! `weft run`: the only code that knows both the control plane and the data plane. It turns lease
 //! sets (or static peers) into route snapshots for the engine, and serves signals.
 
+use crate::backend::{self, Backend, HostInfo};
 use crate::cli::{PeerArg, RunArgs, VxlanDataplane};
 use crate::health::{self, Status};
 use crate::iface::{self, Underlay};
 use crate::masq;
 use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use crate::backend::{self, Backend, HostInfo};
 use engine::{Dataplane, DataplaneConfig, Ipv4Net, Route, RouteTable, Wire};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
@@ -402,9 +402,8 @@ fn run_etcd(
                 }
             }
             let config = &config;
-            let b = backend::create(config, &host).map_err(|e| {
-                format!("setting up the {} backend: {e:#}", backend::kind(config))
-            })?;
+            let b = backend::create(config, &host)
+                .map_err(|e| format!("setting up the {} backend: {e:#}", backend::kind(config)))?;
             let attrs = b.lease_attrs();
             *lock(&slot) = Some(b);
             Ok(attrs)
@@ -529,17 +528,30 @@ mod tests {
         let e = peer_routes(&[p("10.2.0.0/24=192.0.2.2")], n, l, 8285, Wire::Udp).unwrap_err();
         assert!(e.contains("outside --network 10.1.0.0/16"), "{e}");
         let e = peer_routes(&[p("10.1.0.0/23=192.0.2.2")], n, l, 8285, Wire::Udp).unwrap_err();
+        assert!(e.contains("overlaps"), "{e}");
         let vx = Wire::Vxlan {
             vni: 1,
             mac: [2, 0, 0, 0, 0, 1],
         };
-        let r = peer_routes(&[p("10.1.2.0/24=192.0.2.2,02:00:00:00:00:02")], n, l, 8472, vx)
-            .expect("ok");
+        let r = peer_routes(
+            &[p("10.1.2.0/24=192.0.2.2,02:00:00:00:00:02")],
+            n,
+            l,
+            8472,
+            vx,
+        )
+        .expect("ok");
         assert_eq!(r[0].mac, [2, 0, 0, 0, 0, 2]);
         let e = peer_routes(&[p("10.1.2.0/24=192.0.2.2")], n, l, 8472, vx).unwrap_err();
         assert!(e.contains("VTEP MAC"), "{e}");
-        let e = peer_routes(&[p("10.1.2.0/24=192.0.2.2,02:00:00:00:00:02")], n, l, 8285, Wire::Udp)
-            .unwrap_err();
+        let e = peer_routes(
+            &[p("10.1.2.0/24=192.0.2.2,02:00:00:00:00:02")],
+            n,
+            l,
+            8285,
+            Wire::Udp,
+        )
+        .unwrap_err();
         assert!(e.contains("only used with --vni"), "{e}");
         assert!(e.contains("overlaps"), "{e}");
     }

@@ -42,7 +42,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use nix::libc;
 
-/// Route protocol (`rtm_protocol`) weft tags its host-gw and DirectRouting routes with, so that a
+/// Route protocol (`rtm_protocol`) weft tags its host-gw and `DirectRouting` routes with, so that a
 /// restarted daemon can find and remove the stale ones: 0x99 (153). The kernel interprets only
 /// 0..=4; `rtnetlink.h` and iproute2's `rt_protos` name 8..=18, 42 (babel), 99 (openr) and
 /// 186..=192, FRR adds 190/191 and 193..=198, Calico uses 80. `ip route` shows it as `proto 153`.
@@ -298,7 +298,7 @@ impl Netlink {
             .collect())
     }
 
-    /// Creates a vxlan device exactly as flannel does (flannel-compat §6.1); `EEXIST` if the name is taken.
+    /// Creates a vxlan device as flannel does (flannel-compat §6.1); `EEXIST` if the name is taken.
     pub(crate) fn add_vxlan(&mut self, spec: &VxlanSpec) -> io::Result<()> {
         let mut data = vec![InfoVxlan::Id(spec.vni), InfoVxlan::Local(spec.local)];
         if spec.underlay_index != 0 {
@@ -430,6 +430,7 @@ impl Netlink {
     // ---- neighbours and FDB ----
 
     /// `ip neigh replace IP lladdr MAC dev X nud permanent` (flannel-compat §6.2 step 1).
+    /// The kernel flushes a device's neighbours, permanent ones too, when it goes down.
     pub(crate) fn replace_neigh(
         &mut self,
         index: u32,
@@ -466,6 +467,8 @@ impl Netlink {
     }
 
     /// `bridge fdb replace MAC dev X dst DST self permanent` (flannel-compat §6.2 step 2).
+    /// The vxlan driver wants `NTF_SELF` (else `EOPNOTSUPP`), `NDA_DST` and a permanent or
+    /// reachable state (else `EINVAL`); permanent entries survive the device going down.
     pub(crate) fn replace_fdb(
         &mut self,
         index: u32,
@@ -487,7 +490,7 @@ impl Netlink {
         })
     }
 
-    /// `bridge fdb del MAC dev X dst DST self`; already absent is `Ok`.
+    /// `bridge fdb del MAC dev X dst DST self`; already absent (or lacking that remote) is `Ok`.
     pub(crate) fn delete_fdb(&mut self, index: u32, mac: [u8; 6], dst: Ipv4Addr) -> io::Result<()> {
         let msg = fdb_message(index, mac, dst);
         let result = self.ack(RouteNetlinkMessage::DelNeighbour(msg), 0);
@@ -762,18 +765,22 @@ impl Netlink {
 
     /// `10.1.16.0/24 via 192.0.2.2 dev eth0 onlink proto 153`, as `ip route` prints it.
     fn describe_route(&mut self, r: &RouteSpec) -> String {
+        let dev = (r.oif != 0).then(|| self.dev_name(r.oif));
         let mut s = format!("{}/{}", r.dst, r.prefix);
         if let Some(gw) = r.gateway {
-            s += &format!(" via {gw}");
+            s.push_str(" via ");
+            s.push_str(&gw.to_string());
         }
-        if r.oif != 0 {
-            s += &format!(" dev {}", self.dev_name(r.oif));
+        if let Some(dev) = dev {
+            s.push_str(" dev ");
+            s.push_str(&dev);
         }
         if r.onlink {
-            s += " onlink";
+            s.push_str(" onlink");
         }
         if r.protocol != 0 {
-            s += &format!(" proto {}", r.protocol);
+            s.push_str(" proto ");
+            s.push_str(&r.protocol.to_string());
         }
         s
     }
@@ -846,7 +853,7 @@ fn parse_link(msg: LinkMessage) -> Link {
                     match info {
                         LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
                         LinkInfo::Data(InfoData::Vxlan(data)) => {
-                            link.vxlan = Some(parse_vxlan(&data))
+                            link.vxlan = Some(parse_vxlan(&data));
                         }
                         _ => {}
                     }
@@ -904,7 +911,7 @@ fn neigh_message(family: AddressFamily, index: u32, ip: Ipv4Addr) -> NeighbourMe
     msg
 }
 
-/// An AF_BRIDGE, `NTF_SELF` neighbour message: the vxlan driver's own FDB, not a bridge's.
+/// An `AF_BRIDGE`, `NTF_SELF` neighbour message: the vxlan driver's own FDB, not a bridge's.
 fn fdb_message(index: u32, mac: [u8; 6], dst: Ipv4Addr) -> NeighbourMessage {
     let mut msg = neigh_message(AddressFamily::Bridge, index, dst);
     msg.header.flags = NeighbourFlags::Own;
@@ -973,7 +980,7 @@ fn mac6(bytes: &[u8]) -> Option<[u8; 6]> {
     <[u8; 6]>::try_from(bytes).ok()
 }
 
-/// An IPv4 `NDA_DST`, which AF_BRIDGE messages carry as raw bytes.
+/// An IPv4 `NDA_DST`, which `AF_BRIDGE` messages carry as raw bytes.
 fn neighbour_ipv4(a: &NeighbourAddress) -> Option<Ipv4Addr> {
     match a {
         NeighbourAddress::Inet(ip) => Some(*ip),
@@ -1163,7 +1170,8 @@ mod tests {
 
     #[test]
     fn vxlan_device_is_created_and_read_back_as_flannel_does() {
-        let Some(ns) = Netns::with_underlay("vxlan_device") else {
+        let ns = Netns::with_underlay("vxlan_device_is_created_and_read_back_as_flannel_does");
+        let Some(ns) = ns else {
             return;
         };
         ns.run(|nl| {
@@ -1270,7 +1278,8 @@ mod tests {
 
     #[test]
     fn addresses_are_added_listed_and_deleted() {
-        let Some(ns) = Netns::with_underlay("addresses") else {
+        let ns = Netns::with_underlay("addresses_are_added_listed_and_deleted");
+        let Some(ns) = ns else {
             return;
         };
         ns.run(|nl| {
@@ -1293,7 +1302,8 @@ mod tests {
 
     #[test]
     fn neighbours_are_replaced_idempotently_and_deleted() {
-        let Some(ns) = Netns::with_underlay("neighbours") else {
+        let ns = Netns::with_underlay("neighbours_are_replaced_idempotently_and_deleted");
+        let Some(ns) = ns else {
             return;
         };
         ns.run(|nl| {
@@ -1316,7 +1326,8 @@ mod tests {
 
     #[test]
     fn fdb_entries_are_self_permanent_with_dst() {
-        let Some(ns) = Netns::with_underlay("fdb") else {
+        let ns = Netns::with_underlay("fdb_entries_are_self_permanent_with_dst");
+        let Some(ns) = ns else {
             return;
         };
         ns.run(|nl| {
@@ -1339,7 +1350,7 @@ mod tests {
             // Replace moves the entry to the new remote rather than adding a second one.
             nl.replace_fdb(index, PEER_MAC, p2).unwrap();
             assert_eq!(ours(nl), vec![(PEER_MAC, Some(p2))]);
-            nl.delete_fdb(index, PEER_MAC, p1).unwrap(); // not that remote: ENOENT tolerated
+            nl.delete_fdb(index, PEER_MAC, p1).unwrap(); // a remote it lacks: the kernel says Ok
             assert_eq!(ours(nl), vec![(PEER_MAC, Some(p2))]);
             nl.delete_fdb(index, PEER_MAC, p2).unwrap();
             assert_eq!(ours(nl), vec![]);
@@ -1351,7 +1362,8 @@ mod tests {
 
     #[test]
     fn routes_are_replaced_filtered_by_protocol_and_deleted() {
-        let Some(ns) = Netns::with_underlay("routes") else {
+        let ns = Netns::with_underlay("routes_are_replaced_filtered_by_protocol_and_deleted");
+        let Some(ns) = ns else {
             return;
         };
         ns.ip(&[
@@ -1447,7 +1459,8 @@ mod tests {
 
     #[test]
     fn route_get_tells_on_link_from_via_gateway() {
-        let Some(ns) = Netns::with_underlay("route_get") else {
+        let ns = Netns::with_underlay("route_get_tells_on_link_from_via_gateway");
+        let Some(ns) = ns else {
             return;
         };
         ns.ip(&[
@@ -1479,7 +1492,8 @@ mod tests {
 
     #[test]
     fn gateway_not_on_link_is_enetunreach_unless_onlink() {
-        let Some(ns) = Netns::with_underlay("enetunreach") else {
+        let ns = Netns::with_underlay("gateway_not_on_link_is_enetunreach_unless_onlink");
+        let Some(ns) = ns else {
             return;
         };
         ns.run(|nl| {
@@ -1515,7 +1529,8 @@ mod tests {
 
     #[test]
     fn dumps_spanning_many_datagrams_are_complete() {
-        let Some(ns) = Netns::with_underlay("multipart") else {
+        let ns = Netns::with_underlay("dumps_spanning_many_datagrams_are_complete");
+        let Some(ns) = ns else {
             return;
         };
         ns.run(|nl| {
@@ -1541,6 +1556,23 @@ mod tests {
             }
             assert_eq!(nl.routes(Some(RTPROT_WEFT)).unwrap(), vec![]);
         });
+    }
+
+    #[test]
+    fn namespace_is_deleted_even_when_the_test_panics() {
+        let ns = Netns::new("namespace_is_deleted_even_when_the_test_panics");
+        let Some(ns) = ns else {
+            return;
+        };
+        let path = format!("/var/run/netns/{}", ns.name);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            ns.run(|nl| {
+                assert!(nl.link_by_name("lo").unwrap().is_some());
+                panic!("deliberate panic inside the namespace");
+            });
+        }));
+        assert!(result.is_err());
+        assert!(!std::path::Path::new(&path).exists(), "{path} left behind");
     }
 
     #[test]
@@ -1577,7 +1609,8 @@ mod tests {
     fn ext_ack_text_is_read_from_capped_and_full_nacks() {
         let text = b"Nexthop has invalid gateway\0";
         let mut tlv = Vec::new();
-        tlv.extend_from_slice(&((4 + text.len()) as u16).to_ne_bytes());
+        let nla_len = u16::try_from(4 + text.len()).expect("short text");
+        tlv.extend_from_slice(&nla_len.to_ne_bytes());
         tlv.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
         tlv.extend_from_slice(text);
         tlv.resize(align4(tlv.len()), 0);
