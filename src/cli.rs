@@ -64,7 +64,9 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     match control::lease::parse_mac(s) {
         Some(m) if m[0] & 1 == 0 && m != [0; 6] => Ok(m),
         Some(_) => Err(format!("{s:?} is not a unicast MAC address")),
-        None => Err(format!("{s:?} is not a MAC address (e.g. 0e:57:c0:00:02:02)")),
+        None => Err(format!(
+            "{s:?} is not a MAC address (e.g. 0e:57:c0:00:02:02)"
+        )),
     }
 }
 
