@@ -33,10 +33,12 @@ const NET_11: u32 = 0x0b00_0000;
 fn routes(n: u32) -> Vec<Route> {
     let stride = SLASH24S_IN_SLASH8 / n;
     (0..n)
-        .map(|k| Route {
-            subnet: Ipv4Net::new(Ipv4Addr::from(NET_10 | ((k * stride) << 8)), 24)
-                .expect("prefix 24 is valid"),
-            peer: SocketAddrV4::new(Ipv4Addr::from(0xac10_0000 + k + 1), 8285),
+        .map(|k| {
+            Route::udp(
+                Ipv4Net::new(Ipv4Addr::from(NET_10 | ((k * stride) << 8)), 24)
+                    .expect("prefix 24 is valid"),
+                SocketAddrV4::new(Ipv4Addr::from(0xac10_0000 + k + 1), 8285),
+            )
         })
         .collect()
 }

@@ -9,6 +9,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// Bytes kept free in front of each packet (virtio_net_hdr 10 + VXLAN 8 + Ethernet 14).
 pub const HEADROOM: usize = 32;
+// The vxlan wire format writes its headers into the headroom in front of the packet.
+const _: () = assert!(HEADROOM >= crate::wire::vxlan::HEADER_LEN);
 /// Largest packet a slot holds (an IPv4 datagram, a TUN GSO super-packet or a UDP GRO run).
 pub const MAX_PACKET: usize = 65_536;
 /// Size of one slot.
@@ -70,6 +72,26 @@ impl PacketBatch {
         &self.slots[i][HEADROOM..HEADROOM + self.meta[i].len]
     }
 
+    /// The packet in slot `i` (`meta(i).len` bytes) with the `header` bytes in front of it: the
+    /// datagram a wire format with a `header`-byte header sends.
+    ///
+    /// # Panics
+    /// If `header` exceeds [`HEADROOM`].
+    #[inline]
+    pub fn frame(&self, i: usize, header: usize) -> &[u8] {
+        &self.slots[i][HEADROOM - header..HEADROOM + self.meta[i].len]
+    }
+
+    /// `len` bytes of slot `i`'s packet area with the `header` bytes in front of it, writable (for
+    /// encapsulating in place).
+    ///
+    /// # Panics
+    /// If `header` exceeds [`HEADROOM`] or `len` exceeds [`MAX_PACKET`].
+    #[inline]
+    pub fn frame_mut(&mut self, i: usize, header: usize, len: usize) -> &mut [u8] {
+        &mut self.slots[i][HEADROOM - header..HEADROOM + len]
+    }
+
     /// Metadata of slot `i`.
     #[inline]
     pub fn meta(&self, i: usize) -> Meta {
@@ -106,6 +128,9 @@ mod tests {
             assert_eq!(b.packet_area_mut(i).len(), MAX_PACKET);
         }
         assert_eq!(b.slots_mut().len(), 3);
+        b.frame_mut(1, 2, 4)[..2].copy_from_slice(&[9, 9]);
+        assert_eq!(b.frame(1, 2), &[9, 9, 1, 1, 1, 1]);
+        assert_eq!(b.frame(2, 0), b.packet(2));
         assert!(b.slots_mut().iter().all(|s| s.len() == SLOT_LEN));
     }
 }

@@ -6,6 +6,7 @@ use crate::route::RouteTable;
 use crate::stats::{StatsSnapshot, WorkerStats};
 use crate::tun::{self, TunConfig};
 use crate::udp::{BatchSocket, Offload};
+use crate::wire::Wire;
 use crate::worker::{self, Worker, WorkerSetup};
 use mio::{Poll, Waker};
 use std::io;
@@ -15,7 +16,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// IPv4 + UDP header bytes the udp wire format adds to every packet (flannel's MTU rule).
-pub const UDP_OVERHEAD: u32 = 28;
+pub const UDP_OVERHEAD: u32 = Wire::Udp.overhead();
+/// IPv4 + UDP + VXLAN + inner Ethernet header bytes the vxlan wire format adds to every packet
+/// (flannel's vxlan MTU rule).
+pub const VXLAN_OVERHEAD: u32 = Wire::Vxlan {
+    vni: 0,
+    mac: [0; 6],
+}
+.overhead();
+const _: () = assert!(UDP_OVERHEAD == 28 && VXLAN_OVERHEAD == 50);
 /// Default batch size (packets per recvmmsg / sendmmsg).
 pub const DEFAULT_BATCH: usize = 64;
 /// Default socket buffer size: large enough to ride out a scheduling gap at line rate.
@@ -26,8 +35,12 @@ pub const DEFAULT_SOCKET_BUFFER: usize = 8 << 20;
 pub struct DataplaneConfig {
     /// TUN device name.
     pub tun_name: String,
-    /// Underlay MTU; the TUN MTU is this minus [`UDP_OVERHEAD`].
+    /// Underlay MTU; the TUN MTU is this minus the wire format's overhead ([`UDP_OVERHEAD`] or
+    /// [`VXLAN_OVERHEAD`]).
     pub underlay_mtu: u32,
+    /// How packets are carried: flannel's udp format or VXLAN (with our VNI and VTEP MAC). Peers'
+    /// routes must match: [`crate::Route::vxlan`] with their VTEP MACs for vxlan.
+    pub wire: Wire,
     /// The whole overlay network (routed through the TUN device).
     pub network: Ipv4Net,
     /// This host's subnet (its network address is the TUN address).
@@ -49,7 +62,7 @@ pub struct DataplaneConfig {
 impl DataplaneConfig {
     /// MTU of the TUN device.
     pub fn tun_mtu(&self) -> u32 {
-        self.underlay_mtu.saturating_sub(UDP_OVERHEAD)
+        self.underlay_mtu.saturating_sub(self.wire.overhead())
     }
 }
 
@@ -192,6 +205,7 @@ impl Dataplane {
                 sock,
                 routes: routes.cache(),
                 policy,
+                wire: cfg.wire,
                 icmp_src: cfg.local.addr(),
                 batch_size: cfg.batch_size,
                 stats: st,

@@ -1,8 +1,22 @@
-//! Decapsulation of flannel udp datagrams: a pure function from what arrived to a verdict.
+//! Decapsulation: a pure function from what arrived to a verdict.
 //!
 //! flannel's udp wire format has no header: the UDP payload is the bare inner IPv4 packet. flannel's
 //! proxy accepts any datagram of 20 bytes or more from anyone and silently truncates long ones; weft
-//! checks the packet and its origin before anything reaches the TUN device:
+//! checks the packet and its origin before anything reaches the TUN device.
+//!
+//! With the vxlan wire format ([`Decapsulator`] with [`Wire::Vxlan`]) the datagram first has to be a
+//! frame the kernel's vxlan device would accept (`vxlan_rcv`, flannel-compat §6.3), checked in this
+//! order:
+//!
+//! * at least the 8-byte VXLAN header and 14-byte inner Ethernet header (`Truncated`);
+//! * flags exactly the I bit, reserved bits zero (`VxlanBadHeader`);
+//! * our VNI (`VxlanWrongVni`);
+//! * inner Ethernet destination our VTEP MAC, source not our MAC (`VxlanWrongMac`): the kernel
+//!   hands other destinations up as PACKET_OTHERHOST, which IP ignores, and drops its own source
+//!   as a loop;
+//! * ethertype IPv4 (`VxlanNotIpv4`; the overlay is IPv4 only, so IPv6 too).
+//!
+//! Then the inner packet (the rest of the datagram) is judged as a udp datagram is:
 //!
 //! 1. the datagram is a well-formed IPv4 packet whose total length is the datagram length;
 //! 2. the header checksum verifies;
@@ -16,7 +30,7 @@
 use crate::net::Ipv4Net;
 use crate::route::RouteSnapshot;
 use crate::stats::DropReason;
-use crate::wire::{self, ipv4};
+use crate::wire::{self, ipv4, vxlan, Wire};
 use std::net::Ipv4Addr;
 use std::ops::Range;
 
@@ -48,11 +62,13 @@ impl From<wire::Error> for DropReason {
             wire::Error::BadHeaderLen => DropReason::BadHeaderLen,
             wire::Error::LengthMismatch => DropReason::LengthMismatch,
             wire::Error::BadChecksum => DropReason::BadChecksum,
+            wire::Error::BadFlags => DropReason::VxlanBadHeader,
         }
     }
 }
 
-/// Judges `datagram`, received from underlay address `outer_src`. Never panics, whatever the bytes.
+/// Judges `datagram` in flannel's udp wire format, received from underlay address `outer_src` (any
+/// source port). Never panics, whatever the bytes.
 pub fn decapsulate(
     outer_src: Ipv4Addr,
     datagram: &[u8],
@@ -76,12 +92,74 @@ pub fn decapsulate(
         let src = packet.src_addr();
         if policy.network.contains(src) {
             match routes.lookup(src) {
-                Some(peer) if *peer.ip() == outer_src => {}
+                Some(hop) if *hop.peer.ip() == outer_src => {}
                 _ => return Verdict::Drop(DropReason::Spoofed),
             }
         }
     }
     Verdict::Deliver(0..datagram.len())
+}
+
+/// Decapsulation for one wire format, with what it checks against.
+#[derive(Debug, Clone, Copy)]
+pub struct Decapsulator {
+    /// The wire format (for vxlan: our VNI and VTEP MAC).
+    pub wire: Wire,
+    /// The inner-packet and sender checks.
+    pub policy: DecapPolicy,
+}
+
+impl Decapsulator {
+    /// A decapsulator for `wire` under `policy`.
+    pub const fn new(wire: Wire, policy: DecapPolicy) -> Decapsulator {
+        Decapsulator { wire, policy }
+    }
+
+    /// Judges `datagram`, received from underlay address `outer_src` (any source port: the kernel
+    /// sends VXLAN from a port hashed from the inner flow). A `Deliver` range is the inner IPv4
+    /// packet, after the wire format's header. Never panics, whatever the bytes.
+    #[inline]
+    pub fn decapsulate(
+        &self,
+        outer_src: Ipv4Addr,
+        datagram: &[u8],
+        routes: &RouteSnapshot,
+    ) -> Verdict {
+        match self.wire {
+            Wire::Udp => decapsulate(outer_src, datagram, routes, &self.policy),
+            Wire::Vxlan { vni, mac } => {
+                if let Err(reason) = check_vxlan(datagram, vni, mac) {
+                    return Verdict::Drop(reason);
+                }
+                let inner = &datagram[vxlan::HEADER_LEN..];
+                match decapsulate(outer_src, inner, routes, &self.policy) {
+                    Verdict::Deliver(r) => {
+                        Verdict::Deliver(r.start + vxlan::HEADER_LEN..r.end + vxlan::HEADER_LEN)
+                    }
+                    drop => drop,
+                }
+            }
+        }
+    }
+}
+
+/// The VXLAN and inner Ethernet checks, in the order the module doc lists them.
+#[inline]
+fn check_vxlan(datagram: &[u8], vni: u32, mac: [u8; 6]) -> Result<(), DropReason> {
+    let frame = vxlan::Packet::new_checked(datagram)?;
+    if !frame.header_valid() {
+        return Err(DropReason::VxlanBadHeader);
+    }
+    if frame.vni() != vni & vxlan::VNI_MASK {
+        return Err(DropReason::VxlanWrongVni);
+    }
+    if frame.dst_mac() != mac || frame.src_mac() == mac {
+        return Err(DropReason::VxlanWrongMac);
+    }
+    if frame.ethertype() != vxlan::ETHERTYPE_IPV4 {
+        return Err(DropReason::VxlanNotIpv4);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -104,14 +182,14 @@ mod tests {
         RouteSnapshot::build(
             1,
             [
-                Route {
-                    subnet: "10.1.2.0/24".parse().expect("valid"),
-                    peer: SocketAddrV4::new(PEER_B, 8285),
-                },
-                Route {
-                    subnet: "10.1.3.0/24".parse().expect("valid"),
-                    peer: SocketAddrV4::new(PEER_C, 8285),
-                },
+                Route::udp(
+                    "10.1.2.0/24".parse().expect("valid"),
+                    SocketAddrV4::new(PEER_B, 8285),
+                ),
+                Route::udp(
+                    "10.1.3.0/24".parse().expect("valid"),
+                    SocketAddrV4::new(PEER_C, 8285),
+                ),
             ],
         )
         .expect("disjoint")
@@ -248,6 +326,259 @@ mod tests {
             decapsulate(PEER_C, &DATAGRAM, &routes(), &p),
             Verdict::Deliver(0..28)
         );
+    }
+
+    /// Our VTEP MAC (host A, leasing 10.1.1.0/24).
+    const MAC_A: [u8; 6] = [0x0a, 0x58, 0x0a, 0x01, 0x01, 0x00];
+    /// Host B's VTEP MAC.
+    const MAC_B: [u8; 6] = [0x0a, 0x58, 0x0a, 0x01, 0x02, 0x00];
+    const VNI: u32 = 1;
+
+    /// Golden VXLAN frame, in exactly the form Linux's vxlan driver emits: flags 08 00 00 00,
+    /// VNI 1, 00; inner Ethernet to our MAC from B's; ethertype IPv4; then [`DATAGRAM`].
+    #[rustfmt::skip]
+    static VXLAN_FRAME: [u8; 50] = [
+        0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00,
+        0x0a, 0x58, 0x0a, 0x01, 0x01, 0x00,
+        0x0a, 0x58, 0x0a, 0x01, 0x02, 0x00,
+        0x08, 0x00,
+        0x45, 0x00, 0x00, 0x1c, 0x00, 0x01, 0x40, 0x00, 0x3f, 0x01, 0x24, 0xdb, 10, 1, 2, 2, 10, 1, 1, 2,
+        0x08, 0x00, 0xf7, 0xfe, 0x00, 0x01, 0x00, 0x00,
+    ];
+
+    fn vxlan() -> Decapsulator {
+        Decapsulator::new(
+            Wire::Vxlan {
+                vni: VNI,
+                mac: MAC_A,
+            },
+            policy(),
+        )
+    }
+
+    fn judge_vxlan(src: Ipv4Addr, d: &[u8]) -> Verdict {
+        vxlan().decapsulate(src, d, &routes())
+    }
+
+    #[test]
+    fn vxlan_delivers_a_linux_frame() {
+        assert_eq!(VXLAN_FRAME[8..14], MAC_A);
+        assert_eq!(VXLAN_FRAME[14..20], MAC_B);
+        assert_eq!(VXLAN_FRAME[22..], DATAGRAM);
+        assert_eq!(judge_vxlan(PEER_B, &VXLAN_FRAME), Verdict::Deliver(22..50));
+    }
+
+    #[test]
+    fn vxlan_drop_truncated() {
+        for len in 0..vxlan::HEADER_LEN {
+            assert_eq!(
+                judge_vxlan(PEER_B, &VXLAN_FRAME[..len]),
+                Verdict::Drop(DropReason::Truncated),
+                "{len} bytes"
+            );
+        }
+        // Headers but no (or a short) inner packet.
+        assert_eq!(
+            judge_vxlan(PEER_B, &VXLAN_FRAME[..22]),
+            Verdict::Drop(DropReason::Truncated)
+        );
+        assert_eq!(
+            judge_vxlan(PEER_B, &VXLAN_FRAME[..41]),
+            Verdict::Drop(DropReason::Truncated)
+        );
+    }
+
+    #[test]
+    fn vxlan_drop_bad_header() {
+        // No I bit; GBP (G bit); another flag; each reserved byte.
+        for (at, value) in [
+            (0, 0x00),
+            (0, 0x88),
+            (0, 0x09),
+            (1, 0x01),
+            (2, 0x40),
+            (3, 0x80),
+            (7, 0x01),
+        ] {
+            let mut d = VXLAN_FRAME;
+            d[at] = value;
+            assert_eq!(
+                judge_vxlan(PEER_B, &d),
+                Verdict::Drop(DropReason::VxlanBadHeader),
+                "byte {at} = {value:#04x}"
+            );
+        }
+    }
+
+    #[test]
+    fn vxlan_drop_wrong_vni() {
+        let mut d = VXLAN_FRAME;
+        d[6] = 2;
+        assert_eq!(
+            judge_vxlan(PEER_B, &d),
+            Verdict::Drop(DropReason::VxlanWrongVni)
+        );
+        let mut d = VXLAN_FRAME;
+        d[4] = 1; // VNI 0x010001: only the low byte matches
+        assert_eq!(
+            judge_vxlan(PEER_B, &d),
+            Verdict::Drop(DropReason::VxlanWrongVni)
+        );
+    }
+
+    #[test]
+    fn vxlan_drop_wrong_mac() {
+        // Addressed to another VTEP, to broadcast, or sent from our own MAC (a loop).
+        let mut other = VXLAN_FRAME;
+        other[13] = 0x01;
+        let mut broadcast = VXLAN_FRAME;
+        broadcast[8..14].fill(0xff);
+        let mut looped = VXLAN_FRAME;
+        looped[14..20].copy_from_slice(&MAC_A);
+        for d in [other, broadcast, looped] {
+            assert_eq!(
+                judge_vxlan(PEER_B, &d),
+                Verdict::Drop(DropReason::VxlanWrongMac)
+            );
+        }
+    }
+
+    #[test]
+    fn vxlan_drop_not_ipv4() {
+        for ethertype in [[0x86, 0xdd], [0x08, 0x06], [0x81, 0x00], [0x00, 0x00]] {
+            let mut d = VXLAN_FRAME;
+            d[20..22].copy_from_slice(&ethertype);
+            assert_eq!(
+                judge_vxlan(PEER_B, &d),
+                Verdict::Drop(DropReason::VxlanNotIpv4),
+                "ethertype {ethertype:02x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn vxlan_checks_come_in_order() {
+        // Everything wrong at once: the first check in the documented order decides.
+        let mut d = VXLAN_FRAME;
+        d[0] = 0;
+        d[6] = 9;
+        d[8] = 0xff;
+        d[20] = 0x86;
+        assert_eq!(
+            judge_vxlan(PEER_B, &d),
+            Verdict::Drop(DropReason::VxlanBadHeader)
+        );
+        d[0] = 0x08;
+        assert_eq!(
+            judge_vxlan(PEER_B, &d),
+            Verdict::Drop(DropReason::VxlanWrongVni)
+        );
+        d[6] = 1;
+        assert_eq!(
+            judge_vxlan(PEER_B, &d),
+            Verdict::Drop(DropReason::VxlanWrongMac)
+        );
+        d[8] = MAC_A[0];
+        assert_eq!(
+            judge_vxlan(PEER_B, &d),
+            Verdict::Drop(DropReason::VxlanNotIpv4)
+        );
+        d[20] = 0x08;
+        assert_eq!(judge_vxlan(PEER_B, &d), Verdict::Deliver(22..50));
+    }
+
+    #[test]
+    fn vxlan_inner_checks_and_sender_policy_apply() {
+        let mut bad_sum = VXLAN_FRAME;
+        bad_sum[22 + 11] ^= 1;
+        assert_eq!(
+            judge_vxlan(PEER_B, &bad_sum),
+            Verdict::Drop(DropReason::BadChecksum)
+        );
+        let mut six = VXLAN_FRAME;
+        six[22] = 0x65;
+        assert_eq!(
+            judge_vxlan(PEER_B, &six),
+            Verdict::Drop(DropReason::NotIpv4)
+        );
+        let mut padded = VXLAN_FRAME.to_vec();
+        padded.extend_from_slice(&[0; 10]);
+        assert_eq!(
+            judge_vxlan(PEER_B, &padded),
+            Verdict::Drop(DropReason::LengthMismatch)
+        );
+        // The sender policy looks at the outer source address only (the port is the kernel's
+        // flow hash, never checked).
+        assert_eq!(
+            judge_vxlan(PEER_C, &VXLAN_FRAME),
+            Verdict::Drop(DropReason::Spoofed)
+        );
+        assert_eq!(
+            judge_vxlan(Ipv4Addr::new(198, 51, 100, 7), &VXLAN_FRAME),
+            Verdict::Drop(DropReason::UnknownSender)
+        );
+        let mut not_local = VXLAN_FRAME;
+        let mut p = ipv4::Packet::new_unchecked(&mut not_local[22..]);
+        p.set_dst_addr(Ipv4Addr::new(10, 1, 3, 2));
+        p.fill_checksum();
+        assert_eq!(
+            judge_vxlan(PEER_B, &not_local),
+            Verdict::Drop(DropReason::NotLocal)
+        );
+    }
+
+    #[test]
+    fn vxlan_vni_uses_24_bits() {
+        let d = Decapsulator::new(
+            Wire::Vxlan {
+                vni: 0x0100_0001, // bits above 24 are not part of a VNI
+                mac: MAC_A,
+            },
+            policy(),
+        );
+        assert_eq!(
+            d.decapsulate(PEER_B, &VXLAN_FRAME, &routes()),
+            Verdict::Deliver(22..50)
+        );
+    }
+
+    #[test]
+    fn udp_decapsulator_is_the_udp_function() {
+        let d = Decapsulator::new(Wire::Udp, policy());
+        assert_eq!(
+            d.decapsulate(PEER_B, &DATAGRAM, &routes()),
+            Verdict::Deliver(0..28)
+        );
+        // A VXLAN frame is not a udp datagram.
+        assert_eq!(
+            d.decapsulate(PEER_B, &VXLAN_FRAME, &routes()),
+            Verdict::Drop(DropReason::NotIpv4)
+        );
+    }
+
+    #[test]
+    fn vxlan_random_bytes_never_panic() {
+        let r = routes();
+        let d = vxlan();
+        let mut state = 0x7f4a_7c15_u32;
+        let mut buf = [0u8; 100];
+        for i in 0..200_000usize {
+            let len = i % buf.len();
+            for b in &mut buf[..len] {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                *b = state as u8;
+            }
+            // Often make the headers right so the inner checks are reached too.
+            if i % 2 == 0 && len >= 23 {
+                buf[..22].copy_from_slice(&VXLAN_FRAME[..22]);
+                buf[22] = 0x45;
+            }
+            if let Verdict::Deliver(range) = d.decapsulate(PEER_B, &buf[..len], &r) {
+                assert!(range.start == 22 && range.end == len);
+            }
+        }
     }
 
     #[test]

@@ -1,19 +1,24 @@
-//! Encapsulation for flannel's udp wire format: route lookup and TTL handling.
+//! Encapsulation: route lookup and TTL handling, then the wire format's header.
 //!
-//! The UDP payload is the bare inner IPv4 packet, so encapsulating is deciding the peer and
-//! decrementing the TTL in place (weft is one router hop, as flannel's proxy is). Where flannel drops
-//! a packet whose TTL runs out silently, weft answers with an ICMP time exceeded, so traceroute works
-//! across the overlay.
+//! Encapsulating is deciding the peer and decrementing the TTL in place (weft is one router hop, as
+//! flannel's proxy and the kernel's vxlan device are). Where flannel drops a packet whose TTL runs
+//! out silently, weft answers with an ICMP time exceeded, so traceroute works across the overlay.
+//!
+//! What then goes in front of the packet depends on the [`Wire`]:
+//! * udp (flannel's udp backend): nothing, the UDP payload is the bare inner IPv4 packet;
+//! * vxlan: the 8-byte VXLAN header with our VNI and a 14-byte inner Ethernet header from our VTEP
+//!   MAC to the peer's, written into the [`header_len`](Encapsulator::header_len) bytes the caller
+//!   keeps free in front of the packet (the batch's headroom), so nothing is copied.
 
-use crate::route::RouteSnapshot;
+use crate::route::{Hop, RouteSnapshot};
 use crate::stats::DropReason;
-use crate::wire::{self, icmp, ipv4};
+use crate::wire::{self, icmp, ipv4, vxlan, Wire};
 use std::net::SocketAddrV4;
 
 /// What to do with a packet read from the TUN device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encap {
-    /// Send the (TTL-decremented) packet to this peer.
+    /// Send the (TTL-decremented, encapsulated) packet to this peer.
     Forward(SocketAddrV4),
     /// Drop it; if `reply` is set, answer the sender with that ICMP error.
     Drop {
@@ -24,36 +29,98 @@ pub enum Encap {
     },
 }
 
-/// Decides where `packet` (one IPv4 packet read from the TUN device) goes, and decrements its TTL
-/// when it is forwarded. Never panics, whatever the bytes.
+/// Encapsulation for flannel's udp wire format: decides where `packet` (one IPv4 packet read from
+/// the TUN device) goes, and decrements its TTL when it is forwarded; the packet itself is then the
+/// UDP payload. Never panics, whatever the bytes.
 pub fn encapsulate(packet: &mut [u8], routes: &RouteSnapshot) -> Encap {
+    match route(packet, routes) {
+        Ok(hop) => Encap::Forward(hop.peer),
+        Err(drop) => drop,
+    }
+}
+
+/// Route lookup and TTL handling shared by every wire format.
+#[inline]
+fn route(packet: &mut [u8], routes: &RouteSnapshot) -> Result<Hop, Encap> {
     let view = match ipv4::Packet::new_checked(&packet[..]) {
         Ok(p) => p,
-        Err(wire::Error::NotIpv4) => return drop(DropReason::TxNotIpv4),
-        Err(_) => return drop(DropReason::TxMalformed),
+        Err(wire::Error::NotIpv4) => return Err(drop(DropReason::TxNotIpv4)),
+        Err(_) => return Err(drop(DropReason::TxMalformed)),
     };
-    let Some(peer) = routes.lookup(view.dst_addr()) else {
+    let Some(hop) = routes.lookup(view.dst_addr()) else {
         let reply = icmp::may_reply_to(&view).then_some(icmp::ErrorKind::NetUnreachable);
-        return Encap::Drop {
+        return Err(Encap::Drop {
             reason: DropReason::NoRoute,
             reply,
-        };
+        });
     };
     if view.ttl() <= 1 {
         let reply = icmp::may_reply_to(&view).then_some(icmp::ErrorKind::TimeExceeded);
-        return Encap::Drop {
+        return Err(Encap::Drop {
             reason: DropReason::TtlExceeded,
             reply,
-        };
+        });
     }
     ipv4::Packet::new_unchecked(packet).decrement_ttl();
-    Encap::Forward(peer)
+    Ok(hop)
 }
 
 fn drop(reason: DropReason) -> Encap {
     Encap::Drop {
         reason,
         reply: None,
+    }
+}
+
+/// Encapsulation for one wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encapsulator {
+    wire: Wire,
+}
+
+impl Encapsulator {
+    /// An encapsulator for `wire`.
+    pub const fn new(wire: Wire) -> Encapsulator {
+        Encapsulator { wire }
+    }
+
+    /// The wire format.
+    pub const fn wire(&self) -> Wire {
+        self.wire
+    }
+
+    /// Bytes written in front of the inner packet: 0 for udp, [`vxlan::HEADER_LEN`] for vxlan.
+    pub const fn header_len(&self) -> usize {
+        self.wire.header_len()
+    }
+
+    /// Encapsulates the inner packet in `frame[header_len()..]` (one IPv4 packet read from the TUN
+    /// device; the bytes in front are room for the header). On `Forward` the TTL was decremented,
+    /// the header written, and all of `frame` is the UDP payload to send; on `Drop` `frame` is left
+    /// untouched. Never panics, whatever the bytes (a `frame` shorter than the header is
+    /// `TxMalformed`).
+    #[inline]
+    pub fn encapsulate(&self, frame: &mut [u8], routes: &RouteSnapshot) -> Encap {
+        match self.wire {
+            Wire::Udp => encapsulate(frame, routes),
+            Wire::Vxlan { vni, mac } => {
+                let Some((header, packet)) = frame.split_at_mut_checked(vxlan::HEADER_LEN) else {
+                    return drop(DropReason::TxMalformed);
+                };
+                let hop = match route(packet, routes) {
+                    Ok(hop) => hop,
+                    Err(drop) => return drop,
+                };
+                let repr = vxlan::Repr {
+                    vni,
+                    dst_mac: hop.mac,
+                    src_mac: mac,
+                    ethertype: vxlan::ETHERTYPE_IPV4,
+                };
+                repr.emit(&mut vxlan::Packet::new_unchecked(header));
+                Encap::Forward(hop.peer)
+            }
+        }
     }
 }
 
@@ -70,10 +137,10 @@ mod tests {
     fn table(peer: Ipv4Addr, net: &str) -> RouteSnapshot {
         RouteSnapshot::build(
             1,
-            [Route {
-                subnet: net.parse().expect("valid"),
-                peer: SocketAddrV4::new(peer, 8285),
-            }],
+            [Route::udp(
+                net.parse().expect("valid"),
+                SocketAddrV4::new(peer, 8285),
+            )],
         )
         .expect("one route")
     }
@@ -151,6 +218,154 @@ mod tests {
             }
         );
         assert_eq!(p[8], 1, "a dropped packet is left alone");
+    }
+
+    /// Host A's VTEP MAC.
+    const MAC_A: [u8; 6] = [0x0a, 0x58, 0x0a, 0x01, 0x01, 0x00];
+    /// Host B's VTEP MAC.
+    const MAC_B: [u8; 6] = [0x0a, 0x58, 0x0a, 0x01, 0x02, 0x00];
+    const VXLAN_A: Wire = Wire::Vxlan { vni: 1, mac: MAC_A };
+    const VXLAN_B: Wire = Wire::Vxlan { vni: 1, mac: MAC_B };
+
+    /// ICMP echo request 10.1.1.2 → 10.1.2.2, TTL 64, as read from host A's TUN device.
+    #[rustfmt::skip]
+    static INNER: [u8; 28] = [
+        0x45, 0x00, 0x00, 0x1c, 0x00, 0x01, 0x40, 0x00, 0x40, 0x01, 0x23, 0xdb, 10, 1, 1, 2, 10, 1, 2, 2,
+        0x08, 0x00, 0xf7, 0xfe, 0x00, 0x01, 0x00, 0x00,
+    ];
+
+    /// The UDP payload host A sends to B for [`INNER`]: what Linux's vxlan driver would send
+    /// (flags 08, VNI 1, B's MAC ← A's MAC, IPv4), around the packet with its TTL one lower.
+    #[rustfmt::skip]
+    static VXLAN_FRAME: [u8; 50] = [
+        0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00,
+        0x0a, 0x58, 0x0a, 0x01, 0x02, 0x00,
+        0x0a, 0x58, 0x0a, 0x01, 0x01, 0x00,
+        0x08, 0x00,
+        0x45, 0x00, 0x00, 0x1c, 0x00, 0x01, 0x40, 0x00, 0x3f, 0x01, 0x24, 0xdb, 10, 1, 1, 2, 10, 1, 2, 2,
+        0x08, 0x00, 0xf7, 0xfe, 0x00, 0x01, 0x00, 0x00,
+    ];
+
+    fn vxlan_table(peer: Ipv4Addr, mac: [u8; 6], net: &str) -> RouteSnapshot {
+        RouteSnapshot::build(
+            1,
+            [Route::vxlan(
+                net.parse().expect("valid"),
+                SocketAddrV4::new(peer, 8472),
+                mac,
+            )],
+        )
+        .expect("one route")
+    }
+
+    /// `inner` behind 22 bytes of room, as the worker lays a packet out in its headroom.
+    fn framed(inner: &[u8]) -> Vec<u8> {
+        let mut v = vec![0xee; vxlan::HEADER_LEN];
+        v.extend_from_slice(inner);
+        v
+    }
+
+    #[test]
+    fn vxlan_golden_frame() {
+        let mut f = framed(&INNER);
+        let e = Encapsulator::new(VXLAN_A);
+        assert_eq!(e.header_len(), 22);
+        assert_eq!(
+            e.encapsulate(&mut f, &vxlan_table(HOST_B, MAC_B, "10.1.2.0/24")),
+            Encap::Forward(SocketAddrV4::new(HOST_B, 8472))
+        );
+        // Every byte: VXLAN header, inner Ethernet, and the inner packet with TTL 63.
+        assert_eq!(f[..], VXLAN_FRAME[..]);
+        assert_eq!(f[..8], [0x08, 0, 0, 0, 0, 0, 1, 0]);
+        assert_eq!(f[8..14], MAC_B);
+        assert_eq!(f[14..20], MAC_A);
+        assert_eq!(f[20..22], [0x08, 0x00]);
+        assert!(ipv4::Packet::new_checked(&f[22..])
+            .expect("IPv4")
+            .verify_checksum());
+    }
+
+    #[test]
+    fn vxlan_round_trip_through_decap() {
+        use crate::decap::Decapsulator;
+        let policy = DecapPolicy {
+            network: "10.1.0.0/16".parse().expect("valid"),
+            local: "10.1.2.0/24".parse().expect("valid"),
+            accept_any_source: false,
+        };
+        let at_b = Decapsulator::new(VXLAN_B, policy);
+        for len in [20usize, 28, 64, 1400, 1450] {
+            let orig = packet([10, 1, 1, 2], [10, 1, 2, 2], 64, len);
+            let mut f = framed(&orig);
+            assert_eq!(
+                Encapsulator::new(VXLAN_A)
+                    .encapsulate(&mut f, &vxlan_table(HOST_B, MAC_B, "10.1.2.0/24")),
+                Encap::Forward(SocketAddrV4::new(HOST_B, 8472))
+            );
+            assert_eq!(f.len(), 22 + len);
+            let verdict = at_b.decapsulate(HOST_A, &f, &vxlan_table(HOST_A, MAC_A, "10.1.1.0/24"));
+            assert_eq!(verdict, Verdict::Deliver(22..22 + len));
+            assert_eq!(f[22 + 20..], orig[20..]);
+            assert_eq!(f[22 + 8], orig[8] - 1);
+        }
+    }
+
+    #[test]
+    fn vxlan_drops_leave_the_frame_alone() {
+        let routes = vxlan_table(HOST_B, MAC_B, "10.1.2.0/24");
+        let e = Encapsulator::new(VXLAN_A);
+        let mut no_route = framed(&packet([10, 1, 1, 2], [10, 1, 9, 2], 64, 40));
+        let before = no_route.clone();
+        assert_eq!(
+            e.encapsulate(&mut no_route, &routes),
+            Encap::Drop {
+                reason: DropReason::NoRoute,
+                reply: Some(icmp::ErrorKind::NetUnreachable)
+            }
+        );
+        assert_eq!(no_route, before);
+        let mut ttl1 = framed(&packet([10, 1, 1, 2], [10, 1, 2, 2], 1, 40));
+        let before = ttl1.clone();
+        assert_eq!(
+            e.encapsulate(&mut ttl1, &routes),
+            Encap::Drop {
+                reason: DropReason::TtlExceeded,
+                reply: Some(icmp::ErrorKind::TimeExceeded)
+            }
+        );
+        assert_eq!(ttl1, before);
+        let mut six = framed(&[0x60; 40]);
+        assert_eq!(
+            e.encapsulate(&mut six, &routes),
+            Encap::Drop {
+                reason: DropReason::TxNotIpv4,
+                reply: None
+            }
+        );
+        // No room for the headers: malformed, never a panic.
+        for len in 0..=vxlan::HEADER_LEN {
+            let mut short = vec![0x45; len];
+            assert_eq!(
+                e.encapsulate(&mut short, &routes),
+                Encap::Drop {
+                    reason: DropReason::TxMalformed,
+                    reply: None
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn udp_encapsulator_is_the_udp_function() {
+        let e = Encapsulator::new(Wire::Udp);
+        assert_eq!(e.header_len(), 0);
+        assert_eq!(e.wire().overhead(), 28);
+        assert_eq!(VXLAN_A.overhead(), 50);
+        let mut a = packet([10, 1, 1, 2], [10, 1, 2, 2], 64, 100);
+        let mut b = a.clone();
+        let t = table(HOST_B, "10.1.2.0/24");
+        assert_eq!(e.encapsulate(&mut a, &t), encapsulate(&mut b, &t));
+        assert_eq!(a, b);
     }
 
     #[test]

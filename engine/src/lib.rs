@@ -1,13 +1,22 @@
 //! weft's data plane: a multiqueue TUN device whose packets travel between hosts inside UDP, in
-//! flannel's udp wire format (the UDP payload is the bare inner IPv4 packet, port 8285).
+//! one of two wire formats ([`Wire`]):
+//!
+//! * **udp**, flannel's udp backend: the UDP payload is the bare inner IPv4 packet (port 8285,
+//!   28 bytes of overhead);
+//! * **vxlan**, as Linux's vxlan driver (flannel's vxlan backend) speaks it: an 8-byte VXLAN header
+//!   with the VNI, then an inner Ethernet header from our VTEP MAC to the peer's, then the IPv4
+//!   packet (port 8472, 50 bytes of overhead), so weft and kernel VTEPs can share a cluster.
+//!
+//! Both use the same workers, batching, UDP GSO/GRO, TUN offloads and route snapshots; the wire
+//! format only decides the header written into each packet's headroom and checked on receipt.
 //!
 //! ```text
 //!             ┌──────────── worker 0 (pinned to core 0) ────────────┐
-//!  weft0 q0 ──┤ read×n → encapsulate → sendmmsg ─────────────────────┼──▶ UDP :8285 (SO_REUSEPORT)
+//!  weft0 q0 ──┤ read×n → encapsulate → sendmmsg ─────────────────────┼──▶ UDP :8285/:8472 (SO_REUSEPORT)
 //!           ◀─┤ write×n ← decapsulate ← recvmmsg ◀───────────────────┼──
 //!             └──────────────────────────────────────────────────────┘
 //!             ┌──────────── worker 1 (pinned to core 1) ────────────┐
-//!  weft0 q1 ──┤                       …                              ├──▶ UDP :8285
+//!  weft0 q1 ──┤                       …                              ├──▶ UDP :8285/:8472
 //!             └──────────────────────────────────────────────────────┘
 //!                    ▲ route snapshot (arc-swap), replaced by the control thread
 //! ```
@@ -33,8 +42,9 @@ pub mod wire;
 mod worker;
 
 pub use dataplane::{Dataplane, DataplaneConfig, StartError, StatsSource};
-pub use decap::{decapsulate, DecapPolicy, Verdict};
-pub use encap::{encapsulate, Encap};
+pub use decap::{decapsulate, DecapPolicy, Decapsulator, Verdict};
+pub use encap::{encapsulate, Encap, Encapsulator};
 pub use net::Ipv4Net;
-pub use route::{Route, RouteSnapshot, RouteTable};
+pub use route::{Hop, Route, RouteSnapshot, RouteTable};
 pub use stats::{Counter, DropReason, StatsSnapshot};
+pub use wire::Wire;

@@ -1,4 +1,4 @@
-//! The route table: overlay subnet → peer underlay address.
+//! The route table: overlay subnet → peer underlay address (and, for vxlan, the peer's VTEP MAC).
 //!
 //! Workers read an immutable [`RouteSnapshot`]; the control side builds a new snapshot and swaps it
 //! in atomically ([`RouteTable::replace`]) while workers keep forwarding. A worker picks the new
@@ -24,6 +24,42 @@ pub struct Route {
     pub subnet: Ipv4Net,
     /// Underlay address and port of the peer.
     pub peer: SocketAddrV4,
+    /// The peer's VTEP MAC (from its vxlan lease), the inner Ethernet destination of vxlan frames;
+    /// zero for the udp wire format.
+    pub mac: [u8; 6],
+}
+
+impl Route {
+    /// A route for the udp wire format (no MAC).
+    pub const fn udp(subnet: Ipv4Net, peer: SocketAddrV4) -> Route {
+        Route {
+            subnet,
+            peer,
+            mac: [0; 6],
+        }
+    }
+
+    /// A route for the vxlan wire format, to the peer whose VTEP MAC is `mac`.
+    pub const fn vxlan(subnet: Ipv4Net, peer: SocketAddrV4, mac: [u8; 6]) -> Route {
+        Route { subnet, peer, mac }
+    }
+
+    /// Where this route sends packets.
+    pub const fn hop(&self) -> Hop {
+        Hop {
+            peer: self.peer,
+            mac: self.mac,
+        }
+    }
+}
+
+/// What a lookup yields: everything the encapsulator needs to address one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Hop {
+    /// Underlay address and port of the peer.
+    pub peer: SocketAddrV4,
+    /// The peer's VTEP MAC (zero for the udp wire format).
+    pub mac: [u8; 6],
 }
 
 /// Multiplicative hasher for `u32` keys; avoids SipHash on the per-packet path. A multiply only
@@ -53,7 +89,7 @@ type FastSet = HashSet<u32, BuildHasherDefault<U32Hasher>>;
 struct Group {
     prefix: u8,
     mask: u32,
-    routes: FastMap<SocketAddrV4>,
+    routes: FastMap<Hop>,
 }
 
 /// Why a set of routes cannot form a snapshot.
@@ -104,7 +140,7 @@ impl RouteSnapshot {
             };
             groups[idx]
                 .routes
-                .insert(u32::from(r.subnet.addr()), r.peer);
+                .insert(u32::from(r.subnet.addr()), r.hop());
         }
         groups.sort_by_key(|g| std::cmp::Reverse(g.prefix));
         let mut snap = RouteSnapshot {
@@ -117,7 +153,7 @@ impl RouteSnapshot {
         for g in &snap.groups {
             snap.len += g.routes.len();
             snap.peers
-                .extend(g.routes.values().map(|p| u32::from(*p.ip())));
+                .extend(g.routes.values().map(|h| u32::from(*h.peer.ip())));
         }
         Ok(snap)
     }
@@ -152,9 +188,9 @@ impl RouteSnapshot {
         Ok(())
     }
 
-    /// The peer that leases the subnet holding `dst`.
+    /// The peer that leases the subnet holding `dst`, with its VTEP MAC.
     #[inline]
-    pub fn lookup(&self, dst: Ipv4Addr) -> Option<SocketAddrV4> {
+    pub fn lookup(&self, dst: Ipv4Addr) -> Option<Hop> {
         let d = u32::from(dst);
         for g in &self.groups {
             if let Some(p) = g.routes.get(&(d & g.mask)) {
@@ -188,10 +224,11 @@ impl RouteSnapshot {
     /// All routes, in no particular order.
     pub fn routes(&self) -> impl Iterator<Item = Route> + '_ {
         self.groups.iter().flat_map(|g| {
-            g.routes.iter().filter_map(move |(net, peer)| {
+            g.routes.iter().filter_map(move |(net, hop)| {
                 Ipv4Net::new(Ipv4Addr::from(*net), g.prefix).map(|subnet| Route {
                     subnet,
-                    peer: *peer,
+                    peer: hop.peer,
+                    mac: hop.mac,
                 })
             })
         })
@@ -247,10 +284,10 @@ mod tests {
     use super::*;
 
     fn route(net: &str, peer: [u8; 4]) -> Route {
-        Route {
-            subnet: net.parse().expect("valid net"),
-            peer: SocketAddrV4::new(Ipv4Addr::from(peer), 8285),
-        }
+        Route::udp(
+            net.parse().expect("valid net"),
+            SocketAddrV4::new(Ipv4Addr::from(peer), 8285),
+        )
     }
 
     #[test]
@@ -266,7 +303,10 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(
             s.lookup(Ipv4Addr::new(10, 1, 2, 77)),
-            Some(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 8285))
+            Some(Hop {
+                peer: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 8285),
+                mac: [0; 6],
+            })
         );
         assert_eq!(s.lookup(Ipv4Addr::new(10, 1, 4, 1)), None);
         assert!(s.is_peer(Ipv4Addr::new(192, 0, 2, 3)));
@@ -284,7 +324,7 @@ mod tests {
         )
         .expect("disjoint");
         assert_eq!(
-            s.lookup(Ipv4Addr::new(10, 2, 9, 9)).map(|p| *p.ip()),
+            s.lookup(Ipv4Addr::new(10, 2, 9, 9)).map(|h| *h.peer.ip()),
             Some(Ipv4Addr::new(2, 2, 2, 2))
         );
         let e = RouteSnapshot::build(
@@ -310,7 +350,7 @@ mod tests {
         .expect("duplicates are replacements");
         assert_eq!(s.len(), 1);
         assert_eq!(
-            s.lookup(Ipv4Addr::new(10, 1, 2, 1)).map(|p| *p.ip()),
+            s.lookup(Ipv4Addr::new(10, 1, 2, 1)).map(|h| *h.peer.ip()),
             Some(Ipv4Addr::new(2, 2, 2, 2))
         );
     }
@@ -353,17 +393,33 @@ mod tests {
     }
 
     #[test]
+    fn vxlan_routes_carry_the_peer_mac() {
+        let mac = [0x0a, 0x58, 0x0a, 0x01, 0x02, 0x00];
+        let peer = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 8472);
+        let r = Route::vxlan("10.1.2.0/24".parse().expect("valid"), peer, mac);
+        let s = RouteSnapshot::build(1, [r]).expect("one route");
+        assert_eq!(
+            s.lookup(Ipv4Addr::new(10, 1, 2, 9)),
+            Some(Hop { peer, mac })
+        );
+        assert_eq!(s.routes().collect::<Vec<_>>(), vec![r]);
+        assert_eq!(Route::udp(r.subnet, peer).mac, [0; 6]);
+    }
+
+    #[test]
     fn many_routes() {
-        let routes = (0..65_536u32).map(|i| Route {
-            subnet: Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).expect("valid"),
-            peer: SocketAddrV4::new(Ipv4Addr::from(0xc000_0000 | i), 8285),
+        let routes = (0..65_536u32).map(|i| {
+            Route::udp(
+                Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).expect("valid"),
+                SocketAddrV4::new(Ipv4Addr::from(0xc000_0000 | i), 8285),
+            )
         });
         let s = RouteSnapshot::build(7, routes).expect("disjoint");
         assert_eq!(s.len(), 65_536);
         for i in [0u32, 1, 255, 4096, 65_535] {
             let dst = Ipv4Addr::from(0x0a00_0000 | (i << 8) | 9);
             assert_eq!(
-                s.lookup(dst).map(|p| u32::from(*p.ip())),
+                s.lookup(dst).map(|h| u32::from(*h.peer.ip())),
                 Some(0xc000_0000 | i)
             );
         }

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum DropReason {
-    /// Datagram shorter than an IPv4 header.
+    /// Datagram shorter than an IPv4 header (udp), or than the VXLAN and inner Ethernet headers
+    /// (vxlan).
     Truncated,
     /// Datagram is not IPv4.
     NotIpv4,
@@ -38,11 +39,19 @@ pub enum DropReason {
     TtlExceeded,
     /// The UDP send failed (unreachable underlay, for example).
     SendFailed,
+    /// VXLAN flags other than the I bit alone, or reserved bits set (the kernel drops these too).
+    VxlanBadHeader,
+    /// VXLAN frame for another VNI.
+    VxlanWrongVni,
+    /// Inner Ethernet destination is not our VTEP MAC, or its source is (a loop).
+    VxlanWrongMac,
+    /// Inner Ethernet type is not IPv4 (IPv6 included: weft's overlay is IPv4 only).
+    VxlanNotIpv4,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::Truncated,
         DropReason::NotIpv4,
         DropReason::BadHeaderLen,
@@ -57,6 +66,10 @@ impl DropReason {
         DropReason::NoRoute,
         DropReason::TtlExceeded,
         DropReason::SendFailed,
+        DropReason::VxlanBadHeader,
+        DropReason::VxlanWrongVni,
+        DropReason::VxlanWrongMac,
+        DropReason::VxlanNotIpv4,
     ];
 
     /// Stable snake_case name used in logs and metrics.
@@ -76,6 +89,10 @@ impl DropReason {
             DropReason::NoRoute => "no_route",
             DropReason::TtlExceeded => "ttl_exceeded",
             DropReason::SendFailed => "send_failed",
+            DropReason::VxlanBadHeader => "vxlan_bad_header",
+            DropReason::VxlanWrongVni => "vxlan_wrong_vni",
+            DropReason::VxlanWrongMac => "vxlan_wrong_mac",
+            DropReason::VxlanNotIpv4 => "vxlan_not_ipv4",
         }
     }
 }

@@ -6,19 +6,25 @@
 //!   TUN queue ◀─write×n── decapsulate ◀── one recvmmsg ◀── peers
 //! ```
 //!
+//! Both wire formats run through the same loops: the worker's [`Encapsulator`] writes the wire
+//! header (none for udp, VXLAN + inner Ethernet for vxlan) into the headroom in front of each packet
+//! read from the TUN device, and sends from there; its [`Decapsulator`] checks that header on each
+//! received datagram (each segment of a UDP GRO run) and hands back the inner packet's range, which
+//! is written to the TUN device as before.
+//!
 //! Each wakeup moves at most one batch per direction, then checks the other direction, so neither
 //! starves the other; while a direction filled its batch the worker loops without waiting in poll.
 //! Nothing on this path allocates, locks or makes a system call per packet beyond the TUN read and
 //! write themselves (without TUN offloads the kernel offers no batched TUN I/O).
 
 use crate::batch::{Meta, PacketBatch, HEADROOM, MAX_PACKET};
-use crate::decap::{decapsulate, DecapPolicy, Verdict};
-use crate::encap::{encapsulate, Encap};
+use crate::decap::{DecapPolicy, Decapsulator, Verdict};
+use crate::encap::{Encap, Encapsulator};
 use crate::route::RouteCache;
 use crate::stats::{Counter, DropReason, WorkerStats};
 use crate::tun::TunQueue;
 use crate::udp::{BatchSocket, RecvMeta, SendMsg, MAX_BATCH, MAX_GSO_BYTES, MAX_GSO_SEGMENTS};
-use crate::wire::icmp;
+use crate::wire::{icmp, Wire};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::io;
@@ -118,6 +124,7 @@ pub(crate) struct WorkerSetup {
     pub(crate) sock: BatchSocket,
     pub(crate) routes: RouteCache,
     pub(crate) policy: DecapPolicy,
+    pub(crate) wire: Wire,
     pub(crate) icmp_src: Ipv4Addr,
     pub(crate) batch_size: usize,
     pub(crate) stats: Arc<WorkerStats>,
@@ -127,6 +134,12 @@ pub(crate) struct WorkerSetup {
 
 pub(crate) struct Worker {
     s: WorkerSetup,
+    /// Writes the wire header in front of each packet to send.
+    encap: Encapsulator,
+    /// Checks and strips the wire header of each received datagram.
+    decap: Decapsulator,
+    /// Bytes of wire header in front of each tx packet (`encap.header_len()`).
+    header: usize,
     tx: PacketBatch,
     rx: PacketBatch,
     rx_meta: Box<[RecvMeta]>,
@@ -176,7 +189,11 @@ impl Worker {
             batch
         };
         let stage = if offload { batch } else { 0 };
+        let encap = Encapsulator::new(s.wire);
         Ok(Worker {
+            encap,
+            decap: Decapsulator::new(s.wire, s.policy),
+            header: encap.header_len(),
             tx: PacketBatch::new(tx_slots),
             tun_scratch: vec![
                 0u8;
@@ -317,9 +334,10 @@ impl Worker {
             };
             reads += 1;
             let read_at = queued;
+            let encap = self.encap;
             for k in read_at..read_at + n {
                 let len = self.sizes[k];
-                match encapsulate(&mut self.tx.packet_area_mut(k)[..len], &routes) {
+                match encap.encapsulate(self.tx.frame_mut(k, self.header, len), &routes) {
                     Encap::Forward(peer) => {
                         // Keep the forwarded packets contiguous: move this one down over drops.
                         self.tx.slots_mut().swap(queued, k);
@@ -359,23 +377,26 @@ impl Worker {
     }
 
     /// Groups tx slots `from..count` into messages: with GSO, each run of packets to the same peer
-    /// whose sizes equal the run's first (the last may be shorter) becomes one message. Returns the
-    /// number of messages written to `self.msgs`.
+    /// whose sizes equal the run's first (the last may be shorter) becomes one message. Every
+    /// datagram is the wire header plus one packet, so equal packets make equal segments. Returns
+    /// the number of messages written to `self.msgs`.
     fn plan_messages(&mut self, from: usize, count: usize) -> usize {
         let gso = self.s.sock.gso();
+        let h = self.header;
         let mut k = 0;
         let mut i = from;
         while i < count && k < self.msgs.len() {
             let head = self.tx.meta(i);
             let mut j = i + 1;
-            let mut bytes = head.len;
+            let mut bytes = h + head.len;
             if gso {
                 while j < count && j - i < MAX_GSO_SEGMENTS {
                     let m = self.tx.meta(j);
-                    if m.addr != head.addr || m.len > head.len || bytes + m.len > MAX_GSO_BYTES {
+                    if m.addr != head.addr || m.len > head.len || bytes + h + m.len > MAX_GSO_BYTES
+                    {
                         break;
                     }
-                    bytes += m.len;
+                    bytes += h + m.len;
                     j += 1;
                     if m.len < head.len {
                         break; // a shorter packet can only end a run
@@ -386,7 +407,7 @@ impl Worker {
                 first: i,
                 count: j - i,
                 dst: head.addr,
-                segment: head.len as u16,
+                segment: (h + head.len) as u16,
             };
             k += 1;
             i = j;
@@ -400,10 +421,11 @@ impl Worker {
         while sent < count {
             let planned = self.plan_messages(sent, count);
             let tx = &self.tx;
+            let h = self.header;
             match self
                 .s
                 .sock
-                .send_batch(&self.msgs[..planned], |p| tx.packet(p))
+                .send_batch(&self.msgs[..planned], |p| tx.frame(p, h))
             {
                 Ok(0) => {
                     // Should not happen for UDP; never spin on it.
@@ -495,7 +517,7 @@ impl Worker {
             };
             for datagram in buffer.chunks(seg) {
                 datagrams += 1;
-                match decapsulate(*m.src.ip(), datagram, &routes, &self.s.policy) {
+                match self.decap.decapsulate(*m.src.ip(), datagram, &routes) {
                     Verdict::Deliver(range) if self.s.tun.offload() => {
                         // Staged for one coalescing write of the whole batch (below).
                         let out = &mut self.tun_out[staged];

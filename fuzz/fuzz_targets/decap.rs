@@ -26,9 +26,8 @@ fn net(s: &str) -> Ipv4Net {
 fn routes() -> &'static RouteSnapshot {
     static R: OnceLock<RouteSnapshot> = OnceLock::new();
     R.get_or_init(|| {
-        let r = |subnet: &str, peer: [u8; 4]| Route {
-            subnet: net(subnet),
-            peer: SocketAddrV4::new(Ipv4Addr::from(peer), 8285),
+        let r = |subnet: &str, peer: [u8; 4]| {
+            Route::udp(net(subnet), SocketAddrV4::new(Ipv4Addr::from(peer), 8285))
         };
         RouteSnapshot::build(
             1,
@@ -56,7 +55,11 @@ fn check(outer_src: Ipv4Addr, datagram: &[u8], policy: &DecapPolicy) -> bool {
             let inner = &datagram[range.clone()];
             let p = ipv4::Packet::new_checked(inner)
                 .unwrap_or_else(|e| panic!("delivered range {range:?} is not IPv4: {e:?}"));
-            assert_eq!(usize::from(p.total_len()), inner.len(), "total length ≠ range length");
+            assert_eq!(
+                usize::from(p.total_len()),
+                inner.len(),
+                "total length ≠ range length"
+            );
             assert!(p.header_len() >= ipv4::HEADER_LEN && p.header_len() <= inner.len());
             assert!(
                 policy.local.contains(p.dst_addr()),
@@ -65,11 +68,14 @@ fn check(outer_src: Ipv4Addr, datagram: &[u8], policy: &DecapPolicy) -> bool {
                 policy.local
             );
             if !policy.accept_any_source {
-                assert!(snap.is_peer(outer_src), "delivered from non-peer {outer_src}");
+                assert!(
+                    snap.is_peer(outer_src),
+                    "delivered from non-peer {outer_src}"
+                );
             }
             if !policy.accept_any_source && policy.network.contains(p.src_addr()) {
                 assert_eq!(
-                    snap.lookup(p.src_addr()).map(|s| *s.ip()),
+                    snap.lookup(p.src_addr()).map(|h| *h.peer.ip()),
                     Some(outer_src),
                     "inner source {} not leased by sender {outer_src}",
                     p.src_addr()

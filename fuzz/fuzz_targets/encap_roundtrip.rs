@@ -20,7 +20,9 @@
 
 use engine::stats::DropReason;
 use engine::wire::{checksum, ipv4};
-use engine::{decapsulate, encapsulate, DecapPolicy, Encap, Ipv4Net, Route, RouteSnapshot, Verdict};
+use engine::{
+    decapsulate, encapsulate, DecapPolicy, Encap, Ipv4Net, Route, RouteSnapshot, Verdict,
+};
 use libfuzzer_sys::fuzz_target;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::OnceLock;
@@ -55,10 +57,10 @@ fn tables() -> &'static [RouteSnapshot; 3] {
         [0usize, 1, 2].map(|me| {
             RouteSnapshot::build(
                 1,
-                h.iter().enumerate().filter(|(i, _)| *i != me).map(|(_, o)| Route {
-                    subnet: o.subnet,
-                    peer: SocketAddrV4::new(o.ip, PORT),
-                }),
+                h.iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != me)
+                    .map(|(_, o)| Route::udp(o.subnet, SocketAddrV4::new(o.ip, PORT))),
             )
             .expect("disjoint")
         })
@@ -123,7 +125,10 @@ fuzz_target!(|data: &[u8]| {
     let mut pkt = orig.clone();
     match encapsulate(&mut pkt, &t[0]) {
         Encap::Drop { reason, .. } => {
-            assert_eq!(pkt, orig, "a dropped packet must be left untouched ({reason:?})");
+            assert_eq!(
+                pkt, orig,
+                "a dropped packet must be left untouched ({reason:?})"
+            );
             if built {
                 let dst = Ipv4Addr::new(orig[16], orig[17], orig[18], orig[19]);
                 let routed = t[0].lookup(dst).is_some();
@@ -133,7 +138,11 @@ fuzz_target!(|data: &[u8]| {
                     DropReason::TtlExceeded
                 };
                 assert_eq!(reason, expect, "built packet to {dst}, TTL {}", orig[8]);
-                assert!(!routed || orig[8] <= 1, "routed packet with TTL {} dropped", orig[8]);
+                assert!(
+                    !routed || orig[8] <= 1,
+                    "routed packet with TTL {} dropped",
+                    orig[8]
+                );
             }
         }
         Encap::Forward(peer) => {
@@ -154,9 +163,15 @@ fuzz_target!(|data: &[u8]| {
             }
             let before = header_sum_ok(&orig);
             let after = header_sum_ok(&pkt);
-            assert_eq!(before, after, "checksum validity changed (was {before}) by the TTL patch");
+            assert_eq!(
+                before, after,
+                "checksum validity changed (was {before}) by the TTL patch"
+            );
             if built {
-                assert!(after, "built packet's checksum no longer verifies after the TTL patch");
+                assert!(
+                    after,
+                    "built packet's checksum no longer verifies after the TTL patch"
+                );
             }
             let policy = DecapPolicy {
                 network: overlay(),

@@ -6,9 +6,13 @@
 //! accessor can panic. When emitting into a buffer of known size, `Packet::new_unchecked` is used.
 //!
 //! Nothing here allocates or performs I/O.
+//!
+//! [`Wire`] names the two ways weft carries an inner packet in UDP: flannel's udp format (no header
+//! at all) and VXLAN as Linux's vxlan driver speaks it ([`vxlan`]).
 
 pub mod icmp;
 pub mod ipv4;
+pub mod vxlan;
 
 /// Byte range of a field inside a header.
 pub(crate) type Field = core::ops::Range<usize>;
@@ -27,7 +31,49 @@ pub enum Error {
     LengthMismatch,
     /// The header checksum does not verify.
     BadChecksum,
+    /// A VXLAN header whose flags are not exactly the I bit, or whose reserved bits are not zero.
+    BadFlags,
 }
+
+/// How inner packets are carried in UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// flannel's udp backend: the UDP payload is the bare IPv4 packet (28 bytes of overhead).
+    Udp,
+    /// VXLAN (RFC 7348) as Linux's vxlan driver speaks it: 8-byte header carrying `vni`, then an
+    /// inner Ethernet header from `mac` (this host's VTEP MAC) to the peer's VTEP MAC (50 bytes of
+    /// overhead).
+    ///
+    /// A VNI is 24 bits; higher bits of `vni` are ignored on both send and receive (the daemon's
+    /// configuration check rejects such a VNI before it gets here).
+    Vxlan {
+        /// VXLAN network identifier (24 bits; flannel's default is 1).
+        vni: u32,
+        /// This host's VTEP MAC: the source of every inner Ethernet header we send, and the only
+        /// destination we accept.
+        mac: [u8; 6],
+    },
+}
+
+impl Wire {
+    /// Bytes each packet grows by on the underlay: outer IPv4 (20) + UDP (8), plus VXLAN (8) and
+    /// inner Ethernet (14) for vxlan. The TUN MTU is the underlay MTU minus this.
+    pub const fn overhead(&self) -> u32 {
+        (ipv4::HEADER_LEN + UDP_HEADER_LEN + self.header_len()) as u32
+    }
+
+    /// Bytes this wire format puts in front of the inner packet inside the UDP payload: 0 for udp,
+    /// 22 (VXLAN + inner Ethernet) for vxlan.
+    pub const fn header_len(&self) -> usize {
+        match self {
+            Wire::Udp => 0,
+            Wire::Vxlan { .. } => vxlan::HEADER_LEN,
+        }
+    }
+}
+
+/// Length of a UDP header (RFC 768).
+pub const UDP_HEADER_LEN: usize = 8;
 
 /// Result of a wire operation.
 pub type Result<T> = core::result::Result<T, Error>;
