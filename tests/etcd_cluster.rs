@@ -298,7 +298,7 @@ fn thousand_leases_while_traffic_flows() {
     c.start_etcd();
     let config = r#"{"Network": "10.0.0.0/8", "SubnetLen": 24, "SubnetMin": "10.1.15.0", "SubnetMax": "10.1.20.0", "Backend": {"Type": "udp"}}"#;
     c.etcdctl(&["put", &format!("{PREFIX}/config"), config]);
-    let d1 = c.start_weft_with_log(0, &[], "info,weft::run=debug");
+    let d1 = c.start_weft_with_log(0, &[], "info,weft::backend=debug");
     let d2 = c.start_weft(1, &[]);
     d1.wait_running();
     d2.wait_running();

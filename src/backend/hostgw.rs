@@ -72,9 +72,8 @@ impl Backend for HostGw {
     }
 
     fn start(&mut self, network: Ipv4Net, local: Ipv4Net) -> Result<()> {
-        self.keeper = Some(
-            RouteKeeper::adopt(&mut self.nl, network).context("reading weft's routes")?,
-        );
+        self.keeper =
+            Some(RouteKeeper::adopt(&mut self.nl, network).context("reading weft's routes")?);
         self.net = Some((network, local));
         self.apply();
         tracing::info!(

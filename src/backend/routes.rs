@@ -100,7 +100,10 @@ impl RouteKeeper {
             Err(e) => {
                 // flannel logs and keeps going: a peer that is not on-link gets no route.
                 self.failures += 1;
-                tracing::error!("{e} (peer not on-link? retrying every {}s)", RESYNC.as_secs());
+                tracing::error!(
+                    "{e} (peer not on-link? retrying every {}s)",
+                    RESYNC.as_secs()
+                );
                 false
             }
         }

@@ -89,8 +89,15 @@ impl Tunnel {
     }
 
     pub(crate) fn start(&mut self, network: Ipv4Net, local: Ipv4Net) -> Result<()> {
-        let cfg = dataplane_config(&self.host, network, local, self.params.port, self.params.wire);
-        let dp = Dataplane::start(&cfg, Arc::clone(&self.table)).context("starting the data plane")?;
+        let cfg = dataplane_config(
+            &self.host,
+            network,
+            local,
+            self.params.port,
+            self.params.wire,
+        );
+        let dp =
+            Dataplane::start(&cfg, Arc::clone(&self.table)).context("starting the data plane")?;
         tracing::info!(
             backend = self.name,
             tun = %cfg.tun_name,
@@ -121,12 +128,17 @@ impl Tunnel {
             return;
         };
         let (to_route, params) = (self.to_route, self.params);
-        let (routes, skipped) =
-            super::usable(&self.leases, network, local, |l| to_route(l, l_subnet(l)?, &params));
+        let (routes, skipped) = super::usable(&self.leases, network, local, |l| {
+            to_route(l, l_subnet(l)?, &params)
+        });
         self.skip.report(self.name, skipped);
         match self.table.replace(routes.into_values()) {
             Ok(generation) => {
-                tracing::debug!(generation, routes = self.table.load().len(), "routes updated")
+                tracing::debug!(
+                    generation,
+                    routes = self.table.load().len(),
+                    "routes updated"
+                )
             }
             Err(e) => tracing::error!("keeping the current routes: {e}"),
         }

@@ -11,7 +11,10 @@
 //!   on-link (`ip route get P` has no gateway) gets the plain route S via P instead.
 //! * At the first lease set after a start, entries on the device that no lease explains (peers
 //!   that left while weft was down) are removed; failed entries are retried every 10 s; a
-//!   device deleted from outside is recreated with the same MAC and reprogrammed.
+//!   device deleted from outside is recreated with the same MAC and reprogrammed; a device set
+//!   down from outside is set up again (the kernel flushed its neighbours and routes) and
+//!   reprogrammed; every 10 s a peer whose neighbour, FDB entry or route went missing is
+//!   reprogrammed.
 
 use super::netlink::{Netlink, RouteSpec, VxlanSpec};
 use super::routes::{self, RouteKeeper, RESYNC};
@@ -54,6 +57,8 @@ pub(crate) struct Vxlan {
     skip: SkipLog,
     failures: u64,
     recreated: u64,
+    /// Peers reprogrammed because an entry of theirs went missing.
+    repaired: u64,
     next_retry: Instant,
 }
 
@@ -108,6 +113,7 @@ impl Vxlan {
             skip: SkipLog::default(),
             failures: 0,
             recreated: 0,
+            repaired: 0,
             next_retry: Instant::now() + RESYNC,
         })
     }
@@ -283,6 +289,49 @@ impl Vxlan {
         }
     }
 
+    /// Forgets the vxlan peers whose neighbour, FDB entry or route is no longer on the device
+    /// (flushed by the kernel when the device went down, or deleted from outside), so that the
+    /// next [`Vxlan::apply`] programs them again.
+    fn verify(&mut self) {
+        let peers: Vec<(Ipv4Net, Ipv4Addr, [u8; 6])> = self
+            .programmed
+            .iter()
+            .filter_map(|(n, p)| match p {
+                Peer::Vxlan { ip, mac } => Some((*n, *ip, *mac)),
+                Peer::Direct { .. } => None,
+            })
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        let listed = self.nl.routes(None).and_then(|r| {
+            let n = self.nl.neighbours(self.index)?;
+            Ok((r, n, self.nl.fdb(self.index)?))
+        });
+        let (routes, neighbours, fdb) = match listed {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(device = %self.spec.name, "checking the peers' entries: {e}");
+                return;
+            }
+        };
+        for (subnet, ip, mac) in peers {
+            let gw = subnet.addr();
+            let route = routes.iter().any(|r| {
+                r.oif == self.index
+                    && (r.dst, r.prefix) == (subnet.addr(), subnet.prefix())
+                    && r.gateway == Some(gw)
+            });
+            let neigh = neighbours.contains(&(gw, mac));
+            let fdb = fdb.contains(&(mac, Some(ip)));
+            if !(route && neigh && fdb) {
+                tracing::warn!(%subnet, %ip, route, neigh, fdb, "entries of a vxlan peer went missing; reprogramming it");
+                self.programmed.remove(&subnet);
+                self.repaired += 1;
+            }
+        }
+    }
+
     /// The device vanished (deleted from outside): create it again with the same MAC.
     fn recreate(&mut self) -> Result<()> {
         let mut spec = self.spec.clone();
@@ -291,7 +340,8 @@ impl Vxlan {
         self.index = index;
         self.mac = mac;
         self.configure_device()?;
-        self.programmed.retain(|_, p| matches!(p, Peer::Direct { .. }));
+        self.programmed
+            .retain(|_, p| matches!(p, Peer::Direct { .. }));
         self.recreated += 1;
         self.apply();
         Ok(())
@@ -354,9 +404,8 @@ impl Backend for Vxlan {
         self.configure_device()
             .with_context(|| format!("configuring {}", self.spec.name))?;
         if self.cfg.direct_routing {
-            self.direct = Some(
-                RouteKeeper::adopt(&mut self.nl, network).context("reading weft's routes")?,
-            );
+            self.direct =
+                Some(RouteKeeper::adopt(&mut self.nl, network).context("reading weft's routes")?);
         }
         self.apply();
         tracing::info!(device = %self.spec.name, address = %local.addr(), peers = self.programmed.len(), direct_routing = self.cfg.direct_routing, "vxlan device programmed");
@@ -373,7 +422,16 @@ impl Backend for Vxlan {
             return Ok(());
         }
         match self.nl.link_by_name(&self.spec.name) {
-            Ok(Some(l)) if l.index == self.index => {}
+            Ok(Some(l)) if l.index == self.index && l.up => {}
+            Ok(Some(l)) if l.index == self.index => {
+                // Going down flushed its neighbours and routes (permanent ones too).
+                tracing::warn!(device = %self.spec.name, "vxlan device was set down; setting it up and reprogramming it");
+                self.nl
+                    .set_link_up(self.index)
+                    .with_context(|| format!("setting {} up", self.spec.name))?;
+                self.verify();
+                self.apply();
+            }
             Ok(_) => {
                 tracing::warn!(device = %self.spec.name, "vxlan device vanished; recreating it");
                 self.recreate()?;
@@ -382,6 +440,7 @@ impl Backend for Vxlan {
         }
         if Instant::now() >= self.next_retry {
             self.next_retry = Instant::now() + RESYNC;
+            self.verify();
             self.apply();
             if let Some(k) = self.direct.as_mut() {
                 k.resync(&mut self.nl);
@@ -397,12 +456,13 @@ impl Backend for Vxlan {
             .filter(|p| matches!(p, Peer::Direct { .. }))
             .count();
         format!(
-            " device={} peers={} direct={} failures={} recreated={}",
+            " device={} peers={} direct={} failures={} recreated={} repaired={}",
             self.spec.name,
             self.programmed.len(),
             direct,
             self.failures,
-            self.recreated
+            self.recreated,
+            self.repaired
         )
     }
 

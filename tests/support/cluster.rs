@@ -6,6 +6,12 @@
 //!   host2 192.0.2.2  ─┤                          subnet.env as Docker's --bip would) + veth to
 //!   …                ─┘                          container ctr i (.2 of its lease)
 //! ```
+//! [`Cluster::add_routed_host`] adds hosts behind a router instead (for vxlan's DirectRouting):
+//! ```text
+//!   sw0 ── rtr ul0 192.0.2.254 ─ rtr (ip_forward) ─ rtr ul1 198.51.100.254 ── sw1 (also in wire)
+//!   routed host i: ul0 198.51.100.<i> on sw1, default via 198.51.100.254; every namespace on sw0
+//!   (etcd, hosts) gets default via 192.0.2.254 once the router exists.
+//! ```
 //! Needs `netns` (and `daemon`) included next to it. etcd is Debian's binary, started inside its
 //! namespace with a temporary data dir; everything is removed on drop, also when a test panics.
 #![allow(dead_code)]
@@ -42,6 +48,10 @@ pub(crate) const ETCD3_URLS: &str =
 /// Underlay addresses of the three members.
 pub(crate) const ETCD3_IPS: [&str; 3] = ["192.0.2.250", "192.0.2.251", "192.0.2.252"];
 /// The network config the issue's tests use.
+/// Router address on sw0 and on sw1, and the routed hosts' network.
+pub(crate) const ROUTER_IP: &str = "192.0.2.254";
+pub(crate) const ROUTER_IP2: &str = "198.51.100.254";
+pub(crate) const ROUTED_NET: &str = "198.51.100.0/24";
 pub(crate) const CONFIG: &str = r#"{"Network": "10.1.0.0/16", "SubnetLen": 24, "SubnetMin": "10.1.15.0", "SubnetMax": "10.1.20.0", "Backend": {"Type": "udp"}}"#;
 
 fn root_ip(args: &[&str]) -> io::Result<String> {
@@ -72,6 +82,8 @@ impl Host {
 pub(crate) struct Cluster {
     /// Hosts first, so their daemons' namespaces go before the switch.
     pub(crate) hosts: Vec<Host>,
+    /// The router between sw0 and sw1 ([`Cluster::add_routed_host`]), once there is one.
+    pub(crate) router: Option<Netns>,
     pub(crate) etcd_ns: Netns,
     pub(crate) wire: Netns,
     etcd: Option<Child>,
@@ -97,6 +109,7 @@ impl Cluster {
         std::fs::create_dir_all(&dir)?;
         let mut c = Cluster {
             hosts: Vec::new(),
+            router: None,
             etcd_ns,
             wire,
             etcd: None,
@@ -113,10 +126,22 @@ impl Cluster {
     }
 
     fn plug(&self, ns: &Netns, port: &str, addr: &str) -> io::Result<()> {
+        self.plug_into(ns, "ul0", "sw0", port, addr)
+    }
+
+    /// Connects `ns` (interface `dev`, `addr`/24) to switch `bridge` (port `port` in the wire).
+    fn plug_into(
+        &self,
+        ns: &Netns,
+        dev: &str,
+        bridge: &str,
+        port: &str,
+        addr: &str,
+    ) -> io::Result<()> {
         root_ip(&[
             "link",
             "add",
-            "ul0",
+            dev,
             "netns",
             ns.name(),
             "type",
@@ -128,19 +153,67 @@ impl Cluster {
             self.wire.name(),
         ])?;
         self.wire
-            .ip(&["link", "set", port, "master", "sw0", "up"])?;
-        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "ul0"])?;
-        ns.ip(&["link", "set", "ul0", "up"])?;
+            .ip(&["link", "set", port, "master", bridge, "up"])?;
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev])?;
+        ns.ip(&["link", "set", dev, "up"])?;
         Ok(())
     }
 
     /// Adds host number `len + 1` (underlay 192.0.2.<n>), with a bridge and a container.
     pub(crate) fn add_host(&mut self) -> io::Result<usize> {
         let i = self.hosts.len() + 1;
-        let ns = Netns::new(&format!("host{i}"))?;
-        let ctr = Netns::new(&format!("ctr{i}"))?;
         let ip = format!("192.0.2.{i}");
+        let ns = Netns::new(&format!("host{i}"))?;
         self.plug(&ns, &format!("p{i}"), &ip)?;
+        if self.router.is_some() {
+            ns.ip(&["route", "replace", "default", "via", ROUTER_IP])?;
+        }
+        self.finish_host(i, ns, ip)
+    }
+
+    /// Adds host number `len + 1` behind the router: underlay 198.51.100.<n> on switch sw1, one
+    /// routed hop away from the hosts on sw0 and from etcd. Creates the router and sw1 first.
+    pub(crate) fn add_routed_host(&mut self) -> io::Result<usize> {
+        self.ensure_router()?;
+        let i = self.hosts.len() + 1;
+        let ip = format!("198.51.100.{i}");
+        let ns = Netns::new(&format!("host{i}"))?;
+        self.plug_into(&ns, "ul0", "sw1", &format!("p{i}"), &ip)?;
+        ns.ip(&["route", "replace", "default", "via", ROUTER_IP2])?;
+        self.finish_host(i, ns, ip)
+    }
+
+    /// The router namespace between sw0 and sw1, and default routes via it on sw0's side.
+    fn ensure_router(&mut self) -> io::Result<()> {
+        if self.router.is_some() {
+            return Ok(());
+        }
+        self.wire.ip(&["link", "add", "sw1", "type", "bridge"])?;
+        self.wire.ip(&["link", "set", "sw1", "up"])?;
+        let rtr = Netns::new("rtr")?;
+        self.plug_into(&rtr, "ul0", "sw0", "pr0", ROUTER_IP)?;
+        self.plug_into(&rtr, "ul1", "sw1", "pr1", ROUTER_IP2)?;
+        for (k, v) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+        ] {
+            rtr.sysctl(k, v)?;
+        }
+        self.etcd_ns
+            .ip(&["route", "replace", "default", "via", ROUTER_IP])?;
+        for h in &self.hosts {
+            if h.ip.starts_with("192.0.2.") {
+                h.ns.ip(&["route", "replace", "default", "via", ROUTER_IP])?;
+            }
+        }
+        self.router = Some(rtr);
+        Ok(())
+    }
+
+    /// Sysctls, bridge br0 and container of a new host whose underlay is plugged.
+    fn finish_host(&mut self, i: usize, ns: Netns, ip: String) -> io::Result<usize> {
+        let ctr = Netns::new(&format!("ctr{i}"))?;
         for (k, v) in [
             ("net.ipv4.ip_forward", "1"),
             ("net.ipv4.conf.all.rp_filter", "0"),
@@ -173,6 +246,45 @@ impl Cluster {
             attached: None,
         });
         Ok(i - 1)
+    }
+
+    /// Turns TX checksum offload off on host `i`'s underlay `ul0` (`ethtool -K ul0 tx off`, via
+    /// the ioctl, as ethtool may be missing), so the host's packets leave with complete checksums
+    /// as they would from a NIC. On a veth underlay the kernel otherwise hands packets across
+    /// namespaces with the checksum still to be done (CHECKSUM_PARTIAL): harmless between kernel
+    /// stacks, but a kernel vxlan sender's inner TCP/UDP checksums then reach a userspace VXLAN
+    /// receiver's UDP socket unfinished, and its containers drop the segments.
+    pub(crate) fn underlay_tx_checksum_off(&self, i: usize) -> io::Result<()> {
+        self.hosts[i].ns.in_thread(|| {
+            use nix::libc;
+            use std::os::fd::AsRawFd;
+            /// `struct ethtool_value`.
+            #[repr(C)]
+            struct EthtoolValue {
+                cmd: u32,
+                data: u32,
+            }
+            const SIOCETHTOOL: u64 = 0x8946;
+            const ETHTOOL_STXCSUM: u32 = 0x17;
+            let mut value = EthtoolValue {
+                cmd: ETHTOOL_STXCSUM,
+                data: 0,
+            };
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+            let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+            for (d, s) in ifr.ifr_name.iter_mut().zip(b"ul0") {
+                *d = *s as libc::c_char;
+            }
+            ifr.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+            // SAFETY: SIOCETHTOOL reads the ifreq and the ethtool_value it points to, both live
+            // and properly laid out for the duration of the call.
+            let r = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut ifr) };
+            if r != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
     }
 
     /// Makes certificates and serves etcd over TLS with client-certificate authentication (call
