@@ -10,14 +10,25 @@
 # It installs what is missing (apt-get), builds weft, writes the network config with etcdctl put,
 # starts weft on every host, pings every pair of containers across hosts, runs a 5-second iperf3
 # between host 1 and host 2, prints a summary, and removes everything it created (also on Ctrl-C
-# or failure). Exits 0 only if every ping succeeded. Run as root: sudo scripts/demo.sh
+# or failure). Exits 0 only if every ping succeeded. Run as root: sudo scripts/demo.sh [BACKEND]
+# where BACKEND is udp (default), vxlan (the kernel's device), vxlan-userspace or host-gw.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HOSTS=3
 ETCD_IP=192.0.2.250
 ETCD_URL="http://$ETCD_IP:2379"
-CONFIG='{"Network": "10.1.0.0/16", "SubnetLen": 24, "Backend": {"Type": "udp"}}'
+case "${1:-udp}" in
+  udp) BACKEND='{"Type": "udp"}' ;;
+  vxlan) BACKEND='{"Type": "vxlan"}' ;;
+  vxlan-userspace) BACKEND='{"Type": "vxlan", "Userspace": true}' ;;
+  host-gw) BACKEND='{"Type": "host-gw"}' ;;
+  *)
+    echo "usage: $0 [udp|vxlan|vxlan-userspace|host-gw]" >&2
+    exit 2
+    ;;
+esac
+CONFIG="{\"Network\": \"10.1.0.0/16\", \"SubnetLen\": 24, \"Backend\": $BACKEND}"
 START=$SECONDS
 
 say() { printf '==> %s\n' "$*"; }
@@ -418,11 +429,13 @@ done
 
 total=$((ok + fail))
 echo
-say "summary"
+say "summary (backend ${1:-udp})"
+NA='?'
+case "${1:-udp}" in vxlan | host-gw) NA='kernel' ;; esac # packets never pass through weft
 printf '    %-6s %-14s %-15s %-5s %10s %10s %6s\n' host "public IP" subnet MTU tx_packets rx_packets drops
 for ((h = 1; h <= HOSTS; h++)); do
   printf '    %-6s %-14s %-15s %-5s %10s %10s %6s\n' "host$h" "${PUB[$h]:-?}" "${SUBNET[$h]}" \
-    "${MTU[$h]}" "${TX[$h]:-?}" "${RX[$h]:-?}" "${DROP[$h]:-?}"
+    "${MTU[$h]}" "${TX[$h]:-$NA}" "${RX[$h]:-$NA}" "${DROP[$h]:-$NA}"
 done
 printf '    %-14s %s\n' "ping matrix" "$ok/$total ok, $fail failed (rtt min/avg/max $rtt_stats ms)"
 printf '    %-14s %s\n' "iperf3 TCP" "$gbps Gbit/s, 5 s, ctr$IPERF_SRC -> ctr$IPERF_DST (host1 -> host2)"
