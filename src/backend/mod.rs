@@ -98,7 +98,7 @@ pub(crate) fn kind(config: &NetworkConfig) -> &'static str {
 /// host (a backend switch across a restart).
 pub(crate) fn create(config: &NetworkConfig, host: &HostInfo) -> Result<Box<dyn Backend>> {
     let kind = kind(config);
-    cleanup_others(config, host).context("removing the state of another backend")?;
+    cleanup_others(config).context("removing the state of another backend")?;
     let b: Box<dyn Backend> = match &config.backend {
         control::Backend::Udp { port } => Box::new(udp::Udp::new(host, *port)),
         control::Backend::Vxlan(v) if v.userspace => Box::new(vxlan_user::VxlanUser::new(host, v)?),
@@ -114,7 +114,7 @@ pub(crate) fn create(config: &NetworkConfig, host: &HostInfo) -> Result<Box<dyn 
 /// `flannel.<N>` (unless the kernel vxlan backend runs with that very VNI; it decides about its
 /// own device) and routes weft tagged with its protocol (unless host-gw or DirectRouting will
 /// reconcile them).
-fn cleanup_others(config: &NetworkConfig, host: &HostInfo) -> Result<()> {
+fn cleanup_others(config: &NetworkConfig) -> Result<()> {
     let mut nl = netlink::Netlink::new().context("opening a netlink socket")?;
     let (keep_vni, keep_routes) = match &config.backend {
         control::Backend::Vxlan(v) if !v.userspace => (Some(v.vni), v.direct_routing),
@@ -147,7 +147,6 @@ fn cleanup_others(config: &NetworkConfig, host: &HostInfo) -> Result<()> {
             );
         }
     }
-    let _ = host;
     Ok(())
 }
 
