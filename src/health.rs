@@ -118,6 +118,13 @@ pub(crate) fn render_metrics(status: &Status) -> String {
         );
         metric(
             &mut out,
+            "weft_tso_writes_total",
+            "counter",
+            "TCP super-packets written into the TUN device, each a run of received segments.",
+            &[("", c(Counter::RxTsoWrites))],
+        );
+        metric(
+            &mut out,
             "weft_icmp_errors_total",
             "counter",
             "ICMP errors written back into the TUN device, and those suppressed by the rate limit.",

@@ -119,13 +119,16 @@ pub enum Counter {
     RxDatagrams,
     /// Messages received as one UDP GRO run of several datagrams.
     RxGroRuns,
+    /// TCP super-packets written into the TUN device, each the payloads of a run of received
+    /// segments gathered behind one rewritten header (vnet_hdr TSO).
+    RxTsoWrites,
     /// ICMP errors written back into the TUN device.
     IcmpSent,
     /// ICMP errors suppressed by the rate limit.
     IcmpRateLimited,
 }
 
-const NAMED: usize = 11;
+const NAMED: usize = 12;
 const COUNTERS: usize = NAMED + DropReason::ALL.len();
 
 impl Counter {
@@ -140,6 +143,7 @@ impl Counter {
         Counter::RxBatches,
         Counter::RxDatagrams,
         Counter::RxGroRuns,
+        Counter::RxTsoWrites,
         Counter::IcmpSent,
         Counter::IcmpRateLimited,
     ];
@@ -156,6 +160,7 @@ impl Counter {
             Counter::RxBatches => "rx_batches",
             Counter::RxDatagrams => "rx_datagrams",
             Counter::RxGroRuns => "rx_gro_runs",
+            Counter::RxTsoWrites => "rx_tso_writes",
             Counter::IcmpSent => "icmp_sent",
             Counter::IcmpRateLimited => "icmp_rate_limited",
         }

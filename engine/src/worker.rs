@@ -12,6 +12,12 @@
 //! received datagram (each segment of a UDP GRO run) and hands back the inner packet's range, which
 //! is written to the TUN device as before.
 //!
+//! With TUN offloads, a run of received segments of one TCP flow (normally a UDP GRO buffer holds
+//! the cut-up of one super-packet the peer read from its TUN device) goes back into the TUN device
+//! as one TSO super-packet: a rewritten header and the payloads gathered with one `writev` from the
+//! receive buffer, without copying them (see `tun::tso`). Everything else is staged and written
+//! with tun-rs's coalescing call, in arrival order.
+//!
 //! Each wakeup moves at most one batch per direction, then checks the other direction, so neither
 //! starves the other; while a direction filled its batch the worker loops without waiting in poll.
 //! Nothing on this path allocates, locks or makes a system call per packet beyond the TUN read and
@@ -22,12 +28,12 @@ use crate::decap::{DecapPolicy, Decapsulator, Verdict};
 use crate::encap::{Encap, Encapsulator};
 use crate::route::RouteCache;
 use crate::stats::{Counter, DropReason, WorkerStats};
-use crate::tun::TunQueue;
+use crate::tun::{tso, TunQueue};
 use crate::udp::{BatchSocket, RecvMeta, SendMsg, MAX_BATCH, MAX_GSO_BYTES, MAX_GSO_SEGMENTS};
 use crate::wire::{icmp, Wire};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -152,6 +158,10 @@ pub(crate) struct Worker {
     tun_out: Vec<Vec<u8>>,
     /// With TUN offloads: state of the TCP/UDP coalescing.
     gro: tun_rs::GROTable,
+    /// With TUN offloads: write runs of received TCP segments as TSO super-packets
+    /// (`TunSink::write_run`). Off without offloads, with `WEFT_NO_TSO_WRITE=1` in the
+    /// environment (for comparisons), or once the kernel refused a super-packet.
+    tso_write: bool,
     icmp: IcmpLimiter,
     icmp_buf: [u8; icmp::MAX_ERROR_LEN],
     send_errors: ErrorLog,
@@ -208,6 +218,7 @@ impl Worker {
                 .map(|_| Vec::with_capacity(2 * HEADROOM + MAX_PACKET))
                 .collect(),
             gro: tun_rs::GROTable::new(),
+            tso_write: offload && !matches!(std::env::var("WEFT_NO_TSO_WRITE").as_deref(), Ok("1")),
             rx: PacketBatch::new(batch),
             rx_meta: vec![RecvMeta::default(); batch].into_boxed_slice(),
             msgs: vec![
@@ -489,10 +500,21 @@ impl Worker {
             };
         self.s.stats.add(Counter::RxBatches, 1);
         let routes = Arc::clone(self.s.routes.load());
-        let mut delivered = 0u64;
-        let mut bytes = 0u64;
         let mut datagrams = 0u64;
-        let mut staged = 0usize;
+        let mut sink = TunSink {
+            s: &self.s,
+            gro: &mut self.gro,
+            out: &mut self.tun_out,
+            staged: 0,
+            errors: &mut self.tun_write_errors,
+            gone: &mut self.tun_gone,
+            tso: &mut self.tso_write,
+            delivered: 0,
+            bytes: 0,
+            tso_writes: 0,
+        };
+        // Where each segment of the current run lies in the message (its whole inner packet).
+        let mut run_at = [(0usize, 0usize); tso::MAX_SEGMENTS];
         for i in 0..n {
             let m = self.rx_meta[i];
             if m.truncated {
@@ -515,42 +537,48 @@ impl Worker {
             } else {
                 buffer.len().max(1)
             };
-            for datagram in buffer.chunks(seg) {
+            // Consecutive segments of one TCP flow, to be written as one super-packet.
+            let mut run: Option<tso::Run> = None;
+            for (k, datagram) in buffer.chunks(seg).enumerate() {
                 datagrams += 1;
-                match self.decap.decapsulate(*m.src.ip(), datagram, &routes) {
-                    Verdict::Deliver(range) if self.s.tun.offload() => {
-                        // Staged for one coalescing write of the whole batch (below).
-                        let out = &mut self.tun_out[staged];
-                        out.clear();
-                        out.resize(HEADROOM, 0);
-                        out.extend_from_slice(&datagram[range]);
-                        staged += 1;
-                        if staged == self.tun_out.len() {
-                            let (d, b) = flush_staged(
-                                &self.s,
-                                &mut self.gro,
-                                &mut self.tun_out[..staged],
-                                &mut self.tun_write_errors,
-                                &mut self.tun_gone,
-                            );
-                            delivered += d;
-                            bytes += b;
-                            staged = 0;
-                        }
+                let range = match self.decap.decapsulate(*m.src.ip(), datagram, &routes) {
+                    Verdict::Deliver(range) => range,
+                    Verdict::Drop(reason) => {
+                        self.s.stats.drop_packets(reason, 1);
+                        continue;
                     }
-                    Verdict::Deliver(range) => match self.s.tun.write(&datagram[range]) {
-                        Ok(w) => {
-                            delivered += 1;
-                            bytes += w as u64;
-                        }
-                        Err(e) => {
-                            self.s.stats.drop_packets(DropReason::TunWriteFailed, 1);
-                            self.tun_write_errors.report(self.s.id, &e);
-                            self.tun_gone |= tun_detached(&e);
-                        }
-                    },
-                    Verdict::Drop(reason) => self.s.stats.drop_packets(reason, 1),
+                };
+                let at = (k * seg + range.start, k * seg + range.end);
+                let packet = &buffer[at.0..at.1];
+                if !*sink.tso {
+                    // Off from the start, or since the kernel refused a super-packet just now.
+                    if let Some(r) = run.take() {
+                        sink.write_run(buffer, &r, &run_at[..r.count()]);
+                    }
+                    sink.deliver(packet);
+                    continue;
                 }
+                let segment = tso::segment(packet);
+                if let (Some(r), Some(sg)) = (run.as_mut(), segment) {
+                    if r.push(&buffer[run_at[0].0..run_at[0].1], packet, sg) {
+                        run_at[r.count() - 1] = at;
+                        continue;
+                    }
+                }
+                // The packet does not continue the run: the run goes first, keeping the order.
+                if let Some(r) = run.take() {
+                    sink.write_run(buffer, &r, &run_at[..r.count()]);
+                }
+                match segment {
+                    Some(sg) => {
+                        run = Some(tso::Run::start(sg));
+                        run_at[0] = at;
+                    }
+                    None => sink.deliver(packet),
+                }
+            }
+            if let Some(r) = run.take() {
+                sink.write_run(buffer, &r, &run_at[..r.count()]);
             }
             if buffer.is_empty() {
                 // An empty datagram: chunks() yields nothing, but it still arrived and is dropped.
@@ -558,21 +586,15 @@ impl Worker {
                 self.s.stats.drop_packets(DropReason::Truncated, 1);
             }
         }
-        if staged > 0 {
-            let (d, b) = flush_staged(
-                &self.s,
-                &mut self.gro,
-                &mut self.tun_out[..staged],
-                &mut self.tun_write_errors,
-                &mut self.tun_gone,
-            );
-            delivered += d;
-            bytes += b;
-        }
+        sink.flush();
+        let (delivered, bytes, tso_writes) = (sink.delivered, sink.bytes, sink.tso_writes);
         self.s.stats.add(Counter::RxDatagrams, datagrams);
         let runs = gro_runs(&self.rx_meta[..n]);
         if runs > 0 {
             self.s.stats.add(Counter::RxGroRuns, runs);
+        }
+        if tso_writes > 0 {
+            self.s.stats.add(Counter::RxTsoWrites, tso_writes);
         }
         self.s.stats.add(Counter::RxPackets, delivered);
         self.s.stats.add(Counter::RxBytes, bytes);
@@ -580,25 +602,114 @@ impl Worker {
     }
 }
 
-/// Writes staged packets (`out[i][HEADROOM..]`) with one coalescing call; returns the packets and
-/// bytes delivered (all of them, or none if the kernel refused a write).
-fn flush_staged(
-    s: &WorkerSetup,
-    gro: &mut tun_rs::GROTable,
-    out: &mut [Vec<u8>],
-    log: &mut ErrorLog,
-    gone: &mut bool,
-) -> (u64, u64) {
-    let n = out.len();
-    let bytes: usize = out.iter().map(|b| b.len() - HEADROOM).sum();
-    match s.tun.send_multiple(gro, out, HEADROOM) {
-        Ok(_) => (n as u64, bytes as u64),
-        Err(e) => {
-            s.stats.drop_packets(DropReason::TunWriteFailed, n as u64);
-            log.report(s.id, &e);
-            *gone |= tun_detached(&e);
-            (0, 0)
+/// Where delivered packets go during one receive pass: with TUN offloads, staged for one
+/// coalescing write (tun-rs's GRO) or, for runs of TCP segments, written as TSO super-packets;
+/// without, written one by one. Packets reach the device in the order they arrived.
+struct TunSink<'a> {
+    s: &'a WorkerSetup,
+    gro: &'a mut tun_rs::GROTable,
+    /// Staging buffers; `out[..staged]` hold packets (at `HEADROOM`) not yet written.
+    out: &'a mut [Vec<u8>],
+    staged: usize,
+    errors: &'a mut ErrorLog,
+    gone: &'a mut bool,
+    /// Runs of TCP segments go out as super-packets (offloads on, and the kernel takes them).
+    tso: &'a mut bool,
+    delivered: u64,
+    bytes: u64,
+    tso_writes: u64,
+}
+
+impl TunSink<'_> {
+    /// Delivers one packet the ordinary way.
+    #[inline]
+    fn deliver(&mut self, packet: &[u8]) {
+        if self.s.tun.offload() {
+            // Staged for one coalescing write of the whole batch (or until a run is written).
+            let out = &mut self.out[self.staged];
+            out.clear();
+            out.resize(HEADROOM, 0);
+            out.extend_from_slice(packet);
+            self.staged += 1;
+            if self.staged == self.out.len() {
+                self.flush();
+            }
+            return;
         }
+        match self.s.tun.write(packet) {
+            Ok(w) => {
+                self.delivered += 1;
+                self.bytes += w as u64;
+            }
+            Err(e) => self.failed(1, &e),
+        }
+    }
+
+    /// Writes the staged packets with one coalescing call.
+    fn flush(&mut self) {
+        if self.staged == 0 {
+            return;
+        }
+        let out = &mut self.out[..self.staged];
+        self.staged = 0;
+        let n = out.len() as u64;
+        let bytes: usize = out.iter().map(|b| b.len() - HEADROOM).sum();
+        match self.s.tun.send_multiple(self.gro, out, HEADROOM) {
+            Ok(_) => {
+                self.delivered += n;
+                self.bytes += bytes as u64;
+            }
+            Err(e) => self.failed(n, &e),
+        }
+    }
+
+    /// Writes the run of segments lying at `at` in `buffer` (whole inner packets, the first one
+    /// the run's head) as one TSO super-packet, after whatever is staged; a run of one, or any run
+    /// once super-packets are off, goes the ordinary way.
+    fn write_run(&mut self, buffer: &[u8], run: &tso::Run, at: &[(usize, usize)]) {
+        if at.len() < 2 || !*self.tso {
+            for &(from, to) in at {
+                self.deliver(&buffer[from..to]);
+            }
+            return;
+        }
+        let head = &buffer[at[0].0..at[0].1];
+        self.flush();
+        let mut header = [0u8; tso::MAX_HEADER];
+        let header_len = run.write_header(head, &mut header);
+        let skip = header_len - tso::VNET_LEN; // IPv4 + TCP header of every segment
+        let mut parts = [IoSlice::new(&[]); tso::MAX_SEGMENTS + 1];
+        parts[0] = IoSlice::new(&header[..header_len]);
+        let mut bytes = 0;
+        for (part, &(from, to)) in parts[1..].iter_mut().zip(at) {
+            *part = IoSlice::new(&buffer[from + skip..to]);
+            bytes += to - from;
+        }
+        match self.s.tun.write_gathered(&parts[..=at.len()]) {
+            Ok(_) => {
+                self.delivered += at.len() as u64;
+                self.bytes += bytes as u64;
+                self.tso_writes += 1;
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO)) => {
+                // The kernel refuses our super-packets: segments go the ordinary way from now on
+                // (this run included, so nothing is lost).
+                tracing::warn!(worker = self.s.id, error = %e, "TUN refused a TSO super-packet; writing segments without it");
+                *self.tso = false;
+                for &(from, to) in at {
+                    self.deliver(&buffer[from..to]);
+                }
+            }
+            Err(e) => self.failed(at.len() as u64, &e),
+        }
+    }
+
+    /// Counts `n` packets a TUN write lost.
+    #[cold]
+    fn failed(&mut self, n: u64, e: &io::Error) {
+        self.s.stats.drop_packets(DropReason::TunWriteFailed, n);
+        self.errors.report(self.s.id, e);
+        *self.gone |= tun_detached(e);
     }
 }
 
