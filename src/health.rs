@@ -125,6 +125,13 @@ pub(crate) fn render_metrics(status: &Status) -> String {
         );
         metric(
             &mut out,
+            "weft_checksums_completed_total",
+            "counter",
+            "Received packets whose TCP/UDP checksum a kernel sender left unfinished, completed by weft.",
+            &[("", c(Counter::RxChecksumsCompleted))],
+        );
+        metric(
+            &mut out,
             "weft_icmp_errors_total",
             "counter",
             "ICMP errors written back into the TUN device, and those suppressed by the rate limit.",

@@ -122,13 +122,16 @@ pub enum Counter {
     /// TCP super-packets written into the TUN device, each the payloads of a run of received
     /// segments gathered behind one rewritten header (vnet_hdr TSO).
     RxTsoWrites,
+    /// Received TCP/UDP packets whose checksum held only the pseudo-header sum (a kernel sender
+    /// over veth) and was completed before the TUN write.
+    RxChecksumsCompleted,
     /// ICMP errors written back into the TUN device.
     IcmpSent,
     /// ICMP errors suppressed by the rate limit.
     IcmpRateLimited,
 }
 
-const NAMED: usize = 12;
+const NAMED: usize = 13;
 const COUNTERS: usize = NAMED + DropReason::ALL.len();
 
 impl Counter {
@@ -144,6 +147,7 @@ impl Counter {
         Counter::RxDatagrams,
         Counter::RxGroRuns,
         Counter::RxTsoWrites,
+        Counter::RxChecksumsCompleted,
         Counter::IcmpSent,
         Counter::IcmpRateLimited,
     ];
@@ -161,6 +165,7 @@ impl Counter {
             Counter::RxDatagrams => "rx_datagrams",
             Counter::RxGroRuns => "rx_gro_runs",
             Counter::RxTsoWrites => "rx_tso_writes",
+            Counter::RxChecksumsCompleted => "rx_checksums_completed",
             Counter::IcmpSent => "icmp_sent",
             Counter::IcmpRateLimited => "icmp_rate_limited",
         }

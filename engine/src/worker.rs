@@ -30,7 +30,7 @@ use crate::route::RouteCache;
 use crate::stats::{Counter, DropReason, WorkerStats};
 use crate::tun::{tso, TunQueue};
 use crate::udp::{BatchSocket, RecvMeta, SendMsg, MAX_BATCH, MAX_GSO_BYTES, MAX_GSO_SEGMENTS};
-use crate::wire::{icmp, Wire};
+use crate::wire::{icmp, l4, Wire};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::io::{self, IoSlice};
@@ -630,12 +630,27 @@ impl TunSink<'_> {
             out.clear();
             out.resize(HEADROOM, 0);
             out.extend_from_slice(packet);
+            if l4::complete_partial(&mut out[HEADROOM..]) {
+                self.s.stats.add(Counter::RxChecksumsCompleted, 1);
+            }
             self.staged += 1;
             if self.staged == self.out.len() {
                 self.flush();
             }
             return;
         }
+        let packet = if l4::is_partial(packet) {
+            // Rare (a kernel sender over veth): complete it in a staging buffer, unused without
+            // offloads.
+            let out = &mut self.out[0];
+            out.clear();
+            out.extend_from_slice(packet);
+            l4::complete_partial(out);
+            self.s.stats.add(Counter::RxChecksumsCompleted, 1);
+            &out[..]
+        } else {
+            packet
+        };
         match self.s.tun.write(packet) {
             Ok(w) => {
                 self.delivered += 1;

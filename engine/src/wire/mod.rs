@@ -12,6 +12,7 @@
 
 pub mod icmp;
 pub mod ipv4;
+pub mod l4;
 pub mod vxlan;
 
 /// Byte range of a field inside a header.
