@@ -409,3 +409,89 @@ fn received_tcp_runs_go_into_the_tun_as_super_packets() {
     );
     assert!(a.stop().success() && b.stop().success());
 }
+
+/// An IPv4/UDP packet from 10.1.2.9:4000 to ctr_a's port 9999 whose UDP checksum holds only the
+/// pseudo-header sum, as a Linux sender using checksum offload leaves it for the NIC.
+fn partial_udp_packet(payload: &[u8]) -> Vec<u8> {
+    let (src, dst) = ([10u8, 1, 2, 9], [10u8, 1, 1, 2]);
+    let udp_len = 8 + payload.len();
+    let mut p = inner_packet(src, dst)[..20].to_vec();
+    p[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+    p[9] = 17;
+    p[10] = 0;
+    p[11] = 0;
+    let fold = |mut s: u32| {
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s as u16
+    };
+    let header_sum = fold(
+        p.chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+            .sum(),
+    );
+    p[10..12].copy_from_slice(&(!header_sum).to_be_bytes());
+    let pseudo = fold(
+        [src, dst]
+            .iter()
+            .flat_map(|a| {
+                [
+                    u16::from_be_bytes([a[0], a[1]]),
+                    u16::from_be_bytes([a[2], a[3]]),
+                ]
+            })
+            .map(u32::from)
+            .sum::<u32>()
+            + 17
+            + udp_len as u32,
+    );
+    p.extend_from_slice(&4000u16.to_be_bytes());
+    p.extend_from_slice(&9999u16.to_be_bytes());
+    p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    p.extend_from_slice(&pseudo.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+#[test]
+fn partial_checksums_are_completed_with_and_without_offloads() {
+    let Some(t) = topology("partial_checksums_are_completed_with_and_without_offloads") else {
+        return;
+    };
+    for offload in ["off", "on"] {
+        let (a, _b) = start_pair_with(&t, &["--offload", offload], &[]);
+        // The container's kernel drops UDP with a bad checksum, so what arrives was completed.
+        let ctr_a = format!("/run/netns/{}", t.ctr_a.name());
+        let receiver = thread::spawn(move || -> io::Result<usize> {
+            enter(&ctr_a)?;
+            let s = UdpSocket::bind(("0.0.0.0", 9999))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            let mut buf = [0u8; 2048];
+            let mut got = 0;
+            while let Ok((n, _)) = s.recv_from(&mut buf) {
+                assert_eq!(&buf[..n], b"completed by weft");
+                got += 1;
+            }
+            Ok(got)
+        });
+        thread::sleep(Duration::from_millis(300));
+        let host_b = format!("/run/netns/{}", t.host_b.name());
+        let b_ip: Ipv4Addr = netns::HOST_B_UL.parse().expect("ip");
+        inject(
+            &host_b,
+            b_ip,
+            vec![(partial_udp_packet(b"completed by weft"), 20)],
+        );
+        let got = receiver.join().expect("receiver").expect("receive");
+        let s = a.stats();
+        assert_eq!(got, 20, "--offload {offload}: datagrams delivered: {s:?}");
+        assert_eq!(stat(&s, "rx_checksums_completed"), 20, "{s:?}");
+        assert_eq!(stat(&s, "dropped"), 0, "{s:?}");
+        let (sa, sb) = (a.stop(), _b.stop());
+        assert!(
+            sa.success() && sb.success(),
+            "--offload {offload}: clean exit"
+        );
+    }
+}

@@ -198,7 +198,9 @@ impl Worker {
         } else {
             batch
         };
-        let stage = if offload { batch } else { 0 };
+        // With offloads: one staging buffer per batch slot. Without: one scratch buffer, for the
+        // rare packet whose checksum must be completed before it is written.
+        let stage = if offload { batch } else { 1 };
         let encap = Encapsulator::new(s.wire);
         Ok(Worker {
             encap,
