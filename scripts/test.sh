@@ -11,8 +11,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Debian packages the tests use: ip/bridge (iproute2), ping, iperf3, etcd + etcdctl, protoc (for
-# etcd-client's build), iptables, openssl (test certificates).
-packages=(iproute2 iputils-ping iperf3 etcd-server etcd-client protobuf-compiler iptables openssl)
+# etcd-client's build), iptables, openssl (test certificates), ethtool (veth offload settings).
+packages=(iproute2 iputils-ping iperf3 etcd-server etcd-client protobuf-compiler iptables openssl ethtool)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

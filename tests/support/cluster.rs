@@ -248,43 +248,16 @@ impl Cluster {
         Ok(i - 1)
     }
 
-    /// Turns TX checksum offload off on host `i`'s underlay `ul0` (`ethtool -K ul0 tx off`, via
-    /// the ioctl, as ethtool may be missing), so the host's packets leave with complete checksums
-    /// as they would from a NIC. On a veth underlay the kernel otherwise hands packets across
-    /// namespaces with the checksum still to be done (CHECKSUM_PARTIAL): harmless between kernel
-    /// stacks, but a kernel vxlan sender's inner TCP/UDP checksums then reach a userspace VXLAN
-    /// receiver's UDP socket unfinished, and its containers drop the segments.
+    /// Turns TX checksum offload off on host `i`'s underlay `ul0` (`ethtool -K ul0 tx off`), so
+    /// the host's packets leave with complete checksums as they would from a NIC. On a veth
+    /// underlay the kernel otherwise hands packets across namespaces with the checksum still to be
+    /// done (CHECKSUM_PARTIAL): harmless between kernel stacks, but a kernel vxlan sender's inner
+    /// TCP/UDP checksums then reach a userspace VXLAN receiver's UDP socket unfinished.
     pub(crate) fn underlay_tx_checksum_off(&self, i: usize) -> io::Result<()> {
-        self.hosts[i].ns.in_thread(|| {
-            use nix::libc;
-            use std::os::fd::AsRawFd;
-            /// `struct ethtool_value`.
-            #[repr(C)]
-            struct EthtoolValue {
-                cmd: u32,
-                data: u32,
-            }
-            const SIOCETHTOOL: u64 = 0x8946;
-            const ETHTOOL_STXCSUM: u32 = 0x17;
-            let mut value = EthtoolValue {
-                cmd: ETHTOOL_STXCSUM,
-                data: 0,
-            };
-            let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
-            // SAFETY: ifreq is plain old data; all zeroes is a valid value.
-            let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-            for (d, s) in ifr.ifr_name.iter_mut().zip(b"ul0") {
-                *d = *s as libc::c_char;
-            }
-            ifr.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
-            // SAFETY: SIOCETHTOOL reads the ifreq and the ethtool_value it points to, both live
-            // and properly laid out for the duration of the call.
-            let r = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut ifr) };
-            if r != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        })
+        self.hosts[i]
+            .ns
+            .run(&["ethtool", "-K", "ul0", "tx", "off"])
+            .map(drop)
     }
 
     /// Makes certificates and serves etcd over TLS with client-certificate authentication (call
