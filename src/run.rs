@@ -221,21 +221,7 @@ fn log_started(mode: &str, cfg: &DataplaneConfig, dp: &Dataplane, public_ip: Ipv
 }
 
 fn log_stats(dp: &Dataplane) {
-    let snap = dp.routes().load();
-    let beat = dp
-        .stats_source()
-        .heartbeat_ages()
-        .into_iter()
-        .max()
-        .unwrap_or_default();
-    tracing::info!(
-        "stats generation={} routes={} healthy={} heartbeat_max_age_ms={} {}",
-        snap.generation(),
-        snap.len(),
-        dp.healthy(),
-        beat.as_millis(),
-        dp.stats()
-    );
+    tracing::info!("stats{}", backend::stats_line(dp));
 }
 
 /// What the main loop should do after a tick.

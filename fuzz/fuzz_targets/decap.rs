@@ -13,21 +13,22 @@
 //! The header checksum is *not* asserted: under `cfg(fuzzing)` the engine skips verifying it.
 #![no_main]
 
-use engine::wire::ipv4;
-use engine::{decapsulate, DecapPolicy, Ipv4Net, Route, RouteSnapshot, Verdict};
+#[path = "common.rs"]
+mod common;
+
+use engine::{decapsulate, DecapPolicy, Route, RouteSnapshot, Verdict};
 use libfuzzer_sys::fuzz_target;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::OnceLock;
-
-fn net(s: &str) -> Ipv4Net {
-    s.parse().expect("literal CIDR")
-}
 
 fn routes() -> &'static RouteSnapshot {
     static R: OnceLock<RouteSnapshot> = OnceLock::new();
     R.get_or_init(|| {
         let r = |subnet: &str, peer: [u8; 4]| {
-            Route::udp(net(subnet), SocketAddrV4::new(Ipv4Addr::from(peer), 8285))
+            Route::udp(
+                common::net(subnet),
+                SocketAddrV4::new(Ipv4Addr::from(peer), 8285),
+            )
         };
         RouteSnapshot::build(
             1,
@@ -47,63 +48,10 @@ fn check(outer_src: Ipv4Addr, datagram: &[u8], policy: &DecapPolicy) -> bool {
     match decapsulate(outer_src, datagram, snap, policy) {
         Verdict::Drop(_) => false,
         Verdict::Deliver(range) => {
-            assert!(
-                range.start <= range.end && range.end <= datagram.len(),
-                "range {range:?} outside a {}-byte datagram",
-                datagram.len()
-            );
-            let inner = &datagram[range.clone()];
-            let p = ipv4::Packet::new_checked(inner)
-                .unwrap_or_else(|e| panic!("delivered range {range:?} is not IPv4: {e:?}"));
-            assert_eq!(
-                usize::from(p.total_len()),
-                inner.len(),
-                "total length ≠ range length"
-            );
-            assert!(p.header_len() >= ipv4::HEADER_LEN && p.header_len() <= inner.len());
-            assert!(
-                policy.local.contains(p.dst_addr()),
-                "delivered to {} outside local {}",
-                p.dst_addr(),
-                policy.local
-            );
-            if !policy.accept_any_source {
-                assert!(
-                    snap.is_peer(outer_src),
-                    "delivered from non-peer {outer_src}"
-                );
-            }
-            if !policy.accept_any_source && policy.network.contains(p.src_addr()) {
-                assert_eq!(
-                    snap.lookup(p.src_addr()).map(|h| *h.peer.ip()),
-                    Some(outer_src),
-                    "inner source {} not leased by sender {outer_src}",
-                    p.src_addr()
-                );
-            }
+            common::assert_delivered(outer_src, datagram, &range, snap, policy);
             true
         }
     }
 }
 
-fuzz_target!(|data: &[u8]| {
-    let Some((src, datagram)) = data.split_first_chunk::<4>() else {
-        return;
-    };
-    let outer_src = Ipv4Addr::from(*src);
-    let strict = DecapPolicy {
-        network: net("10.0.0.0/8"),
-        local: net("10.1.1.0/24"),
-        accept_any_source: false,
-    };
-    let any = DecapPolicy {
-        accept_any_source: true,
-        ..strict
-    };
-    let delivered_strict = check(outer_src, datagram, &strict);
-    let delivered_any = check(outer_src, datagram, &any);
-    assert!(
-        !delivered_strict || delivered_any,
-        "accept_any_source dropped what the strict policy delivers"
-    );
-});
+fuzz_target!(|data: &[u8]| common::both_policies(data, check));

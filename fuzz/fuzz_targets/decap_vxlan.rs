@@ -16,11 +16,12 @@
 //! The header checksum is *not* asserted: under `cfg(fuzzing)` the engine skips verifying it.
 #![no_main]
 
+#[path = "common.rs"]
+mod common;
+
 use engine::stats::DropReason;
-use engine::wire::{ipv4, vxlan};
-use engine::{
-    decapsulate, DecapPolicy, Decapsulator, Ipv4Net, Route, RouteSnapshot, Verdict, Wire,
-};
+use engine::wire::vxlan;
+use engine::{decapsulate, DecapPolicy, Decapsulator, Route, RouteSnapshot, Verdict, Wire};
 use libfuzzer_sys::fuzz_target;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::OnceLock;
@@ -29,16 +30,12 @@ const VNI: u32 = 1;
 const MAC: [u8; 6] = [0x0a, 0x58, 0x0a, 0x01, 0x01, 0x00];
 const WIRE: Wire = Wire::Vxlan { vni: VNI, mac: MAC };
 
-fn net(s: &str) -> Ipv4Net {
-    s.parse().expect("literal CIDR")
-}
-
 fn routes() -> &'static RouteSnapshot {
     static R: OnceLock<RouteSnapshot> = OnceLock::new();
     R.get_or_init(|| {
         let r = |subnet: &str, peer: [u8; 4], last: u8| {
             Route::vxlan(
-                net(subnet),
+                common::net(subnet),
                 SocketAddrV4::new(Ipv4Addr::from(peer), 8472),
                 [0x0a, 0x58, 0x0a, 0x01, last, 0x00],
             )
@@ -94,68 +91,15 @@ fn check(outer_src: Ipv4Addr, datagram: &[u8], policy: &DecapPolicy) -> bool {
     match verdict {
         Verdict::Drop(_) => false,
         Verdict::Deliver(range) => {
-            assert!(
-                range.start <= range.end && range.end <= datagram.len(),
-                "range {range:?} outside a {}-byte datagram",
-                datagram.len()
-            );
+            common::assert_delivered(outer_src, datagram, &range, snap, policy);
             assert_eq!(
                 range,
                 vxlan::HEADER_LEN..datagram.len(),
                 "range is not the inner packet"
             );
-            let packet = &datagram[range.clone()];
-            let p = ipv4::Packet::new_checked(packet)
-                .unwrap_or_else(|e| panic!("delivered range {range:?} is not IPv4: {e:?}"));
-            assert_eq!(
-                usize::from(p.total_len()),
-                packet.len(),
-                "total length ≠ range length"
-            );
-            assert!(p.header_len() >= ipv4::HEADER_LEN && p.header_len() <= packet.len());
-            assert!(
-                policy.local.contains(p.dst_addr()),
-                "delivered to {} outside local {}",
-                p.dst_addr(),
-                policy.local
-            );
-            if !policy.accept_any_source {
-                assert!(
-                    snap.is_peer(outer_src),
-                    "delivered from non-peer {outer_src}"
-                );
-                if policy.network.contains(p.src_addr()) {
-                    assert_eq!(
-                        snap.lookup(p.src_addr()).map(|h| *h.peer.ip()),
-                        Some(outer_src),
-                        "inner source {} not leased by sender {outer_src}",
-                        p.src_addr()
-                    );
-                }
-            }
             true
         }
     }
 }
 
-fuzz_target!(|data: &[u8]| {
-    let Some((src, datagram)) = data.split_first_chunk::<4>() else {
-        return;
-    };
-    let outer_src = Ipv4Addr::from(*src);
-    let strict = DecapPolicy {
-        network: net("10.0.0.0/8"),
-        local: net("10.1.1.0/24"),
-        accept_any_source: false,
-    };
-    let any = DecapPolicy {
-        accept_any_source: true,
-        ..strict
-    };
-    let delivered_strict = check(outer_src, datagram, &strict);
-    let delivered_any = check(outer_src, datagram, &any);
-    assert!(
-        !delivered_strict || delivered_any,
-        "accept_any_source dropped what the strict policy delivers"
-    );
-});
+fuzz_target!(|data: &[u8]| common::both_policies(data, check));

@@ -23,7 +23,7 @@ pub(crate) mod udp;
 pub(crate) mod vxlan;
 pub(crate) mod vxlan_user;
 
-pub(crate) use tunnel::dataplane_config as tunnel_config;
+pub(crate) use tunnel::{dataplane_config as tunnel_config, stats_line};
 
 use crate::cli::RunArgs;
 use crate::iface::Underlay;
@@ -100,8 +100,8 @@ pub(crate) fn create(config: &NetworkConfig, host: &HostInfo) -> Result<Box<dyn 
     let kind = kind(config);
     cleanup_others(config).context("removing the state of another backend")?;
     let b: Box<dyn Backend> = match &config.backend {
-        control::Backend::Udp { port } => Box::new(udp::Udp::new(host, *port)),
-        control::Backend::Vxlan(v) if v.userspace => Box::new(vxlan_user::VxlanUser::new(host, v)?),
+        control::Backend::Udp { port } => Box::new(udp::new(host, *port)),
+        control::Backend::Vxlan(v) if v.userspace => Box::new(vxlan_user::new(host, v)),
         control::Backend::Vxlan(v) => Box::new(vxlan::Vxlan::new(host, v)?),
         control::Backend::HostGw => Box::new(hostgw::HostGw::new(host)?),
         _ => anyhow::bail!("backend {kind} is not supported"),
@@ -182,6 +182,25 @@ pub(crate) fn usable<T>(
     }
     let skipped = leases.len() - out.len();
     (out, skipped)
+}
+
+/// The VTEP MAC of a vxlan lease of VNI `vni`; `None` for another backend type, another VNI or
+/// bad `BackendData` (both vxlan data planes ignore those).
+pub(crate) fn vxlan_peer(l: &Lease, vni: u32) -> Option<[u8; 6]> {
+    if !l.attrs.is_backend("vxlan") {
+        return None;
+    }
+    match l.attrs.vxlan_data() {
+        Ok(d) if d.vni == vni => Some(d.vtep_mac),
+        Ok(d) => {
+            tracing::debug!(subnet = %l.subnet, vni = d.vni, "ignoring a vxlan lease of another VNI");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(subnet = %l.subnet, "ignoring a vxlan lease: {e}");
+            None
+        }
+    }
 }
 
 /// Logs the skipped count when it changes (a lease set arrives on every watch event).

@@ -11,12 +11,11 @@
 //! * Errors are `io::Error`s whose message names the operation and the object, e.g.
 //!   `replacing route 10.1.16.0/24 via 192.0.2.2 dev eth0 proto 153: Network is unreachable
 //!   (os error 101): Nexthop has invalid gateway` (the last part is the kernel's extended ACK
-//!   text, when it sends one). Their `kind()` is the errno's kind; the errno itself is read
-//!   with [`errno`], because `io::Error::raw_os_error` is `None` for an error with a message.
+//!   text, when it sends one). Their `kind()` is the errno's kind (`io::Error::raw_os_error` is
+//!   `None` for an error with a message; the tests read the errno itself).
 //! * Deletes are idempotent: deleting what is already gone is `Ok` (`ENOENT`/`ESRCH`/
 //!   `EADDRNOTAVAIL`), and so is adding an address that is already there (`EEXIST`).
 //! * IPv4 only, main routing table only (flannel-compat §6, §7).
-#![allow(dead_code)]
 
 use std::fmt;
 use std::io;
@@ -150,6 +149,7 @@ pub(crate) struct RouteSpec {
 }
 
 /// The errno inside an error returned by this module (or any `io::Error` made from an errno).
+#[cfg(test)]
 pub(crate) fn errno(e: &io::Error) -> Option<i32> {
     e.raw_os_error().or_else(|| {
         e.get_ref()

@@ -1,9 +1,10 @@
-//! What the udp and userspace VXLAN backends share: weft's workers ([`engine::Dataplane`]) and
-//! the route snapshots built from leases. Only the wire and the per-lease route differ.
+//! The backend the udp and userspace VXLAN modules both build: weft's workers
+//! ([`engine::Dataplane`]) and the route snapshots made from leases. Only the wire, the lease
+//! attributes and the per-lease route differ; each module supplies those.
 
-use super::{HostInfo, SkipLog};
+use super::{Backend, HostInfo, SkipLog};
 use anyhow::{Context, Result};
-use control::Lease;
+use control::{Lease, LeaseAttrs};
 use engine::{Dataplane, DataplaneConfig, Ipv4Net, Route, RouteTable, StatsSource, Wire};
 use std::net::SocketAddrV4;
 use std::sync::Arc;
@@ -20,10 +21,11 @@ pub(crate) struct TunnelParams {
     pub(crate) wire: Wire,
 }
 
-/// The engine-based data path of a backend.
+/// An engine-based backend.
 #[derive(Debug)]
 pub(crate) struct Tunnel {
     host: HostInfo,
+    attrs: LeaseAttrs,
     params: TunnelParams,
     to_route: ToRoute,
     table: Arc<RouteTable>,
@@ -61,14 +63,18 @@ pub(crate) fn dataplane_config(
 }
 
 impl Tunnel {
+    /// A backend named `name` for `host` (whose underlay MTU is the one to subtract the wire's
+    /// overhead from) publishing `attrs`.
     pub(crate) fn new(
         name: &'static str,
         host: &HostInfo,
+        attrs: LeaseAttrs,
         params: TunnelParams,
         to_route: ToRoute,
     ) -> Self {
         Tunnel {
             host: host.clone(),
+            attrs,
             params,
             to_route,
             table: Arc::new(RouteTable::new()),
@@ -80,15 +86,46 @@ impl Tunnel {
         }
     }
 
+    fn publish(&mut self) {
+        let Some((network, local)) = self.net else {
+            return;
+        };
+        let (to_route, params) = (self.to_route, self.params);
+        let (routes, skipped) = super::usable(&self.leases, network, local, |l| {
+            to_route(l, l_subnet(l)?, &params)
+        });
+        self.skip.report(self.name, skipped);
+        match self.table.replace(routes.into_values()) {
+            Ok(generation) => {
+                tracing::debug!(
+                    generation,
+                    routes = self.table.load().len(),
+                    "routes updated"
+                )
+            }
+            Err(e) => tracing::error!("keeping the current routes: {e}"),
+        }
+    }
+}
+
+impl Backend for Tunnel {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn lease_attrs(&self) -> LeaseAttrs {
+        self.attrs.clone()
+    }
+
     /// The TUN MTU: underlay MTU minus the wire's overhead.
-    pub(crate) fn mtu(&self) -> u32 {
+    fn mtu(&self) -> u32 {
         self.host
             .underlay
             .mtu
             .saturating_sub(self.params.wire.overhead())
     }
 
-    pub(crate) fn start(&mut self, network: Ipv4Net, local: Ipv4Net) -> Result<()> {
+    fn start(&mut self, network: Ipv4Net, local: Ipv4Net) -> Result<()> {
         let cfg = dataplane_config(
             &self.host,
             network,
@@ -118,67 +155,49 @@ impl Tunnel {
         Ok(())
     }
 
-    pub(crate) fn set_leases(&mut self, leases: &[Lease]) {
+    fn set_leases(&mut self, leases: &[Lease]) {
         self.leases = leases.to_vec();
         self.publish();
     }
 
-    fn publish(&mut self) {
-        let Some((network, local)) = self.net else {
-            return;
-        };
-        let (to_route, params) = (self.to_route, self.params);
-        let (routes, skipped) = super::usable(&self.leases, network, local, |l| {
-            to_route(l, l_subnet(l)?, &params)
-        });
-        self.skip.report(self.name, skipped);
-        match self.table.replace(routes.into_values()) {
-            Ok(generation) => {
-                tracing::debug!(
-                    generation,
-                    routes = self.table.load().len(),
-                    "routes updated"
-                )
-            }
-            Err(e) => tracing::error!("keeping the current routes: {e}"),
-        }
-    }
-
-    pub(crate) fn tick(&mut self) -> Result<()> {
+    fn tick(&mut self) -> Result<()> {
         match &self.dp {
             Some(dp) if !dp.healthy() => Err(anyhow::anyhow!("a worker thread stopped; exiting")),
             _ => Ok(()),
         }
     }
 
-    pub(crate) fn stats(&self) -> String {
-        let Some(dp) = &self.dp else {
-            return String::new();
-        };
-        let snap = dp.routes().load();
-        let beat = dp
-            .stats_source()
-            .heartbeat_ages()
-            .into_iter()
-            .max()
-            .unwrap_or_default();
-        format!(
-            " generation={} routes={} healthy={} heartbeat_max_age_ms={} {}",
-            snap.generation(),
-            snap.len(),
-            dp.healthy(),
-            beat.as_millis(),
-            dp.stats()
-        )
+    fn stats(&self) -> String {
+        self.dp.as_ref().map(stats_line).unwrap_or_default()
     }
 
-    pub(crate) fn dataplane(&self) -> Option<StatsSource> {
+    fn dataplane(&self) -> Option<StatsSource> {
         self.dp.as_ref().map(Dataplane::stats_source)
     }
 
-    pub(crate) fn stop(self) -> String {
+    fn stop(self: Box<Self>) -> String {
         self.dp.map(|dp| dp.stop().to_string()).unwrap_or_default()
     }
+}
+
+/// A running data plane's counters for the stats line (`key=value` pairs, leading space): the
+/// route snapshot, worker health and heartbeat, and every counter.
+pub(crate) fn stats_line(dp: &Dataplane) -> String {
+    let snap = dp.routes().load();
+    let beat = dp
+        .stats_source()
+        .heartbeat_ages()
+        .into_iter()
+        .max()
+        .unwrap_or_default();
+    format!(
+        " generation={} routes={} healthy={} heartbeat_max_age_ms={} {}",
+        snap.generation(),
+        snap.len(),
+        dp.healthy(),
+        beat.as_millis(),
+        dp.stats()
+    )
 }
 
 /// The lease's subnet in the engine's type.

@@ -224,13 +224,7 @@ impl Vxlan {
         };
         let vni = self.cfg.vni;
         let (usable, skipped) = super::usable(&self.leases, network, local, |l| {
-            if !l.attrs.is_backend("vxlan") {
-                return None;
-            }
-            match l.attrs.vxlan_data() {
-                Ok(d) if d.vni == vni => Some((l.attrs.public_ip, d.vtep_mac)),
-                _ => None,
-            }
+            super::vxlan_peer(l, vni).map(|mac| (l.attrs.public_ip, mac))
         });
         self.skip.report("vxlan", skipped);
         let mut desired = BTreeMap::new();

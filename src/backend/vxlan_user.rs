@@ -7,21 +7,10 @@
 //! administered, unicast, and the same across restarts, so peers' neighbour entries stay valid.
 
 use super::tunnel::{Tunnel, TunnelParams};
-use super::{Backend, HostInfo};
-use anyhow::Result;
+use super::HostInfo;
 use control::{Lease, LeaseAttrs, VxlanConfig};
-use engine::{Ipv4Net, Route, StatsSource, Wire};
+use engine::{Ipv4Net, Route, Wire};
 use std::net::{Ipv4Addr, SocketAddrV4};
-
-/// The userspace VXLAN backend.
-#[derive(Debug)]
-pub(crate) struct VxlanUser {
-    tunnel: Tunnel,
-    public_ip: Ipv4Addr,
-    vni: u32,
-    mac: [u8; 6],
-    mtu: u32,
-}
 
 /// The VTEP MAC of a userspace VXLAN host with this public IP.
 pub(crate) fn vtep_mac(public_ip: Ipv4Addr) -> [u8; 6] {
@@ -30,93 +19,32 @@ pub(crate) fn vtep_mac(public_ip: Ipv4Addr) -> [u8; 6] {
 }
 
 /// vxlan leases with our VNI and valid `BackendData` become routes to the peer's VTEP.
-pub(crate) fn route(l: &Lease, subnet: Ipv4Net, p: &TunnelParams) -> Option<Route> {
+fn route(l: &Lease, subnet: Ipv4Net, p: &TunnelParams) -> Option<Route> {
     let Wire::Vxlan { vni, .. } = p.wire else {
         return None;
     };
-    if !l.attrs.is_backend("vxlan") {
-        return None;
-    }
-    match l.attrs.vxlan_data() {
-        Ok(d) if d.vni == vni => Some(Route::vxlan(
-            subnet,
-            SocketAddrV4::new(l.attrs.public_ip, p.port),
-            d.vtep_mac,
-        )),
-        Ok(d) => {
-            tracing::debug!(%subnet, vni = d.vni, "ignoring a vxlan lease of another VNI");
-            None
-        }
-        Err(e) => {
-            tracing::debug!(%subnet, "ignoring a vxlan lease: {e}");
-            None
-        }
-    }
+    super::vxlan_peer(l, vni)
+        .map(|mac| Route::vxlan(subnet, SocketAddrV4::new(l.attrs.public_ip, p.port), mac))
 }
 
-impl VxlanUser {
-    pub(crate) fn new(host: &HostInfo, cfg: &VxlanConfig) -> Result<Self> {
-        let mac = vtep_mac(host.public_ip);
-        let wire = Wire::Vxlan { vni: cfg.vni, mac };
-        let mut host = host.clone();
-        if let Some(mtu) = cfg.mtu {
-            host.underlay.mtu = mtu;
-        }
-        let tunnel = Tunnel::new(
-            "vxlan (userspace)",
-            &host,
-            TunnelParams {
-                port: cfg.port,
-                wire,
-            },
-            route,
-        );
-        Ok(VxlanUser {
-            mtu: tunnel.mtu(),
-            tunnel,
-            public_ip: host.public_ip,
-            vni: cfg.vni,
-            mac,
-        })
+/// The userspace VXLAN backend for `host` with the config's VNI, port and MTU.
+pub(crate) fn new(host: &HostInfo, cfg: &VxlanConfig) -> Tunnel {
+    let mac = vtep_mac(host.public_ip);
+    let mut host = host.clone();
+    if let Some(mtu) = cfg.mtu {
+        host.underlay.mtu = mtu;
     }
-}
-
-impl Backend for VxlanUser {
-    fn name(&self) -> &'static str {
-        "vxlan (userspace)"
-    }
-
-    fn lease_attrs(&self) -> LeaseAttrs {
-        LeaseAttrs::vxlan(self.public_ip, self.vni, self.mac)
-    }
-
-    fn mtu(&self) -> u32 {
-        self.mtu
-    }
-
-    fn start(&mut self, network: Ipv4Net, local: Ipv4Net) -> Result<()> {
-        self.tunnel.start(network, local)
-    }
-
-    fn set_leases(&mut self, leases: &[Lease]) {
-        self.tunnel.set_leases(leases);
-    }
-
-    fn tick(&mut self) -> Result<()> {
-        self.tunnel.tick()
-    }
-
-    fn stats(&self) -> String {
-        self.tunnel.stats()
-    }
-
-    fn dataplane(&self) -> Option<StatsSource> {
-        self.tunnel.dataplane()
-    }
-
-    fn stop(self: Box<Self>) -> String {
-        self.tunnel.stop()
-    }
+    let params = TunnelParams {
+        port: cfg.port,
+        wire: Wire::Vxlan { vni: cfg.vni, mac },
+    };
+    Tunnel::new(
+        "vxlan (userspace)",
+        &host,
+        LeaseAttrs::vxlan(host.public_ip, cfg.vni, mac),
+        params,
+        route,
+    )
 }
 
 #[cfg(test)]
