@@ -10,7 +10,8 @@
 # It installs what is missing (apt-get), builds weft, writes the network config with etcdctl put,
 # starts weft on every host, pings every pair of containers across hosts, runs a 5-second iperf3
 # between host 1 and host 2, prints a summary, and removes everything it created (also on Ctrl-C
-# or failure). Exits 0 only if every ping succeeded. Run as root: sudo scripts/demo.sh [BACKEND]
+# or failure). Exits 0 only if every ping succeeded. Run as root: scripts/demo.sh [BACKEND]
+# (as a user with sudo, it re-runs itself with sudo)
 # where BACKEND is udp (default), vxlan (the kernel's device), vxlan-userspace or host-gw.
 set -euo pipefail
 
@@ -38,7 +39,10 @@ die() {
 }
 
 if [ "$(id -u)" != 0 ]; then
-  echo "scripts/demo.sh: run as root (it creates network namespaces and TUN devices): sudo $0" >&2
+  if command -v sudo >/dev/null; then
+    exec sudo "$0" "$@"
+  fi
+  echo "scripts/demo.sh: run as root (it creates network namespaces and TUN devices)" >&2
   exit 1
 fi
 
@@ -142,21 +146,10 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/weft-demo.XXXXXX")
 # ---------------------------------------------------------------------------------------------
 # 1. Packages.
 # ---------------------------------------------------------------------------------------------
-packages=(etcd-server etcd-client iperf3 iproute2 iputils-ping protobuf-compiler iptables)
-command -v cc >/dev/null || packages+=(gcc libc6-dev) # cargo links with cc
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  say "installing ${missing[*]} (apt-get)"
-  export DEBIAN_FRONTEND=noninteractive
-  if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
-    >"$TMP/apt.log" 2>&1; then
-    tail -n 20 "$TMP/apt.log" >&2
-    die "apt-get install failed"
-  fi
-fi
+. "$REPO/scripts/lib/packages.sh"
+# shellcheck disable=SC2207
+packages=(etcd-server etcd-client iperf3 iproute2 iputils-ping iptables $(build_packages))
+ensure_packages "$TMP/apt.log" "${packages[@]}"
 
 # ---------------------------------------------------------------------------------------------
 # 2. Build (as the user who ran sudo, so target/ keeps its owner and their rustup is used).
@@ -173,7 +166,7 @@ if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ] &&
 elif PATH=$(cargo_path root) command -v cargo >/dev/null; then
   BUILD_USER=root
 else
-  die "cargo not found; install Rust first (https://rustup.rs), then run sudo $0 again"
+  die "cargo not found; install Rust first (https://rustup.rs), then run $0 again"
 fi
 WEFT="${CARGO_TARGET_DIR:-$REPO/target}/release/weft"
 say "building weft (cargo build --release --bin weft, as $BUILD_USER; log: build.log)"

@@ -1,27 +1,26 @@
 #!/usr/bin/env bash
 # weft's test suite: installs what the tests need (Debian packages), then runs the format check,
 # clippy with warnings as errors, and every test of the workspace, including the privileged ones
-# (network namespaces, TUN, a real etcd). Run as root on a fresh machine: sudo scripts/test.sh
+# (network namespaces, TUN, a real etcd). Run as root on a fresh machine: scripts/test.sh
+# (as a user with sudo, it re-runs itself with sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" != 0 ]; then
+  if command -v sudo >/dev/null; then
+    exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME,WEFT_FUZZ_SECONDS "$0" "$@"
+  fi
   echo "scripts/test.sh: run as root (the tests create network namespaces and TUN devices)" >&2
   exit 1
 fi
 
-# Debian packages the tests use: ip/bridge (iproute2), ping, iperf3, etcd + etcdctl, protoc (for
-# etcd-client's build), iptables, openssl (test certificates), ethtool (veth offload settings).
-packages=(iproute2 iputils-ping iperf3 etcd-server etcd-client protobuf-compiler iptables openssl ethtool)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "==> installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# Debian packages the tests use: ip/bridge (iproute2), ping, iperf3, etcd + etcdctl, iptables,
+# openssl (test certificates), ethtool (veth offload settings); and what the build needs (protoc
+# and protobuf's .proto includes for etcd-client's build, cc).
+. scripts/lib/packages.sh
+# shellcheck disable=SC2207
+packages=(iproute2 iputils-ping iperf3 etcd-server etcd-client iptables openssl ethtool $(build_packages))
+ensure_packages "$(mktemp)" "${packages[@]}"
 # Debian's etcd-server starts a service on hosts with systemd; the tests start their own on free ports.
 
 echo "==> cargo fmt --check"
