@@ -6,7 +6,9 @@ use std::net::Ipv4Addr;
 mod field {
     use super::Field;
     pub(super) const VER_IHL: usize = 0;
+    pub(super) const TOS: usize = 1;
     pub(super) const LENGTH: Field = 2..4;
+    pub(super) const IDENT: Field = 4..6;
     pub(super) const FLG_OFF: Field = 6..8;
     pub(super) const TTL: usize = 8;
     pub(super) const PROTOCOL: usize = 9;
@@ -19,6 +21,12 @@ mod field {
 pub const HEADER_LEN: usize = 20;
 /// IP protocol number of ICMP.
 pub const PROTO_ICMP: u8 = 1;
+/// IP protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+/// The more-fragments flag and the fragment offset in [`Packet::flags_and_offset`].
+const MF_AND_OFFSET: u16 = 0x3fff;
 
 /// A read/write view of an IPv4 packet.
 #[derive(Debug, Clone)]
@@ -86,10 +94,29 @@ impl<T: AsRef<[u8]>> Packet<T> {
         u16::from_be_bytes([d[field::LENGTH.start], d[field::LENGTH.start + 1]])
     }
 
+    /// Type-of-service byte (DSCP and ECN).
+    #[inline]
+    pub fn tos(&self) -> u8 {
+        self.buffer.as_ref()[field::TOS]
+    }
+
+    /// Flags (reserved, DF, MF) and fragment offset, as the one 16-bit word they share.
+    #[inline]
+    pub fn flags_and_offset(&self) -> u16 {
+        let d = self.buffer.as_ref();
+        u16::from_be_bytes([d[field::FLG_OFF.start], d[field::FLG_OFF.start + 1]])
+    }
+
     /// Fragment offset in 8-byte units.
     pub fn frag_offset(&self) -> u16 {
-        let d = self.buffer.as_ref();
-        u16::from_be_bytes([d[field::FLG_OFF.start], d[field::FLG_OFF.start + 1]]) & 0x1fff
+        self.flags_and_offset() & 0x1fff
+    }
+
+    /// Whether this is a fragment (MF set or an offset): its L4 header and checksum, if any,
+    /// cover other fragments too.
+    #[inline]
+    pub fn is_fragment(&self) -> bool {
+        self.flags_and_offset() & MF_AND_OFFSET != 0
     }
 
     /// Time to live.
@@ -110,14 +137,31 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// Source address.
     pub fn src_addr(&self) -> Ipv4Addr {
-        let d = self.buffer.as_ref();
-        Ipv4Addr::new(d[12], d[13], d[14], d[15])
+        addr_at(self.buffer.as_ref(), field::SRC_ADDR)
     }
 
     /// Destination address.
     pub fn dst_addr(&self) -> Ipv4Addr {
+        addr_at(self.buffer.as_ref(), field::DST_ADDR)
+    }
+
+    /// The payload (everything after the header, up to the end of the buffer).
+    #[inline]
+    pub fn payload(&self) -> &[u8] {
+        &self.buffer.as_ref()[self.header_len()..]
+    }
+
+    /// The folded (not inverted) pseudo-header sum of a TCP or UDP payload of `length` bytes
+    /// (RFC 9293 §3.1, RFC 768): what a `CHECKSUM_PARTIAL` sender leaves in the checksum field.
+    #[inline]
+    pub fn pseudo_header_sum(&self, length: u16) -> u16 {
         let d = self.buffer.as_ref();
-        Ipv4Addr::new(d[16], d[17], d[18], d[19])
+        checksum::pseudo_header(
+            &d[field::SRC_ADDR],
+            &d[field::DST_ADDR],
+            self.protocol(),
+            length,
+        )
     }
 
     /// Whether the header checksum verifies (always true under `cfg(fuzzing)`, so fuzzers get past it).
@@ -129,6 +173,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 }
 
+#[inline]
+fn addr_at(d: &[u8], f: Field) -> Ipv4Addr {
+    Ipv4Addr::new(d[f.start], d[f.start + 1], d[f.start + 2], d[f.start + 3])
+}
+
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Sets the version to 4 and the header length in bytes (a multiple of 4).
     pub fn set_version_and_header_len(&mut self, header_len: usize) {
@@ -137,7 +186,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
     /// Sets the type-of-service byte.
     pub fn set_tos(&mut self, tos: u8) {
-        self.buffer.as_mut()[1] = tos;
+        self.buffer.as_mut()[field::TOS] = tos;
     }
 
     /// Sets the total length field.
@@ -147,7 +196,9 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
     /// Sets identification, flags and fragment offset to zero.
     pub fn clear_ident_and_frag(&mut self) {
-        self.buffer.as_mut()[4..8].fill(0);
+        let d = self.buffer.as_mut();
+        d[field::IDENT].fill(0);
+        d[field::FLG_OFF].fill(0);
     }
 
     /// Sets the time to live.
@@ -168,6 +219,13 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Sets the destination address.
     pub fn set_dst_addr(&mut self, addr: Ipv4Addr) {
         self.buffer.as_mut()[field::DST_ADDR].copy_from_slice(&addr.octets());
+    }
+
+    /// The payload, writable.
+    #[inline]
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        let hl = self.header_len();
+        &mut self.buffer.as_mut()[hl..]
     }
 
     /// Recomputes the header checksum from scratch.

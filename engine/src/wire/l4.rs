@@ -7,55 +7,44 @@
 //! packets whose inner checksum is unfinished, and the container's stack would drop them.
 //! [`complete_partial`] finishes such a checksum in place; complete checksums are left alone.
 
-use super::checksum;
+use super::{checksum, ipv4, tcp, udp};
 
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
-
-/// For an unfragmented TCP or UDP IPv4 packet whose total length matches: the IPv4 header length,
-/// the offset of the L4 checksum field, and the protocol.
+/// Where the checksum of an unfragmented TCP or UDP IPv4 packet lies: the IPv4 view (its total
+/// length matching the buffer), the offset of the L4 checksum field in the packet, and the
+/// protocol. `None` for anything else, or an L4 header shorter than its fixed part.
 #[inline]
-fn l4(packet: &[u8]) -> Option<(usize, usize, u8)> {
-    let first = *packet.first()?;
-    if packet.len() < 20 || first >> 4 != 4 {
-        return None;
+fn l4<T: AsRef<[u8]>>(packet: T) -> Option<(ipv4::Packet<T>, usize, u8)> {
+    let ip = ipv4::Packet::new_checked(packet).ok()?;
+    if ip.is_fragment() {
+        return None; // its checksum covers other fragments too
     }
-    let ihl = usize::from(first & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
-    if ihl < 20 || total != packet.len() || total < ihl {
-        return None;
-    }
-    if u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff != 0 {
-        return None; // a fragment (MF set or an offset): its checksum covers other fragments
-    }
-    let (proto, field, min) = match packet[9] {
-        PROTO_TCP => (PROTO_TCP, 16, 20),
-        PROTO_UDP => (PROTO_UDP, 6, 8),
+    let proto = ip.protocol();
+    let (field, min) = match proto {
+        ipv4::PROTO_TCP => (tcp::CHECKSUM_OFFSET, tcp::HEADER_LEN),
+        ipv4::PROTO_UDP => (udp::CHECKSUM_OFFSET, udp::HEADER_LEN),
         _ => return None,
     };
-    (total - ihl >= min).then_some((ihl, ihl + field, proto))
+    let ihl = ip.header_len();
+    (ip.payload().len() >= min).then_some((ip, ihl + field, proto))
 }
 
-/// The folded, not inverted, pseudo-header sum: what a `CHECKSUM_PARTIAL` sender leaves.
+/// The pseudo-header sum of `ip`'s payload.
 #[inline]
-fn pseudo_sum(packet: &[u8], ihl: usize, proto: u8) -> u16 {
-    let mut acc = u32::from(proto) + (packet.len() - ihl) as u32;
-    for c in packet[12..20].chunks_exact(2) {
-        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    checksum::fold(acc)
+fn pseudo_sum<T: AsRef<[u8]>>(ip: &ipv4::Packet<T>) -> u16 {
+    // The total length fits 16 bits, so the payload's length does too.
+    ip.pseudo_header_sum(ip.payload().len() as u16)
 }
 
 /// Whether `packet` is a TCP or UDP IPv4 packet whose checksum field holds only the pseudo-header
 /// sum. Cheap: reads 12 bytes.
 #[inline]
 pub fn is_partial(packet: &[u8]) -> bool {
-    let Some((ihl, at, proto)) = l4(packet) else {
+    let Some((ip, at, _)) = l4(packet) else {
         return false;
     };
     let field = u16::from_be_bytes([packet[at], packet[at + 1]]);
     // UDP's 0 means "no checksum"; the pseudo-header sum is never 0 (the protocol is in it).
-    field == pseudo_sum(packet, ihl, proto)
+    field == pseudo_sum(&ip)
 }
 
 /// Completes the checksum of a packet for which [`is_partial`] holds; returns whether it did.
@@ -65,23 +54,35 @@ pub fn complete_partial(packet: &mut [u8]) -> bool {
     if !is_partial(packet) {
         return false;
     }
-    let Some((ihl, at, proto)) = l4(packet) else {
+    let Some((mut ip, _, proto)) = l4(packet) else {
         return false;
     };
-    let pseudo = pseudo_sum(packet, ihl, proto);
-    packet[at] = 0;
-    packet[at + 1] = 0;
-    let mut c = !checksum::fold(u32::from(pseudo) + u32::from(checksum::sum(&packet[ihl..])));
-    if proto == PROTO_UDP && c == 0 {
-        c = 0xffff; // RFC 768: a computed 0 is sent as all ones
+    let pseudo = pseudo_sum(&ip);
+    let segment = ip.payload_mut();
+    match proto {
+        ipv4::PROTO_TCP => {
+            let mut t = tcp::Packet::new_unchecked(segment);
+            t.set_checksum(0);
+            let c = !checksum::combine(pseudo, checksum::sum(t.into_inner()));
+            tcp::Packet::new_unchecked(ip.payload_mut()).set_checksum(c);
+        }
+        _ => {
+            let mut u = udp::Packet::new_unchecked(segment);
+            u.set_checksum(0);
+            let mut c = !checksum::combine(pseudo, checksum::sum(u.into_inner()));
+            if c == 0 {
+                c = 0xffff; // RFC 768: a computed 0 is sent as all ones
+            }
+            udp::Packet::new_unchecked(ip.payload_mut()).set_checksum(c);
+        }
     }
-    packet[at..at + 2].copy_from_slice(&c.to_be_bytes());
     true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::ipv4::{PROTO_TCP, PROTO_UDP};
 
     /// An IPv4 packet from 10.1.1.2 to 10.1.2.2 with a valid header checksum.
     fn packet(proto: u8, l4: &[u8]) -> Vec<u8> {
@@ -118,7 +119,7 @@ mod tests {
 
     /// Puts the pseudo-header sum into the checksum field, as a CHECKSUM_PARTIAL sender does.
     fn make_partial(p: &mut [u8], field: usize) {
-        let s = pseudo_sum(p, 20, p[9]);
+        let s = pseudo_sum(&ipv4::Packet::new_checked(&p[..]).expect("IPv4"));
         p[20 + field..22 + field].copy_from_slice(&s.to_be_bytes());
     }
 

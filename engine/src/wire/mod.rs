@@ -13,6 +13,8 @@
 pub mod icmp;
 pub mod ipv4;
 pub mod l4;
+pub mod tcp;
+pub mod udp;
 pub mod vxlan;
 
 /// Byte range of a field inside a header.
@@ -74,32 +76,54 @@ impl Wire {
 }
 
 /// Length of a UDP header (RFC 768).
-pub const UDP_HEADER_LEN: usize = 8;
+pub const UDP_HEADER_LEN: usize = udp::HEADER_LEN;
 
 /// Result of a wire operation.
 pub type Result<T> = core::result::Result<T, Error>;
 
 /// Internet checksum helpers (RFC 1071, RFC 1624).
 pub mod checksum {
-    /// One's complement sum of `data` as big-endian 16-bit words, folded to 16 bits (not inverted).
+    /// One's complement sum of `data` as big-endian 16-bit words (an odd last byte padded with
+    /// zero), folded to 16 bits (not inverted).
     pub fn sum(data: &[u8]) -> u16 {
-        let mut acc: u32 = 0;
-        let mut chunks = data.chunks_exact(2);
-        for c in &mut chunks {
-            acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
-        }
-        if let [last] = chunks.remainder() {
-            acc += u32::from(u16::from_be_bytes([*last, 0]));
-        }
-        fold(acc)
+        fold(accumulate(data, 0))
     }
 
-    /// Folds a 32-bit accumulator into 16 bits with end-around carry.
-    pub fn fold(mut acc: u32) -> u16 {
+    /// Adds `data` as big-endian 16-bit words (an odd last byte padded with zero) to `acc`,
+    /// unfolded. A 64-bit accumulator cannot overflow for any buffer that fits in memory.
+    #[inline]
+    pub fn accumulate(data: &[u8], mut acc: u64) -> u64 {
+        let mut chunks = data.chunks_exact(2);
+        for c in &mut chunks {
+            acc += u64::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        if let [last] = chunks.remainder() {
+            acc += u64::from(u16::from_be_bytes([*last, 0]));
+        }
+        acc
+    }
+
+    /// Folds an accumulator into 16 bits with end-around carry.
+    #[inline]
+    pub fn fold(mut acc: u64) -> u16 {
         while acc > 0xffff {
             acc = (acc & 0xffff) + (acc >> 16);
         }
         acc as u16
+    }
+
+    /// One's complement sum of two folded sums.
+    #[inline]
+    pub fn combine(a: u16, b: u16) -> u16 {
+        fold(u64::from(a) + u64::from(b))
+    }
+
+    /// The folded (not inverted) IPv4 pseudo-header sum for a TCP or UDP segment of `length`
+    /// bytes from `src` to `dst` (4-byte addresses).
+    #[inline]
+    pub fn pseudo_header(src: &[u8], dst: &[u8], protocol: u8, length: u16) -> u16 {
+        let acc = accumulate(src, accumulate(dst, 0));
+        fold(acc + u64::from(protocol) + u64::from(length))
     }
 
     /// The checksum field value for `data` (the inverted one's complement sum).
@@ -109,7 +133,7 @@ pub mod checksum {
 
     /// RFC 1624 eqn. 3: the new checksum after one 16-bit word of the covered data changed.
     pub fn update(checksum: u16, old_word: u16, new_word: u16) -> u16 {
-        let acc = u32::from(!checksum) + u32::from(!old_word) + u32::from(new_word);
+        let acc = u64::from(!checksum) + u64::from(!old_word) + u64::from(new_word);
         !fold(acc)
     }
 }
