@@ -1,4 +1,4 @@
-//! Per-packet cost of the sans-I/O core: [`engine::encapsulate`] and [`engine::decapsulate`] (the
+//! Per-packet cost of the sans-I/O core: [`engine::encapsulate_udp`] and [`engine::decapsulate_udp`] (the
 //! udp wire format), and [`engine::Encapsulator`] and [`engine::Decapsulator`] with the vxlan wire
 //! format (`encapsulate_vxlan`, `decapsulate_vxlan`), in ns per packet, for 64-byte and 1400-byte
 //! IPv4 packets (`Throughput::Elements(1)`).
@@ -27,8 +27,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use engine::wire::ipv4;
 use engine::wire::vxlan;
 use engine::{
-    decapsulate, encapsulate, DecapPolicy, Decapsulator, Encap, Encapsulator, Ipv4Net, Route,
-    RouteSnapshot, Verdict, Wire,
+    decapsulate_udp, encapsulate_udp, DecapPolicy, DecapVerdict, Decapsulator, EncapVerdict,
+    Encapsulator, Ipv4Net, Route, RouteSnapshot, Wire,
 };
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -129,8 +129,8 @@ fn bench_encapsulate(c: &mut Criterion) {
                 let mut saved = [0u8; 4];
                 saved.copy_from_slice(&p[TTL_TO_CHECKSUM]);
                 assert_eq!(
-                    encapsulate(&mut p, &routes),
-                    Encap::Forward(SocketAddrV4::new(peer_ip(t), PORT)),
+                    encapsulate_udp(&mut p, &routes),
+                    EncapVerdict::Forward(SocketAddrV4::new(peer_ip(t), PORT)),
                     "every benchmarked packet must take the forwarding path"
                 );
                 (p, saved)
@@ -142,7 +142,7 @@ fn bench_encapsulate(c: &mut Criterion) {
                 i = (i + 1) % packets.len();
                 let (p, saved) = &mut packets[i];
                 p[TTL_TO_CHECKSUM].copy_from_slice(saved);
-                black_box(encapsulate(black_box(&mut p[..]), &routes))
+                black_box(encapsulate_udp(black_box(&mut p[..]), &routes))
             })
         });
     }
@@ -163,8 +163,8 @@ fn bench_decapsulate(c: &mut Criterion) {
                     len,
                 );
                 assert_eq!(
-                    decapsulate(peer_ip(t), &d, &routes, &policy),
-                    Verdict::Deliver(0..len),
+                    decapsulate_udp(peer_ip(t), &d, &routes, &policy),
+                    DecapVerdict::Deliver(0..len),
                     "every benchmarked datagram must be delivered"
                 );
                 (peer_ip(t), d)
@@ -175,7 +175,7 @@ fn bench_decapsulate(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) % datagrams.len();
                 let (from, d) = &datagrams[i];
-                black_box(decapsulate(
+                black_box(decapsulate_udp(
                     black_box(*from),
                     black_box(&d[..]),
                     &routes,
@@ -207,7 +207,7 @@ fn bench_encapsulate_vxlan(c: &mut Criterion) {
                 saved.copy_from_slice(&f[ttl_to_checksum.clone()]);
                 assert_eq!(
                     encap.encapsulate(&mut f, &routes),
-                    Encap::Forward(SocketAddrV4::new(peer_ip(t), VXLAN_PORT)),
+                    EncapVerdict::Forward(SocketAddrV4::new(peer_ip(t), VXLAN_PORT)),
                     "every benchmarked packet must take the forwarding path"
                 );
                 assert_eq!(f[8..14], vtep_mac(t), "inner Ethernet to the peer's VTEP");
@@ -251,7 +251,7 @@ fn bench_decapsulate_vxlan(c: &mut Criterion) {
                 ));
                 assert_eq!(
                     decap.decapsulate(peer_ip(t), &f, &routes),
-                    Verdict::Deliver(VXLAN_HEADER..VXLAN_HEADER + len),
+                    DecapVerdict::Deliver(VXLAN_HEADER..VXLAN_HEADER + len),
                     "every benchmarked frame must be delivered"
                 );
                 (peer_ip(t), f)

@@ -92,6 +92,20 @@ impl PacketBatch {
         &mut self.slots[i][HEADROOM - header..HEADROOM + len]
     }
 
+    /// The first `len` bytes of slot `i`'s packet area (fewer if the area is shorter): what a
+    /// receive of `len` bytes at [`HEADROOM`] put there.
+    #[inline]
+    pub fn filled(&self, i: usize, len: usize) -> &[u8] {
+        let area = &self.slots[i][HEADROOM..];
+        &area[..len.min(area.len())]
+    }
+
+    /// Metadata of every slot, in order.
+    #[inline]
+    pub fn metas(&self) -> &[Meta] {
+        &self.meta
+    }
+
     /// Metadata of slot `i`.
     #[inline]
     pub fn meta(&self, i: usize) -> Meta {
@@ -131,6 +145,10 @@ mod tests {
         b.frame_mut(1, 2, 4)[..2].copy_from_slice(&[9, 9]);
         assert_eq!(b.frame(1, 2), &[9, 9, 1, 1, 1, 1]);
         assert_eq!(b.frame(2, 0), b.packet(2));
+        assert_eq!(b.filled(2, 4), &[2; 4]);
+        assert_eq!(b.filled(2, SLOT_LEN).len(), MAX_PACKET);
+        assert_eq!(b.metas().len(), 3);
+        assert_eq!(b.metas()[1], b.meta(1));
         assert!(b.slots_mut().iter().all(|s| s.len() == SLOT_LEN));
     }
 }

@@ -57,6 +57,9 @@ pub struct DataplaneConfig {
     pub socket_buffer: usize,
     /// Use of kernel offloads: UDP GSO/GRO on the sockets, vnet_hdr TSO/USO on the TUN device.
     pub offload: Offload,
+    /// With TUN offloads: write runs of received TCP segments into the TUN device as TSO
+    /// super-packets (`rx_tso_writes`); off, they go through tun-rs's coalescing like the rest.
+    pub tso_writes: bool,
 }
 
 impl DataplaneConfig {
@@ -208,6 +211,7 @@ impl Dataplane {
                 wire: cfg.wire,
                 icmp_src: cfg.local.addr(),
                 batch_size: cfg.batch_size,
+                tso_writes: cfg.tso_writes,
                 stats: st,
                 stop: Arc::clone(&stop),
                 poll,

@@ -34,9 +34,12 @@ use crate::wire::{self, ipv4, vxlan, Wire};
 use std::net::Ipv4Addr;
 use std::ops::Range;
 
-/// What to do with a received datagram.
+/// What to do with a received datagram (the outcome of decapsulation; [`EncapVerdict`] is the
+/// sending side's).
+///
+/// [`EncapVerdict`]: crate::encap::EncapVerdict
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub enum DecapVerdict {
     /// Write this range of the datagram (the inner packet) into the TUN device.
     Deliver(Range<usize>),
     /// Drop it, counting the reason.
@@ -67,37 +70,37 @@ impl From<wire::Error> for DropReason {
     }
 }
 
-/// Judges `datagram` in flannel's udp wire format, received from underlay address `outer_src` (any
-/// source port). Never panics, whatever the bytes.
-pub fn decapsulate(
+/// Judges `datagram` in flannel's udp wire format (the bare inner IPv4 packet), received from
+/// underlay address `outer_src` (any source port). Never panics, whatever the bytes.
+pub fn decapsulate_udp(
     outer_src: Ipv4Addr,
     datagram: &[u8],
     routes: &RouteSnapshot,
     policy: &DecapPolicy,
-) -> Verdict {
+) -> DecapVerdict {
     let packet = match ipv4::Packet::new_checked(datagram) {
         Ok(p) => p,
-        Err(e) => return Verdict::Drop(e.into()),
+        Err(e) => return DecapVerdict::Drop(e.into()),
     };
     if !packet.verify_checksum() {
-        return Verdict::Drop(DropReason::BadChecksum);
+        return DecapVerdict::Drop(DropReason::BadChecksum);
     }
     if !policy.local.contains(packet.dst_addr()) {
-        return Verdict::Drop(DropReason::NotLocal);
+        return DecapVerdict::Drop(DropReason::NotLocal);
     }
     if !policy.accept_any_source {
         if !routes.is_peer(outer_src) {
-            return Verdict::Drop(DropReason::UnknownSender);
+            return DecapVerdict::Drop(DropReason::UnknownSender);
         }
         let src = packet.src_addr();
         if policy.network.contains(src) {
             match routes.lookup(src) {
                 Some(hop) if *hop.peer.ip() == outer_src => {}
-                _ => return Verdict::Drop(DropReason::Spoofed),
+                _ => return DecapVerdict::Drop(DropReason::Spoofed),
             }
         }
     }
-    Verdict::Deliver(0..datagram.len())
+    DecapVerdict::Deliver(0..datagram.len())
 }
 
 /// Decapsulation for one wire format, with what it checks against.
@@ -124,18 +127,18 @@ impl Decapsulator {
         outer_src: Ipv4Addr,
         datagram: &[u8],
         routes: &RouteSnapshot,
-    ) -> Verdict {
+    ) -> DecapVerdict {
         match self.wire {
-            Wire::Udp => decapsulate(outer_src, datagram, routes, &self.policy),
+            Wire::Udp => decapsulate_udp(outer_src, datagram, routes, &self.policy),
             Wire::Vxlan { vni, mac } => {
                 if let Err(reason) = check_vxlan(datagram, vni, mac) {
-                    return Verdict::Drop(reason);
+                    return DecapVerdict::Drop(reason);
                 }
                 let inner = &datagram[vxlan::HEADER_LEN..];
-                match decapsulate(outer_src, inner, routes, &self.policy) {
-                    Verdict::Deliver(r) => {
-                        Verdict::Deliver(r.start + vxlan::HEADER_LEN..r.end + vxlan::HEADER_LEN)
-                    }
+                match decapsulate_udp(outer_src, inner, routes, &self.policy) {
+                    DecapVerdict::Deliver(r) => DecapVerdict::Deliver(
+                        r.start + vxlan::HEADER_LEN..r.end + vxlan::HEADER_LEN,
+                    ),
                     drop => drop,
                 }
             }
@@ -143,20 +146,18 @@ impl Decapsulator {
     }
 }
 
-/// The VXLAN and inner Ethernet checks, in the order the module doc lists them.
+/// The VXLAN and inner Ethernet checks, in the order the module doc lists them: the headers'
+/// length and flags by [`vxlan::Repr::parse`] (`Truncated`, `VxlanBadHeader`), then what they say.
 #[inline]
 fn check_vxlan(datagram: &[u8], vni: u32, mac: [u8; 6]) -> Result<(), DropReason> {
-    let frame = vxlan::Packet::new_checked(datagram)?;
-    if !frame.header_valid() {
-        return Err(DropReason::VxlanBadHeader);
-    }
-    if frame.vni() != vni & vxlan::VNI_MASK {
+    let frame = vxlan::Repr::parse(&vxlan::Packet::new_unchecked(datagram))?;
+    if frame.vni != vni & vxlan::VNI_MASK {
         return Err(DropReason::VxlanWrongVni);
     }
-    if frame.dst_mac() != mac || frame.src_mac() == mac {
+    if frame.dst_mac != mac || frame.src_mac == mac {
         return Err(DropReason::VxlanWrongMac);
     }
-    if frame.ethertype() != vxlan::ETHERTYPE_IPV4 {
+    if frame.ethertype != vxlan::ETHERTYPE_IPV4 {
         return Err(DropReason::VxlanNotIpv4);
     }
     Ok(())
@@ -203,8 +204,8 @@ mod tests {
         }
     }
 
-    fn judge(src: Ipv4Addr, d: &[u8]) -> Verdict {
-        decapsulate(src, d, &routes(), &policy())
+    fn judge(src: Ipv4Addr, d: &[u8]) -> DecapVerdict {
+        decapsulate_udp(src, d, &routes(), &policy())
     }
 
     #[test]
@@ -216,32 +217,41 @@ mod tests {
 
     #[test]
     fn delivers_from_the_leasing_peer() {
-        assert_eq!(judge(PEER_B, &DATAGRAM), Verdict::Deliver(0..28));
+        assert_eq!(judge(PEER_B, &DATAGRAM), DecapVerdict::Deliver(0..28));
     }
 
     #[test]
     fn drop_truncated() {
         assert_eq!(
             judge(PEER_B, &DATAGRAM[..19]),
-            Verdict::Drop(DropReason::Truncated)
+            DecapVerdict::Drop(DropReason::Truncated)
         );
-        assert_eq!(judge(PEER_B, &[]), Verdict::Drop(DropReason::Truncated));
+        assert_eq!(
+            judge(PEER_B, &[]),
+            DecapVerdict::Drop(DropReason::Truncated)
+        );
     }
 
     #[test]
     fn drop_not_ipv4() {
         let mut d = DATAGRAM;
         d[0] = 0x65;
-        assert_eq!(judge(PEER_B, &d), Verdict::Drop(DropReason::NotIpv4));
+        assert_eq!(judge(PEER_B, &d), DecapVerdict::Drop(DropReason::NotIpv4));
     }
 
     #[test]
     fn drop_bad_header_len() {
         let mut d = DATAGRAM;
         d[0] = 0x43;
-        assert_eq!(judge(PEER_B, &d), Verdict::Drop(DropReason::BadHeaderLen));
+        assert_eq!(
+            judge(PEER_B, &d),
+            DecapVerdict::Drop(DropReason::BadHeaderLen)
+        );
         d[0] = 0x48; // 32-byte header in a 28-byte datagram
-        assert_eq!(judge(PEER_B, &d), Verdict::Drop(DropReason::BadHeaderLen));
+        assert_eq!(
+            judge(PEER_B, &d),
+            DecapVerdict::Drop(DropReason::BadHeaderLen)
+        );
     }
 
     #[test]
@@ -249,13 +259,13 @@ mod tests {
         // The datagram lost its last byte: no silent truncation.
         assert_eq!(
             judge(PEER_B, &DATAGRAM[..27]),
-            Verdict::Drop(DropReason::LengthMismatch)
+            DecapVerdict::Drop(DropReason::LengthMismatch)
         );
         let mut longer = DATAGRAM.to_vec();
         longer.extend_from_slice(&[0; 4]);
         assert_eq!(
             judge(PEER_B, &longer),
-            Verdict::Drop(DropReason::LengthMismatch)
+            DecapVerdict::Drop(DropReason::LengthMismatch)
         );
     }
 
@@ -263,7 +273,10 @@ mod tests {
     fn drop_bad_checksum() {
         let mut d = DATAGRAM;
         d[11] ^= 1;
-        assert_eq!(judge(PEER_B, &d), Verdict::Drop(DropReason::BadChecksum));
+        assert_eq!(
+            judge(PEER_B, &d),
+            DecapVerdict::Drop(DropReason::BadChecksum)
+        );
     }
 
     #[test]
@@ -272,27 +285,30 @@ mod tests {
         let mut p = ipv4::Packet::new_unchecked(&mut d[..]);
         p.set_dst_addr(Ipv4Addr::new(10, 1, 3, 2));
         p.fill_checksum();
-        assert_eq!(judge(PEER_B, &d), Verdict::Drop(DropReason::NotLocal));
+        assert_eq!(judge(PEER_B, &d), DecapVerdict::Drop(DropReason::NotLocal));
     }
 
     #[test]
     fn drop_unknown_sender() {
         assert_eq!(
             judge(Ipv4Addr::new(198, 51, 100, 7), &DATAGRAM),
-            Verdict::Drop(DropReason::UnknownSender)
+            DecapVerdict::Drop(DropReason::UnknownSender)
         );
     }
 
     #[test]
     fn drop_spoofed() {
         // Peer C sends a packet claiming to come from B's subnet.
-        assert_eq!(judge(PEER_C, &DATAGRAM), Verdict::Drop(DropReason::Spoofed));
+        assert_eq!(
+            judge(PEER_C, &DATAGRAM),
+            DecapVerdict::Drop(DropReason::Spoofed)
+        );
         // B sends a packet from a subnet nobody leases (or from ours).
         let mut d = DATAGRAM;
         let mut p = ipv4::Packet::new_unchecked(&mut d[..]);
         p.set_src_addr(Ipv4Addr::new(10, 1, 1, 9));
         p.fill_checksum();
-        assert_eq!(judge(PEER_B, &d), Verdict::Drop(DropReason::Spoofed));
+        assert_eq!(judge(PEER_B, &d), DecapVerdict::Drop(DropReason::Spoofed));
     }
 
     #[test]
@@ -302,12 +318,12 @@ mod tests {
         let mut p = ipv4::Packet::new_unchecked(&mut d[..]);
         p.set_src_addr(PEER_B);
         p.fill_checksum();
-        assert_eq!(judge(PEER_B, &d), Verdict::Deliver(0..28));
-        assert_eq!(judge(PEER_C, &d), Verdict::Deliver(0..28));
+        assert_eq!(judge(PEER_B, &d), DecapVerdict::Deliver(0..28));
+        assert_eq!(judge(PEER_C, &d), DecapVerdict::Deliver(0..28));
         // But not from a stranger.
         assert_eq!(
             judge(Ipv4Addr::new(198, 51, 100, 7), &d),
-            Verdict::Drop(DropReason::UnknownSender)
+            DecapVerdict::Drop(DropReason::UnknownSender)
         );
     }
 
@@ -319,12 +335,12 @@ mod tests {
         };
         let unknown = Ipv4Addr::new(198, 51, 100, 7);
         assert_eq!(
-            decapsulate(unknown, &DATAGRAM, &routes(), &p),
-            Verdict::Deliver(0..28)
+            decapsulate_udp(unknown, &DATAGRAM, &routes(), &p),
+            DecapVerdict::Deliver(0..28)
         );
         assert_eq!(
-            decapsulate(PEER_C, &DATAGRAM, &routes(), &p),
-            Verdict::Deliver(0..28)
+            decapsulate_udp(PEER_C, &DATAGRAM, &routes(), &p),
+            DecapVerdict::Deliver(0..28)
         );
     }
 
@@ -356,7 +372,7 @@ mod tests {
         )
     }
 
-    fn judge_vxlan(src: Ipv4Addr, d: &[u8]) -> Verdict {
+    fn judge_vxlan(src: Ipv4Addr, d: &[u8]) -> DecapVerdict {
         vxlan().decapsulate(src, d, &routes())
     }
 
@@ -365,7 +381,10 @@ mod tests {
         assert_eq!(VXLAN_FRAME[8..14], MAC_A);
         assert_eq!(VXLAN_FRAME[14..20], MAC_B);
         assert_eq!(VXLAN_FRAME[22..], DATAGRAM);
-        assert_eq!(judge_vxlan(PEER_B, &VXLAN_FRAME), Verdict::Deliver(22..50));
+        assert_eq!(
+            judge_vxlan(PEER_B, &VXLAN_FRAME),
+            DecapVerdict::Deliver(22..50)
+        );
     }
 
     #[test]
@@ -373,18 +392,18 @@ mod tests {
         for len in 0..vxlan::HEADER_LEN {
             assert_eq!(
                 judge_vxlan(PEER_B, &VXLAN_FRAME[..len]),
-                Verdict::Drop(DropReason::Truncated),
+                DecapVerdict::Drop(DropReason::Truncated),
                 "{len} bytes"
             );
         }
         // Headers but no (or a short) inner packet.
         assert_eq!(
             judge_vxlan(PEER_B, &VXLAN_FRAME[..22]),
-            Verdict::Drop(DropReason::Truncated)
+            DecapVerdict::Drop(DropReason::Truncated)
         );
         assert_eq!(
             judge_vxlan(PEER_B, &VXLAN_FRAME[..41]),
-            Verdict::Drop(DropReason::Truncated)
+            DecapVerdict::Drop(DropReason::Truncated)
         );
     }
 
@@ -404,7 +423,7 @@ mod tests {
             d[at] = value;
             assert_eq!(
                 judge_vxlan(PEER_B, &d),
-                Verdict::Drop(DropReason::VxlanBadHeader),
+                DecapVerdict::Drop(DropReason::VxlanBadHeader),
                 "byte {at} = {value:#04x}"
             );
         }
@@ -416,13 +435,13 @@ mod tests {
         d[6] = 2;
         assert_eq!(
             judge_vxlan(PEER_B, &d),
-            Verdict::Drop(DropReason::VxlanWrongVni)
+            DecapVerdict::Drop(DropReason::VxlanWrongVni)
         );
         let mut d = VXLAN_FRAME;
         d[4] = 1; // VNI 0x010001: only the low byte matches
         assert_eq!(
             judge_vxlan(PEER_B, &d),
-            Verdict::Drop(DropReason::VxlanWrongVni)
+            DecapVerdict::Drop(DropReason::VxlanWrongVni)
         );
     }
 
@@ -438,7 +457,7 @@ mod tests {
         for d in [other, broadcast, looped] {
             assert_eq!(
                 judge_vxlan(PEER_B, &d),
-                Verdict::Drop(DropReason::VxlanWrongMac)
+                DecapVerdict::Drop(DropReason::VxlanWrongMac)
             );
         }
     }
@@ -450,7 +469,7 @@ mod tests {
             d[20..22].copy_from_slice(&ethertype);
             assert_eq!(
                 judge_vxlan(PEER_B, &d),
-                Verdict::Drop(DropReason::VxlanNotIpv4),
+                DecapVerdict::Drop(DropReason::VxlanNotIpv4),
                 "ethertype {ethertype:02x?}"
             );
         }
@@ -466,25 +485,25 @@ mod tests {
         d[20] = 0x86;
         assert_eq!(
             judge_vxlan(PEER_B, &d),
-            Verdict::Drop(DropReason::VxlanBadHeader)
+            DecapVerdict::Drop(DropReason::VxlanBadHeader)
         );
         d[0] = 0x08;
         assert_eq!(
             judge_vxlan(PEER_B, &d),
-            Verdict::Drop(DropReason::VxlanWrongVni)
+            DecapVerdict::Drop(DropReason::VxlanWrongVni)
         );
         d[6] = 1;
         assert_eq!(
             judge_vxlan(PEER_B, &d),
-            Verdict::Drop(DropReason::VxlanWrongMac)
+            DecapVerdict::Drop(DropReason::VxlanWrongMac)
         );
         d[8] = MAC_A[0];
         assert_eq!(
             judge_vxlan(PEER_B, &d),
-            Verdict::Drop(DropReason::VxlanNotIpv4)
+            DecapVerdict::Drop(DropReason::VxlanNotIpv4)
         );
         d[20] = 0x08;
-        assert_eq!(judge_vxlan(PEER_B, &d), Verdict::Deliver(22..50));
+        assert_eq!(judge_vxlan(PEER_B, &d), DecapVerdict::Deliver(22..50));
     }
 
     #[test]
@@ -493,29 +512,29 @@ mod tests {
         bad_sum[22 + 11] ^= 1;
         assert_eq!(
             judge_vxlan(PEER_B, &bad_sum),
-            Verdict::Drop(DropReason::BadChecksum)
+            DecapVerdict::Drop(DropReason::BadChecksum)
         );
         let mut six = VXLAN_FRAME;
         six[22] = 0x65;
         assert_eq!(
             judge_vxlan(PEER_B, &six),
-            Verdict::Drop(DropReason::NotIpv4)
+            DecapVerdict::Drop(DropReason::NotIpv4)
         );
         let mut padded = VXLAN_FRAME.to_vec();
         padded.extend_from_slice(&[0; 10]);
         assert_eq!(
             judge_vxlan(PEER_B, &padded),
-            Verdict::Drop(DropReason::LengthMismatch)
+            DecapVerdict::Drop(DropReason::LengthMismatch)
         );
         // The sender policy looks at the outer source address only (the port is the kernel's
         // flow hash, never checked).
         assert_eq!(
             judge_vxlan(PEER_C, &VXLAN_FRAME),
-            Verdict::Drop(DropReason::Spoofed)
+            DecapVerdict::Drop(DropReason::Spoofed)
         );
         assert_eq!(
             judge_vxlan(Ipv4Addr::new(198, 51, 100, 7), &VXLAN_FRAME),
-            Verdict::Drop(DropReason::UnknownSender)
+            DecapVerdict::Drop(DropReason::UnknownSender)
         );
         let mut not_local = VXLAN_FRAME;
         let mut p = ipv4::Packet::new_unchecked(&mut not_local[22..]);
@@ -523,7 +542,7 @@ mod tests {
         p.fill_checksum();
         assert_eq!(
             judge_vxlan(PEER_B, &not_local),
-            Verdict::Drop(DropReason::NotLocal)
+            DecapVerdict::Drop(DropReason::NotLocal)
         );
     }
 
@@ -538,7 +557,7 @@ mod tests {
         );
         assert_eq!(
             d.decapsulate(PEER_B, &VXLAN_FRAME, &routes()),
-            Verdict::Deliver(22..50)
+            DecapVerdict::Deliver(22..50)
         );
     }
 
@@ -547,12 +566,12 @@ mod tests {
         let d = Decapsulator::new(Wire::Udp, policy());
         assert_eq!(
             d.decapsulate(PEER_B, &DATAGRAM, &routes()),
-            Verdict::Deliver(0..28)
+            DecapVerdict::Deliver(0..28)
         );
         // A VXLAN frame is not a udp datagram.
         assert_eq!(
             d.decapsulate(PEER_B, &VXLAN_FRAME, &routes()),
-            Verdict::Drop(DropReason::NotIpv4)
+            DecapVerdict::Drop(DropReason::NotIpv4)
         );
     }
 
@@ -575,7 +594,7 @@ mod tests {
                 buf[..22].copy_from_slice(&VXLAN_FRAME[..22]);
                 buf[22] = 0x45;
             }
-            if let Verdict::Deliver(range) = d.decapsulate(PEER_B, &buf[..len], &r) {
+            if let DecapVerdict::Deliver(range) = d.decapsulate(PEER_B, &buf[..len], &r) {
                 assert!(range.start == 22 && range.end == len);
             }
         }
@@ -598,7 +617,7 @@ mod tests {
             if i % 3 == 0 && len > 0 {
                 buf[0] = 0x45;
             }
-            let _ = decapsulate(PEER_B, &buf[..len], &r, &p);
+            let _ = decapsulate_udp(PEER_B, &buf[..len], &r, &p);
         }
     }
 }

@@ -15,9 +15,12 @@ use crate::stats::DropReason;
 use crate::wire::{self, icmp, ipv4, vxlan, Wire};
 use std::net::SocketAddrV4;
 
-/// What to do with a packet read from the TUN device.
+/// What to do with a packet read from the TUN device (the outcome of encapsulation;
+/// [`DecapVerdict`] is the receiving side's).
+///
+/// [`DecapVerdict`]: crate::decap::DecapVerdict
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encap {
+pub enum EncapVerdict {
     /// Send the (TTL-decremented, encapsulated) packet to this peer.
     Forward(SocketAddrV4),
     /// Drop it; if `reply` is set, answer the sender with that ICMP error.
@@ -31,17 +34,17 @@ pub enum Encap {
 
 /// Encapsulation for flannel's udp wire format: decides where `packet` (one IPv4 packet read from
 /// the TUN device) goes, and decrements its TTL when it is forwarded; the packet itself is then the
-/// UDP payload. Never panics, whatever the bytes.
-pub fn encapsulate(packet: &mut [u8], routes: &RouteSnapshot) -> Encap {
+/// UDP payload (the format has no header). Never panics, whatever the bytes.
+pub fn encapsulate_udp(packet: &mut [u8], routes: &RouteSnapshot) -> EncapVerdict {
     match route(packet, routes) {
-        Ok(hop) => Encap::Forward(hop.peer),
+        Ok(hop) => EncapVerdict::Forward(hop.peer),
         Err(drop) => drop,
     }
 }
 
 /// Route lookup and TTL handling shared by every wire format.
 #[inline]
-fn route(packet: &mut [u8], routes: &RouteSnapshot) -> Result<Hop, Encap> {
+fn route(packet: &mut [u8], routes: &RouteSnapshot) -> Result<Hop, EncapVerdict> {
     let view = match ipv4::Packet::new_checked(&packet[..]) {
         Ok(p) => p,
         Err(wire::Error::NotIpv4) => return Err(drop(DropReason::TxNotIpv4)),
@@ -49,14 +52,14 @@ fn route(packet: &mut [u8], routes: &RouteSnapshot) -> Result<Hop, Encap> {
     };
     let Some(hop) = routes.lookup(view.dst_addr()) else {
         let reply = icmp::may_reply_to(&view).then_some(icmp::ErrorKind::NetUnreachable);
-        return Err(Encap::Drop {
+        return Err(EncapVerdict::Drop {
             reason: DropReason::NoRoute,
             reply,
         });
     };
     if view.ttl() <= 1 {
         let reply = icmp::may_reply_to(&view).then_some(icmp::ErrorKind::TimeExceeded);
-        return Err(Encap::Drop {
+        return Err(EncapVerdict::Drop {
             reason: DropReason::TtlExceeded,
             reply,
         });
@@ -65,8 +68,8 @@ fn route(packet: &mut [u8], routes: &RouteSnapshot) -> Result<Hop, Encap> {
     Ok(hop)
 }
 
-fn drop(reason: DropReason) -> Encap {
-    Encap::Drop {
+fn drop(reason: DropReason) -> EncapVerdict {
+    EncapVerdict::Drop {
         reason,
         reply: None,
     }
@@ -100,9 +103,9 @@ impl Encapsulator {
     /// untouched. Never panics, whatever the bytes (a `frame` shorter than the header is
     /// `TxMalformed`).
     #[inline]
-    pub fn encapsulate(&self, frame: &mut [u8], routes: &RouteSnapshot) -> Encap {
+    pub fn encapsulate(&self, frame: &mut [u8], routes: &RouteSnapshot) -> EncapVerdict {
         match self.wire {
-            Wire::Udp => encapsulate(frame, routes),
+            Wire::Udp => encapsulate_udp(frame, routes),
             Wire::Vxlan { vni, mac } => {
                 let Some((header, packet)) = frame.split_at_mut_checked(vxlan::HEADER_LEN) else {
                     return drop(DropReason::TxMalformed);
@@ -118,7 +121,7 @@ impl Encapsulator {
                     ethertype: vxlan::ETHERTYPE_IPV4,
                 };
                 repr.emit(&mut vxlan::Packet::new_unchecked(header));
-                Encap::Forward(hop.peer)
+                EncapVerdict::Forward(hop.peer)
             }
         }
     }
@@ -127,7 +130,7 @@ impl Encapsulator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decap::{decapsulate, DecapPolicy, Verdict};
+    use crate::decap::{decapsulate_udp, DecapPolicy, DecapVerdict};
     use crate::route::Route;
     use std::net::Ipv4Addr;
 
@@ -165,8 +168,8 @@ mod tests {
     fn forwards_and_decrements_ttl() {
         let mut p = packet([10, 1, 1, 2], [10, 1, 2, 2], 64, 100);
         assert_eq!(
-            encapsulate(&mut p, &table(HOST_B, "10.1.2.0/24")),
-            Encap::Forward(SocketAddrV4::new(HOST_B, 8285))
+            encapsulate_udp(&mut p, &table(HOST_B, "10.1.2.0/24")),
+            EncapVerdict::Forward(SocketAddrV4::new(HOST_B, 8285))
         );
         let v = ipv4::Packet::new_checked(&p[..]).expect("still valid");
         assert_eq!(v.ttl(), 63);
@@ -180,16 +183,16 @@ mod tests {
             let orig = packet([10, 1, 1, 2], [10, 1, 2, 2], 64, len);
             let mut p = orig.clone();
             assert!(matches!(
-                encapsulate(&mut p, &table(HOST_B, "10.1.2.0/24")),
-                Encap::Forward(_)
+                encapsulate_udp(&mut p, &table(HOST_B, "10.1.2.0/24")),
+                EncapVerdict::Forward(_)
             ));
             let policy = DecapPolicy {
                 network: "10.1.0.0/16".parse().expect("valid"),
                 local: "10.1.2.0/24".parse().expect("valid"),
                 accept_any_source: false,
             };
-            let verdict = decapsulate(HOST_A, &p, &table(HOST_A, "10.1.1.0/24"), &policy);
-            assert_eq!(verdict, Verdict::Deliver(0..len));
+            let verdict = decapsulate_udp(HOST_A, &p, &table(HOST_A, "10.1.1.0/24"), &policy);
+            assert_eq!(verdict, DecapVerdict::Deliver(0..len));
             assert_eq!(p[20..], orig[20..]);
             assert_eq!(p[8], orig[8] - 1);
         }
@@ -199,8 +202,8 @@ mod tests {
     fn no_route_replies_net_unreachable() {
         let mut p = packet([10, 1, 1, 2], [10, 1, 9, 2], 64, 40);
         assert_eq!(
-            encapsulate(&mut p, &table(HOST_B, "10.1.2.0/24")),
-            Encap::Drop {
+            encapsulate_udp(&mut p, &table(HOST_B, "10.1.2.0/24")),
+            EncapVerdict::Drop {
                 reason: DropReason::NoRoute,
                 reply: Some(icmp::ErrorKind::NetUnreachable)
             }
@@ -211,8 +214,8 @@ mod tests {
     fn ttl_one_replies_time_exceeded() {
         let mut p = packet([10, 1, 1, 2], [10, 1, 2, 2], 1, 40);
         assert_eq!(
-            encapsulate(&mut p, &table(HOST_B, "10.1.2.0/24")),
-            Encap::Drop {
+            encapsulate_udp(&mut p, &table(HOST_B, "10.1.2.0/24")),
+            EncapVerdict::Drop {
                 reason: DropReason::TtlExceeded,
                 reply: Some(icmp::ErrorKind::TimeExceeded)
             }
@@ -272,7 +275,7 @@ mod tests {
         assert_eq!(e.header_len(), 22);
         assert_eq!(
             e.encapsulate(&mut f, &vxlan_table(HOST_B, MAC_B, "10.1.2.0/24")),
-            Encap::Forward(SocketAddrV4::new(HOST_B, 8472))
+            EncapVerdict::Forward(SocketAddrV4::new(HOST_B, 8472))
         );
         // Every byte: VXLAN header, inner Ethernet, and the inner packet with TTL 63.
         assert_eq!(f[..], VXLAN_FRAME[..]);
@@ -300,11 +303,11 @@ mod tests {
             assert_eq!(
                 Encapsulator::new(VXLAN_A)
                     .encapsulate(&mut f, &vxlan_table(HOST_B, MAC_B, "10.1.2.0/24")),
-                Encap::Forward(SocketAddrV4::new(HOST_B, 8472))
+                EncapVerdict::Forward(SocketAddrV4::new(HOST_B, 8472))
             );
             assert_eq!(f.len(), 22 + len);
             let verdict = at_b.decapsulate(HOST_A, &f, &vxlan_table(HOST_A, MAC_A, "10.1.1.0/24"));
-            assert_eq!(verdict, Verdict::Deliver(22..22 + len));
+            assert_eq!(verdict, DecapVerdict::Deliver(22..22 + len));
             assert_eq!(f[22 + 20..], orig[20..]);
             assert_eq!(f[22 + 8], orig[8] - 1);
         }
@@ -318,7 +321,7 @@ mod tests {
         let before = no_route.clone();
         assert_eq!(
             e.encapsulate(&mut no_route, &routes),
-            Encap::Drop {
+            EncapVerdict::Drop {
                 reason: DropReason::NoRoute,
                 reply: Some(icmp::ErrorKind::NetUnreachable)
             }
@@ -328,7 +331,7 @@ mod tests {
         let before = ttl1.clone();
         assert_eq!(
             e.encapsulate(&mut ttl1, &routes),
-            Encap::Drop {
+            EncapVerdict::Drop {
                 reason: DropReason::TtlExceeded,
                 reply: Some(icmp::ErrorKind::TimeExceeded)
             }
@@ -337,7 +340,7 @@ mod tests {
         let mut six = framed(&[0x60; 40]);
         assert_eq!(
             e.encapsulate(&mut six, &routes),
-            Encap::Drop {
+            EncapVerdict::Drop {
                 reason: DropReason::TxNotIpv4,
                 reply: None
             }
@@ -347,7 +350,7 @@ mod tests {
             let mut short = vec![0x45; len];
             assert_eq!(
                 e.encapsulate(&mut short, &routes),
-                Encap::Drop {
+                EncapVerdict::Drop {
                     reason: DropReason::TxMalformed,
                     reply: None
                 }
@@ -364,7 +367,7 @@ mod tests {
         let mut a = packet([10, 1, 1, 2], [10, 1, 2, 2], 64, 100);
         let mut b = a.clone();
         let t = table(HOST_B, "10.1.2.0/24");
-        assert_eq!(e.encapsulate(&mut a, &t), encapsulate(&mut b, &t));
+        assert_eq!(e.encapsulate(&mut a, &t), encapsulate_udp(&mut b, &t));
         assert_eq!(a, b);
     }
 
@@ -372,16 +375,16 @@ mod tests {
     fn non_ipv4_and_malformed_are_dropped() {
         let mut six = vec![0x60u8; 40];
         assert_eq!(
-            encapsulate(&mut six, &table(HOST_B, "10.1.2.0/24")),
-            Encap::Drop {
+            encapsulate_udp(&mut six, &table(HOST_B, "10.1.2.0/24")),
+            EncapVerdict::Drop {
                 reason: DropReason::TxNotIpv4,
                 reply: None
             }
         );
         let mut short = vec![0x45u8; 10];
         assert_eq!(
-            encapsulate(&mut short, &table(HOST_B, "10.1.2.0/24")),
-            Encap::Drop {
+            encapsulate_udp(&mut short, &table(HOST_B, "10.1.2.0/24")),
+            EncapVerdict::Drop {
                 reason: DropReason::TxMalformed,
                 reply: None
             }

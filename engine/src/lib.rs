@@ -33,6 +33,7 @@ pub mod decap;
 pub mod encap;
 pub mod net;
 pub mod netlink;
+mod offload;
 pub mod route;
 pub mod stats;
 mod sys;
@@ -42,8 +43,8 @@ pub mod wire;
 mod worker;
 
 pub use dataplane::{Dataplane, DataplaneConfig, StartError, StatsSource};
-pub use decap::{decapsulate, DecapPolicy, Decapsulator, Verdict};
-pub use encap::{encapsulate, Encap, Encapsulator};
+pub use decap::{decapsulate_udp, DecapPolicy, DecapVerdict, Decapsulator};
+pub use encap::{encapsulate_udp, EncapVerdict, Encapsulator};
 pub use net::Ipv4Net;
 pub use route::{Hop, Route, RouteSnapshot, RouteTable};
 pub use stats::{Counter, DropReason, StatsSnapshot};

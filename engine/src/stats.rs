@@ -47,11 +47,13 @@ pub enum DropReason {
     VxlanWrongMac,
     /// Inner Ethernet type is not IPv4 (IPv6 included: weft's overlay is IPv4 only).
     VxlanNotIpv4,
+    /// The received message was longer than the buffer and was cut (MSG_TRUNC).
+    RecvTruncated,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::Truncated,
         DropReason::NotIpv4,
         DropReason::BadHeaderLen,
@@ -70,6 +72,7 @@ impl DropReason {
         DropReason::VxlanWrongVni,
         DropReason::VxlanWrongMac,
         DropReason::VxlanNotIpv4,
+        DropReason::RecvTruncated,
     ];
 
     /// Stable snake_case name used in logs and metrics.
@@ -93,6 +96,7 @@ impl DropReason {
             DropReason::VxlanWrongVni => "vxlan_wrong_vni",
             DropReason::VxlanWrongMac => "vxlan_wrong_mac",
             DropReason::VxlanNotIpv4 => "vxlan_not_ipv4",
+            DropReason::RecvTruncated => "recv_truncated",
         }
     }
 }

@@ -266,6 +266,7 @@ fn interoperates_with_the_kernel_vxlan_driver() {
         accept_any_source: false,
         socket_buffer: engine::dataplane::DEFAULT_SOCKET_BUFFER,
         offload: Offload::Auto,
+        tso_writes: true,
     };
     assert_eq!(cfg.tun_mtu(), 1450);
     let dp = a.enter(|| Dataplane::start(&cfg, Arc::clone(&routes)).expect("start data plane"));

@@ -1,4 +1,4 @@
-//! `engine::decapsulate` on any datagram from any underlay source.
+//! `engine::decapsulate_udp` on any datagram from any underlay source.
 //!
 //! Input: 4 bytes of outer source address (big-endian, as on the wire), then the UDP payload.
 //! The route snapshot and policy are fixed (host A, local subnet 10.1.1.0/24, three peers, one of
@@ -16,7 +16,7 @@
 #[path = "common.rs"]
 mod common;
 
-use engine::{decapsulate, DecapPolicy, Route, RouteSnapshot, Verdict};
+use engine::{decapsulate_udp, DecapPolicy, Route, RouteSnapshot, DecapVerdict};
 use libfuzzer_sys::fuzz_target;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::OnceLock;
@@ -45,9 +45,9 @@ fn routes() -> &'static RouteSnapshot {
 
 fn check(outer_src: Ipv4Addr, datagram: &[u8], policy: &DecapPolicy) -> bool {
     let snap = routes();
-    match decapsulate(outer_src, datagram, snap, policy) {
-        Verdict::Drop(_) => false,
-        Verdict::Deliver(range) => {
+    match decapsulate_udp(outer_src, datagram, snap, policy) {
+        DecapVerdict::Drop(_) => false,
+        DecapVerdict::Deliver(range) => {
             common::assert_delivered(outer_src, datagram, &range, snap, policy);
             true
         }

@@ -21,7 +21,7 @@ mod common;
 
 use engine::stats::DropReason;
 use engine::wire::vxlan;
-use engine::{decapsulate, DecapPolicy, Decapsulator, Route, RouteSnapshot, Verdict, Wire};
+use engine::{decapsulate_udp, DecapPolicy, Decapsulator, Route, RouteSnapshot, DecapVerdict, Wire};
 use libfuzzer_sys::fuzz_target;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::OnceLock;
@@ -77,20 +77,20 @@ fn check(outer_src: Ipv4Addr, datagram: &[u8], policy: &DecapPolicy) -> bool {
     let snap = routes();
     let verdict = Decapsulator::new(WIRE, *policy).decapsulate(outer_src, datagram, snap);
     if let Some(reason) = expected_header_drop(datagram) {
-        assert_eq!(verdict, Verdict::Drop(reason), "header checks");
+        assert_eq!(verdict, DecapVerdict::Drop(reason), "header checks");
         return false;
     }
     let inner = &datagram[vxlan::HEADER_LEN..];
-    match (decapsulate(outer_src, inner, snap, policy), &verdict) {
-        (Verdict::Drop(a), Verdict::Drop(b)) => assert_eq!(a, *b, "inner drop reason"),
-        (Verdict::Deliver(a), Verdict::Deliver(b)) => {
+    match (decapsulate_udp(outer_src, inner, snap, policy), &verdict) {
+        (DecapVerdict::Drop(a), DecapVerdict::Drop(b)) => assert_eq!(a, *b, "inner drop reason"),
+        (DecapVerdict::Deliver(a), DecapVerdict::Deliver(b)) => {
             assert_eq!(a.start + vxlan::HEADER_LEN..a.end + vxlan::HEADER_LEN, *b)
         }
         (udp, vx) => panic!("vxlan verdict {vx:?} but the inner packet alone gets {udp:?}"),
     }
     match verdict {
-        Verdict::Drop(_) => false,
-        Verdict::Deliver(range) => {
+        DecapVerdict::Drop(_) => false,
+        DecapVerdict::Deliver(range) => {
             common::assert_delivered(outer_src, datagram, &range, snap, policy);
             assert_eq!(
                 range,

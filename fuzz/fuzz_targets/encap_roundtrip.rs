@@ -1,4 +1,4 @@
-//! `engine::encapsulate` on host A, then `engine::decapsulate` on the peer it forwards to.
+//! `engine::encapsulate_udp` on host A, then `engine::decapsulate_udp` on the peer it forwards to.
 //!
 //! Hosts: A 192.0.2.1 leases 10.1.1.0/24, B 192.0.2.2 leases 10.1.2.0/24, C 192.0.2.3 leases
 //! 10.1.3.0/24. A routes to B and C; each peer routes back to A and to the third host.
@@ -21,7 +21,7 @@
 use engine::stats::DropReason;
 use engine::wire::{checksum, ipv4};
 use engine::{
-    decapsulate, encapsulate, DecapPolicy, Encap, Ipv4Net, Route, RouteSnapshot, Verdict,
+    decapsulate_udp, encapsulate_udp, DecapPolicy, EncapVerdict, Ipv4Net, Route, RouteSnapshot, DecapVerdict,
 };
 use libfuzzer_sys::fuzz_target;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -123,8 +123,8 @@ fuzz_target!(|data: &[u8]| {
     let h = hosts();
     let t = tables();
     let mut pkt = orig.clone();
-    match encapsulate(&mut pkt, &t[0]) {
-        Encap::Drop { reason, .. } => {
+    match encapsulate_udp(&mut pkt, &t[0]) {
+        EncapVerdict::Drop { reason, .. } => {
             assert_eq!(
                 pkt, orig,
                 "a dropped packet must be left untouched ({reason:?})"
@@ -145,7 +145,7 @@ fuzz_target!(|data: &[u8]| {
                 );
             }
         }
-        Encap::Forward(peer) => {
+        EncapVerdict::Forward(peer) => {
             let view = ipv4::Packet::new_checked(&orig[..]).expect("forwarded packet must be IPv4");
             assert!(view.ttl() > 1, "forwarded with TTL {}", view.ttl());
             let dst = view.dst_addr();
@@ -178,12 +178,12 @@ fuzz_target!(|data: &[u8]| {
                 local: to_host.subnet,
                 accept_any_source: false,
             };
-            let verdict = decapsulate(h[0].ip, &pkt, &t[to], &policy);
+            let verdict = decapsulate_udp(h[0].ip, &pkt, &t[to], &policy);
             let src = view.src_addr();
             if h[0].subnet.contains(src) || !overlay().contains(src) {
-                assert_eq!(verdict, Verdict::Deliver(0..pkt.len()));
+                assert_eq!(verdict, DecapVerdict::Deliver(0..pkt.len()));
             } else {
-                assert_eq!(verdict, Verdict::Drop(DropReason::Spoofed));
+                assert_eq!(verdict, DecapVerdict::Drop(DropReason::Spoofed));
             }
         }
     }

@@ -58,6 +58,8 @@ pub(crate) fn dataplane_config(
         accept_any_source: args.accept_any_source,
         socket_buffer: engine::dataplane::DEFAULT_SOCKET_BUFFER,
         offload: args.offload.into(),
+        // WEFT_NO_TSO_WRITE=1 turns TSO super-packet writes off, for comparisons.
+        tso_writes: !matches!(std::env::var("WEFT_NO_TSO_WRITE").as_deref(), Ok("1")),
         wire,
     }
 }

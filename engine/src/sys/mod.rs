@@ -1,6 +1,5 @@
 //! The only place in weft with `unsafe`: thin, safe wrappers over the system calls the standard
-//! library and our dependencies do not offer (recvmmsg, sendmmsg, forced socket buffer sizes,
-//! gathered TUN writes).
+//! library and our dependencies do not offer (recvmmsg, sendmmsg, forced socket buffer sizes).
 //!
 //! Rules (see docs/architecture.md): every `unsafe` block holds one FFI call (or one `mem::zeroed` of
 //! a C struct) and carries a `// SAFETY:` line; return codes become `io::Result` at once through
@@ -27,7 +26,5 @@ macro_rules! syscall {
 #[path = "linux/mod.rs"]
 mod imp;
 
-pub(crate) use imp::{
-    enable_udp_gro, probe_udp_gso, recv_batch, send_batch, set_buffer_sizes, writev,
-};
+pub(crate) use imp::{enable_udp_gro, probe_udp_gso, recv_batch, send_batch, set_buffer_sizes};
 pub use imp::{RecvMeta, SendMsg, MAX_BATCH};

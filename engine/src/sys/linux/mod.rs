@@ -2,9 +2,7 @@
 
 mod mmsg;
 mod sockopt;
-mod writev;
 
 pub(crate) use mmsg::{recv_batch, send_batch};
 pub use mmsg::{RecvMeta, SendMsg, MAX_BATCH};
 pub(crate) use sockopt::{enable_udp_gro, probe_udp_gso, set_buffer_sizes};
-pub(crate) use writev::writev;

@@ -1,0 +1,495 @@
+//! Receive-side TCP segmentation offload: a run of received TCP segments written back into the
+//! TUN device as one super-packet.
+//!
+//! A UDP GRO buffer from one peer normally holds the cut-up of one TSO super-packet that the peer
+//! read from its TUN device: consecutive segments of one TCP flow with identical headers. With TUN
+//! offloads such a run goes into the TUN device as one packet: a virtio_net_hdr asking for
+//! segmentation (`GSO_TCPV4`, `gso_size` = the segments' payload size) and checksum completion
+//! (`NEEDS_CSUM`), the first segment's IPv4 and TCP headers rewritten for the whole run, then every
+//! segment's payload, gathered by one `writev` from where it lies in the receive buffer. The header
+//! is filled exactly as tun-rs's coalescing (a port of wireguard-go's `tcpGRO`) fills it: IPv4 total
+//! length and header checksum recomputed, and the TCP checksum field holding the folded
+//! pseudo-header sum (not complemented), which is what the kernel expects of `CHECKSUM_PARTIAL`.
+//!
+//! The rules follow wireguard-go's `tcpPacketsCanCoalesce`, restricted to runs in arrival order:
+//! IPv4 without options, not a fragment; same addresses, TOS, TTL and DF; same ports, TCP header
+//! (options included), acknowledgment number and window; flags exactly ACK (PSH only on the last);
+//! consecutive sequence numbers; equal payload sizes except a shorter last one; at most
+//! [`MAX_SEGMENTS`] segments and 65 535 bytes of IPv4 packet.
+//!
+//! Segmenting what the TUN device reads, and coalescing what does not form a run, is tun-rs's
+//! (`recv_multiple`, `send_multiple`); both use the same virtio header.
+
+use crate::wire::{ipv4, tcp};
+use tun_rs::{VirtioNetHdr, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEN};
+
+/// Most segments gathered into one super-packet (as the kernel's GRO and UDP GSO allow).
+pub(crate) const MAX_SEGMENTS: usize = 64;
+/// Largest IPv4 packet.
+const MAX_IP_LEN: usize = 65_535;
+/// Bytes of a virtio_net_hdr (without `num_buffers`, as tun-rs sets the device up).
+pub(crate) const VNET_LEN: usize = VIRTIO_NET_HDR_LEN;
+/// Room for a super-packet's header: virtio_net_hdr, IPv4 without options and the longest TCP
+/// header.
+pub(crate) const MAX_HEADER: usize = VNET_LEN + ipv4::HEADER_LEN + tcp::MAX_HEADER_LEN;
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM` (linux/virtio_net.h): complete the checksum at
+/// `csum_start + csum_offset`.
+const VNET_F_NEEDS_CSUM: u8 = 1;
+
+/// What a packet that may take part in a run says about itself: an IPv4 TCP segment with data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    /// Bytes of IPv4 and TCP header.
+    header_len: usize,
+    /// Bytes of TCP payload.
+    payload_len: usize,
+    seq: u32,
+    psh: bool,
+}
+
+/// Parses `packet` (a whole inner IPv4 packet) as a candidate: IPv4 without options, TCP, not a
+/// fragment, total length equal to `packet.len()`, TCP header complete, flags exactly ACK or
+/// ACK|PSH, some payload. Anything else is `None` and is written as it is.
+fn segment(packet: &[u8]) -> Option<Segment> {
+    let ip = ipv4::Packet::new_checked(packet).ok()?;
+    if ip.header_len() != ipv4::HEADER_LEN || ip.protocol() != ipv4::PROTO_TCP || ip.is_fragment() {
+        return None;
+    }
+    let tcp = tcp::Packet::new_checked(ip.payload()).ok()?;
+    let payload_len = tcp.payload().len();
+    if payload_len == 0 {
+        return None;
+    }
+    let flags = tcp.flags();
+    if flags != tcp::flags::ACK && flags != tcp::flags::ACK | tcp::flags::PSH {
+        return None;
+    }
+    Some(Segment {
+        header_len: ipv4::HEADER_LEN + tcp.header_len(),
+        payload_len,
+        seq: tcp.seq_number(),
+        psh: flags & tcp::flags::PSH != 0,
+    })
+}
+
+/// Whether the headers of `a` and `b` (both accepted by [`segment`], with equal header lengths)
+/// agree on everything but IP ID, total length, checksums, sequence number and PSH.
+fn same_flow(a: &[u8], b: &[u8]) -> bool {
+    let (ia, ib) = (
+        ipv4::Packet::new_unchecked(a),
+        ipv4::Packet::new_unchecked(b),
+    );
+    // Flags and fragment offset are zero but for DF and the reserved bit (segment()).
+    let same_ip = ia.tos() == ib.tos()
+        && ia.ttl() == ib.ttl()
+        && ia.flags_and_offset() == ib.flags_and_offset()
+        && ia.src_addr() == ib.src_addr()
+        && ia.dst_addr() == ib.dst_addr();
+    let (ta, tb) = (
+        tcp::Packet::new_unchecked(ia.payload()),
+        tcp::Packet::new_unchecked(ib.payload()),
+    );
+    same_ip
+        && ta.src_port() == tb.src_port()
+        && ta.dst_port() == tb.dst_port()
+        && ta.ack_number() == tb.ack_number()
+        && ta.data_offset_byte() == tb.data_offset_byte()
+        && ta.window() == tb.window()
+        && ta.options() == tb.options()
+}
+
+/// A run of received TCP segments that can go into the TUN device as one super-packet: the
+/// packets themselves (borrowed from the receive buffer) and what the next one must match.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TcpRun<'a> {
+    packets: [&'a [u8]; MAX_SEGMENTS],
+    count: usize,
+    /// The first segment.
+    head: Segment,
+    /// Total length of the super-packet's IPv4 packet.
+    ip_len: usize,
+    next_seq: u32,
+    /// A shorter segment or one with PSH ended the run.
+    closed: bool,
+    /// The last segment carries PSH (the super-packet carries it too).
+    psh: bool,
+}
+
+impl Default for TcpRun<'_> {
+    fn default() -> Self {
+        TcpRun {
+            packets: [&[]; MAX_SEGMENTS],
+            count: 0,
+            head: Segment {
+                header_len: 0,
+                payload_len: 0,
+                seq: 0,
+                psh: false,
+            },
+            ip_len: 0,
+            next_seq: 0,
+            closed: true,
+            psh: false,
+        }
+    }
+}
+
+impl<'a> TcpRun<'a> {
+    /// Number of segments.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// The segments, whole inner packets, in arrival order.
+    #[inline]
+    pub(crate) fn packets(&self) -> &[&'a [u8]] {
+        &self.packets[..self.count]
+    }
+
+    /// Empties the run.
+    #[inline]
+    pub(crate) fn clear(&mut self) {
+        self.count = 0;
+    }
+
+    /// Takes `packet` into the run: as its first segment if the run is empty and the packet
+    /// qualifies, or as its next one if it continues the run. Returns whether it did; a packet
+    /// not taken ends the run (write the run, then start a new one or write the packet alone).
+    #[inline]
+    pub(crate) fn push(&mut self, packet: &'a [u8]) -> bool {
+        let Some(seg) = segment(packet) else {
+            return false;
+        };
+        if self.count == 0 {
+            self.packets[0] = packet;
+            self.count = 1;
+            self.head = seg;
+            self.ip_len = seg.header_len + seg.payload_len;
+            self.next_seq = seg.seq.wrapping_add(seg.payload_len as u32);
+            self.closed = seg.psh;
+            self.psh = seg.psh;
+            return true;
+        }
+        let h = self.head;
+        if self.closed
+            || self.count >= MAX_SEGMENTS
+            || seg.header_len != h.header_len
+            || seg.payload_len > h.payload_len
+            || self.ip_len + seg.payload_len > MAX_IP_LEN
+            || seg.seq != self.next_seq
+            || !same_flow(self.packets[0], packet)
+        {
+            return false;
+        }
+        self.packets[self.count] = packet;
+        self.count += 1;
+        self.ip_len += seg.payload_len;
+        self.next_seq = seg.seq.wrapping_add(seg.payload_len as u32);
+        self.closed = seg.psh || seg.payload_len < h.payload_len;
+        self.psh = seg.psh;
+        true
+    }
+
+    /// Bytes of IPv4 and TCP header in front of every segment's payload.
+    #[inline]
+    pub(crate) fn segment_header_len(&self) -> usize {
+        self.head.header_len
+    }
+
+    /// Writes the super-packet's header into `out`: the virtio_net_hdr, then the first segment's
+    /// IPv4 and TCP headers with the run's total length, a new IPv4 checksum, PSH if the last
+    /// segment had it, and the pseudo-header sum in the TCP checksum field. Returns its length;
+    /// each segment's payload (`packet[segment_header_len()..]`) follows it. The run must not be
+    /// empty.
+    pub(crate) fn write_header(&self, out: &mut [u8; MAX_HEADER]) -> usize {
+        let hl = self.head.header_len;
+        let vnet = VirtioNetHdr {
+            flags: VNET_F_NEEDS_CSUM,
+            gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+            hdr_len: hl as u16,
+            gso_size: self.head.payload_len as u16,
+            csum_start: ipv4::HEADER_LEN as u16,
+            csum_offset: tcp::CHECKSUM_OFFSET as u16,
+        };
+        // Native byte order, as the kernel reads a legacy virtio header on a little-endian host.
+        vnet.encode(&mut out[..])
+            .expect("MAX_HEADER holds a virtio header");
+        let header = &mut out[VNET_LEN..VNET_LEN + hl];
+        header.copy_from_slice(&self.packets[0][..hl]);
+        let mut ip = ipv4::Packet::new_unchecked(&mut header[..]);
+        ip.set_total_len(self.ip_len as u16);
+        ip.fill_checksum();
+        let pseudo = ip.pseudo_header_sum((self.ip_len - ipv4::HEADER_LEN) as u16);
+        let mut tcp = tcp::Packet::new_unchecked(ip.payload_mut());
+        if self.psh {
+            let flags = tcp.flags();
+            tcp.set_flags(flags | tcp::flags::PSH);
+        }
+        tcp.set_checksum(pseudo);
+        VNET_LEN + hl
+    }
+}
+
+const _: () = assert!(MAX_HEADER >= VNET_LEN + ipv4::HEADER_LEN + tcp::HEADER_LEN);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SRC: [u8; 4] = [10, 1, 1, 2];
+    const DST: [u8; 4] = [10, 1, 2, 3];
+
+    /// A TCP segment with `opts` options bytes, flags ACK (| PSH), payload `len` bytes of `fill`.
+    fn seg_pkt(seq: u32, len: usize, psh: bool, opts: &[u8]) -> Vec<u8> {
+        let tcp_len = 20 + opts.len();
+        let total = 20 + tcp_len + len;
+        let mut p = vec![0u8; total];
+        p[0] = 0x45;
+        p[1] = 0x02;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[4..6].copy_from_slice(&seq.to_be_bytes()[2..]); // some IP ID
+        p[6] = 0x40; // DF
+        p[8] = 63;
+        p[9] = 6;
+        p[12..16].copy_from_slice(&SRC);
+        p[16..20].copy_from_slice(&DST);
+        let t = &mut p[20..];
+        t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        t[2..4].copy_from_slice(&5201u16.to_be_bytes());
+        t[4..8].copy_from_slice(&seq.to_be_bytes());
+        t[8..12].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        t[12] = ((tcp_len / 4) as u8) << 4;
+        t[13] = if psh { 0x18 } else { 0x10 };
+        t[14..16].copy_from_slice(&501u16.to_be_bytes());
+        t[16..18].copy_from_slice(&[0xab, 0xcd]); // whatever the sender's checksum was
+        t[20..tcp_len].copy_from_slice(opts);
+        for (i, b) in t[tcp_len..].iter_mut().enumerate() {
+            *b = (seq as usize + i) as u8;
+        }
+        p
+    }
+
+    const TS: [u8; 12] = [1, 1, 8, 10, 0, 0, 0, 7, 0, 0, 0, 9];
+
+    /// Runs `pkts` through start/push; returns the run and how many were taken.
+    fn build(pkts: &[Vec<u8>]) -> (TcpRun<'_>, usize) {
+        let mut run = TcpRun::default();
+        assert!(run.push(&pkts[0]), "head qualifies");
+        let mut taken = 1;
+        for p in &pkts[1..] {
+            if !run.push(p) {
+                break;
+            }
+            taken += 1;
+        }
+        (run, taken)
+    }
+
+    fn stream(n: usize, size: usize, last: usize) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| {
+                let len = if i + 1 == n { last } else { size };
+                seg_pkt(1000 + (i * size) as u32, len, false, &TS)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn consecutive_segments_form_one_run() {
+        let pkts = stream(5, 1388, 600);
+        let (run, taken) = build(&pkts);
+        assert_eq!(taken, 5);
+        assert_eq!(run.len(), 5);
+        assert_eq!(run.ip_len, 52 + 4 * 1388 + 600);
+        // A shorter segment ends the run.
+        let mut more = pkts.clone();
+        more.push(seg_pkt(1000 + 4 * 1388 + 600, 600, false, &TS));
+        assert_eq!(build(&more).1, 5);
+        // Sequence numbers may wrap.
+        let wrap: Vec<Vec<u8>> = (0..3)
+            .map(|i| seg_pkt(u32::MAX - 99 + i * 100, 100, false, &[]))
+            .collect();
+        assert_eq!(build(&wrap).1, 3);
+    }
+
+    #[test]
+    fn psh_only_on_the_last() {
+        let mut pkts = stream(4, 1000, 1000);
+        pkts[2] = seg_pkt(1000 + 2000, 1000, true, &TS);
+        let (run, taken) = build(&pkts);
+        assert_eq!(taken, 3, "PSH ends the run");
+        assert!(run.psh);
+        // A PSH head is a run of one.
+        let psh_head = [pkts[2].clone(), pkts[3].clone()];
+        let (run, taken) = build(&psh_head);
+        assert_eq!((run.len(), taken), (1, 1));
+    }
+
+    #[test]
+    fn candidates_are_plain_ipv4_tcp_with_data() {
+        let good = seg_pkt(1, 100, false, &TS);
+        assert!(segment(&good).is_some());
+        let bad = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut p = good.clone();
+            f(&mut p);
+            segment(&p)
+        };
+        assert_eq!(bad(&|p| p[0] = 0x46), None, "IP options");
+        assert_eq!(bad(&|p| p[0] = 0x65), None, "not IPv4");
+        assert_eq!(bad(&|p| p[9] = 17), None, "UDP");
+        assert_eq!(bad(&|p| p[6] = 0x20), None, "more fragments");
+        assert_eq!(bad(&|p| p[7] = 0x01), None, "fragment offset");
+        assert_eq!(bad(&|p| p[3] ^= 1), None, "length mismatch");
+        for flags in [
+            0x02, 0x01, 0x04, 0x20, 0x30, 0x50, 0x90, 0x00, 0x11, 0x12, 0x14,
+        ] {
+            assert_eq!(bad(&|p| p[20 + 13] = flags), None, "flags {flags:#x}");
+        }
+        assert_eq!(bad(&|p| p[20 + 12] = 0x40), None, "data offset < 20");
+        let mut short = seg_pkt(1, 10, false, &[]);
+        short[20 + 12] = 0xf0;
+        assert_eq!(segment(&short), None, "data offset past the packet");
+        assert_eq!(segment(&seg_pkt(1, 0, false, &TS)), None, "no payload");
+        assert_eq!(segment(&good[..30]), None, "truncated");
+        assert_eq!(segment(&[]), None);
+    }
+
+    #[test]
+    fn each_difference_ends_a_run() {
+        let pkts = stream(2, 500, 500);
+        assert_eq!(build(&pkts).1, 2);
+        let differ = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut second = pkts[1].clone();
+            f(&mut second);
+            let mut run = TcpRun::default();
+            assert!(run.push(&pkts[0]), "head");
+            run.push(&second)
+        };
+        assert!(differ(&|_| {}), "control");
+        assert!(differ(&|p| p[4] ^= 0xff), "IP ID may differ");
+        assert!(!differ(&|p| p[1] = 0), "TOS");
+        assert!(!differ(&|p| p[8] = 64), "TTL");
+        assert!(!differ(&|p| p[6] = 0), "DF");
+        assert!(!differ(&|p| p[15] = 9), "source");
+        assert!(!differ(&|p| p[19] = 9), "destination");
+        assert!(!differ(&|p| p[21] = 9), "source port");
+        assert!(!differ(&|p| p[23] = 9), "destination port");
+        assert!(!differ(&|p| p[27] ^= 1), "sequence gap");
+        assert!(!differ(&|p| p[31] ^= 1), "ack");
+        assert!(!differ(&|p| p[35] ^= 1), "window");
+        assert!(!differ(&|p| p[32] = 0x81), "reserved/AE bits");
+        assert!(!differ(&|p| p[44] ^= 1), "options bytes");
+        // A different TCP header length.
+        let mut run = TcpRun::default();
+        assert!(run.push(&pkts[0]), "head");
+        let other = seg_pkt(1500, 500, false, &TS[..8]);
+        assert!(segment(&other).is_some());
+        assert!(!run.push(&other));
+        // A longer segment than the first.
+        let mut run = TcpRun::default();
+        assert!(run.push(&pkts[0]), "head");
+        let longer = seg_pkt(1500, 501, false, &TS);
+        assert!(segment(&longer).is_some());
+        assert!(!run.push(&longer));
+        assert_eq!(run.len(), 1);
+        assert_eq!(run.packets(), &[&pkts[0][..]]);
+    }
+
+    #[test]
+    fn limits_segments_and_bytes() {
+        let many = stream(70, 100, 100);
+        let (run, taken) = build(&many);
+        assert_eq!((run.len(), taken), (MAX_SEGMENTS, MAX_SEGMENTS));
+        // 52 + 47 × 1388 = 65 288 fits; one more does not.
+        let big = stream(49, 1388, 1388);
+        let (run, taken) = build(&big);
+        assert_eq!(taken, 47);
+        assert!(run.ip_len <= MAX_IP_LEN);
+    }
+
+    /// RFC 1071 checksum written out the textbook way, independent of `wire::checksum`.
+    fn rfc1071(data: &[u8]) -> u16 {
+        let mut sum: u32 = 0;
+        let mut i = 0;
+        while i < data.len() {
+            let hi = u32::from(data[i]) << 8;
+            let lo = data.get(i + 1).map_or(0, |b| u32::from(*b));
+            sum += hi | lo;
+            sum = (sum & 0xffff) + (sum >> 16);
+            i += 2;
+        }
+        !(sum as u16)
+    }
+
+    #[test]
+    fn header_rewrite_matches_an_independent_computation() {
+        let pkts = stream(3, 1388, 700);
+        let (run, _) = build(&pkts);
+        let mut out = [0u8; MAX_HEADER];
+        let n = run.write_header(&mut out);
+        assert_eq!(n, VNET_LEN + 52);
+        // The virtio header is what tun-rs's coalescing writes.
+        let mut want = [0u8; VNET_LEN];
+        tun_rs::VirtioNetHdr {
+            flags: 1,
+            gso_type: tun_rs::VIRTIO_NET_HDR_GSO_TCPV4,
+            hdr_len: 52,
+            gso_size: 1388,
+            csum_start: 20,
+            csum_offset: 16,
+        }
+        .encode(&mut want)
+        .expect("10 bytes");
+        assert_eq!(out[..VNET_LEN], want);
+        let hdr = &out[VNET_LEN..n];
+        let total = 52 + 2 * 1388 + 700;
+        assert_eq!(hdr[2..4], (total as u16).to_be_bytes());
+        // Everything but total length and checksums is the first segment's header.
+        let mut a = hdr.to_vec();
+        let mut b = pkts[0][..52].to_vec();
+        for v in [&mut a, &mut b] {
+            v[2..4].fill(0);
+            v[10..12].fill(0);
+            v[36..38].fill(0);
+        }
+        assert_eq!(a, b);
+        // A valid IPv4 header sums to zero.
+        assert_eq!(rfc1071(&hdr[..20]), 0);
+        // The TCP field holds the uncomplemented pseudo-header sum: completing the checksum
+        // over the super-packet from there (what the kernel does for CHECKSUM_PARTIAL) must
+        // give the full TCP checksum computed from scratch.
+        let mut packet = hdr.to_vec();
+        for p in &pkts {
+            packet.extend_from_slice(&p[52..]);
+        }
+        assert_eq!(packet.len(), total);
+        let tcp_len = (total - 20) as u16;
+        let pseudo_field = u16::from_be_bytes([hdr[36], hdr[37]]);
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&SRC);
+        pseudo.extend_from_slice(&DST);
+        pseudo.extend_from_slice(&[0, 6]);
+        pseudo.extend_from_slice(&tcp_len.to_be_bytes());
+        assert_eq!(pseudo_field, !rfc1071(&pseudo));
+        let completed = rfc1071(&packet[20..]);
+        let mut zeroed = packet.clone();
+        zeroed[36..38].fill(0);
+        let mut whole = pseudo.clone();
+        whole.extend_from_slice(&zeroed[20..]);
+        assert_eq!(completed, rfc1071(&whole));
+        // No PSH anywhere: none in the header.
+        assert_eq!(hdr[33], 0x10);
+    }
+
+    #[test]
+    fn psh_of_the_last_segment_goes_into_the_header() {
+        let mut pkts = stream(2, 800, 300);
+        pkts[1] = seg_pkt(1800, 300, true, &TS);
+        let (run, taken) = build(&pkts);
+        assert_eq!(taken, 2);
+        let mut out = [0u8; MAX_HEADER];
+        let n = run.write_header(&mut out);
+        assert_eq!(out[VNET_LEN + 33], 0x18);
+        assert_eq!(n, VNET_LEN + 52);
+    }
+}
