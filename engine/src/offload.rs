@@ -233,14 +233,14 @@ impl<'a> TcpRun<'a> {
 
 const _: () = assert!(MAX_HEADER >= VNET_LEN + ipv4::HEADER_LEN + tcp::HEADER_LEN);
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const SRC: [u8; 4] = [10, 1, 1, 2];
     const DST: [u8; 4] = [10, 1, 2, 3];
 
     /// A TCP segment with `opts` options bytes, flags ACK (| PSH), payload `len` bytes of `fill`.
-    fn seg_pkt(seq: u32, len: usize, psh: bool, opts: &[u8]) -> Vec<u8> {
+    pub(crate) fn seg_pkt(seq: u32, len: usize, psh: bool, opts: &[u8]) -> Vec<u8> {
         let tcp_len = 20 + opts.len();
         let total = 20 + tcp_len + len;
         let mut p = vec![0u8; total];
@@ -269,7 +269,7 @@ mod tests {
         p
     }
 
-    const TS: [u8; 12] = [1, 1, 8, 10, 0, 0, 0, 7, 0, 0, 0, 9];
+    pub(crate) const TS: [u8; 12] = [1, 1, 8, 10, 0, 0, 0, 7, 0, 0, 0, 9];
 
     /// Runs `pkts` through start/push; returns the run and how many were taken.
     fn build(pkts: &[Vec<u8>]) -> (TcpRun<'_>, usize) {
@@ -285,7 +285,7 @@ mod tests {
         (run, taken)
     }
 
-    fn stream(n: usize, size: usize, last: usize) -> Vec<Vec<u8>> {
+    pub(crate) fn stream(n: usize, size: usize, last: usize) -> Vec<Vec<u8>> {
         (0..n)
             .map(|i| {
                 let len = if i + 1 == n { last } else { size };
@@ -310,6 +310,24 @@ mod tests {
             .map(|i| seg_pkt(u32::MAX - 99 + i * 100, 100, false, &[]))
             .collect();
         assert_eq!(build(&wrap).1, 3);
+    }
+
+    #[test]
+    fn non_tcp_in_the_middle_is_not_taken() {
+        let pkts = stream(3, 500, 500);
+        let mut udp = pkts[1].clone();
+        udp[9] = 17;
+        let mut run = TcpRun::default();
+        assert!(!run.push(&udp), "a run does not start with UDP");
+        assert_eq!(run.len(), 0);
+        assert!(run.push(&pkts[0]));
+        assert!(!run.push(&udp), "not TCP");
+        assert!(run.push(&pkts[1]), "the run is as it was");
+        assert_eq!(run.packets(), [&pkts[0][..], &pkts[1][..]]);
+        run.clear();
+        assert_eq!(run.len(), 0);
+        assert!(run.push(&pkts[2]), "a cleared run starts afresh");
+        assert_eq!(run.packets(), [&pkts[2][..]]);
     }
 
     #[test]

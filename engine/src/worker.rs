@@ -586,6 +586,122 @@ pub(crate) fn waker(poll: &Poll) -> io::Result<Waker> {
 mod tests {
     use super::*;
 
+    const PEER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 8285);
+    const OTHER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 3), 8285);
+
+    fn metas(lens: &[(usize, SocketAddrV4)]) -> Vec<Meta> {
+        lens.iter().map(|&(len, addr)| Meta { len, addr }).collect()
+    }
+
+    /// Plans `packets` from `from` with room for `room` messages; returns (first, count,
+    /// segment) of each.
+    fn plan(
+        packets: &[Meta],
+        from: usize,
+        header: usize,
+        gso: Option<GsoLimits>,
+        room: usize,
+    ) -> Vec<(usize, usize, u16)> {
+        let mut msgs = vec![
+            SendMsg {
+                first: 0,
+                count: 0,
+                dst: PEER,
+                segment: 0,
+            };
+            room
+        ];
+        let n = plan_messages(packets, from, header, gso, &mut msgs);
+        for m in &msgs[..n] {
+            assert_eq!(m.dst, packets[m.first].addr);
+        }
+        msgs[..n]
+            .iter()
+            .map(|m| (m.first, m.count, m.segment))
+            .collect()
+    }
+
+    #[test]
+    fn plan_equal_sizes_and_a_short_tail_make_one_message() {
+        let p = metas(&[(1400, PEER), (1400, PEER), (1400, PEER), (900, PEER)]);
+        assert_eq!(plan(&p, 0, 0, Some(GSO_LIMITS), 8), [(0, 4, 1400)]);
+        // The wire header is part of every segment.
+        assert_eq!(plan(&p, 0, 22, Some(GSO_LIMITS), 8), [(0, 4, 1422)]);
+        // A shorter packet ends the run; a longer one starts a new message.
+        let p = metas(&[
+            (1400, PEER),
+            (900, PEER),
+            (900, PEER),
+            (900, PEER),
+            (1500, PEER),
+        ]);
+        assert_eq!(
+            plan(&p, 0, 0, Some(GSO_LIMITS), 8),
+            [(0, 2, 1400), (2, 2, 900), (4, 1, 1500)]
+        );
+        // Without GSO each packet is its own message.
+        assert_eq!(
+            plan(&p[..3], 0, 0, None, 8),
+            [(0, 1, 1400), (1, 1, 900), (2, 1, 900)]
+        );
+    }
+
+    #[test]
+    fn plan_a_different_peer_ends_a_message() {
+        let p = metas(&[(1000, PEER), (1000, PEER), (1000, OTHER), (1000, PEER)]);
+        assert_eq!(
+            plan(&p, 0, 0, Some(GSO_LIMITS), 8),
+            [(0, 2, 1000), (2, 1, 1000), (3, 1, 1000)]
+        );
+        // Planning resumes where the last send stopped, and stops when the messages run out.
+        assert_eq!(
+            plan(&p, 2, 0, Some(GSO_LIMITS), 8),
+            [(2, 1, 1000), (3, 1, 1000)]
+        );
+        assert_eq!(plan(&p, 0, 0, Some(GSO_LIMITS), 1), [(0, 2, 1000)]);
+        assert_eq!(plan(&p, 4, 0, Some(GSO_LIMITS), 8), []);
+    }
+
+    #[test]
+    fn plan_keeps_to_the_segment_and_byte_limits() {
+        // 64 datagrams at most per message.
+        let p = metas(&[(100, PEER); 130]);
+        assert_eq!(
+            plan(&p, 0, 0, Some(GSO_LIMITS), 8),
+            [(0, 64, 100), (64, 64, 100), (128, 2, 100)]
+        );
+        // 65 507 bytes of UDP payload at most: 46 × 1400 = 64 400 fits, 47 would not.
+        let p = metas(&[(1400, PEER); 50]);
+        assert_eq!(
+            plan(&p, 0, 0, Some(GSO_LIMITS), 8),
+            [(0, 46, 1400), (46, 4, 1400)]
+        );
+        // Exactly at the limit: 65 507 = 7 × 9 001 + 2 500.
+        let mut exact = metas(&[(9001, PEER); 7]);
+        exact.extend(metas(&[(2500, PEER), (1, PEER)]));
+        assert_eq!(
+            plan(&exact, 0, 0, Some(GSO_LIMITS), 8),
+            [(0, 8, 9001), (8, 1, 1)]
+        );
+        // Limits are inputs: smaller ones are kept too.
+        let small = GsoLimits {
+            segments: 3,
+            bytes: 65_507,
+        };
+        let p = metas(&[(100, PEER); 5]);
+        assert_eq!(plan(&p, 0, 0, Some(small), 8), [(0, 3, 100), (3, 2, 100)]);
+    }
+
+    #[test]
+    fn gro_datagrams_cut_a_message_into_segments() {
+        let message: Vec<u8> = (0..10).collect();
+        let cut: Vec<&[u8]> = gro_datagrams(&message, 4).collect();
+        assert_eq!(cut, [&[0, 1, 2, 3][..], &[4, 5, 6, 7], &[8, 9]]);
+        let whole: Vec<&[u8]> = gro_datagrams(&message, 0).collect();
+        assert_eq!(whole, [&message[..]]);
+        assert_eq!(gro_datagrams(&[], 0).count(), 0);
+    }
+
     #[test]
     fn icmp_limiter_caps_bursts() {
         let mut l = IcmpLimiter::new();

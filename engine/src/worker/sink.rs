@@ -288,3 +288,272 @@ impl<'a, W: TunWrite> Delivery<'a, W> {
         self.run.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::offload::tests::{seg_pkt, stream, TS};
+    use crate::stats::StatsSnapshot;
+    use crate::wire::ipv4;
+    use std::cell::{Cell, RefCell};
+
+    /// One write the sink made.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Write {
+        /// A packet written alone.
+        Single(Vec<u8>),
+        /// A gathered write: the header part's length and the payloads after it.
+        Gathered {
+            header: usize,
+            payloads: Vec<Vec<u8>>,
+        },
+        /// A coalescing write of these packets.
+        Multiple(Vec<Vec<u8>>),
+    }
+
+    /// A TUN queue that records writes; `refuse` makes gathered writes fail with that errno.
+    struct FakeTun {
+        offload: bool,
+        writes: RefCell<Vec<Write>>,
+        refuse: Cell<Option<i32>>,
+        fail_single: Cell<bool>,
+    }
+
+    impl FakeTun {
+        fn new(offload: bool) -> FakeTun {
+            FakeTun {
+                offload,
+                writes: RefCell::new(Vec::new()),
+                refuse: Cell::new(None),
+                fail_single: Cell::new(false),
+            }
+        }
+
+        fn take(&self) -> Vec<Write> {
+            std::mem::take(&mut *self.writes.borrow_mut())
+        }
+    }
+
+    impl TunWrite for FakeTun {
+        fn offload(&self) -> bool {
+            self.offload
+        }
+
+        fn write(&self, packet: &[u8]) -> io::Result<usize> {
+            if self.fail_single.get() {
+                return Err(io::Error::from_raw_os_error(libc::EBADFD));
+            }
+            self.writes
+                .borrow_mut()
+                .push(Write::Single(packet.to_vec()));
+            Ok(packet.len())
+        }
+
+        fn write_gathered(&self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+            if let Some(errno) = self.refuse.get() {
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+            self.writes.borrow_mut().push(Write::Gathered {
+                header: parts[0].len(),
+                payloads: parts[1..].iter().map(|p| p.to_vec()).collect(),
+            });
+            Ok(parts.iter().map(|p| p.len()).sum())
+        }
+
+        fn send_multiple(
+            &self,
+            _gro: &mut tun_rs::GROTable,
+            bufs: &mut [Vec<u8>],
+            offset: usize,
+        ) -> io::Result<usize> {
+            let packets = bufs.iter().map(|b| b[offset..].to_vec()).collect();
+            self.writes.borrow_mut().push(Write::Multiple(packets));
+            Ok(bufs.len())
+        }
+    }
+
+    /// A UDP packet 10.1.1.2 → 10.1.2.3 with `len` bytes of payload and a complete (zero)
+    /// checksum.
+    fn udp_pkt(len: usize) -> Vec<u8> {
+        let total = 28 + len;
+        let mut p = vec![0u8; total];
+        let mut ip = ipv4::Packet::new_unchecked(&mut p[..]);
+        ip.set_version_and_header_len(20);
+        ip.set_total_len(total as u16);
+        ip.set_ttl(63);
+        ip.set_protocol(ipv4::PROTO_UDP);
+        ip.set_src_addr([10, 1, 1, 2].into());
+        ip.set_dst_addr([10, 1, 2, 3].into());
+        ip.fill_checksum();
+        p[24..26].copy_from_slice(&((8 + len) as u16).to_be_bytes());
+        p
+    }
+
+    /// Pushes `messages` (each a list of inner packets) through one pass.
+    fn deliver(sink: &mut TunSink, tun: &FakeTun, stats: &WorkerStats, messages: &[&[Vec<u8>]]) {
+        let mut pass = sink.pass(tun, 0, stats);
+        for message in messages {
+            for packet in message.iter() {
+                pass.push(packet);
+            }
+            pass.end_message();
+        }
+        pass.finish();
+    }
+
+    fn payloads(packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        packets.iter().map(|p| p[52..].to_vec()).collect()
+    }
+
+    #[test]
+    fn a_tcp_run_is_one_gathered_write() {
+        let (tun, stats) = (FakeTun::new(true), WorkerStats::default());
+        let mut sink = TunSink::new(true, true, 8);
+        let run = stream(5, 1388, 600);
+        deliver(&mut sink, &tun, &stats, &[&run]);
+        assert_eq!(
+            tun.take(),
+            [Write::Gathered {
+                header: crate::offload::VNET_LEN + 52,
+                payloads: payloads(&run),
+            }]
+        );
+        let s = StatsSnapshot::sum([&stats]);
+        assert_eq!(s.get(Counter::RxTsoWrites), 1);
+        assert_eq!(s.get(Counter::RxPackets), 5);
+        assert_eq!(
+            s.get(Counter::RxBytes),
+            run.iter().map(|p| p.len() as u64).sum::<u64>()
+        );
+    }
+
+    #[test]
+    fn non_tcp_in_the_middle_splits_the_run_in_order() {
+        let (tun, stats) = (FakeTun::new(true), WorkerStats::default());
+        let mut sink = TunSink::new(true, true, 8);
+        let run = stream(4, 1000, 1000);
+        let udp = udp_pkt(100);
+        let message = [
+            run[0].clone(),
+            run[1].clone(),
+            udp.clone(),
+            run[2].clone(),
+            run[3].clone(),
+        ];
+        deliver(&mut sink, &tun, &stats, &[&message]);
+        // The UDP packet is staged and written before the second run goes in.
+        assert_eq!(
+            tun.take(),
+            [
+                Write::Gathered {
+                    header: crate::offload::VNET_LEN + 52,
+                    payloads: payloads(&run[..2]),
+                },
+                Write::Multiple(vec![udp]),
+                Write::Gathered {
+                    header: crate::offload::VNET_LEN + 52,
+                    payloads: payloads(&run[2..]),
+                },
+            ]
+        );
+        let s = StatsSnapshot::sum([&stats]);
+        assert_eq!(s.get(Counter::RxTsoWrites), 2);
+        assert_eq!(s.get(Counter::RxPackets), 5);
+    }
+
+    #[test]
+    fn runs_end_with_their_message_and_runs_of_one_are_staged() {
+        let (tun, stats) = (FakeTun::new(true), WorkerStats::default());
+        let mut sink = TunSink::new(true, true, 8);
+        let run = stream(4, 1000, 1000);
+        // Two messages continuing one flow: two super-packets, never one across both.
+        deliver(&mut sink, &tun, &stats, &[&run[..2], &run[2..]]);
+        let writes = tun.take();
+        assert_eq!(writes.len(), 2, "{writes:?}");
+        // A lone segment goes the ordinary way.
+        deliver(&mut sink, &tun, &stats, &[&run[..1]]);
+        assert_eq!(tun.take(), [Write::Multiple(vec![run[0].clone()])]);
+        // So does every segment with super-packets configured off.
+        let mut off = TunSink::new(true, false, 8);
+        deliver(&mut off, &tun, &stats, &[&run]);
+        assert_eq!(tun.take(), [Write::Multiple(run.clone())]);
+        // A full stage is written without waiting for the end of the pass.
+        let mut small = TunSink::new(true, false, 3);
+        deliver(&mut small, &tun, &stats, &[&run]);
+        assert_eq!(
+            tun.take(),
+            [
+                Write::Multiple(run[..3].to_vec()),
+                Write::Multiple(run[3..].to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refused_super_packet_turns_them_off_and_loses_nothing() {
+        for errno in [libc::EINVAL, libc::EIO] {
+            let (tun, stats) = (FakeTun::new(true), WorkerStats::default());
+            let mut sink = TunSink::new(true, true, 8);
+            let run = stream(3, 1000, 1000);
+            tun.refuse.set(Some(errno));
+            deliver(&mut sink, &tun, &stats, &[&run]);
+            assert_eq!(tun.take(), [Write::Multiple(run.clone())]);
+            // Off for good: the next pass does not try again.
+            tun.refuse.set(None);
+            deliver(&mut sink, &tun, &stats, &[&run]);
+            assert_eq!(tun.take(), [Write::Multiple(run.clone())]);
+            let s = StatsSnapshot::sum([&stats]);
+            assert_eq!(s.get(Counter::RxPackets), 6);
+            assert_eq!(s.get(Counter::RxTsoWrites), 0);
+            assert_eq!(s.dropped_total(), 0);
+        }
+        // Another error loses the run, and counts it.
+        let (tun, stats) = (FakeTun::new(true), WorkerStats::default());
+        let mut sink = TunSink::new(true, true, 8);
+        tun.refuse.set(Some(libc::ENOBUFS));
+        deliver(&mut sink, &tun, &stats, &[&stream(3, 1000, 1000)]);
+        let s = StatsSnapshot::sum([&stats]);
+        assert_eq!(s.dropped(DropReason::TunWriteFailed), 3);
+        assert_eq!(s.get(Counter::RxPackets), 0);
+        assert!(!sink.gone());
+    }
+
+    #[test]
+    fn without_offloads_each_packet_is_written_and_partial_checksums_completed() {
+        let (tun, stats) = (FakeTun::new(false), WorkerStats::default());
+        let mut sink = TunSink::new(false, true, 8);
+        let run = stream(2, 500, 500);
+        let mut partial = seg_pkt(5000, 100, true, &TS);
+        let pseudo = ipv4::Packet::new_checked(&partial[..])
+            .expect("IPv4")
+            .pseudo_header_sum((partial.len() - 20) as u16);
+        partial[36..38].copy_from_slice(&pseudo.to_be_bytes());
+        let mut completed = partial.clone();
+        assert!(l4::complete_partial(&mut completed));
+        deliver(
+            &mut sink,
+            &tun,
+            &stats,
+            &[&[run[0].clone(), partial, run[1].clone()]],
+        );
+        assert_eq!(
+            tun.take(),
+            [
+                Write::Single(run[0].clone()),
+                Write::Single(completed),
+                Write::Single(run[1].clone())
+            ]
+        );
+        let s = StatsSnapshot::sum([&stats]);
+        assert_eq!(s.get(Counter::RxChecksumsCompleted), 1);
+        assert_eq!(s.get(Counter::RxPackets), 3);
+        // A detached queue: counted, and the sink says the device is gone.
+        tun.fail_single.set(true);
+        deliver(&mut sink, &tun, &stats, &[&run]);
+        assert_eq!(
+            StatsSnapshot::sum([&stats]).dropped(DropReason::TunWriteFailed),
+            2
+        );
+        assert!(sink.gone());
+    }
+}
