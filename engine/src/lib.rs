@@ -13,7 +13,7 @@
 //! ```text
 //!             ┌──────────── worker 0 (pinned to core 0) ────────────┐
 //!  weft0 q0 ──┤ read×n → encapsulate → sendmmsg ─────────────────────┼──▶ UDP :8285/:8472 (SO_REUSEPORT)
-//!           ◀─┤ write×n ← decapsulate ← recvmmsg ◀───────────────────┼──
+//!           ◀─┤ TUN sink ← decapsulate ← recvmmsg ◀──────────────────┼──
 //!             └──────────────────────────────────────────────────────┘
 //!             ┌──────────── worker 1 (pinned to core 1) ────────────┐
 //!  weft0 q1 ──┤                       …                              ├──▶ UDP :8285/:8472
@@ -21,10 +21,11 @@
 //!                    ▲ route snapshot (arc-swap), replaced by the control thread
 //! ```
 //!
-//! The sans-I/O core ([`encap`], [`decap`], [`route`], [`wire`]) is pure and fuzzable; I/O lives in
-//! [`tun`], [`udp`] and the worker loop, and every system call the standard library lacks is in the
-//! private `sys` module, the only module allowed FFI calls (a workspace lint rejects them
-//! everywhere else).
+//! The sans-I/O core ([`encap`], [`decap`], [`route`], [`wire`], and the private `offload` module
+//! that builds TSO super-packets from runs of received TCP segments) is pure and fuzzable; I/O
+//! lives in [`tun`], [`udp`] and the worker loop with its TUN sink, and every system call the
+//! standard library and our dependencies lack is in the private `sys` module, the only module
+//! allowed FFI calls (a workspace lint rejects them everywhere else).
 #![deny(missing_docs)]
 
 pub mod batch;

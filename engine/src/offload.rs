@@ -38,7 +38,7 @@ const VNET_F_NEEDS_CSUM: u8 = 1;
 
 /// What a packet that may take part in a run says about itself: an IPv4 TCP segment with data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Segment {
+pub(crate) struct Segment {
     /// Bytes of IPv4 and TCP header.
     header_len: usize,
     /// Bytes of TCP payload.
@@ -50,7 +50,7 @@ struct Segment {
 /// Parses `packet` (a whole inner IPv4 packet) as a candidate: IPv4 without options, TCP, not a
 /// fragment, total length equal to `packet.len()`, TCP header complete, flags exactly ACK or
 /// ACK|PSH, some payload. Anything else is `None` and is written as it is.
-fn segment(packet: &[u8]) -> Option<Segment> {
+pub(crate) fn segment(packet: &[u8]) -> Option<Segment> {
     let ip = ipv4::Packet::new_checked(packet).ok()?;
     if ip.header_len() != ipv4::HEADER_LEN || ip.protocol() != ipv4::PROTO_TCP || ip.is_fragment() {
         return None;
@@ -153,14 +153,11 @@ impl<'a> TcpRun<'a> {
         self.count = 0;
     }
 
-    /// Takes `packet` into the run: as its first segment if the run is empty and the packet
-    /// qualifies, or as its next one if it continues the run. Returns whether it did; a packet
-    /// not taken ends the run (write the run, then start a new one or write the packet alone).
+    /// Takes `packet` (parsed by [`segment`] as `seg`) into the run: as its first segment if the
+    /// run is empty (always taken), or as its next one if it continues the run. Returns whether it
+    /// did; a packet not taken ends the run (write the run, then start a new one with it).
     #[inline]
-    pub(crate) fn push(&mut self, packet: &'a [u8]) -> bool {
-        let Some(seg) = segment(packet) else {
-            return false;
-        };
+    pub(crate) fn push(&mut self, packet: &'a [u8], seg: Segment) -> bool {
         if self.count == 0 {
             self.packets[0] = packet;
             self.count = 1;
@@ -274,15 +271,20 @@ pub(crate) mod tests {
     /// Runs `pkts` through start/push; returns the run and how many were taken.
     fn build(pkts: &[Vec<u8>]) -> (TcpRun<'_>, usize) {
         let mut run = TcpRun::default();
-        assert!(run.push(&pkts[0]), "head qualifies");
+        assert!(offer(&mut run, &pkts[0]), "head qualifies");
         let mut taken = 1;
         for p in &pkts[1..] {
-            if !run.push(p) {
+            if !offer(&mut run, p) {
                 break;
             }
             taken += 1;
         }
         (run, taken)
+    }
+
+    /// Pushes `packet` if it is a candidate at all.
+    fn offer<'a>(run: &mut TcpRun<'a>, packet: &'a [u8]) -> bool {
+        segment(packet).is_some_and(|seg| run.push(packet, seg))
     }
 
     pub(crate) fn stream(n: usize, size: usize, last: usize) -> Vec<Vec<u8>> {
@@ -318,15 +320,15 @@ pub(crate) mod tests {
         let mut udp = pkts[1].clone();
         udp[9] = 17;
         let mut run = TcpRun::default();
-        assert!(!run.push(&udp), "a run does not start with UDP");
+        assert!(!offer(&mut run, &udp), "a run does not start with UDP");
         assert_eq!(run.len(), 0);
-        assert!(run.push(&pkts[0]));
-        assert!(!run.push(&udp), "not TCP");
-        assert!(run.push(&pkts[1]), "the run is as it was");
+        assert!(offer(&mut run, &pkts[0]));
+        assert!(!offer(&mut run, &udp), "not TCP");
+        assert!(offer(&mut run, &pkts[1]), "the run is as it was");
         assert_eq!(run.packets(), [&pkts[0][..], &pkts[1][..]]);
         run.clear();
         assert_eq!(run.len(), 0);
-        assert!(run.push(&pkts[2]), "a cleared run starts afresh");
+        assert!(offer(&mut run, &pkts[2]), "a cleared run starts afresh");
         assert_eq!(run.packets(), [&pkts[2][..]]);
     }
 
@@ -380,8 +382,8 @@ pub(crate) mod tests {
             let mut second = pkts[1].clone();
             f(&mut second);
             let mut run = TcpRun::default();
-            assert!(run.push(&pkts[0]), "head");
-            run.push(&second)
+            assert!(offer(&mut run, &pkts[0]), "head");
+            offer(&mut run, &second)
         };
         assert!(differ(&|_| {}), "control");
         assert!(differ(&|p| p[4] ^= 0xff), "IP ID may differ");
@@ -399,16 +401,16 @@ pub(crate) mod tests {
         assert!(!differ(&|p| p[44] ^= 1), "options bytes");
         // A different TCP header length.
         let mut run = TcpRun::default();
-        assert!(run.push(&pkts[0]), "head");
+        assert!(offer(&mut run, &pkts[0]), "head");
         let other = seg_pkt(1500, 500, false, &TS[..8]);
         assert!(segment(&other).is_some());
-        assert!(!run.push(&other));
+        assert!(!offer(&mut run, &other));
         // A longer segment than the first.
         let mut run = TcpRun::default();
-        assert!(run.push(&pkts[0]), "head");
+        assert!(offer(&mut run, &pkts[0]), "head");
         let longer = seg_pkt(1500, 501, false, &TS);
         assert!(segment(&longer).is_some());
-        assert!(!run.push(&longer));
+        assert!(!offer(&mut run, &longer));
         assert_eq!(run.len(), 1);
         assert_eq!(run.packets(), &[&pkts[0][..]]);
     }

@@ -8,7 +8,7 @@
 
 use super::{tun_detached, ErrorLog};
 use crate::batch::{HEADROOM, MAX_PACKET};
-use crate::offload::{TcpRun, MAX_HEADER, MAX_SEGMENTS};
+use crate::offload::{self, TcpRun, MAX_HEADER, MAX_SEGMENTS};
 use crate::stats::{Counter, DropReason, WorkerStats};
 use crate::tun::TunQueue;
 use crate::wire::l4;
@@ -161,14 +161,19 @@ impl<'a, W: TunWrite> Delivery<'a, W> {
             self.deliver(packet);
             return;
         }
-        if self.run.push(packet) {
+        let Some(segment) = offload::segment(packet) else {
+            // Not a candidate: the run goes first, keeping the order.
+            self.write_run();
+            self.deliver(packet);
+            return;
+        };
+        if self.run.push(packet, segment) {
             return;
         }
-        // The packet does not continue the run: the run goes first, keeping the order.
+        // The segment does not continue the run: the run goes first, and it starts the next.
         self.write_run();
-        if !self.run.push(packet) {
-            self.deliver(packet);
-        }
+        let started = self.run.push(packet, segment);
+        debug_assert!(started, "an empty run takes any segment");
     }
 
     /// Ends the current received message: its TCP run is written.
