@@ -20,6 +20,12 @@ pub mod vxlan;
 /// Byte range of a field inside a header.
 pub(crate) type Field = core::ops::Range<usize>;
 
+/// The big-endian 16-bit field at `f` in `d`.
+#[inline]
+pub(crate) fn be16(d: &[u8], f: Field) -> u16 {
+    u16::from_be_bytes([d[f.start], d[f.start + 1]])
+}
+
 /// Why bytes could not be read as a packet. Each variant maps to one drop counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -1,6 +1,6 @@
 //! TCP header view (RFC 9293 §3.1): what segmentation offload and checksum completion need.
 
-use super::{Error, Field, Result};
+use super::{be16, Error, Field, Result};
 
 mod field {
     use super::Field;
@@ -160,11 +160,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn set_checksum(&mut self, checksum: u16) {
         self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&checksum.to_be_bytes());
     }
-}
-
-#[inline]
-fn be16(d: &[u8], f: Field) -> u16 {
-    u16::from_be_bytes([d[f.start], d[f.start + 1]])
 }
 
 #[cfg(test)]

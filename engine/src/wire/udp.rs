@@ -1,6 +1,6 @@
 //! UDP header view (RFC 768): what checksum completion needs.
 
-use super::{Error, Field, Result};
+use super::{be16, Error, Field, Result};
 
 mod field {
     use super::Field;
@@ -91,11 +91,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn set_checksum(&mut self, checksum: u16) {
         self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&checksum.to_be_bytes());
     }
-}
-
-#[inline]
-fn be16(d: &[u8], f: Field) -> u16 {
-    u16::from_be_bytes([d[f.start], d[f.start + 1]])
 }
 
 #[cfg(test)]
