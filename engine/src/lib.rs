@@ -32,7 +32,6 @@ pub mod dataplane;
 pub mod decap;
 pub mod encap;
 pub mod net;
-pub mod netlink;
 pub mod route;
 pub mod stats;
 mod sys;
