@@ -16,9 +16,9 @@
 //!   reprogrammed; every 10 s a peer whose neighbour, FDB entry or route went missing is
 //!   reprogrammed.
 
-use super::netlink::{Netlink, RouteSpec, VxlanSpec};
 use super::routes::{self, RouteKeeper, RESYNC};
 use super::{Backend, HostInfo, SkipLog};
+use crate::netlink::{Netlink, RouteSpec, VxlanSpec};
 use anyhow::{Context, Result};
 use control::{Lease, LeaseAttrs, VxlanConfig};
 use engine::{Ipv4Net, StatsSource};
@@ -85,6 +85,7 @@ fn fmt_mac(m: &[u8; 6]) -> String {
 impl Vxlan {
     pub(crate) fn new(host: &HostInfo, cfg: &VxlanConfig) -> Result<Self> {
         let mut nl = Netlink::new().context("opening a netlink socket")?;
+        nl.name_link(host.underlay_index, &host.underlay.name);
         let underlay_mtu = cfg.mtu.unwrap_or(host.underlay.mtu);
         let spec = VxlanSpec {
             name: format!("flannel.{}", cfg.vni),
