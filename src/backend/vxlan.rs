@@ -365,8 +365,7 @@ fn ensure_device(nl: &mut Netlink, spec: &VxlanSpec) -> Result<(u32, [u8; 6])> {
     let mut spec = spec.clone();
     let mac = spec.mac.unwrap_or_else(random_mac);
     spec.mac = Some(mac);
-    nl.add_vxlan(&spec)
-        .with_context(|| format!("creating vxlan device {name}"))?;
+    nl.add_vxlan(&spec)?; // the error names the device and its attributes
     let link = nl
         .link_by_name(name)?
         .with_context(|| format!("{name} missing right after its creation"))?;

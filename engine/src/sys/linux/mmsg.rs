@@ -19,7 +19,7 @@ const _: () = assert!(cmsg::space(mem::size_of::<libc::c_int>()) <= mem::size_of
 
 /// The GRO segment size the kernel reported in a received message's control data.
 fn gro_segment(control: &Control, written: usize) -> Option<usize> {
-    let seg = cmsg::find::<libc::c_int, 32>(control, written, libc::SOL_UDP, libc::UDP_GRO)?;
+    let seg: libc::c_int = cmsg::find(control, written, libc::SOL_UDP, libc::UDP_GRO)?;
     usize::try_from(seg).ok().filter(|s| *s > 0)
 }
 
