@@ -302,7 +302,7 @@ fn run_static(
 
     let host = HostInfo::new(args, underlay, public_ip)?;
     let cfg = backend::tunnel_config(&host, network, local, port, wire);
-    let dp = Dataplane::start(&cfg, Arc::clone(&table)).context("starting the data plane")?;
+    let dp = backend::start_dataplane(&cfg, Arc::clone(&table))?;
     log_started("static peers", &cfg, &dp, public_ip);
     let _ = status.dataplane.set(dp.stats_source());
     status

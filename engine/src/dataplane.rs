@@ -41,7 +41,9 @@ pub struct DataplaneConfig {
     /// How packets are carried: flannel's udp format or VXLAN (with our VNI and VTEP MAC). Peers'
     /// routes must match: [`crate::Route::vxlan`] with their VTEP MACs for vxlan.
     pub wire: Wire,
-    /// The whole overlay network (routed through the TUN device).
+    /// The whole overlay network: inner sources inside it must belong to the sending peer's subnet
+    /// (see [`DecapPolicy`]). The engine installs no route; the caller routes the network through
+    /// the TUN device once the data plane runs.
     pub network: Ipv4Net,
     /// This host's subnet (its network address is the TUN address).
     pub local: Ipv4Net,
@@ -159,10 +161,41 @@ fn ctx(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> StartError {
     }
 }
 
+/// Registers worker `s.id` and starts its thread, pinned to `core` when given; `live` counts it
+/// while it runs.
+fn spawn_worker(
+    s: WorkerSetup,
+    core: Option<core_affinity::CoreId>,
+    live: &Arc<AtomicUsize>,
+) -> Result<JoinHandle<()>, StartError> {
+    let id = s.id;
+    #[cfg(test)]
+    fault::check(id).map_err(ctx(|| format!("registering worker {id}")))?;
+    let w = Worker::new(s).map_err(ctx(|| format!("registering worker {id}")))?;
+    live.fetch_add(1, Ordering::AcqRel);
+    let guard = LiveGuard(Arc::clone(live));
+    std::thread::Builder::new()
+        .name(format!("weft-worker-{id}"))
+        .spawn(move || {
+            let _guard = guard;
+            if let Some(c) = core {
+                if !core_affinity::set_for_current(c) {
+                    tracing::warn!(worker = id, core = c.id, "could not pin worker to core");
+                }
+            }
+            tracing::debug!(worker = id, core = ?core.map(|c| c.id), "worker started");
+            w.run();
+        })
+        .map_err(ctx(|| format!("spawning worker {id}")))
+}
+
 impl Dataplane {
     /// Creates the TUN device (one queue per worker), binds one socket per worker, and starts the
     /// workers, each pinned to its own core when the process may run on enough cores. Forwarding
     /// follows whatever `routes` holds, now and after every `RouteTable::replace`.
+    ///
+    /// On error nothing is left behind: workers already running are stopped and joined, and every
+    /// queue and socket is closed, so the device is gone too.
     pub fn start(cfg: &DataplaneConfig, routes: Arc<RouteTable>) -> Result<Dataplane, StartError> {
         let workers = cfg.workers.max(1);
         let mtu = u16::try_from(cfg.tun_mtu()).unwrap_or(u16::MAX);
@@ -172,7 +205,6 @@ impl Dataplane {
             name: cfg.tun_name.clone(),
             addr: cfg.local.addr(),
             mtu,
-            route: cfg.network,
             queues: workers,
             offload: cfg.offload != Offload::Off,
         };
@@ -220,39 +252,11 @@ impl Dataplane {
         let gso = setups.iter().all(|s| s.sock.gso());
         let gro = setups.iter().all(|s| s.sock.gro());
         let pinned = cores.len() >= 2 || workers == 1;
-        let mut threads = Vec::with_capacity(workers);
-        let live = Arc::new(AtomicUsize::new(0));
-        for s in setups {
-            let id = s.id;
-            let core = if pinned && !cores.is_empty() {
-                Some(cores[id % cores.len()])
-            } else {
-                None
-            };
-            let w = Worker::new(s).map_err(ctx(|| format!("registering worker {id}")))?;
-            live.fetch_add(1, Ordering::AcqRel);
-            let guard = LiveGuard(Arc::clone(&live));
-            let t = std::thread::Builder::new()
-                .name(format!("weft-worker-{id}"))
-                .spawn(move || {
-                    let _guard = guard;
-                    if let Some(c) = core {
-                        if !core_affinity::set_for_current(c) {
-                            tracing::warn!(
-                                worker = id,
-                                core = c.id,
-                                "could not pin worker to core"
-                            );
-                        }
-                    }
-                    tracing::debug!(worker = id, core = ?core.map(|c| c.id), "worker started");
-                    w.run();
-                })
-                .map_err(ctx(|| format!("spawning worker {id}")))?;
-            threads.push(t);
-        }
-        Ok(Dataplane {
-            threads,
+        // From here on `dp` owns what started: if a worker fails to start, returning drops `dp`,
+        // which stops and joins the workers already running; the queues of the others close with
+        // `setups`, and with the last queue the device goes.
+        let mut dp = Dataplane {
+            threads: Vec::with_capacity(workers),
             gso,
             gro,
             tun_offload,
@@ -261,8 +265,18 @@ impl Dataplane {
             stats,
             routes,
             pinned,
-            live,
-        })
+            live: Arc::new(AtomicUsize::new(0)),
+        };
+        for s in setups {
+            let core = if pinned && !cores.is_empty() {
+                Some(cores[s.id % cores.len()])
+            } else {
+                None
+            };
+            let t = spawn_worker(s, core, &dp.live)?;
+            dp.threads.push(t);
+        }
+        Ok(dp)
     }
 
     /// A shareable view of the counters and worker health.
@@ -310,7 +324,8 @@ impl Dataplane {
         self.live.load(Ordering::Acquire) == self.threads.len()
     }
 
-    /// Stops and joins the workers; their TUN queues close, which removes the device and its route.
+    /// Stops and joins the workers; their TUN queues close, which removes the device (and with it
+    /// the kernel removes every route through it).
     /// Returns the final counters.
     pub fn stop(mut self) -> StatsSnapshot {
         self.shutdown();
@@ -337,5 +352,138 @@ impl Drop for Dataplane {
         if !self.threads.is_empty() {
             self.shutdown();
         }
+    }
+}
+
+/// Test-only fault injection: make the start of one worker fail, as a failed poll registration or
+/// thread spawn would, after the workers before it are running.
+#[cfg(test)]
+mod fault {
+    use std::cell::Cell;
+    use std::io;
+
+    thread_local! {
+        /// The worker whose start fails in this thread's `Dataplane::start` calls.
+        static FAIL_WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    /// Makes worker `id` fail to start (`None`: none fails).
+    pub(super) fn fail_worker(id: Option<usize>) {
+        FAIL_WORKER.set(id);
+    }
+
+    /// The injected error, if worker `id` is the one to fail.
+    pub(super) fn check(id: usize) -> io::Result<()> {
+        if FAIL_WORKER.get() == Some(id) {
+            Err(io::Error::other("injected failure"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Privileged: run as root, in a network namespace of their own (unshared by a test thread).
+    //! Not root: they fail, unless `WEFT_SKIP_PRIVILEGED=1`.
+    use super::*;
+    use std::net::Ipv4Addr;
+    use std::time::{Duration, Instant};
+
+    /// `true` = run the privileged test; not root: panics, unless `WEFT_SKIP_PRIVILEGED=1`.
+    fn require_root(test: &str) -> bool {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let euid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1));
+        if euid == Some("0") {
+            return true;
+        }
+        if std::env::var("WEFT_SKIP_PRIVILEGED").as_deref() == Ok("1") {
+            eprintln!("SKIPPED {test}: needs root (WEFT_SKIP_PRIVILEGED=1)");
+            return false;
+        }
+        panic!("{test} needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN); or set WEFT_SKIP_PRIVILEGED=1");
+    }
+
+    /// Threads of this process named `weft-worker-*`, once that number has stayed at `want` for
+    /// 100 ms (a joined thread can linger in /proc for a moment, and a new one names itself only
+    /// once it runs); gives up after two seconds and returns the last count.
+    fn worker_threads(want: usize) -> usize {
+        let count = || {
+            std::fs::read_dir("/proc/self/task")
+                .expect("/proc/self/task")
+                .flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with("weft-worker-"))
+                })
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut steady = 0;
+        loop {
+            let n = count();
+            steady = if n == want { steady + 1 } else { 0 };
+            if steady == 10 || Instant::now() > deadline {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn device_exists(name: &str) -> bool {
+        nix::net::if_::if_nametoindex(name).is_ok()
+    }
+
+    #[test]
+    fn a_failed_start_stops_the_started_workers_and_removes_the_device() {
+        if !require_root("a_failed_start_stops_the_started_workers_and_removes_the_device") {
+            return;
+        }
+        let name = format!("wefts{}", std::process::id() % 1_000_000);
+        let cfg = DataplaneConfig {
+            tun_name: name.clone(),
+            underlay_mtu: 1500,
+            wire: Wire::Udp,
+            network: Ipv4Net::new(Ipv4Addr::new(10, 1, 0, 0), 16).expect("/16"),
+            local: Ipv4Net::new(Ipv4Addr::new(10, 1, 1, 0), 24).expect("/24"),
+            bind: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            workers: 3,
+            batch_size: DEFAULT_BATCH,
+            accept_any_source: false,
+            socket_buffer: 1 << 20,
+            offload: Offload::Off,
+        };
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare netns");
+            for k in 0..cfg.workers {
+                fault::fail_worker(Some(k));
+                let e = Dataplane::start(&cfg, Arc::new(RouteTable::new()))
+                    .expect_err("worker k fails to start");
+                assert_eq!(e.what, format!("registering worker {k}"), "{e}");
+                assert_eq!(
+                    worker_threads(0),
+                    0,
+                    "workers left running after failing at {k}"
+                );
+                assert!(
+                    !device_exists(&name),
+                    "{name} left behind after failing at {k}"
+                );
+            }
+            fault::fail_worker(None);
+            let dp = Dataplane::start(&cfg, Arc::new(RouteTable::new())).expect("start");
+            assert_eq!(dp.workers(), cfg.workers);
+            assert_eq!(worker_threads(cfg.workers), cfg.workers);
+            assert!(dp.healthy());
+            assert!(device_exists(&name));
+            dp.stop();
+            assert_eq!(worker_threads(0), 0);
+            assert!(!device_exists(&name), "{name} left behind by stop");
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p));
     }
 }

@@ -33,7 +33,6 @@ pub mod dataplane;
 pub mod decap;
 pub mod encap;
 pub mod net;
-pub mod netlink;
 mod offload;
 pub mod route;
 pub mod stats;

@@ -1,7 +1,5 @@
 //! The multiqueue TUN device: one queue per worker.
 
-use crate::net::Ipv4Net;
-use crate::netlink;
 use std::io::{self, IoSlice};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -16,8 +14,6 @@ pub struct TunConfig {
     pub addr: Ipv4Addr,
     /// Device MTU (underlay MTU − 28 for the udp wire format).
     pub mtu: u16,
-    /// Network routed through the device (the whole overlay network).
-    pub route: Ipv4Net,
     /// Number of queues (one per worker).
     pub queues: usize,
     /// Open the device with IFF_VNET_HDR and TSO/USO offloads: reads return TCP/UDP
@@ -115,8 +111,8 @@ impl AsRawFd for TunQueue {
     }
 }
 
-/// Creates the device with `cfg.queues` queues, addresses it, sets its MTU, brings it up and routes
-/// `cfg.route` through it. Fails if a device of that name exists already (another weft, or a stale
+/// Creates the device with `cfg.queues` queues, addresses it, sets its MTU and brings it up (routes
+/// through it are the caller's). Fails if a device of that name exists already (another weft, or a stale
 /// flannel), rather than attaching to it as another queue.
 pub fn create(cfg: &TunConfig) -> io::Result<Vec<TunQueue>> {
     if cfg.name.is_empty() || cfg.name.len() > 15 || cfg.name.contains(['/', ' ']) {
@@ -159,13 +155,6 @@ pub fn create(cfg: &TunConfig) -> io::Result<Vec<TunQueue>> {
         "1",
     )?;
     first.enabled(true)?;
-    let index = nix::net::if_::if_nametoindex(cfg.name.as_str()).map_err(io::Error::from)?;
-    netlink::replace_route(cfg.route, index).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("adding route {} dev {}: {e}", cfg.route, cfg.name),
-        )
-    })?;
     let mut queues = Vec::with_capacity(cfg.queues);
     for _ in 1..cfg.queues.max(1) {
         let q = first.try_clone()?;

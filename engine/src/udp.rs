@@ -112,11 +112,6 @@ impl BatchSocket {
             .as_socket_ipv4()
             .ok_or_else(|| io::Error::other("socket is not IPv4"))
     }
-
-    /// Receive buffer size the kernel granted.
-    pub fn recv_buffer_size(&self) -> io::Result<usize> {
-        self.sock.recv_buffer_size()
-    }
 }
 
 impl AsFd for BatchSocket {

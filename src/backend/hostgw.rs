@@ -2,9 +2,9 @@
 //! underlay interface. No encapsulation, so it needs every host on one L2 segment; a peer that
 //! is not on-link gets no route (logged, retried), as in flannel.
 
-use super::netlink::Netlink;
 use super::routes::{self, RouteKeeper};
 use super::{Backend, HostInfo, SkipLog};
+use crate::netlink::Netlink;
 use anyhow::{bail, Context, Result};
 use control::{Lease, LeaseAttrs};
 use engine::{Ipv4Net, StatsSource};
@@ -31,9 +31,11 @@ impl HostGw {
                 host.underlay.name
             );
         }
+        let mut nl = Netlink::new().context("opening a netlink socket")?;
+        nl.name_link(host.underlay_index, &host.underlay.name);
         Ok(HostGw {
             host: host.clone(),
-            nl: Netlink::new().context("opening a netlink socket")?,
+            nl,
             keeper: None,
             net: None,
             leases: Vec::new(),

@@ -16,14 +16,14 @@
 //! | [`hostgw`] | `{"Type":"host-gw"}` | plain kernel routes via each peer's public IP |
 
 pub(crate) mod hostgw;
-pub(crate) mod netlink;
+use crate::netlink;
 mod routes;
 mod tunnel;
 pub(crate) mod udp;
 pub(crate) mod vxlan;
 pub(crate) mod vxlan_user;
 
-pub(crate) use tunnel::{dataplane_config as tunnel_config, stats_line};
+pub(crate) use tunnel::{dataplane_config as tunnel_config, start_dataplane, stats_line};
 
 use crate::cli::RunArgs;
 use crate::iface::Underlay;

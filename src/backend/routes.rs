@@ -2,7 +2,7 @@
 //! desired set: routes are tagged with weft's route protocol so a restart finds its own, stale
 //! ones are removed, failed ones are retried and routes deleted from outside are re-added.
 
-use super::netlink::{Netlink, RouteSpec, RTPROT_WEFT};
+use crate::netlink::{Netlink, RouteSpec, RTPROT_WEFT};
 use engine::Ipv4Net;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -1,8 +1,10 @@
 //! The backend the udp and userspace VXLAN modules both build: weft's workers
-//! ([`engine::Dataplane`]) and the route snapshots made from leases. Only the wire, the lease
+//! ([`engine::Dataplane`]), the kernel route of the overlay network through their TUN device,
+//! and the route snapshots made from leases. Only the wire, the lease
 //! attributes and the per-lease route differ; each module supplies those.
 
 use super::{Backend, HostInfo, SkipLog};
+use crate::netlink::{Netlink, RouteSpec, RTPROT_STATIC};
 use anyhow::{Context, Result};
 use control::{Lease, LeaseAttrs};
 use engine::{Dataplane, DataplaneConfig, Ipv4Net, Route, RouteTable, StatsSource, Wire};
@@ -62,6 +64,40 @@ pub(crate) fn dataplane_config(
         tso_writes: !matches!(std::env::var("WEFT_NO_TSO_WRITE").as_deref(), Ok("1")),
         wire,
     }
+}
+
+/// Starts the data plane and routes the whole overlay network through its TUN device, as
+/// flannel's udp backend does (`NET dev TUN proto static`, scope global). Nothing needs removing
+/// at the end: deleting the device (when the last worker's queue closes) removes the route too.
+pub(crate) fn start_dataplane(cfg: &DataplaneConfig, routes: Arc<RouteTable>) -> Result<Dataplane> {
+    let dp = Dataplane::start(cfg, routes).context("starting the data plane")?;
+    // On error `dp` is dropped here, which stops the workers and removes the device.
+    route_network(cfg).with_context(|| {
+        format!(
+            "routing the overlay network {} through {}",
+            cfg.network, cfg.tun_name
+        )
+    })?;
+    Ok(dp)
+}
+
+/// `ip route replace <network> dev <tun> proto static` in the calling thread's namespace.
+fn route_network(cfg: &DataplaneConfig) -> std::io::Result<()> {
+    let mut nl = Netlink::new()?;
+    let link = nl.link_by_name(&cfg.tun_name)?.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} vanished right after its creation", cfg.tun_name),
+        )
+    })?;
+    nl.replace_device_route(&RouteSpec {
+        dst: cfg.network.addr(),
+        prefix: cfg.network.prefix(),
+        gateway: None,
+        oif: link.index,
+        onlink: false,
+        protocol: RTPROT_STATIC,
+    })
 }
 
 impl Tunnel {
@@ -135,8 +171,7 @@ impl Backend for Tunnel {
             self.params.port,
             self.params.wire,
         );
-        let dp =
-            Dataplane::start(&cfg, Arc::clone(&self.table)).context("starting the data plane")?;
+        let dp = start_dataplane(&cfg, Arc::clone(&self.table))?;
         tracing::info!(
             backend = self.name,
             tun = %cfg.tun_name,

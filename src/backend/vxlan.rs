@@ -16,9 +16,9 @@
 //!   reprogrammed; every 10 s a peer whose neighbour, FDB entry or route went missing is
 //!   reprogrammed.
 
-use super::netlink::{Netlink, RouteSpec, VxlanSpec};
 use super::routes::{self, RouteKeeper, RESYNC};
 use super::{Backend, HostInfo, SkipLog};
+use crate::netlink::{Netlink, RouteSpec, VxlanSpec};
 use anyhow::{Context, Result};
 use control::{Lease, LeaseAttrs, VxlanConfig};
 use engine::{Ipv4Net, StatsSource};
@@ -85,6 +85,7 @@ fn fmt_mac(m: &[u8; 6]) -> String {
 impl Vxlan {
     pub(crate) fn new(host: &HostInfo, cfg: &VxlanConfig) -> Result<Self> {
         let mut nl = Netlink::new().context("opening a netlink socket")?;
+        nl.name_link(host.underlay_index, &host.underlay.name);
         let underlay_mtu = cfg.mtu.unwrap_or(host.underlay.mtu);
         let spec = VxlanSpec {
             name: format!("flannel.{}", cfg.vni),
@@ -364,8 +365,7 @@ fn ensure_device(nl: &mut Netlink, spec: &VxlanSpec) -> Result<(u32, [u8; 6])> {
     let mut spec = spec.clone();
     let mac = spec.mac.unwrap_or_else(random_mac);
     spec.mac = Some(mac);
-    nl.add_vxlan(&spec)
-        .with_context(|| format!("creating vxlan device {name}"))?;
+    nl.add_vxlan(&spec)?; // the error names the device and its attributes
     let link = nl
         .link_by_name(name)?
         .with_context(|| format!("{name} missing right after its creation"))?;

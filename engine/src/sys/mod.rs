@@ -1,8 +1,10 @@
 //! The only place in weft with `unsafe`: thin, safe wrappers over the system calls the standard
-//! library and our dependencies do not offer (recvmmsg, sendmmsg, forced socket buffer sizes).
+//! library and our dependencies do not offer (recvmmsg, sendmmsg with their control messages,
+//! forced socket buffer sizes).
 //!
 //! Rules (see docs/architecture.md): every `unsafe` block holds one FFI call (or one `mem::zeroed` of
-//! a C struct) and carries a `// SAFETY:` line; return codes become `io::Result` at once through
+//! a C struct, or one access through a pointer a CMSG macro returned) and carries a `// SAFETY:`
+//! line; return codes become `io::Result` at once through
 //! [`syscall!`]; only safe functions over `BorrowedFd` and slices leave this module, never a raw
 //! pointer or a `RawFd`. weft runs on Linux only (multiqueue TUN, mmsg calls); on other systems the
 //! crate does not build.

@@ -3,6 +3,7 @@
 //! and UDP GRO (the kernel hands over a run of datagrams as one buffer plus the segment size:
 //! `UDP_GRO`, Linux 5.0).
 
+use super::cmsg;
 use std::io;
 use std::mem;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -11,50 +12,15 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 /// Most messages (and packets) moved by one call; the arrays live on the calling worker's stack.
 pub const MAX_BATCH: usize = 128;
 
-/// `UDP_SEGMENT` from linux/udp.h (not in every libc version).
-const UDP_SEGMENT: libc::c_int = 103;
-/// `UDP_GRO` from linux/udp.h.
-const UDP_GRO: libc::c_int = 104;
+/// Control buffer of one message: room for the one `int`-sized message either direction uses
+/// (`UDP_SEGMENT` on send, `UDP_GRO` on receive), with space to spare.
+type Control = cmsg::Buf<32>;
+const _: () = assert!(cmsg::space(mem::size_of::<libc::c_int>()) <= mem::size_of::<Control>());
 
-/// Room for one control message carrying an int, 8-byte aligned as the kernel's CMSG macros expect.
-#[derive(Clone, Copy)]
-#[repr(C, align(8))]
-struct CmsgBuf([u8; 32]);
-
-const CMSG_HDR: usize = mem::size_of::<libc::cmsghdr>();
-
-/// Writes one `SOL_UDP`/`UDP_SEGMENT` control message into `buf`; returns the control length.
-fn put_gso_cmsg(buf: &mut CmsgBuf, segment: u16) -> usize {
-    let b = &mut buf.0;
-    let len = CMSG_HDR + mem::size_of::<u16>();
-    b[..mem::size_of::<usize>()].copy_from_slice(&len.to_ne_bytes());
-    let lvl = mem::size_of::<usize>();
-    b[lvl..lvl + 4].copy_from_slice(&libc::SOL_UDP.to_ne_bytes());
-    b[lvl + 4..lvl + 8].copy_from_slice(&UDP_SEGMENT.to_ne_bytes());
-    b[CMSG_HDR..CMSG_HDR + 2].copy_from_slice(&segment.to_ne_bytes());
-    // CMSG_SPACE: the data padded to the header alignment.
-    (len + 7) & !7
-}
-
-/// Finds a `SOL_UDP`/`UDP_GRO` control message in `control` and returns its segment size.
-fn parse_gro_cmsg(control: &[u8]) -> Option<usize> {
-    let word = mem::size_of::<usize>();
-    let mut off = 0;
-    while off + CMSG_HDR <= control.len() {
-        let len = usize::from_ne_bytes(control[off..off + word].try_into().ok()?);
-        let level = i32::from_ne_bytes(control[off + word..off + word + 4].try_into().ok()?);
-        let kind = i32::from_ne_bytes(control[off + word + 4..off + word + 8].try_into().ok()?);
-        if len < CMSG_HDR || off + len > control.len() {
-            return None;
-        }
-        if level == libc::SOL_UDP && kind == UDP_GRO && len >= CMSG_HDR + 4 {
-            let d = &control[off + CMSG_HDR..off + CMSG_HDR + 4];
-            let seg = i32::from_ne_bytes(d.try_into().ok()?);
-            return usize::try_from(seg).ok().filter(|s| *s > 0);
-        }
-        off += (len + 7) & !7;
-    }
-    None
+/// The GRO segment size the kernel reported in a received message's control data.
+fn gro_segment(control: &Control, written: usize) -> Option<usize> {
+    let seg: libc::c_int = cmsg::find(control, written, libc::SOL_UDP, libc::UDP_GRO)?;
+    usize::try_from(seg).ok().filter(|s| *s > 0)
 }
 
 /// What the kernel reported about one received message.
@@ -135,7 +101,7 @@ pub(crate) fn recv_batch<B: AsMut<[u8]>>(
     let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { mem::zeroed() };
     // SAFETY: as above.
     let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { mem::zeroed() };
-    let mut controls = [CmsgBuf([0; 32]); MAX_BATCH];
+    let mut controls = [Control::new(); MAX_BATCH];
     for (i, slot) in slots.iter_mut().take(count).enumerate() {
         let data = slot.as_mut().get_mut(offset..).unwrap_or_default();
         iovs[i].iov_base = data.as_mut_ptr().cast();
@@ -159,12 +125,11 @@ pub(crate) fn recv_batch<B: AsMut<[u8]>>(
     ))? as usize;
     for i in 0..n {
         let h = &hdrs[i];
-        let clen = h.msg_hdr.msg_controllen.min(controls[i].0.len());
         meta[i] = RecvMeta {
             len: h.msg_len as usize,
             src: from_sockaddr(&names[i], h.msg_hdr.msg_namelen),
             truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
-            segment: parse_gro_cmsg(&controls[i].0[..clen]).unwrap_or(0),
+            segment: gro_segment(&controls[i], h.msg_hdr.msg_controllen).unwrap_or(0),
         };
     }
     Ok(n)
@@ -184,7 +149,7 @@ pub(crate) fn send_batch<'a>(
     let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { mem::zeroed() };
     // SAFETY: as above.
     let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { mem::zeroed() };
-    let mut controls = [CmsgBuf([0; 32]); MAX_BATCH];
+    let mut controls = [Control::new(); MAX_BATCH];
     let mut iov_used = 0;
     let mut count = 0;
     for (k, m) in msgs.iter().take(MAX_BATCH).enumerate() {
@@ -206,9 +171,9 @@ pub(crate) fn send_batch<'a>(
         h.msg_iov = &mut iovs[iov_first];
         h.msg_iovlen = m.count;
         if m.count > 1 {
-            let clen = put_gso_cmsg(&mut controls[k], m.segment);
-            h.msg_control = controls[k].0.as_mut_ptr().cast();
-            h.msg_controllen = clen;
+            let mut enc = cmsg::Encoder::new(h, &mut controls[k]);
+            let pushed = enc.push(libc::SOL_UDP, libc::UDP_SEGMENT, m.segment);
+            debug_assert!(pushed, "a u16 fits the control buffer");
         }
         count += 1;
     }
@@ -231,24 +196,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cmsg_round_trip() {
-        let mut b = CmsgBuf([0; 32]);
-        let n = put_gso_cmsg(&mut b, 1400);
-        assert_eq!(n, 24);
-        assert_eq!(
-            parse_gro_cmsg(&b.0[..n]),
-            None,
-            "UDP_SEGMENT is not UDP_GRO"
-        );
-        // Rewrite as a GRO message carrying an int.
-        let word = mem::size_of::<usize>();
-        b.0[..word].copy_from_slice(&(CMSG_HDR + 4).to_ne_bytes());
-        b.0[word + 4..word + 8].copy_from_slice(&UDP_GRO.to_ne_bytes());
-        b.0[CMSG_HDR..CMSG_HDR + 4].copy_from_slice(&1472i32.to_ne_bytes());
-        assert_eq!(parse_gro_cmsg(&b.0[..24]), Some(1472));
-        assert_eq!(parse_gro_cmsg(&b.0[..10]), None);
-        // A length field pointing past the buffer is rejected, not followed.
-        b.0[..word].copy_from_slice(&1000usize.to_ne_bytes());
-        assert_eq!(parse_gro_cmsg(&b.0[..24]), None);
+    fn gro_segment_is_a_positive_int() {
+        let mut control = Control::new();
+        // SAFETY: all-zero bytes are a valid `msghdr`.
+        let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
+        {
+            let mut enc = cmsg::Encoder::new(&mut hdr, &mut control);
+            assert!(enc.push(libc::SOL_UDP, libc::UDP_GRO, 1472 as libc::c_int));
+        }
+        let written = hdr.msg_controllen;
+        assert_eq!(gro_segment(&control, written), Some(1472));
+        assert_eq!(gro_segment(&control, 0), None, "no control data");
+        for bad in [0, -1] {
+            let mut enc = cmsg::Encoder::new(&mut hdr, &mut control);
+            assert!(enc.push(libc::SOL_UDP, libc::UDP_GRO, bad as libc::c_int));
+            drop(enc);
+            assert_eq!(gro_segment(&control, hdr.msg_controllen), None, "{bad}");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Linux implementations.
 
+mod cmsg;
 mod mmsg;
 mod sockopt;
 

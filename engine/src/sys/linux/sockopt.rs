@@ -39,11 +39,11 @@ pub(crate) fn set_buffer_sizes(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<(
 
 /// Turns on UDP GRO: the kernel may hand over runs of datagrams from one sender as one buffer.
 pub(crate) fn enable_udp_gro(fd: BorrowedFd<'_>) -> io::Result<()> {
-    set_int(fd, libc::SOL_UDP, 104, 1)
+    set_int(fd, libc::SOL_UDP, libc::UDP_GRO, 1)
 }
 
 /// Whether the kernel knows UDP GSO: setting the socket's default segment size to 0 (no GSO unless
 /// a message asks for it) fails with ENOPROTOOPT on kernels without it.
 pub(crate) fn probe_udp_gso(fd: BorrowedFd<'_>) -> bool {
-    set_int(fd, libc::SOL_UDP, 103, 0).is_ok()
+    set_int(fd, libc::SOL_UDP, libc::UDP_SEGMENT, 0).is_ok()
 }

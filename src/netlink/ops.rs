@@ -1,0 +1,624 @@
+//! The operations: links, addresses, neighbours, FDB entries and routes, each the equivalent of
+//! one `ip`/`bridge` command, with the builders of their requests and the parsers of the replies.
+
+use std::net::Ipv4Addr;
+
+use control::lease::format_mac;
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use nix::libc;
+use std::io;
+
+use super::request::{tolerate, Failure, Netlink};
+use super::{Link, RouteSpec, VxlanAttrs, VxlanSpec, VXLAN_DEFAULT_PORT};
+
+impl Netlink {
+    // ---- links ----
+
+    /// The link called `name`, or `None` if there is none.
+    pub(crate) fn link_by_name(&mut self, name: &str) -> io::Result<Option<Link>> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.get_link(msg)
+            .map_err(|f| f.into_io(format!("looking up link {name}")))
+    }
+
+    /// The link with interface index `index`, or `None` if there is none.
+    #[cfg(test)]
+    pub(crate) fn link_by_index(&mut self, index: u32) -> io::Result<Option<Link>> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        self.get_link(msg)
+            .map_err(|f| f.into_io(format!("looking up link ifindex {index}")))
+    }
+
+    /// All links of the namespace.
+    pub(crate) fn links(&mut self) -> io::Result<Vec<Link>> {
+        let messages = self
+            .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
+            .map_err(|f| f.into_io("listing links".to_string()))?;
+        let links: Vec<Link> = messages
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(link) => Some(parse_link(link)),
+                _ => None,
+            })
+            .collect();
+        for l in &links {
+            self.learn_name(l.index, &l.name);
+        }
+        Ok(links)
+    }
+
+    /// Creates a vxlan device as flannel does (flannel-compat §6.1); `EEXIST` if the name is taken.
+    pub(crate) fn add_vxlan(&mut self, spec: &VxlanSpec) -> io::Result<()> {
+        let mut data = vec![InfoVxlan::Id(spec.vni), InfoVxlan::Local(spec.local)];
+        if spec.underlay_index != 0 {
+            data.push(InfoVxlan::Link(spec.underlay_index));
+        }
+        if let Some(port) = spec.port {
+            data.push(InfoVxlan::Port(port)); // emitted big-endian, as the kernel expects
+        }
+        data.push(InfoVxlan::Learning(spec.learning));
+        if spec.gbp {
+            data.push(InfoVxlan::Gbp);
+        }
+        let mut msg = LinkMessage::default();
+        msg.attributes
+            .push(LinkAttribute::IfName(spec.name.clone()));
+        msg.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        if let Some(mac) = spec.mac {
+            msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(data)),
+        ]));
+        let result = self.ack(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL);
+        result.map_err(|f| {
+            let dev = self.dev_name(spec.underlay_index);
+            let port = spec.port.unwrap_or(VXLAN_DEFAULT_PORT);
+            f.into_io(format!(
+                "creating vxlan device {} (vni {}, local {}, dev {dev}, dstport {port})",
+                spec.name, spec.vni, spec.local
+            ))
+        })
+    }
+
+    /// Deletes the link with interface index `index`.
+    pub(crate) fn delete_link(&mut self, index: u32) -> io::Result<()> {
+        let what = format!("deleting link {}", self.dev_name(index));
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        self.ack(RouteNetlinkMessage::DelLink(msg), 0)
+            .map_err(|f| f.into_io(what))?;
+        self.forget_name(index);
+        Ok(())
+    }
+
+    /// Sets `IFF_UP` on the link.
+    pub(crate) fn set_link_up(&mut self, index: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        let result = self.ack(RouteNetlinkMessage::SetLink(msg), 0);
+        result.map_err(|f| f.into_io(format!("setting link {} up", self.dev_name(index))))
+    }
+
+    /// Sets the link's MTU.
+    pub(crate) fn set_mtu(&mut self, index: u32, mtu: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        let result = self.ack(RouteNetlinkMessage::SetLink(msg), 0);
+        result.map_err(|f| f.into_io(format!("setting mtu {mtu} on {}", self.dev_name(index))))
+    }
+
+    // ---- addresses ----
+
+    /// The IPv4 addresses (with prefix length) of the link.
+    pub(crate) fn addresses(&mut self, index: u32) -> io::Result<Vec<(Ipv4Addr, u8)>> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        let result = self.dump(RouteNetlinkMessage::GetAddress(msg));
+        let messages = result
+            .map_err(|f| f.into_io(format!("listing addresses of {}", self.dev_name(index))))?;
+        let mut out = Vec::new();
+        for m in messages {
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
+            if a.header.index != index || a.header.family != AddressFamily::Inet {
+                continue;
+            }
+            // For IPv4, IFA_LOCAL is the interface's own address; IFA_ADDRESS differs from it
+            // only on point-to-point links, where it is the peer.
+            let (mut local, mut address) = (None, None);
+            for attr in &a.attributes {
+                match attr {
+                    AddressAttribute::Local(std::net::IpAddr::V4(ip)) => local = Some(*ip),
+                    AddressAttribute::Address(std::net::IpAddr::V4(ip)) => address = Some(*ip),
+                    _ => {}
+                }
+            }
+            if let Some(ip) = local.or(address) {
+                out.push((ip, a.header.prefix_len));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds `addr/prefix` to the link; already present is `Ok`.
+    pub(crate) fn add_address(&mut self, index: u32, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+        let msg = address_message(index, addr, prefix);
+        let result = self.ack(
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        );
+        tolerate(result, &[libc::EEXIST]).map_err(|f| {
+            f.into_io(format!(
+                "adding address {addr}/{prefix} to {}",
+                self.dev_name(index)
+            ))
+        })
+    }
+
+    /// Removes `addr/prefix` from the link; already absent is `Ok`.
+    pub(crate) fn delete_address(
+        &mut self,
+        index: u32,
+        addr: Ipv4Addr,
+        prefix: u8,
+    ) -> io::Result<()> {
+        let msg = address_message(index, addr, prefix);
+        let result = self.ack(RouteNetlinkMessage::DelAddress(msg), 0);
+        tolerate(result, &[libc::EADDRNOTAVAIL]).map_err(|f| {
+            f.into_io(format!(
+                "deleting address {addr}/{prefix} from {}",
+                self.dev_name(index)
+            ))
+        })
+    }
+
+    // ---- neighbours and FDB ----
+
+    /// `ip neigh replace IP lladdr MAC dev X nud permanent` (flannel-compat §6.2 step 1).
+    /// The kernel flushes a device's neighbours, permanent ones too, when it goes down.
+    pub(crate) fn replace_neigh(
+        &mut self,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> io::Result<()> {
+        let mut msg = neigh_message(AddressFamily::Inet, index, ip);
+        msg.header.state = NeighbourState::Permanent;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        let result = self.ack(
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        );
+        result.map_err(|f| {
+            let dev = self.dev_name(index);
+            f.into_io(format!(
+                "replacing neighbour {ip} lladdr {} dev {dev}",
+                format_mac(&mac)
+            ))
+        })
+    }
+
+    /// `ip neigh del IP dev X`; already absent is `Ok`.
+    pub(crate) fn delete_neigh(&mut self, index: u32, ip: Ipv4Addr) -> io::Result<()> {
+        let msg = neigh_message(AddressFamily::Inet, index, ip);
+        let result = self.ack(RouteNetlinkMessage::DelNeighbour(msg), 0);
+        tolerate(result, &[libc::ENOENT]).map_err(|f| {
+            f.into_io(format!(
+                "deleting neighbour {ip} dev {}",
+                self.dev_name(index)
+            ))
+        })
+    }
+
+    /// `bridge fdb replace MAC dev X dst DST self permanent` (flannel-compat §6.2 step 2).
+    /// The vxlan driver wants `NTF_SELF` (else `EOPNOTSUPP`), `NDA_DST` and a permanent or
+    /// reachable state (else `EINVAL`); permanent entries survive the device going down.
+    pub(crate) fn replace_fdb(
+        &mut self,
+        index: u32,
+        mac: [u8; 6],
+        dst: Ipv4Addr,
+    ) -> io::Result<()> {
+        let mut msg = fdb_message(index, mac, dst);
+        msg.header.state = NeighbourState::Permanent;
+        let result = self.ack(
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        );
+        result.map_err(|f| {
+            let dev = self.dev_name(index);
+            f.into_io(format!(
+                "replacing fdb entry {} dev {dev} dst {dst}",
+                format_mac(&mac)
+            ))
+        })
+    }
+
+    /// `bridge fdb del MAC dev X dst DST self`; already absent (or lacking that remote) is `Ok`.
+    pub(crate) fn delete_fdb(&mut self, index: u32, mac: [u8; 6], dst: Ipv4Addr) -> io::Result<()> {
+        let msg = fdb_message(index, mac, dst);
+        let result = self.ack(RouteNetlinkMessage::DelNeighbour(msg), 0);
+        tolerate(result, &[libc::ENOENT]).map_err(|f| {
+            let dev = self.dev_name(index);
+            f.into_io(format!(
+                "deleting fdb entry {} dev {dev} dst {dst}",
+                format_mac(&mac)
+            ))
+        })
+    }
+
+    /// The IPv4 neighbours of the link that have a hardware address.
+    pub(crate) fn neighbours(&mut self, index: u32) -> io::Result<Vec<(Ipv4Addr, [u8; 6])>> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        let result = self.dump(RouteNetlinkMessage::GetNeighbour(msg));
+        let messages = result
+            .map_err(|f| f.into_io(format!("listing neighbours of {}", self.dev_name(index))))?;
+        let mut out = Vec::new();
+        for m in messages {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                continue;
+            };
+            if n.header.ifindex != index || n.header.family != AddressFamily::Inet {
+                continue;
+            }
+            let (mut ip, mut mac) = (None, None);
+            for attr in &n.attributes {
+                match attr {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(*a),
+                    NeighbourAttribute::LinkLayerAddress(l) => mac = mac6(l),
+                    _ => {}
+                }
+            }
+            if let (Some(ip), Some(mac)) = (ip, mac) {
+                out.push((ip, mac));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The bridge FDB entries of the link: MAC and, for vxlan remotes, the IPv4 destination.
+    pub(crate) fn fdb(&mut self, index: u32) -> io::Result<Vec<([u8; 6], Option<Ipv4Addr>)>> {
+        // A bare ndmsg is the legacy form of the AF_BRIDGE dump request: the kernel dumps the
+        // FDB of every device (it filters only on an ifinfomsg header), so filter here.
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        let result = self.dump(RouteNetlinkMessage::GetNeighbour(msg));
+        let messages =
+            result.map_err(|f| f.into_io(format!("listing fdb of {}", self.dev_name(index))))?;
+        let mut out = Vec::new();
+        for m in messages {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                continue;
+            };
+            if n.header.ifindex != index || n.header.family != AddressFamily::Bridge {
+                continue;
+            }
+            let (mut dst, mut mac) = (None, None);
+            for attr in &n.attributes {
+                match attr {
+                    NeighbourAttribute::Destination(a) => dst = neighbour_ipv4(a),
+                    NeighbourAttribute::LinkLayerAddress(l) => mac = mac6(l),
+                    _ => {}
+                }
+            }
+            if let Some(mac) = mac {
+                out.push((mac, dst));
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- routes ----
+
+    /// `ip route replace` of an IPv4 unicast route in the main table.
+    pub(crate) fn replace_route(&mut self, r: &RouteSpec) -> io::Result<()> {
+        let mut msg = route_message(r);
+        msg.header.scope = if r.gateway.is_some() {
+            RouteScope::Universe
+        } else {
+            RouteScope::Link
+        };
+        let result = self.ack(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        );
+        result.map_err(|f| f.into_io(format!("replacing route {}", self.describe_route(r))))
+    }
+
+    /// `ip route replace DST dev X proto static scope global`: the route of the whole overlay
+    /// network through weft's TUN device as flannel's udp backend adds it (scope universe, where
+    /// `ip` would default to scope link for a route without a gateway). `r.gateway` must be `None`.
+    pub(crate) fn replace_device_route(&mut self, r: &RouteSpec) -> io::Result<()> {
+        let mut msg = route_message(r);
+        msg.header.scope = RouteScope::Universe;
+        let result = self.ack(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        );
+        result.map_err(|f| f.into_io(format!("replacing route {}", self.describe_route(r))))
+    }
+
+    /// `ip route del`; matches on what `r` sets (protocol 0, oif 0, no gateway match any).
+    /// Already absent is `Ok`.
+    pub(crate) fn delete_route(&mut self, r: &RouteSpec) -> io::Result<()> {
+        let mut msg = route_message(r);
+        // RT_SCOPE_NOWHERE matches a route of any scope in fib_table_delete(), as `ip route del`.
+        msg.header.scope = RouteScope::NoWhere;
+        let result = self.ack(RouteNetlinkMessage::DelRoute(msg), 0);
+        tolerate(result, &[libc::ENOENT, libc::ESRCH])
+            .map_err(|f| f.into_io(format!("deleting route {}", self.describe_route(r))))
+    }
+
+    /// The IPv4 unicast routes of the main table, only those of `protocol` when it is `Some`.
+    /// Multipath routes are listed with no gateway and oif 0.
+    pub(crate) fn routes(&mut self, protocol: Option<u8>) -> io::Result<Vec<RouteSpec>> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        let messages = self
+            .dump(RouteNetlinkMessage::GetRoute(msg))
+            .map_err(|f| f.into_io("listing routes".to_string()))?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => Some(r),
+                _ => None,
+            })
+            .filter(|r| {
+                r.header.address_family == AddressFamily::Inet
+                    && r.header.kind == RouteType::Unicast
+                    && route_table(r) == u32::from(RouteHeader::RT_TABLE_MAIN)
+                    && protocol.is_none_or(|p| u8::from(r.header.protocol) == p)
+            })
+            .map(|r| parse_route(&r))
+            .collect())
+    }
+
+    /// `ip route get DST`: the route the kernel would use; `gateway` is `None` when on-link.
+    pub(crate) fn route_get(&mut self, dst: Ipv4Addr) -> io::Result<RouteSpec> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.destination_prefix_length = 32;
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        let what = || format!("looking up route to {dst}");
+        let replies = self
+            .exec(RouteNetlinkMessage::GetRoute(msg), NLM_F_ACK)
+            .map_err(|f| f.into_io(what()))?;
+        replies
+            .messages
+            .into_iter()
+            .find_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => Some(parse_route(&r)),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: no route in the reply", what()),
+                )
+            })
+    }
+
+    // ---- request machinery ----
+
+    /// One `RTM_GETLINK` for a single link; `ENODEV` becomes `None`.
+    fn get_link(&mut self, msg: LinkMessage) -> Result<Option<Link>, Failure> {
+        match self.exec(RouteNetlinkMessage::GetLink(msg), NLM_F_ACK) {
+            Ok(replies) => {
+                let link = replies.messages.into_iter().find_map(|m| match m {
+                    RouteNetlinkMessage::NewLink(link) => Some(parse_link(link)),
+                    _ => None,
+                });
+                if let Some(l) = &link {
+                    self.learn_name(l.index, &l.name);
+                }
+                Ok(link)
+            }
+            Err(f) if f.kernel_errno() == Some(libc::ENODEV) => Ok(None),
+            Err(f) => Err(f),
+        }
+    }
+
+    /// `10.1.16.0/24 via 192.0.2.2 dev eth0 onlink proto 153`, as `ip route` prints it.
+    fn describe_route(&self, r: &RouteSpec) -> String {
+        let dev = (r.oif != 0).then(|| self.dev_name(r.oif));
+        let mut s = format!("{}/{}", r.dst, r.prefix);
+        if let Some(gw) = r.gateway {
+            s.push_str(" via ");
+            s.push_str(&gw.to_string());
+        }
+        if let Some(dev) = dev {
+            s.push_str(" dev ");
+            s.push_str(&dev);
+        }
+        if r.onlink {
+            s.push_str(" onlink");
+        }
+        if r.protocol != 0 {
+            s.push_str(" proto ");
+            s.push_str(&r.protocol.to_string());
+        }
+        s
+    }
+}
+
+/// The fields of a `RTM_NEWLINK` reply that [`Link`] keeps.
+fn parse_link(msg: LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        kind: None,
+        mac: None,
+        mtu: 0,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        vxlan: None,
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(name) => link.name = name,
+            LinkAttribute::Mtu(mtu) => link.mtu = mtu,
+            LinkAttribute::Address(mac) => link.mac = mac6(&mac),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
+                        LinkInfo::Data(InfoData::Vxlan(data)) => {
+                            link.vxlan = Some(parse_vxlan(&data));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+/// The [`VxlanAttrs`] in an `IFLA_INFO_DATA` of kind vxlan.
+fn parse_vxlan(data: &[InfoVxlan]) -> VxlanAttrs {
+    let mut attrs = VxlanAttrs {
+        vni: 0,
+        local: None,
+        link: None,
+        port: VXLAN_DEFAULT_PORT,
+        // The kernel always reports IFLA_VXLAN_LEARNING; learning is its default when unset.
+        learning: true,
+        gbp: false,
+    };
+    for attr in data {
+        match *attr {
+            InfoVxlan::Id(vni) => attrs.vni = vni,
+            InfoVxlan::Local(ip) => attrs.local = Some(ip),
+            InfoVxlan::Link(index) => attrs.link = Some(index).filter(|&i| i != 0),
+            InfoVxlan::Port(port) => attrs.port = port,
+            InfoVxlan::Learning(on) => attrs.learning = on,
+            InfoVxlan::Gbp => attrs.gbp = true,
+            _ => {}
+        }
+    }
+    attrs
+}
+
+/// An `RTM_NEWADDR`/`RTM_DELADDR` body for an IPv4 address.
+fn address_message(index: u32, addr: Ipv4Addr, prefix: u8) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.prefix_len = prefix;
+    msg.header.index = index;
+    msg.attributes.push(AddressAttribute::Local(addr.into()));
+    msg.attributes.push(AddressAttribute::Address(addr.into()));
+    msg
+}
+
+/// A neighbour message for `ip` on the link (state and lladdr left to the caller).
+fn neigh_message(family: AddressFamily, index: u32, ip: Ipv4Addr) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = family;
+    msg.header.ifindex = index;
+    msg.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    msg
+}
+
+/// An `AF_BRIDGE`, `NTF_SELF` neighbour message: the vxlan driver's own FDB, not a bridge's.
+fn fdb_message(index: u32, mac: [u8; 6], dst: Ipv4Addr) -> NeighbourMessage {
+    let mut msg = neigh_message(AddressFamily::Bridge, index, dst);
+    msg.header.flags = NeighbourFlags::Own;
+    msg.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    msg
+}
+
+/// An `RTM_NEWROUTE`/`RTM_DELROUTE` body for `r` in the main table (scope left to the caller).
+fn route_message(r: &RouteSpec) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet;
+    msg.header.destination_prefix_length = r.prefix;
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::from(r.protocol);
+    msg.header.kind = RouteType::Unicast;
+    if r.onlink {
+        msg.header.flags = RouteFlags::Onlink;
+    }
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet(r.dst)));
+    if let Some(gw) = r.gateway {
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+    }
+    if r.oif != 0 {
+        msg.attributes.push(RouteAttribute::Oif(r.oif));
+    }
+    msg
+}
+
+/// The route's table: `RTA_TABLE` when present (ids above 255), else `rtm_table`.
+fn route_table(r: &RouteMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table))
+}
+
+/// The [`RouteSpec`] of an IPv4 `RTM_NEWROUTE`.
+fn parse_route(r: &RouteMessage) -> RouteSpec {
+    let mut spec = RouteSpec {
+        dst: Ipv4Addr::UNSPECIFIED,
+        prefix: r.header.destination_prefix_length,
+        gateway: None,
+        oif: 0,
+        onlink: r.header.flags.contains(RouteFlags::Onlink),
+        protocol: u8::from(r.header.protocol),
+    };
+    for attr in &r.attributes {
+        match attr {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => spec.dst = *ip,
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => spec.gateway = Some(*ip),
+            RouteAttribute::Oif(index) => spec.oif = *index,
+            _ => {}
+        }
+    }
+    spec
+}
+
+/// A 6-byte hardware address, `None` for any other length.
+fn mac6(bytes: &[u8]) -> Option<[u8; 6]> {
+    <[u8; 6]>::try_from(bytes).ok()
+}
+
+/// An IPv4 `NDA_DST`, which `AF_BRIDGE` messages carry as raw bytes.
+fn neighbour_ipv4(a: &NeighbourAddress) -> Option<Ipv4Addr> {
+    match a {
+        NeighbourAddress::Inet(ip) => Some(*ip),
+        NeighbourAddress::Other(bytes) => <[u8; 4]>::try_from(bytes.as_slice())
+            .ok()
+            .map(Ipv4Addr::from),
+        _ => None,
+    }
+}
