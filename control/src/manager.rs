@@ -244,17 +244,13 @@ impl<R: Registry> SubnetManager<R> {
     }
 
     /// Replaces the random subnet pick (tests make it deterministic).
-    pub fn set_pick(&mut self, pick: Box<dyn FnMut(usize) -> usize + Send>) {
+    #[cfg(test)]
+    pub(crate) fn set_pick(&mut self, pick: Box<dyn FnMut(usize) -> usize + Send>) {
         self.pick = pick;
     }
 
     pub(crate) fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
-    }
-
-    /// The registry (tests use it to reach the store).
-    pub fn registry(&mut self) -> &mut R {
-        &mut self.reg
     }
 
     /// The validated config, once read.
