@@ -832,3 +832,66 @@ fn tls_with_client_certificates() {
     });
     a.stop();
 }
+
+/// Stops `startup` and checks that the control thread ended promptly.
+fn stop_promptly(startup: control::Startup, stage: &str) {
+    let t = Instant::now();
+    startup.stop();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "stopping {stage} took {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn start_returns_at_once_and_start_up_stops_promptly_at_every_stage() {
+    if !etcd_available() {
+        return;
+    }
+    init_logs();
+    let no_event = |s: &control::Startup, stage: &str| {
+        std::thread::sleep(Duration::from_millis(1500));
+        let ev = s.events().try_recv();
+        assert!(ev.is_err(), "{stage}: unexpected {ev:?}");
+    };
+
+    // etcd unreachable: start returns at once, stop ends the connection retries.
+    let etcd = Etcd::start(false);
+    let mut opts = etcd.control_opts([10, 0, 0, 1], "a");
+    opts.etcd.endpoints = vec![format!("http://127.0.0.1:{}", free_port())];
+    let (_c, cb) = recorder();
+    let t = Instant::now();
+    let s = control::start(opts, cb).expect("start");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    no_event(&s, "etcd unreachable");
+    stop_promptly(s, "while etcd is unreachable");
+
+    // The config is missing: stop ends the wait for it.
+    let (_c, cb) = recorder();
+    let s = control::start(etcd.control_opts([10, 0, 0, 1], "a"), cb).expect("start");
+    no_event(&s, "config missing");
+    stop_promptly(s, "while the config is missing");
+
+    // The config was read and not answered yet: nothing is leased, and stop ends the wait.
+    etcd.ctl(&["put", &format!("{PREFIX}/config"), CFG]);
+    let (calls, cb) = recorder();
+    let s = control::start(etcd.control_opts([10, 0, 0, 1], "a"), cb).expect("start");
+    match s.events().recv_timeout(Duration::from_secs(10)) {
+        Ok(StartupEvent::Config(c)) => assert_eq!(c.subnet_len, 24),
+        other => panic!("expected the config, got {other:?}"),
+    }
+    no_event(&s, "config not answered");
+    let subnets = || {
+        etcd.ctl(&[
+            "get",
+            "--prefix",
+            &format!("{PREFIX}/subnets"),
+            "--keys-only",
+        ])
+    };
+    assert_eq!(subnets().trim(), "", "nothing leased before the answer");
+    stop_promptly(s, "while waiting for the answer");
+    assert_eq!(subnets().trim(), "", "nothing leased after the stop");
+    assert_eq!(peer_ips(&calls), None, "no lease set published");
+}
