@@ -254,7 +254,8 @@ impl<R: Registry> SubnetManager<R> {
     }
 
     /// The validated config, once read.
-    pub fn config(&self) -> Option<&NetworkConfig> {
+    #[cfg(test)]
+    pub(crate) fn config(&self) -> Option<&NetworkConfig> {
         self.config.as_ref()
     }
 
@@ -263,13 +264,9 @@ impl<R: Registry> SubnetManager<R> {
         self.own.as_ref().map(|o| o.lease.clone())
     }
 
-    /// The other hosts' leases currently known.
-    pub fn peers(&self) -> Vec<Lease> {
-        self.cache.leases()
-    }
-
     /// Counter snapshot.
-    pub fn stats(&self) -> ControlStats {
+    #[cfg(test)]
+    pub(crate) fn stats(&self) -> ControlStats {
         self.shared.stats()
     }
 
