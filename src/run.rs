@@ -1,20 +1,29 @@
-//! `weft run`: the only code that knows both the control plane and the data plane. It turns lease
-//! sets (or static peers) into route snapshots for the engine, and serves signals.
+//! `weft run`: the daemon's main thread, the only code that knows both the control plane and the
+//! backends.
+//!
+//! Static mode turns the static peers into the engine's route table. etcd mode starts the control
+//! thread ([`control::start`] returns at once), creates the backend on this thread when the
+//! control thread has read the config (before our lease is acquired, since the lease carries the
+//! backend's attributes) and owns it from then on: every lease set the control thread sends is
+//! applied here, and so is the backend's tick, so the backend's netlink calls never run on the
+//! etcd client's thread. Both modes then wait on one `select!` for signals (SIGUSR1 logs the
+//! counters, SIGHUP reloads static peers, SIGINT/SIGTERM stop), the lease sets and a one-second
+//! tick (worker health, our lease's subnet, the backend's repairs).
 
-use crate::backend::{self, Backend, HostInfo};
+use crate::backend::{self, engine_net, Backend, HostInfo};
 use crate::cli::{PeerArg, RunArgs, VxlanDataplane};
 use crate::health::{self, Status};
 use crate::iface::{self, Underlay};
 use crate::masq;
 use anyhow::{Context, Result};
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 use engine::{Dataplane, DataplaneConfig, Ipv4Net, Route, RouteTable, Wire};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// A mistake in the flags or their values: reported with exit code 2.
 #[derive(Debug)]
@@ -80,7 +89,7 @@ fn setup_rules(
     }
 }
 
-/// How often the main thread checks the workers and the lease when no signal arrives.
+/// How often the main thread checks the workers, the lease and the backend.
 const TICK: Duration = Duration::from_secs(1);
 
 /// Signals caught from the very start, delivered on a channel so the main thread can also wait
@@ -224,37 +233,42 @@ fn log_stats(dp: &Dataplane) {
     tracing::info!("stats{}", backend::stats_line(dp));
 }
 
-/// What the main loop should do after a tick.
-enum Tick {
-    Continue,
-    Fail(anyhow::Error),
+/// What wakes the main thread.
+enum Wake {
+    /// SIGUSR1: log the counters.
+    Stats,
+    /// SIGHUP.
+    Reload,
+    /// A new lease set for the backend (etcd mode).
+    Leases(Vec<control::Lease>),
+    /// [`TICK`] passed: health checks and periodic repair.
+    Tick,
+    /// SIGINT or SIGTERM (`Ok`), or the signal thread ended (`Err`): the daemon stops.
+    Shutdown(Result<()>),
 }
 
-/// Serves signals until SIGINT/SIGTERM: SIGUSR1 calls `on_usr1` (log the counters), SIGHUP
-/// calls `on_hup`; every [`TICK`] without a signal calls `on_tick`.
-fn serve(
+/// Waits for the next signal, tick or lease set (`lease_sets` never fires in static mode).
+fn next_wake(
     signals: &Receiver<i32>,
-    mut on_usr1: impl FnMut(),
-    mut on_hup: impl FnMut(),
-    mut on_tick: impl FnMut() -> Tick,
-) -> Result<()> {
-    loop {
-        match signals.recv_timeout(TICK) {
-            Ok(SIGUSR1) => on_usr1(),
-            Ok(SIGHUP) => on_hup(),
+    ticks: &Receiver<Instant>,
+    lease_sets: &Receiver<Vec<control::Lease>>,
+) -> Wake {
+    crossbeam_channel::select! {
+        recv(signals) -> s => match s {
+            Ok(SIGUSR1) => Wake::Stats,
+            Ok(SIGHUP) => Wake::Reload,
             Ok(sig) => {
                 tracing::info!(signal = sig, "shutting down");
-                return Ok(());
+                Wake::Shutdown(Ok(()))
             }
-            Err(RecvTimeoutError::Timeout) => {
-                if let Tick::Fail(e) = on_tick() {
-                    return Err(e);
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(anyhow::anyhow!("signal thread ended"));
-            }
-        }
+            Err(_) => Wake::Shutdown(Err(anyhow::anyhow!("signal thread ended"))),
+        },
+        recv(lease_sets) -> l => match l {
+            Ok(leases) => Wake::Leases(leases),
+            // Cannot happen while the sender holds a receiver too; a tick is harmless.
+            Err(_) => Wake::Tick,
+        },
+        recv(ticks) -> _ => Wake::Tick,
     }
 }
 
@@ -308,39 +322,108 @@ fn run_static(
     status
         .ready
         .store(true, std::sync::atomic::Ordering::Release);
-    let reload = || match static_peers(args)
-        .and_then(|p| peer_routes(&p, network, local, port, wire).map_err(anyhow::Error::msg))
-        .and_then(|r| table.replace(r).map_err(anyhow::Error::from))
-    {
-        Ok(generation) => tracing::info!(
-            generation,
-            routes = table.load().len(),
-            "route table replaced"
-        ),
-        Err(e) => tracing::error!("SIGHUP: keeping the current routes: {e:#}"),
-    };
-    let tick = || {
-        if dp.healthy() {
-            Tick::Continue
-        } else {
-            Tick::Fail(anyhow::anyhow!("a worker thread stopped; exiting"))
+    let (ticks, no_leases) = (crossbeam_channel::tick(TICK), crossbeam_channel::never());
+    let result = loop {
+        match next_wake(signals, &ticks, &no_leases) {
+            Wake::Stats => log_stats(&dp),
+            Wake::Reload => match static_peers(args)
+                .and_then(|p| {
+                    peer_routes(&p, network, local, port, wire).map_err(anyhow::Error::msg)
+                })
+                .and_then(|r| table.replace(r).map_err(anyhow::Error::from))
+            {
+                Ok(generation) => tracing::info!(
+                    generation,
+                    routes = table.load().len(),
+                    "route table replaced"
+                ),
+                Err(e) => tracing::error!("SIGHUP: keeping the current routes: {e:#}"),
+            },
+            Wake::Tick if !dp.healthy() => {
+                break Err(anyhow::anyhow!("a worker thread stopped; exiting"));
+            }
+            Wake::Tick | Wake::Leases(_) => {}
+            Wake::Shutdown(r) => break r,
         }
     };
-    let result = serve(signals, || log_stats(&dp), reload, tick);
     let stats = dp.stop();
     tracing::info!("final stats {stats}");
     result
 }
 
-fn engine_net(n: control::Ipv4Net) -> Option<Ipv4Net> {
-    Ipv4Net::new(n.addr(), n.prefix_len())
+/// Sets up the backend `config` selects (`--vxlan-dataplane` overrides the config's choice of
+/// vxlan data plane).
+fn create_backend(
+    config: &control::NetworkConfig,
+    host: &HostInfo,
+    dataplane: Option<VxlanDataplane>,
+) -> Result<Box<dyn Backend>> {
+    let mut config = config.clone();
+    if let (Some(d), control::Backend::Vxlan(v)) = (dataplane, &mut config.backend) {
+        v.userspace = d == VxlanDataplane::Userspace;
+        if v.userspace && (v.gbp || v.direct_routing) {
+            anyhow::bail!(
+                "--vxlan-dataplane=userspace: the config's GBP and DirectRouting need the kernel \
+                 data plane"
+            );
+        }
+    }
+    backend::create(&config, host)
+        .with_context(|| format!("setting up the {} backend", backend::kind(&config)))
 }
 
-/// The backend, set up by the control thread once the config is known.
-type Slot = Arc<Mutex<Option<Box<dyn Backend>>>>;
+/// Our lease is held: the running control plane and the backend, set up but not started.
+type Started = (control::ControlHandle, Box<dyn Backend>);
 
-fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Box<dyn Backend>>> {
-    slot.lock().unwrap_or_else(|p| p.into_inner())
+/// Runs the control plane's start-up exchange: the backend is created here, on the main thread
+/// that owns it, when the config is known and before our lease is acquired (its attributes,
+/// e.g. the VTEP MAC, go into the lease). `None` if SIGINT or SIGTERM ended the wait.
+fn start_control(
+    opts: control::ControlOptions,
+    on_peers: control::OnPeers,
+    host: &HostInfo,
+    dataplane: Option<VxlanDataplane>,
+    signals: &Receiver<i32>,
+) -> Result<Option<Started>> {
+    let mut startup = control::start(opts, on_peers).context("control plane start-up")?;
+    let events = startup.events().clone();
+    let mut backend = None;
+    loop {
+        crossbeam_channel::select! {
+            recv(events) -> ev => match ev {
+                Ok(control::StartupEvent::Config(config)) => {
+                    match create_backend(&config, host, dataplane) {
+                        Ok(b) => {
+                            startup.answer(Ok(b.lease_attrs()));
+                            backend = Some(b);
+                        }
+                        Err(e) => {
+                            startup.answer(Err(format!("{e:#}")));
+                            return Err(e.context("control plane start-up"));
+                        }
+                    }
+                }
+                Ok(control::StartupEvent::LeaseHeld(held)) => {
+                    let b = backend
+                        .context("the control plane started without setting up a backend")?;
+                    return Ok(Some((startup.finish(held), b)));
+                }
+                Ok(control::StartupEvent::Failed(e)) => {
+                    return Err(anyhow::Error::new(e).context("control plane start-up"));
+                }
+                Err(_) => return Err(anyhow::anyhow!("the control thread ended during start-up")),
+            },
+            recv(signals) -> s => match s {
+                Ok(SIGINT | SIGTERM) => {
+                    tracing::info!("interrupted while waiting for etcd; nothing to clean up");
+                    startup.stop();
+                    return Ok(None);
+                }
+                Ok(_) => {}
+                Err(_) => return Err(anyhow::anyhow!("signal thread ended")),
+            },
+        }
+    }
 }
 
 fn run_etcd(
@@ -369,83 +452,32 @@ fn run_etcd(
     let previous = prev
         .network
         .zip(prev.subnet)
-        .and_then(|(n, s)| engine_net(n).zip(engine_net(s)));
+        .map(|(n, s)| (engine_net(n), engine_net(s)));
     let host = HostInfo::new(args, underlay, public_ip)?;
-    let slot: Slot = Arc::new(Mutex::new(None));
-    let prepare: control::Prepare = {
-        let slot = Arc::clone(&slot);
-        let dataplane = args.vxlan_dataplane;
-        Box::new(move |config: &control::NetworkConfig| {
-            let mut config = config.clone();
-            if let (Some(d), control::Backend::Vxlan(v)) = (dataplane, &mut config.backend) {
-                v.userspace = d == VxlanDataplane::Userspace;
-                if v.userspace && (v.gbp || v.direct_routing) {
-                    return Err(
-                        "--vxlan-dataplane=userspace: the config's GBP and DirectRouting need the \
-                         kernel data plane"
-                            .into(),
-                    );
-                }
-            }
-            let config = &config;
-            let b = backend::create(config, &host)
-                .map_err(|e| format!("setting up the {} backend: {e:#}", backend::kind(config)))?;
-            let attrs = b.lease_attrs();
-            *lock(&slot) = Some(b);
-            Ok(attrs)
-        })
-    };
-    let on_peers: control::OnPeers = {
-        let slot = Arc::clone(&slot);
-        Box::new(move |leases: &[control::Lease]| {
-            if let Some(b) = lock(&slot).as_mut() {
-                b.set_leases(leases);
-            }
-        })
-    };
+    let (lease_tx, lease_sets) = backend::lease_sets();
+    let on_peers: control::OnPeers = Box::new(move |leases| lease_tx.send(leases.to_vec()));
 
     // Start-up waits for etcd and the config as long as it takes; a signal ends the wait.
     tracing::info!(endpoints = ?opts.etcd.endpoints, prefix = %opts.etcd.prefix, %public_ip, "acquiring a subnet lease");
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    std::thread::Builder::new()
-        .name("weft-startup".into())
-        .spawn(move || {
-            let _ = tx.send(control::start(opts, prepare, on_peers));
-        })
-        .context("spawning the start-up thread")?;
-    let handle = loop {
-        crossbeam_channel::select! {
-            recv(rx) -> r => match r {
-                Ok(Ok(h)) => break h,
-                Ok(Err(e)) => return Err(anyhow::Error::new(e).context("control plane start-up")),
-                Err(_) => return Err(anyhow::anyhow!("control plane start-up thread ended")),
-            },
-            recv(signals) -> s => match s {
-                Ok(SIGINT | SIGTERM) => {
-                    tracing::info!("interrupted while waiting for etcd; nothing to clean up");
-                    return Ok(());
-                }
-                Ok(_) => {}
-                Err(_) => return Err(anyhow::anyhow!("signal thread ended")),
-            },
-        }
+    let Some((handle, mut backend)) =
+        start_control(opts, on_peers, &host, args.vxlan_dataplane, signals)?
+    else {
+        return Ok(());
     };
 
-    let config = handle.config().clone();
-    let lease = handle.lease();
-    let network = engine_net(config.network).context("network config")?;
-    let local = engine_net(lease.subnet).context("lease subnet")?;
-    let (name, mtu, dataplane) = {
-        let mut guard = lock(&slot);
-        let b = guard
-            .as_mut()
-            .context("the control plane started without setting up a backend")?;
-        b.start(network, local)
-            .with_context(|| format!("starting the {} backend", b.name()))?;
-        (b.name(), b.mtu(), b.dataplane())
-    };
+    let network = engine_net(handle.config().network);
+    let local = engine_net(handle.lease().subnet);
+    // The first lease set was sent before the lease was reported held: the backend applies it
+    // as it starts.
+    if let Ok(leases) = lease_sets.try_recv() {
+        backend.set_leases(&leases);
+    }
+    backend
+        .start(network, local)
+        .with_context(|| format!("starting the {} backend", backend.name()))?;
+    let (name, mtu) = (backend.name(), backend.mtu());
     let _rules = setup_rules(args, network, local, previous)?;
-    if let Some(d) = dataplane {
+    if let Some(d) = backend.dataplane() {
         let _ = status.dataplane.set(d);
     }
     let _ = status.control.set(Box::new(handle.stats_fn()));
@@ -457,40 +489,43 @@ fn run_etcd(
     }
     tracing::info!(backend = name, subnet = %local, network = %network, mtu, %public_ip, underlay = %underlay.name, file = %args.subnet_file.display(), "weft running (etcd): lease held, subnet file written");
 
-    let on_hup = || tracing::info!("SIGHUP: routes follow etcd; nothing to reload");
-    let on_tick = || {
-        let now = handle.lease().subnet;
-        if engine_net(now) != Some(local) {
-            return Tick::Fail(anyhow::anyhow!(
-                "our lease moved from {local} to {now} (the old subnet was taken while the lease \
-                 was lost); exiting so that a restart uses the new subnet"
-            ));
-        }
-        match lock(&slot).as_mut().map(|b| b.tick()) {
-            Some(Err(e)) => Tick::Fail(e),
-            _ => Tick::Continue,
+    let ticks = crossbeam_channel::tick(TICK);
+    let result = loop {
+        match next_wake(signals, &ticks, &lease_sets) {
+            Wake::Leases(leases) => backend.set_leases(&leases),
+            Wake::Stats => {
+                let c = handle.stats();
+                tracing::info!(
+                    "stats backend={name}{} etcd_connected={} watch_events={} resyncs={} malformed_skipped={} leases_known={} renewals={} reacquisitions={} lease_expires_in_secs={}",
+                    backend.stats(),
+                    u8::from(c.etcd_connected),
+                    c.watch_events,
+                    c.resyncs,
+                    c.malformed_skipped,
+                    c.leases_known,
+                    c.renewals,
+                    c.reacquisitions,
+                    c.lease_expires_in.map_or(-1, |d| d.as_secs() as i64),
+                );
+            }
+            Wake::Reload => tracing::info!("SIGHUP: routes follow etcd; nothing to reload"),
+            Wake::Tick => {
+                let now = handle.lease().subnet;
+                if engine_net(now) != local {
+                    break Err(anyhow::anyhow!(
+                        "our lease moved from {local} to {now} (the old subnet was taken while \
+                         the lease was lost); exiting so that a restart uses the new subnet"
+                    ));
+                }
+                if let Err(e) = backend.tick() {
+                    break Err(e);
+                }
+            }
+            Wake::Shutdown(r) => break r,
         }
     };
-    let on_usr1 = || {
-        let c = handle.stats();
-        let backend = lock(&slot).as_ref().map(|b| b.stats()).unwrap_or_default();
-        tracing::info!(
-            "stats backend={name}{backend} etcd_connected={} watch_events={} resyncs={} malformed_skipped={} leases_known={} renewals={} reacquisitions={} lease_expires_in_secs={}",
-            u8::from(c.etcd_connected),
-            c.watch_events,
-            c.resyncs,
-            c.malformed_skipped,
-            c.leases_known,
-            c.renewals,
-            c.reacquisitions,
-            c.lease_expires_in.map_or(-1, |d| d.as_secs() as i64),
-        );
-    };
-    let result = serve(signals, on_usr1, on_hup, on_tick);
     handle.stop();
-    if let Some(b) = lock(&slot).take() {
-        tracing::info!("final stats {}", b.stop());
-    }
+    tracing::info!("final stats {}", backend.stop());
     result
 }
 

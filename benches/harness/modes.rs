@@ -82,11 +82,12 @@ impl Setup {
                 // With --vni each host's VTEP MAC defaults to 0e:57 + its underlay address.
                 let peer = |subnet: &str, ip: &str| {
                     if mode == Mode::WeftVxlan {
-                        let o: Vec<u8> = ip.split('.').filter_map(|x| x.parse().ok()).collect();
-                        format!(
-                            "{subnet}={ip},0e:57:{:02x}:{:02x}:{:02x}:{:02x}",
-                            o[0], o[1], o[2], o[3]
-                        )
+                        let o = ip
+                            .parse::<std::net::Ipv4Addr>()
+                            .expect("the harness's underlay addresses are IPv4")
+                            .octets();
+                        let mac = control::lease::format_mac(&[0x0e, 0x57, o[0], o[1], o[2], o[3]]);
+                        format!("{subnet}={ip},{mac}")
                     } else {
                         format!("{subnet}={ip}")
                     }

@@ -1,16 +1,22 @@
-//! The daemon-facing API: [`start`] spawns the one control thread and returns a
-//! [`ControlHandle`].
+//! The daemon-facing API: [`start`] spawns the one control thread and returns a [`Startup`] at
+//! once; once our lease is held, [`Startup::finish`] turns it into a [`ControlHandle`].
 //!
 //! The thread runs a current-thread tokio runtime (etcd-client is async) with a
-//! [`SubnetManager`] over [`EtcdRegistry`]. `start` blocks until the config was read and our
-//! lease is held (or a fatal error). Data-plane workers never wait on this thread: they only
-//! see what the daemon's `on_peers` callback publishes.
+//! [`SubnetManager`] over [`EtcdRegistry`]. Start-up is a short exchange on
+//! [`Startup::events`]: the thread reads the config and sends [`StartupEvent::Config`]; the
+//! daemon sets up its backend and answers with the lease attributes ([`Startup::answer`]); the
+//! thread acquires our lease, publishes the first lease set and sends
+//! [`StartupEvent::LeaseHeld`]. The daemon never blocks this thread and this thread never waits
+//! on the daemon's backend: after start-up it only hands the complete lease set to `on_peers`.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use tokio::sync::{oneshot, watch};
 
 use crate::config::NetworkConfig;
 use crate::env_file::{self, SubnetEnv};
@@ -51,13 +57,68 @@ impl ControlOptions {
     }
 }
 
-/// The callback receiving the complete set of other hosts' leases.
+/// The callback receiving the complete set of other hosts' leases. It runs on the control
+/// thread, between etcd requests and lease renewals, so it must hand the set on without
+/// blocking (the daemon's keeps only the newest set for the backend's owner).
 pub type OnPeers = Box<dyn FnMut(&[Lease]) + Send>;
 
-/// The callback that sets up the backend once the network config is known and returns the
-/// attributes our lease publishes (the backend type and its data, e.g. a VTEP MAC). Its error
-/// is fatal and reported by [`start`] as [`Error::Backend`].
-pub type Prepare = Box<dyn FnOnce(&NetworkConfig) -> Result<LeaseAttrs, String> + Send>;
+/// What the control thread reports while it starts, on [`Startup::events`].
+#[derive(Debug)]
+pub enum StartupEvent {
+    /// `<prefix>/config` was read and is valid: set up the backend and answer with
+    /// [`Startup::answer`]. Nothing is leased until then.
+    Config(NetworkConfig),
+    /// Our lease is held and the first lease set went to `on_peers`: pass this to
+    /// [`Startup::finish`].
+    LeaseHeld(LeaseHeld),
+    /// Start-up failed; the control thread has ended.
+    Failed(Error),
+}
+
+/// The outcome of a successful start-up (see [`StartupEvent::LeaseHeld`]).
+#[derive(Debug)]
+pub struct LeaseHeld {
+    config: NetworkConfig,
+    lease: Lease,
+    shared: Arc<Shared>,
+}
+
+/// Our lease attributes, or why the backend could not be set up.
+type Answer = Result<LeaseAttrs, String>;
+
+/// The control thread while it starts; see the module doc. Dropping it stops the thread.
+#[derive(Debug)]
+pub struct Startup {
+    events: Receiver<StartupEvent>,
+    answer: Option<oneshot::Sender<Answer>>,
+    thread: ControlThread,
+    subnet_file: PathBuf,
+    ip_masq: bool,
+}
+
+/// The control thread and the switch that ends it; stopping joins it.
+#[derive(Debug)]
+struct ControlThread {
+    stop: watch::Sender<bool>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl ControlThread {
+    fn shutdown(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.join.take() {
+            if t.join().is_err() {
+                tracing::error!("control thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for ControlThread {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
 
 /// Handle on the running control thread.
 #[derive(Debug)]
@@ -65,27 +126,23 @@ pub struct ControlHandle {
     config: NetworkConfig,
     shared: Arc<Shared>,
     initial_lease: Lease,
-    stop: tokio::sync::watch::Sender<bool>,
-    thread: Option<JoinHandle<()>>,
+    thread: ControlThread,
     subnet_file: PathBuf,
     ip_masq: bool,
 }
 
-/// Starts the control thread; see the module doc.
+/// Starts the control thread and returns at once; see the module doc.
 ///
-/// Blocks until the network config was read (waiting and retrying each second while it is
-/// missing, logging the `etcdctl put` that would create it) and our lease is held. While etcd is
-/// unreachable this keeps retrying, as flanneld does. Fatal errors: invalid options, unreadable
-/// TLS files, an invalid config, "out of subnets" after retries.
+/// The thread waits for the network config as long as it takes (retrying each second while it
+/// is missing, logging the `etcdctl put` that would create it) and keeps retrying while etcd is
+/// unreachable, as flanneld does. Errors returned here: invalid options, a thread that cannot be
+/// spawned. Fatal errors reported as [`StartupEvent::Failed`]: unreadable TLS files, an invalid
+/// config, a backend that could not be set up ([`Error::Backend`]), "out of subnets" after
+/// retries.
 ///
-/// `prepare` runs once on the control thread after the config was read and before the lease is
-/// acquired. `on_peers` runs on the control thread, first after the initial listing (before
-/// `start` returns) and then after every change; never because of an outage.
-pub fn start(
-    opts: ControlOptions,
-    prepare: Prepare,
-    mut on_peers: OnPeers,
-) -> Result<ControlHandle, Error> {
+/// `on_peers` runs on the control thread, first after the initial listing (before
+/// [`StartupEvent::LeaseHeld`]) and then after every change; never because of an outage.
+pub fn start(opts: ControlOptions, mut on_peers: OnPeers) -> Result<Startup, Error> {
     if opts.renew_margin.is_zero() || opts.renew_margin >= LEASE_TTL {
         return Err(Error::Options(format!(
             "renew margin {:?} must be more than 0 and less than the 24 h lease TTL",
@@ -96,12 +153,12 @@ pub fn start(
     if let Some(p) = previous {
         tracing::info!(subnet = %p, file = %opts.subnet_file.display(), "previous subnet found");
     }
-    let (ready_tx, ready_rx) =
-        std::sync::mpsc::channel::<Result<(NetworkConfig, Lease, Arc<Shared>), Error>>();
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let (events_tx, events_rx) = crossbeam_channel::unbounded();
+    let (answer_tx, answer_rx) = oneshot::channel();
+    let (stop_tx, mut stop_rx) = watch::channel(false);
     let subnet_file = opts.subnet_file.clone();
     let ip_masq = opts.ip_masq;
-    let thread = std::thread::Builder::new()
+    let join = std::thread::Builder::new()
         .name("weft-control".into())
         .spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread()
@@ -110,61 +167,31 @@ pub fn start(
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    let _ = ready_tx.send(Err(Error::Thread(format!("tokio runtime: {e}"))));
+                    let _ = events_tx.send(StartupEvent::Failed(Error::Thread(format!(
+                        "tokio runtime: {e}"
+                    ))));
                     return;
                 }
             };
             rt.block_on(async move {
-                let mut backoff = BACKOFF_MIN;
-                let reg = loop {
-                    match EtcdRegistry::connect(&opts.etcd).await {
-                        Ok(r) => break r,
-                        Err(e) if e.is_retryable() => {
-                            tracing::warn!(error = %e, "connecting to etcd failed; retrying");
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(BACKOFF_MAX);
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
-                    }
+                let Some(mut mgr) =
+                    startup(&opts, previous, &events_tx, answer_rx, &mut stop_rx).await
+                else {
+                    return;
                 };
-                let mopts = ManagerOptions {
-                    public_ip: opts.public_ip,
-                    renew_margin: opts.renew_margin,
-                    previous_subnet: previous,
-                    config_key: reg.config_key().to_owned(),
-                };
-                let mut mgr = SubnetManager::new(reg, mopts);
-                let attrs = match mgr.wait_for_config(&mut stop_rx).await {
-                    Ok(config) => prepare(&config).map_err(Error::Backend).and_then(|a| {
-                        if a.public_ip == opts.public_ip {
-                            Ok(a)
-                        } else {
-                            Err(Error::Backend(format!(
-                                "lease attributes name {} but the public IP is {}",
-                                a.public_ip, opts.public_ip
-                            )))
-                        }
-                    }),
-                    Err(e) => Err(e),
-                };
-                match attrs {
-                    Ok(a) => mgr.set_attrs(a),
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                }
                 match mgr.startup(&mut *on_peers, &mut stop_rx).await {
                     Ok((config, lease)) => {
-                        if ready_tx.send(Ok((config, lease, mgr.shared()))).is_err() {
+                        let held = LeaseHeld {
+                            config,
+                            lease,
+                            shared: mgr.shared(),
+                        };
+                        if events_tx.send(StartupEvent::LeaseHeld(held)).is_err() {
                             return;
                         }
                     }
                     Err(e) => {
-                        let _ = ready_tx.send(Err(e));
+                        let _ = events_tx.send(StartupEvent::Failed(e));
                         return;
                     }
                 }
@@ -173,24 +200,137 @@ pub fn start(
             });
         })
         .map_err(|e| Error::Thread(format!("spawn: {e}")))?;
-    match ready_rx.recv() {
-        Ok(Ok((config, initial_lease, shared))) => Ok(ControlHandle {
-            config,
-            shared,
-            initial_lease,
+    Ok(Startup {
+        events: events_rx,
+        answer: Some(answer_tx),
+        thread: ControlThread {
             stop: stop_tx,
-            thread: Some(thread),
-            subnet_file,
-            ip_masq,
-        }),
+            join: Some(join),
+        },
+        subnet_file,
+        ip_masq,
+    })
+}
+
+/// Resolves on a stop request, or when the [`Startup`] or [`ControlHandle`] is gone.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Connects, reads the config, asks the daemon for our lease attributes and sets them. `None`
+/// if start-up ended (the failure was sent as [`StartupEvent::Failed`], or a stop was asked).
+async fn startup(
+    opts: &ControlOptions,
+    previous: Option<crate::subnet::Ipv4Net>,
+    events: &Sender<StartupEvent>,
+    answer: oneshot::Receiver<Answer>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<SubnetManager<EtcdRegistry>> {
+    let fail = |e: Error| {
+        let _ = events.send(StartupEvent::Failed(e));
+    };
+    let mut backoff = BACKOFF_MIN;
+    let reg = loop {
+        let connected = tokio::select! {
+            r = EtcdRegistry::connect(&opts.etcd) => r,
+            () = stopped(stop) => return None,
+        };
+        match connected {
+            Ok(r) => break r,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "connecting to etcd failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = stopped(stop) => return None,
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+            Err(e) => {
+                fail(e);
+                return None;
+            }
+        }
+    };
+    let mopts = ManagerOptions {
+        public_ip: opts.public_ip,
+        renew_margin: opts.renew_margin,
+        previous_subnet: previous,
+        config_key: reg.config_key().to_owned(),
+    };
+    let mut mgr = SubnetManager::new(reg, mopts);
+    let config = match mgr.wait_for_config(stop).await {
+        Ok(c) => c,
+        Err(e) => {
+            if !*stop.borrow() {
+                fail(e);
+            }
+            return None;
+        }
+    };
+    if events.send(StartupEvent::Config(config)).is_err() {
+        return None;
+    }
+    let answer = tokio::select! {
+        a = answer => a,
+        () = stopped(stop) => return None,
+    };
+    match answer {
+        Ok(Ok(a)) if a.public_ip == opts.public_ip => {
+            mgr.set_attrs(a);
+            Some(mgr)
+        }
+        Ok(Ok(a)) => {
+            fail(Error::Backend(format!(
+                "lease attributes name {} but the public IP is {}",
+                a.public_ip, opts.public_ip
+            )));
+            None
+        }
         Ok(Err(e)) => {
-            let _ = thread.join();
-            Err(e)
+            fail(Error::Backend(e));
+            None
         }
-        Err(_) => {
-            let _ = thread.join();
-            Err(Error::Thread("control thread exited during startup".into()))
+        // The `Startup` went away without answering.
+        Err(_) => None,
+    }
+}
+
+impl Startup {
+    /// What the control thread reports; receive from it (or `select!` on it with other channels)
+    /// until [`StartupEvent::LeaseHeld`] or [`StartupEvent::Failed`].
+    pub fn events(&self) -> &Receiver<StartupEvent> {
+        &self.events
+    }
+
+    /// Answers [`StartupEvent::Config`]: the attributes our lease publishes (the backend type
+    /// and its data, e.g. a VTEP MAC; their public IP must be ours), or why the backend could
+    /// not be set up, which ends start-up with [`Error::Backend`]. Later calls do nothing.
+    pub fn answer(&mut self, attrs: Result<LeaseAttrs, String>) {
+        if let Some(tx) = self.answer.take() {
+            let _ = tx.send(attrs);
         }
+    }
+
+    /// The handle on the running control plane, from the event that ended start-up.
+    pub fn finish(self, held: LeaseHeld) -> ControlHandle {
+        ControlHandle {
+            config: held.config,
+            shared: held.shared,
+            initial_lease: held.lease,
+            thread: self.thread,
+            subnet_file: self.subnet_file,
+            ip_masq: self.ip_masq,
+        }
+    }
+
+    /// Ends start-up promptly: nothing more is leased. A lease already written stays in etcd,
+    /// so a restart reuses it.
+    pub fn stop(mut self) {
+        self.thread.shutdown();
     }
 }
 
@@ -240,21 +380,6 @@ impl ControlHandle {
 
     /// Ends the control thread promptly. Our lease is NOT deleted, so a restart reuses it.
     pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                tracing::error!("control thread panicked");
-            }
-        }
-    }
-}
-
-impl Drop for ControlHandle {
-    fn drop(&mut self) {
-        self.shutdown();
+        self.thread.shutdown();
     }
 }

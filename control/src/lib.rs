@@ -1,11 +1,12 @@
 //! weft control plane: flannel-compatible subnet leases in etcd v3.
 //!
 //! The daemon calls [`start`], which spawns the one control thread (a current-thread tokio
-//! runtime for etcd-client), reads `<prefix>/config`, acquires our subnet lease and then keeps
-//! it (renewal, re-acquisition) while watching every other host's lease. The daemon learns of
-//! peers only through the `on_peers` callback, which gets the complete set after each change,
-//! so forwarding never waits on etcd. [`ControlHandle::data_plane_ready`] writes `subnet.env`
-//! and notifies systemd.
+//! runtime for etcd-client) and returns at once. The thread reads `<prefix>/config`, asks the
+//! daemon for the lease attributes of its backend ([`StartupEvent::Config`]), acquires our
+//! subnet lease and then keeps it (renewal, re-acquisition) while watching every other host's
+//! lease. The daemon learns of peers only through the `on_peers` callback, which gets the
+//! complete set after each change, so forwarding never waits on etcd and etcd never waits on
+//! the backend. [`ControlHandle::data_plane_ready`] writes `subnet.env` and notifies systemd.
 //!
 //! Layout: [`config`] (network config), [`subnet`] (networks and lease keys), [`lease`] (lease
 //! values and the cache), [`allocator`] (subnet choice), [`registry`] (KV trait), [`etcd`]
@@ -25,13 +26,13 @@ pub mod lease;
 pub mod manager;
 pub mod registry;
 pub mod subnet;
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
+#[cfg(test)]
+mod testing;
 
 pub use config::{Backend, NetworkConfig, VxlanConfig};
 pub use error::Error;
 pub use etcd::{EtcdOptions, EtcdRegistry};
-pub use handle::{start, ControlHandle, ControlOptions, OnPeers, Prepare};
+pub use handle::{start, ControlHandle, ControlOptions, LeaseHeld, OnPeers, Startup, StartupEvent};
 pub use lease::{Lease, LeaseAttrs, LeaseEvent, VxlanData};
 pub use manager::{ControlStats, SubnetManager};
 pub use subnet::Ipv4Net;

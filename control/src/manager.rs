@@ -244,7 +244,8 @@ impl<R: Registry> SubnetManager<R> {
     }
 
     /// Replaces the random subnet pick (tests make it deterministic).
-    pub fn set_pick(&mut self, pick: Box<dyn FnMut(usize) -> usize + Send>) {
+    #[cfg(test)]
+    pub(crate) fn set_pick(&mut self, pick: Box<dyn FnMut(usize) -> usize + Send>) {
         self.pick = pick;
     }
 
@@ -252,13 +253,9 @@ impl<R: Registry> SubnetManager<R> {
         self.shared.clone()
     }
 
-    /// The registry (tests use it to reach the store).
-    pub fn registry(&mut self) -> &mut R {
-        &mut self.reg
-    }
-
     /// The validated config, once read.
-    pub fn config(&self) -> Option<&NetworkConfig> {
+    #[cfg(test)]
+    pub(crate) fn config(&self) -> Option<&NetworkConfig> {
         self.config.as_ref()
     }
 
@@ -267,13 +264,9 @@ impl<R: Registry> SubnetManager<R> {
         self.own.as_ref().map(|o| o.lease.clone())
     }
 
-    /// The other hosts' leases currently known.
-    pub fn peers(&self) -> Vec<Lease> {
-        self.cache.leases()
-    }
-
     /// Counter snapshot.
-    pub fn stats(&self) -> ControlStats {
+    #[cfg(test)]
+    pub(crate) fn stats(&self) -> ControlStats {
         self.shared.stats()
     }
 

@@ -30,7 +30,7 @@ struct State {
 
 /// The in-memory registry (cheap to clone; clones share the store).
 #[derive(Debug, Clone)]
-pub struct MemRegistry {
+pub(crate) struct MemRegistry {
     state: Arc<Mutex<State>>,
     wake: watch::Sender<u64>,
 }
@@ -53,7 +53,7 @@ fn down_err(op: &'static str) -> Error {
 
 impl MemRegistry {
     /// An empty store at revision 1.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         MemRegistry {
             state: Arc::new(Mutex::new(State {
                 config: None,
@@ -84,12 +84,12 @@ impl MemRegistry {
     }
 
     /// Sets `<prefix>/config`.
-    pub fn set_config(&self, text: &str) {
+    pub(crate) fn set_config(&self, text: &str) {
         self.lock().config = Some(text.as_bytes().to_vec());
     }
 
     /// Writes a key as another host or an admin would (`lease_id` 0 = no lease).
-    pub fn put_raw(&self, key: &str, value: &[u8], lease_id: i64) {
+    pub(crate) fn put_raw(&self, key: &str, value: &[u8], lease_id: i64) {
         {
             let mut s = self.lock();
             put_locked(&mut s, key.as_bytes(), value, lease_id);
@@ -98,7 +98,7 @@ impl MemRegistry {
     }
 
     /// Deletes a key (like `etcdctl del`).
-    pub fn delete_raw(&self, key: &str) {
+    pub(crate) fn delete_raw(&self, key: &str) {
         {
             let mut s = self.lock();
             delete_locked(&mut s, key.as_bytes());
@@ -107,34 +107,34 @@ impl MemRegistry {
     }
 
     /// Reads a key: `(value, lease_id)`.
-    pub fn get_raw(&self, key: &str) -> Option<(Vec<u8>, i64)> {
+    pub(crate) fn get_raw(&self, key: &str) -> Option<(Vec<u8>, i64)> {
         self.lock().kv.get(key.as_bytes()).cloned()
     }
 
     /// The TTL a lease was granted with.
-    pub fn lease_ttl(&self, lease_id: i64) -> Option<Duration> {
+    pub(crate) fn lease_ttl(&self, lease_id: i64) -> Option<Duration> {
         self.lock().leases.get(&lease_id).copied()
     }
 
     /// Simulates an outage (`true`) or its end. Running watches fail at once.
-    pub fn set_down(&self, down: bool) {
+    pub(crate) fn set_down(&self, down: bool) {
         self.lock().down = down;
         self.poke();
     }
 
     /// Cancels every running watch with a compaction error (etcd does this to slow watchers).
-    pub fn compact_watchers(&self) {
+    pub(crate) fn compact_watchers(&self) {
         self.lock().compact_gen += 1;
         self.poke();
     }
 
     /// Makes the next create lose its race: the key is created with `value` first.
-    pub fn steal_next_create(&self, value: &[u8]) {
+    pub(crate) fn steal_next_create(&self, value: &[u8]) {
         self.lock().steal_next_create = Some(value.to_vec());
     }
 
     /// Number of create and put calls so far.
-    pub fn calls(&self) -> (u64, u64) {
+    pub(crate) fn calls(&self) -> (u64, u64) {
         let s = self.lock();
         (s.creates, s.puts)
     }
@@ -306,7 +306,7 @@ impl Registry for MemRegistry {
 
 /// A watch on a [`MemRegistry`].
 #[derive(Debug)]
-pub struct MemWatch {
+pub(crate) struct MemWatch {
     reg: MemRegistry,
     next_rev: i64,
     gen: u64,

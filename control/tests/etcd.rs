@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use control::manager::{ManagerOptions, LEASE_TTL};
 use control::registry::{CreateOutcome, Listing, PutCondition, PutOutcome, Registry};
 use control::{
-    ControlHandle, ControlOptions, EtcdOptions, EtcdRegistry, Lease, LeaseAttrs, SubnetManager,
+    ControlHandle, ControlOptions, EtcdOptions, EtcdRegistry, Lease, LeaseAttrs, StartupEvent,
+    SubnetManager,
 };
 
 const CFG: &str = r#"{"Network": "10.1.0.0/16", "SubnetLen": 24, "SubnetMin": "10.1.15.0", "SubnetMax": "10.1.20.0", "Backend": {"Type": "udp"}}"#;
@@ -352,15 +353,38 @@ fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// What a daemon does with the network config: set up its backend, return our lease attributes.
+type Prepare = Box<dyn FnOnce(&control::NetworkConfig) -> Result<LeaseAttrs, String>>;
+
 /// The udp backend's preparation: publish udp attributes.
-fn udp(opts: &ControlOptions) -> control::Prepare {
+fn udp(opts: &ControlOptions) -> Prepare {
     let ip = opts.public_ip;
     Box::new(move |_| Ok(LeaseAttrs::udp(ip)))
 }
 
+/// [`control::start`] followed by the start-up exchange, answering the config with `prepare`.
+fn start_with(
+    opts: ControlOptions,
+    prepare: Prepare,
+    on_peers: control::OnPeers,
+) -> Result<ControlHandle, control::Error> {
+    let mut startup = control::start(opts, on_peers)?;
+    let mut prepare = Some(prepare);
+    loop {
+        match startup.events().recv().expect("the control thread reports") {
+            StartupEvent::Config(config) => {
+                let prepare = prepare.take().expect("one config event");
+                startup.answer(prepare(&config));
+            }
+            StartupEvent::LeaseHeld(held) => return Ok(startup.finish(held)),
+            StartupEvent::Failed(e) => return Err(e),
+        }
+    }
+}
+
 fn start(opts: ControlOptions) -> (ControlHandle, Calls) {
     let (calls, cb) = recorder();
-    let h = control::start(opts.clone(), udp(&opts), cb).expect("control::start");
+    let h = start_with(opts.clone(), udp(&opts), cb).expect("control::start");
     (h, calls)
 }
 
@@ -410,7 +434,7 @@ fn acquire_watch_reacquire_restart_and_env_file() {
     let mut bad = etcd.control_opts([10, 0, 0, 9], "bad");
     bad.etcd.prefix = "/bad".into();
     let (_c, cb) = recorder();
-    let e = control::start(bad.clone(), udp(&bad), cb).expect_err("wireguard refused");
+    let e = start_with(bad.clone(), udp(&bad), cb).expect_err("wireguard refused");
     assert!(e.to_string().contains("\"wireguard\""), "{e}");
 
     // A backend that cannot be set up: start fails with its message, nothing is leased.
@@ -422,11 +446,11 @@ fn acquire_watch_reacquire_restart_and_env_file() {
     let (_c, cb) = recorder();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
     let seen2 = std::sync::Arc::clone(&seen);
-    let prepare: control::Prepare = Box::new(move |c| {
+    let prepare: Prepare = Box::new(move |c| {
         *seen2.lock().expect("lock") = Some(c.backend.clone());
         Err("device flannel.7: no such luck".into())
     });
-    let e = control::start(bad, prepare, cb).expect_err("backend failure is fatal");
+    let e = start_with(bad, prepare, cb).expect_err("backend failure is fatal");
     assert!(
         matches!(e, control::Error::Backend(ref m) if m.contains("flannel.7")),
         "{e}"
@@ -587,8 +611,8 @@ fn acquire_watch_reacquire_restart_and_env_file() {
 struct Racing {
     inner: EtcdRegistry,
     thief: Option<etcd_client::Client>,
-    creates: u32,
-    stolen: Option<String>,
+    /// Creates seen, and the key the thief took (shared with the test).
+    seen: Arc<Mutex<(u32, Option<String>)>>,
 }
 
 impl Registry for Racing {
@@ -605,14 +629,14 @@ impl Registry for Racing {
         value: &[u8],
         ttl: Duration,
     ) -> Result<CreateOutcome, control::Error> {
-        self.creates += 1;
+        self.seen.lock().expect("test mutex").0 += 1;
         if let Some(mut thief) = self.thief.take() {
             let full = format!("{}{key}", self.inner.subnets_prefix());
             thief
                 .put(full, r#"{"PublicIP":"10.0.0.66","PublicIPv6":null}"#, None)
                 .await
                 .expect("the thief's put");
-            self.stolen = Some(key.to_owned());
+            self.seen.lock().expect("test mutex").1 = Some(key.to_owned());
         }
         self.inner.create_subnet(key, value, ttl).await
     }
@@ -652,9 +676,9 @@ fn lost_create_race_is_retried() {
         let reg = Racing {
             inner,
             thief: Some(thief),
-            creates: 0,
-            stolen: None,
+            seen: Arc::default(),
         };
+        let seen = Arc::clone(&reg.seen);
         let mut mgr = SubnetManager::new(
             reg,
             ManagerOptions {
@@ -666,8 +690,9 @@ fn lost_create_race_is_retried() {
         );
         mgr.load_config().await.expect("config");
         let lease = mgr.acquire().await.expect("acquired despite the lost race");
-        let stolen = mgr.registry().stolen.clone().expect("a key was stolen");
-        assert_eq!(mgr.registry().creates, 2, "one lost create, one retry");
+        let (creates, stolen) = seen.lock().expect("test mutex").clone();
+        let stolen = stolen.expect("a key was stolen");
+        assert_eq!(creates, 2, "one lost create, one retry");
         assert_ne!(lease.subnet.key(), stolen);
         assert_eq!(
             etcd.get(&format!("{PREFIX}/subnets/{stolen}")).as_deref(),
@@ -682,7 +707,9 @@ fn lost_create_race_is_retried() {
         // The renewal primitive on real etcd: fresh grant + put only if the value is ours.
         let ours = br#"{"PublicIP":"10.0.0.1","PublicIPv6":null}"#;
         let key = lease.subnet.key();
-        let reg = &mut mgr.registry().inner;
+        let mut reg = EtcdRegistry::connect(&etcd.etcd_opts(PREFIX))
+            .await
+            .expect("connect");
         match reg
             .put_subnet(&key, ours, Some(LEASE_TTL), PutCondition::ValueIs(ours))
             .await
@@ -786,7 +813,7 @@ fn tls_with_client_certificates() {
     let mut bad = etcd.control_opts([10, 0, 0, 1], "bad");
     bad.etcd.key_file = Some(etcd.dir.join("missing.key"));
     let (_c, cb) = recorder();
-    let e = control::start(bad.clone(), udp(&bad), cb).expect_err("missing key file");
+    let e = start_with(bad.clone(), udp(&bad), cb).expect_err("missing key file");
     assert!(e.to_string().contains("missing.key"), "{e}");
 
     let (a, calls) = start(etcd.control_opts([10, 0, 0, 1], "a"));
@@ -804,4 +831,67 @@ fn tls_with_client_certificates() {
         peer_ips(&calls).is_some_and(|v| v.contains(&"10.1.99.0/24@10.0.0.8".to_string()))
     });
     a.stop();
+}
+
+/// Stops `startup` and checks that the control thread ended promptly.
+fn stop_promptly(startup: control::Startup, stage: &str) {
+    let t = Instant::now();
+    startup.stop();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "stopping {stage} took {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn start_returns_at_once_and_start_up_stops_promptly_at_every_stage() {
+    if !etcd_available() {
+        return;
+    }
+    init_logs();
+    let no_event = |s: &control::Startup, stage: &str| {
+        std::thread::sleep(Duration::from_millis(1500));
+        let ev = s.events().try_recv();
+        assert!(ev.is_err(), "{stage}: unexpected {ev:?}");
+    };
+
+    // etcd unreachable: start returns at once, stop ends the connection retries.
+    let etcd = Etcd::start(false);
+    let mut opts = etcd.control_opts([10, 0, 0, 1], "a");
+    opts.etcd.endpoints = vec![format!("http://127.0.0.1:{}", free_port())];
+    let (_c, cb) = recorder();
+    let t = Instant::now();
+    let s = control::start(opts, cb).expect("start");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    no_event(&s, "etcd unreachable");
+    stop_promptly(s, "while etcd is unreachable");
+
+    // The config is missing: stop ends the wait for it.
+    let (_c, cb) = recorder();
+    let s = control::start(etcd.control_opts([10, 0, 0, 1], "a"), cb).expect("start");
+    no_event(&s, "config missing");
+    stop_promptly(s, "while the config is missing");
+
+    // The config was read and not answered yet: nothing is leased, and stop ends the wait.
+    etcd.ctl(&["put", &format!("{PREFIX}/config"), CFG]);
+    let (calls, cb) = recorder();
+    let s = control::start(etcd.control_opts([10, 0, 0, 1], "a"), cb).expect("start");
+    match s.events().recv_timeout(Duration::from_secs(10)) {
+        Ok(StartupEvent::Config(c)) => assert_eq!(c.subnet_len, 24),
+        other => panic!("expected the config, got {other:?}"),
+    }
+    no_event(&s, "config not answered");
+    let subnets = || {
+        etcd.ctl(&[
+            "get",
+            "--prefix",
+            &format!("{PREFIX}/subnets"),
+            "--keys-only",
+        ])
+    };
+    assert_eq!(subnets().trim(), "", "nothing leased before the answer");
+    stop_promptly(s, "while waiting for the answer");
+    assert_eq!(subnets().trim(), "", "nothing leased after the stop");
+    assert_eq!(peer_ips(&calls), None, "no lease set published");
 }

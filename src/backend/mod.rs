@@ -1,12 +1,14 @@
 //! Backends: how this host's subnet is reached from the others.
 //!
-//! The control plane reads the network config and hands it to [`create`], which picks the
-//! backend by `Backend.Type` (case-insensitive) and sets up what must exist before our lease is
-//! written (the vxlan device, whose MAC goes into the lease). From then on every backend is
-//! driven through the same [`Backend`] interface: [`Backend::start`] once our lease is held,
-//! [`Backend::set_leases`] with the complete set of the other hosts' leases after every change
-//! (on the control thread), [`Backend::tick`] every second from the main thread. The control
-//! plane never learns which backend runs.
+//! The main thread owns the backend; nothing else touches it. Once the control plane has read
+//! the network config, the main thread hands it to [`create`], which picks the backend by
+//! `Backend.Type` (case-insensitive) and sets up what must exist before our lease is written
+//! (the vxlan device, whose MAC goes into the lease). From then on every backend is driven
+//! through the same [`Backend`] interface: [`Backend::start`] once our lease is held,
+//! [`Backend::set_leases`] with the newest complete set of the other hosts' leases (the control
+//! thread sends them through [`lease_sets`], which keeps only the newest, so blocking netlink
+//! calls never hold up etcd renewals), [`Backend::tick`] every second. The control plane never
+//! learns which backend runs.
 //!
 //! | module | `Backend` | data path |
 //! |---|---|---|
@@ -29,9 +31,55 @@ use crate::cli::RunArgs;
 use crate::iface::Underlay;
 use anyhow::{Context, Result};
 use control::{Lease, LeaseAttrs, NetworkConfig};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use engine::{Ipv4Net, StatsSource};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+
+/// The engine's form of a control-plane network: the one place where the two types meet.
+pub(crate) fn engine_net(n: control::Ipv4Net) -> Ipv4Net {
+    Ipv4Net::new(n.addr(), n.prefix_len())
+        .expect("control::Ipv4Net keeps its prefix length at most 32")
+}
+
+/// The sending half of [`lease_sets`].
+#[derive(Debug)]
+pub(crate) struct LeaseSender {
+    tx: Sender<Vec<Lease>>,
+    /// Takes back a set not yet received, to make room for a newer one.
+    unread: Receiver<Vec<Lease>>,
+}
+
+impl LeaseSender {
+    /// Sends `leases`, replacing a set the owner has not received yet. Never blocks.
+    pub(crate) fn send(&self, mut leases: Vec<Lease>) {
+        // One sender (the control thread): if the slot is full, take the stale set out and try
+        // again; when the owner received it meanwhile, the slot is empty and the retry succeeds.
+        loop {
+            match self.tx.try_send(leases) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => return,
+                Err(TrySendError::Full(l)) => {
+                    leases = l;
+                    let _ = self.unread.try_recv();
+                }
+            }
+        }
+    }
+}
+
+/// A one-slot channel carrying lease sets from the control thread to the backend's owner. Only
+/// the newest set matters (each is complete), so a new set replaces one not yet received: a slow
+/// backend never works through stale sets and the control thread never waits for it.
+pub(crate) fn lease_sets() -> (LeaseSender, Receiver<Vec<Lease>>) {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    (
+        LeaseSender {
+            tx,
+            unread: rx.clone(),
+        },
+        rx,
+    )
+}
 
 /// What every backend needs to know about this host.
 #[derive(Debug, Clone)]
@@ -59,8 +107,8 @@ impl HostInfo {
     }
 }
 
-/// One backend; see the module doc.
-pub(crate) trait Backend: Send {
+/// One backend; see the module doc. Only its owner, the main thread, calls it.
+pub(crate) trait Backend {
     /// Name for logs (`udp`, `vxlan`, `vxlan (userspace)`, `host-gw`).
     fn name(&self) -> &'static str;
     /// The attributes our lease publishes.
@@ -69,8 +117,8 @@ pub(crate) trait Backend: Send {
     fn mtu(&self) -> u32;
     /// Our lease for `local` in `network` is held: bring the data path up.
     fn start(&mut self, network: Ipv4Net, local: Ipv4Net) -> Result<()>;
-    /// The complete set of the other hosts' leases (before [`Backend::start`] they are kept and
-    /// applied by it).
+    /// The newest complete set of the other hosts' leases (before [`Backend::start`] they are
+    /// kept and applied by it).
     fn set_leases(&mut self, leases: &[Lease]);
     /// Called every second: health checks and periodic repair. An error ends the daemon.
     fn tick(&mut self) -> Result<()>;
@@ -162,7 +210,7 @@ pub(crate) fn usable<T>(
     let mut candidates: Vec<(Ipv4Net, T)> = leases
         .iter()
         .filter_map(|l| {
-            let subnet = Ipv4Net::new(l.subnet.addr(), l.subnet.prefix_len())?;
+            let subnet = engine_net(l.subnet);
             if !network.contains_net(&subnet) || subnet.overlaps(&local) {
                 return None;
             }
@@ -239,6 +287,57 @@ mod tests {
             attrs,
             expiration: None,
         }
+    }
+
+    #[test]
+    fn lease_sets_keep_only_the_newest() {
+        let (tx, rx) = lease_sets();
+        assert!(rx.try_recv().is_err(), "nothing sent yet");
+        for ip in 1..=3 {
+            tx.send(vec![lease("10.1.2.0/24", [192, 0, 2, ip], None)]);
+        }
+        let got = rx.try_recv().expect("a set");
+        assert_eq!(got[0].attrs.public_ip, Ipv4Addr::new(192, 0, 2, 3));
+        assert!(rx.try_recv().is_err(), "the older sets were replaced");
+        tx.send(Vec::new());
+        assert_eq!(rx.try_recv().expect("the next set").len(), 0);
+    }
+
+    #[test]
+    fn lease_sets_never_lose_the_last_set() {
+        let (tx, rx) = lease_sets();
+        let sender = std::thread::spawn(move || {
+            for n in 0..=2000u32 {
+                tx.send(vec![
+                    lease("10.1.2.0/24", [192, 0, 2, 2], None);
+                    n as usize % 7
+                ]);
+                if n == 2000 {
+                    tx.send(vec![lease("10.1.9.0/24", [192, 0, 2, 9], None)]);
+                }
+            }
+        });
+        let mut last = Vec::new();
+        while let Ok(l) = rx.recv_timeout(std::time::Duration::from_secs(5)) {
+            last = l;
+            if last
+                .first()
+                .is_some_and(|l| l.attrs.public_ip == Ipv4Addr::new(192, 0, 2, 9))
+            {
+                break;
+            }
+        }
+        sender.join().expect("sender");
+        assert_eq!(last.len(), 1, "the last set sent is the last received");
+        assert_eq!(last[0].attrs.public_ip, Ipv4Addr::new(192, 0, 2, 9));
+    }
+
+    #[test]
+    fn engine_net_keeps_the_prefix() {
+        let n: control::Ipv4Net = "10.1.2.0/24".parse().expect("valid");
+        assert_eq!(engine_net(n), net("10.1.2.0/24"));
+        let all: control::Ipv4Net = "0.0.0.0/0".parse().expect("valid");
+        assert_eq!(engine_net(all), net("0.0.0.0/0"));
     }
 
     #[test]

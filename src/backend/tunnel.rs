@@ -130,7 +130,7 @@ impl Tunnel {
         };
         let (to_route, params) = (self.to_route, self.params);
         let (routes, skipped) = super::usable(&self.leases, network, local, |l| {
-            to_route(l, l_subnet(l)?, &params)
+            to_route(l, super::engine_net(l.subnet), &params)
         });
         self.skip.report(self.name, skipped);
         match self.table.replace(routes.into_values()) {
@@ -235,9 +235,4 @@ pub(crate) fn stats_line(dp: &Dataplane) -> String {
         beat.as_millis(),
         dp.stats()
     )
-}
-
-/// The lease's subnet in the engine's type.
-fn l_subnet(l: &Lease) -> Option<Ipv4Net> {
-    Ipv4Net::new(l.subnet.addr(), l.subnet.prefix_len())
 }
