@@ -455,6 +455,7 @@ mod tests {
             accept_any_source: false,
             socket_buffer: 1 << 20,
             offload: Offload::Off,
+            tso_writes: false,
         };
         std::thread::spawn(move || {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare netns");
