@@ -9,7 +9,9 @@
 // Cargo also auto-discovers this file as a libtest bench target, where `main` is unused.
 #![cfg_attr(test, allow(dead_code))]
 
-#[path = "../../tests/support/netns.rs"]
+// The test harness's namespaces and topology (a binary cannot use the weft-testkit dev-dependency).
+#[allow(unreachable_pub)]
+#[path = "../../testkit/src/netns/mod.rs"]
 mod netns;
 
 mod measure;

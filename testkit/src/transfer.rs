@@ -122,7 +122,8 @@ impl Transfer {
     /// Ends the transfer; returns the bytes that arrived (all checked) and the longest time the
     /// receiver waited for data. Panics if either side failed or the counts differ.
     pub fn finish_with_gap(self) -> (u64, Duration) {
-        self.try_finish().unwrap_or_else(|e| panic!("transfer: {e}"))
+        self.try_finish()
+            .unwrap_or_else(|e| panic!("transfer: {e}"))
     }
 
     /// Ends the transfer; `Err` names what went wrong (a side failed, or the receiver got fewer

@@ -267,7 +267,17 @@ pub fn enter(path: &str) -> io::Result<()> {
 /// A veth pair: `a_dev` in namespace `a`, its peer `b_dev` in `b` (both down, no address).
 pub fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> io::Result<()> {
     ip(&[
-        "link", "add", a_dev, "netns", a.name(), "type", "veth", "peer", "name", b_dev, "netns",
+        "link",
+        "add",
+        a_dev,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_dev,
+        "netns",
         b.name(),
     ])
     .map(drop)
@@ -410,4 +420,3 @@ impl Drop for Netns {
         }
     }
 }
-

@@ -67,6 +67,24 @@ pub fn mac_str(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
 }
 
+/// The arguments of `weft run` without etcd on a host of [`TwoHosts`]: underlay `ul0`, network
+/// [`OVERLAY_NET`], lease `subnet`, and the static `peer` (`<subnet>=<underlay ip>`; none if empty).
+pub fn weft_run_args<'a>(subnet: &'a str, peer: &'a str) -> Vec<&'a str> {
+    let mut args = vec![
+        "run",
+        "--iface",
+        "ul0",
+        "--network",
+        OVERLAY_NET,
+        "--subnet",
+        subnet,
+    ];
+    if !peer.is_empty() {
+        args.extend(["--peer", peer]);
+    }
+    args
+}
+
 /// One host's end of flannel's kernel VXLAN, as flannel's vxlan backend programs it.
 #[derive(Debug, Clone, Copy)]
 pub struct VxlanEnd<'a> {
@@ -81,28 +99,78 @@ pub struct VxlanEnd<'a> {
 }
 
 /// Programs `flannel.1` in `ns` exactly as flannel's vxlan backend does, with `peer` as its one
-/// peer: VNI [`VXLAN_VNI`], dstport [`VXLAN_PORT`] on `ul0`, nolearning, MTU [`VXLAN_MTU`], `/32`
-/// address, onlink route to the peer's subnet, permanent neighbour, `bridge fdb append`.
+/// peer: [`add_flannel_vxlan_device`], then [`add_flannel_vxlan_peer`].
 pub fn add_flannel_vxlan(ns: &Netns, own: VxlanEnd<'_>, peer: VxlanEnd<'_>) -> io::Result<()> {
+    add_flannel_vxlan_device(ns, own)?;
+    add_flannel_vxlan_peer(ns, peer)
+}
+
+/// flannel's `flannel.1` in `ns`: VNI [`VXLAN_VNI`], dstport [`VXLAN_PORT`] on `ul0`, local
+/// `own.underlay`, address `own.mac`, nolearning, MTU [`VXLAN_MTU`], up, `own.addr/32`.
+pub fn add_flannel_vxlan_device(ns: &Netns, own: VxlanEnd<'_>) -> io::Result<()> {
     let (vni, port, mtu) = (
         VXLAN_VNI.to_string(),
         VXLAN_PORT.to_string(),
         VXLAN_MTU.to_string(),
     );
     ns.ip(&[
-        "link", "add", VXLAN_DEV, "address", own.mac, "type", "vxlan", "id", &vni, "local",
-        own.underlay, "dev", "ul0", "dstport", &port, "nolearning",
+        "link",
+        "add",
+        VXLAN_DEV,
+        "address",
+        own.mac,
+        "type",
+        "vxlan",
+        "id",
+        &vni,
+        "local",
+        own.underlay,
+        "dev",
+        "ul0",
+        "dstport",
+        &port,
+        "nolearning",
     ])?;
     ns.ip(&["link", "set", VXLAN_DEV, "mtu", &mtu, "up"])?;
     ns.ip(&["addr", "add", &format!("{}/32", own.addr), "dev", VXLAN_DEV])?;
+    Ok(())
+}
+
+/// What flannel programs on `flannel.1` in `ns` for one peer: an onlink route to its subnet via
+/// its network address, a permanent neighbour for that address, `bridge fdb append` to its
+/// underlay address.
+pub fn add_flannel_vxlan_peer(ns: &Netns, peer: VxlanEnd<'_>) -> io::Result<()> {
     ns.ip(&[
-        "route", "add", peer.subnet, "via", peer.addr, "dev", VXLAN_DEV, "onlink",
+        "route",
+        "add",
+        peer.subnet,
+        "via",
+        peer.addr,
+        "dev",
+        VXLAN_DEV,
+        "onlink",
     ])?;
     ns.ip(&[
-        "neigh", "replace", peer.addr, "lladdr", peer.mac, "dev", VXLAN_DEV, "nud", "permanent",
+        "neigh",
+        "replace",
+        peer.addr,
+        "lladdr",
+        peer.mac,
+        "dev",
+        VXLAN_DEV,
+        "nud",
+        "permanent",
     ])?;
     ns.run(&[
-        "bridge", "fdb", "append", peer.mac, "dev", VXLAN_DEV, "dst", peer.underlay, "self",
+        "bridge",
+        "fdb",
+        "append",
+        peer.mac,
+        "dev",
+        VXLAN_DEV,
+        "dst",
+        peer.underlay,
+        "self",
         "permanent",
     ])?;
     Ok(())
@@ -283,6 +351,16 @@ impl TwoHosts {
     pub fn remove_kernel_vxlan(&self) -> io::Result<()> {
         self.host_a.ip(&["link", "del", VXLAN_DEV])?;
         self.host_b.ip(&["link", "del", VXLAN_DEV])?;
+        Ok(())
+    }
+
+    /// `ping -c <count> -W 2` from ctr_a to ctr_b and from ctr_b to ctr_a; `Err` names the direction.
+    pub fn ping_both_ways(&self, count: u32) -> io::Result<()> {
+        let count = count.to_string();
+        for (from, name, to) in [(&self.ctr_a, "ctr_a", CTR_B), (&self.ctr_b, "ctr_b", CTR_A)] {
+            from.run(&["ping", "-n", "-c", &count, "-W", "2", to])
+                .map_err(|e| io::Error::new(e.kind(), format!("{name} pings {to}: {e}")))?;
+        }
         Ok(())
     }
 
