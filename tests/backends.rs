@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use support::cluster::{Cluster, PREFIX};
 use support::daemon::Daemon;
 use testkit::netns::{self, VxlanEnd};
-use testkit::transfer::Transfer;
 use testkit::wait::within;
 
 const VXLAN: &str = r#"{"Network":"10.1.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
@@ -166,13 +165,7 @@ fn report_rtts(test: &str, rtts: &[(usize, usize, f64)]) {
 /// A checked TCP transfer of [`TRANSFER_BYTES`] from container `from` to container `to`.
 fn transfer(c: &Cluster, test: &str, from: usize, to: usize) -> u64 {
     let start = Instant::now();
-    let t = Transfer::start(
-        &c.hosts[from].ctr,
-        &c.hosts[to].ctr,
-        &c.hosts[to].ctr_ip(),
-        TRANSFER_BYTES,
-        false,
-    );
+    let t = c.transfer(from, to, TRANSFER_BYTES, false);
     let bytes = t.finish();
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
@@ -587,13 +580,7 @@ fn leases_change_while_traffic_flows() {
     c.attach_container(1);
     c.ping(0, 1, Duration::from_secs(10)).expect("ping");
     let started = Instant::now();
-    let flow = Transfer::start(
-        &c.hosts[0].ctr,
-        &c.hosts[1].ctr,
-        &c.hosts[1].ctr_ip(),
-        16 << 20,
-        true,
-    );
+    let flow = c.transfer(0, 1, 16 << 20, true);
 
     // Host 3 joins: host 1 programs it.
     let d3 = c.start_weft(2, &[]);

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use support::cluster::{fake_lease, Cluster, CONFIG, PREFIX};
 use support::daemon::Daemon;
 use testkit::netns;
-use testkit::transfer::Transfer;
 use testkit::wait::within;
 
 #[test]
@@ -142,9 +141,7 @@ fn restart_outage_and_malformed_leases() {
     assert_eq!(d1.counter("routes"), 1);
 
     // etcd goes away for 20 s during a transfer: forwarding goes on with the last routes.
-    let ctr0 = &c.hosts[0].ctr;
-    let ctr1 = &c.hosts[1].ctr;
-    let transfer = Transfer::start(ctr0, ctr1, &c.hosts[1].ctr_ip(), 50 << 20, true);
+    let transfer = c.transfer(0, 1, 50 << 20, true);
     std::thread::sleep(Duration::from_secs(1));
     c.stop_etcd();
     within(Duration::from_secs(15), "etcd loss noticed", || {
@@ -253,13 +250,7 @@ fn thousand_leases_while_traffic_flows() {
     c.attach_container(0);
     c.attach_container(1);
     c.ping(0, 1, Duration::from_secs(5)).expect("ping");
-    let transfer = Transfer::start(
-        &c.hosts[0].ctr,
-        &c.hosts[1].ctr,
-        &c.hosts[1].ctr_ip(),
-        20 << 20,
-        true,
-    );
+    let transfer = c.transfer(0, 1, 20 << 20, true);
 
     let from_line = d1.line_count();
     let put_times: Vec<f64> = c

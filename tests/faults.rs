@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use support::cluster::{Cluster, CONFIG, PREFIX};
 use support::daemon::{rss_kib, Daemon};
-use testkit::transfer::Transfer;
 use testkit::wait::within;
 
 /// Starts weft on every host, attaches the containers and checks that all pairs ping.
@@ -722,13 +721,7 @@ fn flood_of_hostile_datagrams_during_a_transfer() {
         .map(|o| o.parse().expect("octet"))
         .collect();
     let pool = hostile_pool([octets[0], octets[1], octets[2]]);
-    let transfer = Transfer::start(
-        &c.hosts[0].ctr,
-        &c.hosts[1].ctr,
-        &c.hosts[1].ctr_ip(),
-        64 << 20,
-        true,
-    );
+    let transfer = c.transfer(0, 1, 64 << 20, true);
     std::thread::sleep(Duration::from_secs(1));
     let rss0 = rss_kib(pid);
     let s0 = target.stats();

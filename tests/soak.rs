@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::cluster::{fake_lease, Cluster, CONFIG};
 use support::daemon::rss_kib;
-use testkit::transfer::Transfer;
 
 #[test]
 fn soak_mixed_traffic_with_ten_lease_changes_per_second() {
@@ -29,13 +28,7 @@ fn soak_mixed_traffic_with_ten_lease_changes_per_second() {
     c.attach_container(1);
     c.ping(0, 1, Duration::from_secs(5)).expect("ping");
 
-    let stream = Transfer::start(
-        &c.hosts[0].ctr,
-        &c.hosts[1].ctr,
-        &c.hosts[1].ctr_ip(),
-        1 << 20,
-        true,
-    );
+    let stream = c.transfer(0, 1, 1 << 20, true);
 
     // Lease churn: 10 changes per second over a rotating set of 20 fake peers (put, then delete).
     let stop = Arc::new(AtomicBool::new(false));

@@ -24,6 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 use testkit::netns::{self, veth, Netns};
+use testkit::transfer::Transfer;
 
 /// flannel's etcd prefix, which weft uses by default.
 pub(crate) const PREFIX: &str = "/coreos.com/network";
@@ -616,6 +617,23 @@ impl Cluster {
         h.ctr
             .ip(&["route", "replace", "default", "via", &gw])
             .expect("ctr default route");
+    }
+
+    /// A checked TCP transfer from container `from` to container `to` (see [`Transfer::start`]).
+    pub(crate) fn transfer(
+        &self,
+        from: usize,
+        to: usize,
+        min_bytes: u64,
+        open_ended: bool,
+    ) -> Transfer {
+        Transfer::start(
+            &self.hosts[from].ctr,
+            &self.hosts[to].ctr,
+            &self.hosts[to].ctr_ip(),
+            min_bytes,
+            open_ended,
+        )
     }
 
     /// Pings from container `from` to container `to` until an answer or `timeout`.

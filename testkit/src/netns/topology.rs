@@ -312,19 +312,22 @@ impl TwoHosts {
 
     /// host-gw backend: `ip route add <peer subnet> via <peer underlay> dev ul0` on both hosts.
     pub fn add_hostgw_routes(&self) -> io::Result<()> {
-        self.host_a
-            .ip(&["route", "add", SUBNET_B, "via", HOST_B_UL, "dev", "ul0"])?;
-        self.host_b
-            .ip(&["route", "add", SUBNET_A, "via", HOST_A_UL, "dev", "ul0"])?;
-        Ok(())
+        self.hostgw_routes("add")
     }
 
     /// Removes the host-gw routes again.
     pub fn remove_hostgw_routes(&self) -> io::Result<()> {
-        self.host_a
-            .ip(&["route", "del", SUBNET_B, "via", HOST_B_UL, "dev", "ul0"])?;
-        self.host_b
-            .ip(&["route", "del", SUBNET_A, "via", HOST_A_UL, "dev", "ul0"])?;
+        self.hostgw_routes("del")
+    }
+
+    /// `ip route <op> <peer subnet> via <peer underlay> dev ul0` on both hosts.
+    fn hostgw_routes(&self, op: &str) -> io::Result<()> {
+        for (host, subnet, via) in [
+            (&self.host_a, SUBNET_B, HOST_B_UL),
+            (&self.host_b, SUBNET_A, HOST_A_UL),
+        ] {
+            host.ip(&["route", op, subnet, "via", via, "dev", "ul0"])?;
+        }
         Ok(())
     }
 
