@@ -100,10 +100,9 @@ fn harness_vxlan_port_is_the_daemons() {
 
 #[test]
 fn a_panicking_test_leaves_no_namespace_behind() {
-    if !netns::require_root("a_panicking_test_leaves_no_namespace_behind") {
+    let Some(ns) = Netns::for_test("a_panicking_test_leaves_no_namespace_behind", "panic") else {
         return;
-    }
-    let ns = Netns::new("panic").expect("namespace");
+    };
     let name = ns.name().to_string();
     let inside = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         ns.within(|| panic!("deliberate panic inside the namespace"))

@@ -290,49 +290,66 @@ impl Cluster {
     /// Starts etcd (again, on the same data dir after [`Cluster::stop_etcd`]) and waits until healthy.
     pub(crate) fn start_etcd(&mut self) {
         assert!(self.etcd.is_none(), "etcd already running");
-        let data = self.dir.join("etcd-data");
-        let log = std::fs::File::create(self.dir.join("etcd.log")).expect("etcd log");
-        let mut args: Vec<String> = [
-            "--name",
+        let peer = format!("http://{ETCD_IP}:2380");
+        let child = self.spawn_etcd(
             "e1",
-            "--data-dir",
-            data.to_str().expect("utf-8 path"),
-            "--listen-client-urls",
+            "etcd",
             self.url(),
-            "--advertise-client-urls",
-            self.url(),
-            "--listen-peer-urls",
-            "http://192.0.2.250:2380",
-            "--initial-advertise-peer-urls",
-            "http://192.0.2.250:2380",
-            "--initial-cluster",
-            "e1=http://192.0.2.250:2380",
-            "--initial-cluster-state",
-            "new",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(self.etcd_args.iter().cloned());
-        let child = Command::new("ip")
-            .args(["netns", "exec", self.etcd_ns.name(), "etcd"])
-            .args(&args)
+            &peer,
+            &format!("e1={peer}"),
+            &self.etcd_args,
+        );
+        self.etcd = Some(child);
+        self.wait_healthy(Duration::from_secs(20), Duration::from_millis(100), "etcd");
+    }
+
+    /// Starts etcd member `name` in the etcd namespace (data dir `<stem>-data`, log `<stem>.log`
+    /// in the cluster's directory), serving clients on `client` and peers on `peer`, in the new
+    /// cluster `initial`, with `extra` flags.
+    fn spawn_etcd(
+        &self,
+        name: &str,
+        stem: &str,
+        client: &str,
+        peer: &str,
+        initial: &str,
+        extra: &[String],
+    ) -> Child {
+        let log_path = self.dir.join(format!("{stem}.log"));
+        let log = std::fs::File::create(&log_path).expect("etcd log");
+        self.etcd_ns
+            .cmd("etcd")
+            .args(["--name", name, "--data-dir"])
+            .arg(self.dir.join(format!("{stem}-data")))
+            .args(["--listen-client-urls", client])
+            .args(["--advertise-client-urls", client])
+            .args(["--listen-peer-urls", peer])
+            .args(["--initial-advertise-peer-urls", peer])
+            .args(["--initial-cluster", initial])
+            .args(["--initial-cluster-state", "new"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start etcd (apt-get install etcd-server): {e}"));
-        self.etcd = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+            .unwrap_or_else(|e| {
+                panic!("cannot start etcd member {name} (apt-get install etcd-server): {e}")
+            })
+    }
+
+    /// Waits until `etcdctl endpoint health` succeeds, polling every `interval`; panics with the
+    /// log `<stem>.log` after `limit`.
+    fn wait_healthy(&self, limit: Duration, interval: Duration, stem: &str) {
+        let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if self.etcdctl_try(&["endpoint", "health"]).is_ok() {
                 return;
             }
-            thread::sleep(Duration::from_millis(100));
+            thread::sleep(interval);
         }
         panic!(
-            "etcd not healthy within 20 s:\n{}",
-            std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
+            "{stem} not healthy within {limit:?}:\n{}",
+            std::fs::read_to_string(self.dir.join(format!("{stem}.log"))).unwrap_or_default()
         );
     }
 
@@ -379,38 +396,16 @@ impl Cluster {
         let initial = initial.join(",");
         for (i, ip) in ETCD3_IPS.iter().enumerate() {
             let name = format!("e{}", i + 1);
-            let data = self.dir.join(format!("etcd-data-{name}"));
-            let log =
-                std::fs::File::create(self.dir.join(format!("etcd-{name}.log"))).expect("etcd log");
             let client = format!("http://{ip}:2379");
             let peer = format!("http://{ip}:2380");
-            let child = Command::new("ip")
-                .args(["netns", "exec", self.etcd_ns.name(), "etcd"])
-                .args(["--name", &name, "--data-dir"])
-                .arg(&data)
-                .args(["--listen-client-urls", &client])
-                .args(["--advertise-client-urls", &client])
-                .args(["--listen-peer-urls", &peer])
-                .args(["--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &initial])
-                .args(["--initial-cluster-state", "new"])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start etcd member {name}: {e}"));
+            let stem = format!("etcd-{name}");
+            let child = self.spawn_etcd(&name, &stem, &client, &peer, &initial, &[]);
             self.members.push(Some(child));
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self.etcdctl_try(&["endpoint", "health"]).is_ok() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
-        panic!(
-            "three-member etcd not healthy within 30 s:\n{}",
-            std::fs::read_to_string(self.dir.join("etcd-e1.log")).unwrap_or_default()
+        self.wait_healthy(
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            "etcd-e1",
         );
     }
 

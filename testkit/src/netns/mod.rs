@@ -312,6 +312,13 @@ impl Netns {
         Ok(ns)
     }
 
+    /// A namespace for privileged test `test`: `None` if the test skips ([`require_root`]);
+    /// panics if the namespace cannot be made.
+    pub fn for_test(test: &str, role: &str) -> Option<Netns> {
+        require_root(test)
+            .then(|| Netns::new(role).unwrap_or_else(|e| panic!("{test}: namespace {role}: {e}")))
+    }
+
     /// The namespace's name (as `ip netns` knows it).
     pub fn name(&self) -> &str {
         &self.name
