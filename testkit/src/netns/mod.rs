@@ -19,7 +19,6 @@
 //! # Topologies
 //! [`two_hosts`] builds two hosts with a container each (module `topology`, re-exported here), and
 //! [`add_flannel_vxlan`] programs one host's kernel VXLAN device as flannel's vxlan backend does.
-#![allow(dead_code)]
 
 mod topology;
 
