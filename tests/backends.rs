@@ -5,21 +5,14 @@
 //! Every test builds its own [`Cluster`]; daemons are declared after it, so they stop before the
 //! namespaces go, also when a test panics. Every wait is bounded.
 
-#[path = "support/cluster.rs"]
-mod cluster;
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/netns.rs"]
-mod netns;
-#[path = "support/transfer.rs"]
-mod transfer;
+mod support;
 
-use cluster::Cluster;
-use daemon::{within, Daemon};
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use support::cluster::{Cluster, PREFIX};
+use support::daemon::Daemon;
+use testkit::netns::{self, VxlanEnd};
+use testkit::wait::within;
 
-const PREFIX: &str = "/coreos.com/network";
 const VXLAN: &str = r#"{"Network":"10.1.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
 const VXLAN_USER: &str =
     r#"{"Network":"10.1.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","Userspace":true}}"#;
@@ -32,47 +25,9 @@ const PROPAGATION: Duration = Duration::from_secs(10);
 /// Bytes of each checked TCP transfer.
 const TRANSFER_BYTES: u64 = 32 << 20;
 
-/// A cluster of `hosts` hosts with etcd running and `config` as the network config.
-fn cluster(test: &str, hosts: usize, config: &str) -> Option<Cluster> {
-    if !netns::require_root(test) {
-        return None;
-    }
-    netns::sweep_stale();
-    let mut c = Cluster::new(hosts).expect("build the cluster topology");
-    c.start_etcd();
-    c.etcdctl(&["put", &format!("{PREFIX}/config"), config]);
-    Some(c)
-}
-
-/// Starts weft on every host in `hosts` (etcd mode, `extra` flags) and waits until all run.
-fn start_all(c: &Cluster, hosts: std::ops::Range<usize>, extra: &[&str]) -> Vec<Daemon> {
-    let d: Vec<Daemon> = hosts.map(|i| c.start_weft(i, extra)).collect();
-    for x in &d {
-        x.wait_running();
-    }
-    d
-}
-
-/// Host `i`'s leased subnet, `10.1.X.0/24`, from its subnet.env.
-fn subnet(c: &Cluster, i: usize) -> String {
-    c.subnet_env(i)["FLANNEL_SUBNET"].replace(".1/24", ".0/24")
-}
-
 /// The network address of host `i`'s subnet, `10.1.X.0`.
 fn net_addr(c: &Cluster, i: usize) -> String {
-    subnet(c, i).trim_end_matches("/24").to_string()
-}
-
-/// etcd key of host `i`'s lease.
-fn lease_key(c: &Cluster, i: usize) -> String {
-    format!("{PREFIX}/subnets/{}", subnet(c, i).replace('/', "-"))
-}
-
-/// The value stored under `key` (empty when absent).
-fn get(c: &Cluster, key: &str) -> String {
-    c.etcdctl(&["get", key, "--print-value-only"])
-        .trim()
-        .to_string()
+    c.subnet(i).trim_end_matches("/24").to_string()
 }
 
 /// `ip <args>` in host `i`'s namespace.
@@ -134,7 +89,7 @@ fn vxlan_entries(c: &Cluster, i: usize, s: &str, n: &str, pip: &str, mac: &str) 
 
 /// Waits until host `i` has all three `flannel.1` entries for host `p` (whose MAC is `mac`).
 fn wait_vxlan_peer(c: &Cluster, i: usize, p: usize, mac: &str) {
-    let (s, n, pip) = (subnet(c, p), net_addr(c, p), c.hosts[p].ip.clone());
+    let (s, n, pip) = (c.subnet(p), net_addr(c, p), c.hosts[p].ip.clone());
     let mut last = [false; 3];
     let ok = Instant::now() + PROPAGATION;
     while Instant::now() < ok {
@@ -157,7 +112,7 @@ fn wait_vxlan_peer(c: &Cluster, i: usize, p: usize, mac: &str) {
 
 /// `ip route show` of host `i` has the host-gw route to host `p`'s subnet.
 fn has_hostgw_route(c: &Cluster, i: usize, p: usize) -> bool {
-    let want = format!("{} via {} dev ul0 proto 153", subnet(c, p), c.hosts[p].ip);
+    let want = format!("{} via {} dev ul0 proto 153", c.subnet(p), c.hosts[p].ip);
     ip(c, i, &["route", "show"])
         .lines()
         .any(|l| l.trim() == want)
@@ -210,13 +165,7 @@ fn report_rtts(test: &str, rtts: &[(usize, usize, f64)]) {
 /// A checked TCP transfer of [`TRANSFER_BYTES`] from container `from` to container `to`.
 fn transfer(c: &Cluster, test: &str, from: usize, to: usize) -> u64 {
     let start = Instant::now();
-    let t = transfer::Transfer::start(
-        &c.hosts[from].ctr,
-        &c.hosts[to].ctr,
-        &c.hosts[to].ctr_ip(),
-        TRANSFER_BYTES,
-        false,
-    );
+    let t = c.transfer(from, to, TRANSFER_BYTES, false);
     let bytes = t.finish();
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
@@ -230,19 +179,10 @@ fn transfer(c: &Cluster, test: &str, from: usize, to: usize) -> u64 {
     bytes
 }
 
-/// The daemon's stats line as name -> value.
-fn stats(d: &Daemon) -> HashMap<String, f64> {
-    d.stats()
-}
-
-fn stat(d: &Daemon, key: &str) -> f64 {
-    stats(d).get(key).copied().unwrap_or(-1.0)
-}
-
 /// Asserts that the data plane dropped nothing for a vxlan reason (a malformed, misaddressed or
 /// foreign frame) and returns the packet counters for the report.
 fn no_vxlan_drops(d: &Daemon, who: &str) -> (f64, f64) {
-    let s = stats(d);
+    let s = d.stats();
     let bad: Vec<String> = s
         .iter()
         .filter(|(k, v)| k.starts_with("drop_vxlan") && **v > 0.0)
@@ -269,7 +209,7 @@ fn check_vxlan_device(c: &Cluster, i: usize) -> String {
     let link = ip(c, i, &["-d", "link", "show", "flannel.1"]);
     for want in [
         format!("vxlan id 1 local {} dev ul0 ", c.hosts[i].ip),
-        "dstport 8472 ".to_string(),
+        format!("dstport {} ", control::config::VXLAN_DEFAULT_PORT),
         " nolearning ".to_string(),
         " mtu 1450 ".to_string(),
         ",UP,".to_string(),
@@ -297,16 +237,16 @@ fn check_vxlan_device(c: &Cluster, i: usize) -> String {
 #[test]
 fn vxlan_kernel_three_hosts() {
     const T: &str = "vxlan_kernel_three_hosts";
-    let Some(mut c) = cluster(T, 3, VXLAN) else {
+    let Some(mut c) = Cluster::with_etcd(T, 3, VXLAN) else {
         return;
     };
-    let mut d = start_all(&c, 0..3, &[]);
+    let mut d = c.start_weft_all(0..3, &[]);
     let mut macs = Vec::new();
     for i in 0..3 {
         assert_eq!(c.subnet_env(i)["FLANNEL_MTU"], "1450");
         let mac = check_vxlan_device(&c, i);
         assert_eq!(
-            get(&c, &lease_key(&c, i)),
+            c.get(&c.lease_key(i)),
             vxlan_lease(&c, i, &mac),
             "lease of host{}",
             i + 1
@@ -330,7 +270,7 @@ fn vxlan_kernel_three_hosts() {
     transfer(&c, T, 2, 0);
 
     // Restart host 1: the device is reused with its MAC, so the lease value does not change.
-    let lease = get(&c, &lease_key(&c, 0));
+    let lease = c.get(&c.lease_key(0));
     let index = ip(&c, 0, &["-o", "link", "show", "flannel.1"]);
     assert!(d.remove(0).stop().success());
     assert!(has_link(&c, 0, "flannel.1"), "device left in place");
@@ -354,27 +294,27 @@ fn vxlan_kernel_three_hosts() {
         index.split(':').next(),
         "same ifindex: not recreated"
     );
-    assert_eq!(get(&c, &lease_key(&c, 0)), lease);
+    assert_eq!(c.get(&c.lease_key(0)), lease);
     for (p, mac) in macs.iter().enumerate().skip(1) {
         wait_vxlan_peer(&c, 0, p, mac);
     }
     c.ping(0, 1, Duration::from_secs(5)).expect("after restart");
     c.ping(2, 0, Duration::from_secs(5)).expect("after restart");
-    assert_eq!(stat(&d[0], "peers"), 2.0);
-    assert_eq!(stat(&d[0], "failures"), 0.0);
+    assert_eq!(d[0].stat("peers"), 2.0);
+    assert_eq!(d[0].stat("failures"), 0.0);
 }
 
 #[test]
 fn host_gw_three_hosts() {
     const T: &str = "host_gw_three_hosts";
-    let Some(mut c) = cluster(T, 3, HOST_GW) else {
+    let Some(mut c) = Cluster::with_etcd(T, 3, HOST_GW) else {
         return;
     };
-    let mut d = start_all(&c, 0..3, &[]);
+    let mut d = c.start_weft_all(0..3, &[]);
     for i in 0..3 {
         assert_eq!(c.subnet_env(i)["FLANNEL_MTU"], "1500");
         assert_eq!(
-            get(&c, &lease_key(&c, i)),
+            c.get(&c.lease_key(i)),
             format!(
                 r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"host-gw"}}"#,
                 c.hosts[i].ip
@@ -396,26 +336,26 @@ fn host_gw_three_hosts() {
     transfer(&c, T, 0, 1);
 
     // A route deleted from outside is back at the next resync (every 10 s).
-    let (s2, p2) = (subnet(&c, 1), c.hosts[1].ip.clone());
+    let (s2, p2) = (c.subnet(1), c.hosts[1].ip.clone());
     ip(&c, 0, &["route", "del", &s2, "via", &p2, "dev", "ul0"]);
     assert!(!has_hostgw_route(&c, 0, 1));
     let took = within(Duration::from_secs(15), "deleted route re-added", || {
         has_hostgw_route(&c, 0, 1)
     });
     eprintln!("{T}: route deleted from outside re-added after {took:?}");
-    assert_eq!(stat(&d[0], "routes_readded"), 1.0);
+    assert_eq!(d[0].stat("routes_readded"), 1.0);
     c.ping(0, 1, Duration::from_secs(5)).expect("ping again");
 
     // Host 3 stops and its lease is deleted: the others drop its route.
-    let key3 = lease_key(&c, 2);
-    let s3 = subnet(&c, 2);
+    let key3 = c.lease_key(2);
+    let s3 = c.subnet(2);
     assert!(d.remove(2).stop().success());
     c.etcdctl(&["del", &key3]);
     let took = within(PROPAGATION, "route of the removed lease gone", || {
         !weft_routes(&c, 0).contains(&s3) && !weft_routes(&c, 1).contains(&s3)
     });
     eprintln!("{T}: removed lease's route gone after {took:?}");
-    assert_eq!(stat(&d[0], "routes"), 1.0);
+    assert_eq!(d[0].stat("routes"), 1.0);
     c.ping(1, 0, Duration::from_secs(5))
         .expect("others unaffected");
 
@@ -431,7 +371,7 @@ fn host_gw_three_hosts() {
             && log.contains("you're on a NAT, which is not supported by host-gw backend"),
         "{log}"
     );
-    assert_eq!(get(&c, &key3), "", "no lease written");
+    assert_eq!(c.get(&key3), "", "no lease written");
 
     // A peer behind a router (not on-link): the kernel refuses its route; logged, counted and
     // retried, as in flannel, and the others are unaffected.
@@ -439,16 +379,16 @@ fn host_gw_three_hosts() {
     let dr = c.start_weft(r, &[]);
     dr.wait_running();
     within(PROPAGATION, "route failure counted", || {
-        stat(&d[0], "route_failures") >= 1.0
+        d[0].stat("route_failures") >= 1.0
     });
-    assert!(!weft_routes(&c, 0).contains(&subnet(&c, r)));
+    assert!(!weft_routes(&c, 0).contains(&c.subnet(r)));
     assert!(d[0]
         .wait_line(0, "peer not on-link?", Duration::from_secs(1))
         .is_some());
     c.ping(0, 1, Duration::from_secs(5))
         .expect("on-link peers unaffected");
     assert_eq!(
-        stat(&d[0], "routes"),
+        d[0].stat("routes"),
         2.0,
         "desired: host 2 and the routed host"
     );
@@ -457,17 +397,17 @@ fn host_gw_three_hosts() {
 #[test]
 fn udp_three_hosts() {
     const T: &str = "udp_three_hosts";
-    let Some(mut c) = cluster(T, 3, UDP) else {
+    let Some(mut c) = Cluster::with_etcd(T, 3, UDP) else {
         return;
     };
-    let d = start_all(&c, 0..3, &[]);
+    let d = c.start_weft_all(0..3, &[]);
     for i in 0..3 {
         assert_eq!(c.subnet_env(i)["FLANNEL_MTU"], "1472");
         assert!(has_link(&c, i, "weft0"));
         c.attach_container(i);
     }
     for x in &d {
-        within(PROPAGATION, "udp routes", || stat(x, "routes") == 2.0);
+        within(PROPAGATION, "udp routes", || x.stat("routes") == 2.0);
     }
     report_rtts(T, &ping_all(&c, &[0, 1, 2]));
     transfer(&c, T, 0, 2);
@@ -515,7 +455,7 @@ fn vxlan_mixed_kernel_and_userspace() {
     // Hosts 1-2: kernel vxlan (the config's choice); host 3: the same config through weft's
     // workers (--vxlan-dataplane=userspace); host 4: weft in static mode with the VXLAN wire and
     // a lease written by hand, so the kernel hosts route to it.
-    let Some(mut c) = cluster(T, 4, VXLAN) else {
+    let Some(mut c) = Cluster::with_etcd(T, 4, VXLAN) else {
         return;
     };
     wire_checksums(&c, &[0, 1]);
@@ -526,8 +466,8 @@ fn vxlan_mixed_kernel_and_userspace() {
         &format!("{PREFIX}/subnets/10.1.250.0-24"),
         &vxlan_lease(&c, 3, mac4),
     ]);
-    let mut d = start_all(&c, 0..2, &[]);
-    d.extend(start_all(&c, 2..3, &["--vxlan-dataplane", "userspace"]));
+    let mut d = c.start_weft_all(0..2, &[]);
+    d.extend(c.start_weft_all(2..3, &["--vxlan-dataplane", "userspace"]));
     let mac3 = "0e:57:c0:00:02:03";
     assert!(
         !has_link(&c, 2, "flannel.1"),
@@ -535,7 +475,7 @@ fn vxlan_mixed_kernel_and_userspace() {
     );
     assert!(has_link(&c, 2, "weft0"));
     assert_eq!(c.subnet_env(2)["FLANNEL_MTU"], "1450");
-    assert_eq!(get(&c, &lease_key(&c, 2)), vxlan_lease(&c, 2, mac3));
+    assert_eq!(c.get(&c.lease_key(2)), vxlan_lease(&c, 2, mac3));
     let macs: Vec<String> = (0..2).map(|i| check_vxlan_device(&c, i)).collect();
     for i in 0..2 {
         wait_vxlan_peer(&c, i, 1 - i, &macs[1 - i]);
@@ -545,7 +485,7 @@ fn vxlan_mixed_kernel_and_userspace() {
     }
     let peers: Vec<String> = [(0, macs[0].as_str()), (1, macs[1].as_str()), (2, mac3)]
         .iter()
-        .map(|(i, m)| format!("{}={},{m}", subnet(&c, *i), c.hosts[*i].ip))
+        .map(|(i, m)| format!("{}={},{m}", c.subnet(*i), c.hosts[*i].ip))
         .collect();
     d.push(start_static_vxlan(&c, 3, s4, &peers));
     write_subnet_env(&c, 3, s4, 1450);
@@ -553,7 +493,7 @@ fn vxlan_mixed_kernel_and_userspace() {
         c.attach_container(i);
     }
     within(PROPAGATION, "userspace host's routes", || {
-        stat(&d[2], "routes") == 3.0
+        d[2].stat("routes") == 3.0
     });
     report_rtts(T, &ping_all(&c, &[0, 1, 2, 3]));
     transfer(&c, T, 0, 2); // kernel -> userspace (etcd)
@@ -573,12 +513,12 @@ fn vxlan_mixed_kernel_and_userspace() {
 #[test]
 fn vxlan_direct_routing() {
     const T: &str = "vxlan_direct_routing";
-    let Some(mut c) = cluster(T, 2, VXLAN_DIRECT) else {
+    let Some(mut c) = Cluster::with_etcd(T, 2, VXLAN_DIRECT) else {
         return;
     };
     let r = c.add_routed_host().expect("routed host");
     assert_eq!(c.hosts[r].ip, "198.51.100.3");
-    let d = start_all(&c, 0..3, &[]);
+    let d = c.start_weft_all(0..3, &[]);
     let macs: Vec<String> = (0..3).map(|i| check_vxlan_device(&c, i)).collect();
     for i in 0..2 {
         let p = 1 - i;
@@ -587,7 +527,7 @@ fn vxlan_direct_routing() {
         let [n, f, r_] = vxlan_entries(
             &c,
             i,
-            &subnet(&c, p),
+            &c.subnet(p),
             &net_addr(&c, p),
             &c.hosts[p].ip,
             &macs[p],
@@ -621,18 +561,18 @@ fn vxlan_direct_routing() {
     report_rtts(T, &ping_all(&c, &[0, 1, 2]));
     transfer(&c, T, 0, 2);
     transfer(&c, T, 1, 0);
-    assert_eq!(stat(&d[0], "direct"), 1.0);
-    assert_eq!(stat(&d[0], "peers"), 2.0);
-    assert_eq!(stat(&d[2], "direct"), 0.0);
+    assert_eq!(d[0].stat("direct"), 1.0);
+    assert_eq!(d[0].stat("peers"), 2.0);
+    assert_eq!(d[2].stat("direct"), 0.0);
 }
 
 #[test]
 fn leases_change_while_traffic_flows() {
     const T: &str = "leases_change_while_traffic_flows";
-    let Some(mut c) = cluster(T, 3, VXLAN) else {
+    let Some(mut c) = Cluster::with_etcd(T, 3, VXLAN) else {
         return;
     };
-    let d = start_all(&c, 0..2, &[]);
+    let d = c.start_weft_all(0..2, &[]);
     let macs: Vec<String> = (0..2).map(|i| link_mac(&c, i, "flannel.1")).collect();
     wait_vxlan_peer(&c, 0, 1, &macs[1]);
     wait_vxlan_peer(&c, 1, 0, &macs[0]);
@@ -640,13 +580,7 @@ fn leases_change_while_traffic_flows() {
     c.attach_container(1);
     c.ping(0, 1, Duration::from_secs(10)).expect("ping");
     let started = Instant::now();
-    let flow = transfer::Transfer::start(
-        &c.hosts[0].ctr,
-        &c.hosts[1].ctr,
-        &c.hosts[1].ctr_ip(),
-        16 << 20,
-        true,
-    );
+    let flow = c.transfer(0, 1, 16 << 20, true);
 
     // Host 3 joins: host 1 programs it.
     let d3 = c.start_weft(2, &[]);
@@ -656,7 +590,7 @@ fn leases_change_while_traffic_flows() {
     c.attach_container(2);
     c.ping(2, 0, Duration::from_secs(10))
         .expect("joined host reachable");
-    let (s3, n3) = (subnet(&c, 2), net_addr(&c, 2));
+    let (s3, n3) = (c.subnet(2), net_addr(&c, 2));
 
     // A vxlan lease with a bad VtepMAC: skipped, nothing programmed, the daemon goes on.
     let from = d[0].line_count();
@@ -675,12 +609,12 @@ fn leases_change_while_traffic_flows() {
 
     // Host 3 leaves (daemon stopped, lease deleted): its entries vanish on host 1.
     assert!(d3.stop().success());
-    c.etcdctl(&["del", &lease_key(&c, 2)]);
+    c.etcdctl(&["del", &c.lease_key(2)]);
     let took = within(PROPAGATION, "host 3's entries removed", || {
         vxlan_entries(&c, 0, &s3, &n3, &c.hosts[2].ip, &mac3) == [false; 3]
     });
     eprintln!("{T}: departed host's neighbour/fdb/route removed after {took:?}");
-    assert_eq!(stat(&d[0], "peers"), 1.0);
+    assert_eq!(d[0].stat("peers"), 1.0);
     std::thread::sleep(Duration::from_secs(1));
     let (bytes, gap) = flow.finish_with_gap();
     eprintln!(
@@ -698,7 +632,7 @@ fn leases_change_while_traffic_flows() {
 #[test]
 fn backend_switch_cleans_up() {
     const T: &str = "backend_switch_cleans_up";
-    let Some(mut c) = cluster(T, 2, VXLAN) else {
+    let Some(mut c) = Cluster::with_etcd(T, 2, VXLAN) else {
         return;
     };
     let put = |c: &Cluster, cfg: &str| {
@@ -709,19 +643,19 @@ fn backend_switch_cleans_up() {
             assert!(x.stop().success());
         }
     };
-    let d = start_all(&c, 0..2, &[]);
+    let d = c.start_weft_all(0..2, &[]);
     for i in 0..2 {
         c.attach_container(i);
     }
     c.ping(0, 1, Duration::from_secs(10)).expect("vxlan");
-    let subnets = [subnet(&c, 0), subnet(&c, 1)];
+    let subnets = [c.subnet(0), c.subnet(1)];
     stop(d);
 
     // vxlan -> host-gw: the vxlan device goes, routes come.
     put(&c, HOST_GW);
-    let d = start_all(&c, 0..2, &[]);
+    let d = c.start_weft_all(0..2, &[]);
     for (i, s) in subnets.iter().enumerate() {
-        assert_eq!(&subnet(&c, i), s, "same subnet across the switch");
+        assert_eq!(&c.subnet(i), s, "same subnet across the switch");
         assert!(
             !has_link(&c, i, "flannel.1"),
             "host{}: flannel.1 left",
@@ -731,7 +665,7 @@ fn backend_switch_cleans_up() {
             has_hostgw_route(&c, i, 1 - i)
         });
         assert_eq!(
-            get(&c, &lease_key(&c, i)),
+            c.get(&c.lease_key(i)),
             format!(
                 r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"host-gw"}}"#,
                 c.hosts[i].ip
@@ -745,7 +679,7 @@ fn backend_switch_cleans_up() {
 
     // host-gw -> udp: weft's routes go, the TUN device comes.
     put(&c, UDP);
-    let d = start_all(&c, 0..2, &[]);
+    let d = c.start_weft_all(0..2, &[]);
     for i in 0..2 {
         assert_eq!(
             weft_routes(&c, i).trim(),
@@ -755,13 +689,13 @@ fn backend_switch_cleans_up() {
         );
         assert!(has_link(&c, i, "weft0"));
         assert_eq!(
-            get(&c, &lease_key(&c, i)),
+            c.get(&c.lease_key(i)),
             format!(r#"{{"PublicIP":"{}","PublicIPv6":null}}"#, c.hosts[i].ip)
         );
         c.attach_container(i);
     }
     for x in &d {
-        within(PROPAGATION, "udp route", || stat(x, "routes") == 1.0);
+        within(PROPAGATION, "udp route", || x.stat("routes") == 1.0);
     }
     c.ping(0, 1, Duration::from_secs(10)).expect("udp");
     c.ping(1, 0, Duration::from_secs(10)).expect("udp");
@@ -769,7 +703,7 @@ fn backend_switch_cleans_up() {
 
     // udp -> vxlan: the device is created again.
     put(&c, VXLAN);
-    let d = start_all(&c, 0..2, &[]);
+    let d = c.start_weft_all(0..2, &[]);
     for (i, x) in d.iter().enumerate() {
         assert!(
             x.wait_line(0, "vxlan device created", Duration::from_secs(1))
@@ -779,7 +713,7 @@ fn backend_switch_cleans_up() {
         );
         assert!(!has_link(&c, i, "weft0"));
         let mac = check_vxlan_device(&c, i);
-        assert_eq!(get(&c, &lease_key(&c, i)), vxlan_lease(&c, i, &mac));
+        assert_eq!(c.get(&c.lease_key(i)), vxlan_lease(&c, i, &mac));
         c.attach_container(i);
     }
     let macs: Vec<String> = (0..2).map(|i| link_mac(&c, i, "flannel.1")).collect();
@@ -793,7 +727,7 @@ fn backend_switch_cleans_up() {
     // Kernel vxlan -> userspace vxlan: the device (whose socket holds port 8472) goes, weft's
     // workers take over with the derived VTEP MAC.
     put(&c, VXLAN_USER);
-    let d = start_all(&c, 0..2, &[]);
+    let d = c.start_weft_all(0..2, &[]);
     for (i, x) in d.iter().enumerate() {
         assert!(
             !has_link(&c, i, "flannel.1"),
@@ -802,8 +736,8 @@ fn backend_switch_cleans_up() {
         );
         assert!(has_link(&c, i, "weft0"));
         let mac = format!("0e:57:c0:00:02:0{}", i + 1);
-        assert_eq!(get(&c, &lease_key(&c, i)), vxlan_lease(&c, i, &mac));
-        within(PROPAGATION, "userspace route", || stat(x, "routes") == 1.0);
+        assert_eq!(c.get(&c.lease_key(i)), vxlan_lease(&c, i, &mac));
+        within(PROPAGATION, "userspace route", || x.stat("routes") == 1.0);
     }
     c.ping(0, 1, Duration::from_secs(10))
         .expect("userspace vxlan");
@@ -814,8 +748,8 @@ fn backend_switch_cleans_up() {
 
 /// Programs host `i` by hand exactly as flannel's vxlan backend would (flannel-compat §6):
 /// `flannel.1` with `mac`, local = host IP, dstport 8472, nolearning, MTU 1450, the subnet's
-/// network address /32, and per peer (subnet, public IP, VTEP MAC) a permanent neighbour, an FDB
-/// entry and an onlink route.
+/// network address /32, and per peer (subnet, public IP, VTEP MAC) an onlink route, a permanent
+/// neighbour and an FDB entry (`testkit::netns::add_flannel_vxlan_device` and `_peer`).
 fn flannel_by_hand(
     c: &Cluster,
     i: usize,
@@ -824,76 +758,23 @@ fn flannel_by_hand(
     peers: &[(String, String, String)],
 ) {
     let h = &c.hosts[i];
-    let own_net = own.trim_end_matches("/24");
-    let run = |args: &[&str]| {
-        h.ns.run(args)
-            .unwrap_or_else(|e| panic!("host{}: {args:?}: {e}", i + 1))
-    };
-    run(&[
-        "ip",
-        "link",
-        "add",
-        "flannel.1",
-        "address",
+    let own_end = VxlanEnd {
+        underlay: &h.ip,
         mac,
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        &h.ip,
-        "dev",
-        "ul0",
-        "dstport",
-        "8472",
-        "nolearning",
-    ]);
-    run(&["ip", "link", "set", "flannel.1", "mtu", "1450", "up"]);
-    run(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{own_net}/32"),
-        "dev",
-        "flannel.1",
-    ]);
+        addr: own.trim_end_matches("/24"),
+        subnet: own,
+    };
+    netns::add_flannel_vxlan_device(&h.ns, own_end)
+        .unwrap_or_else(|e| panic!("host{}: flannel.1: {e}", i + 1));
     for (s, pip, pmac) in peers {
-        let n = s.trim_end_matches("/24");
-        run(&[
-            "ip",
-            "neigh",
-            "replace",
-            n,
-            "lladdr",
-            pmac,
-            "dev",
-            "flannel.1",
-            "nud",
-            "permanent",
-        ]);
-        run(&[
-            "bridge",
-            "fdb",
-            "append",
-            pmac,
-            "dev",
-            "flannel.1",
-            "dst",
-            pip,
-            "self",
-            "permanent",
-        ]);
-        run(&[
-            "ip",
-            "route",
-            "add",
-            s,
-            "via",
-            n,
-            "dev",
-            "flannel.1",
-            "onlink",
-        ]);
+        let peer = VxlanEnd {
+            underlay: pip,
+            mac: pmac,
+            addr: s.trim_end_matches("/24"),
+            subnet: s,
+        };
+        netns::add_flannel_vxlan_peer(&h.ns, peer)
+            .unwrap_or_else(|e| panic!("host{}: flannel.1 peer {s}: {e}", i + 1));
     }
 }
 
@@ -902,7 +783,7 @@ fn userspace_vxlan_three_hosts() {
     const T: &str = "userspace_vxlan_three_hosts";
     // Hosts 1-3: weft's userspace VXLAN via etcd. Host 4: flannel's kernel vxlan programmed by
     // hand (what flannel would program), its lease written with etcdctl.
-    let Some(mut c) = cluster(T, 4, VXLAN_USER) else {
+    let Some(mut c) = Cluster::with_etcd(T, 4, VXLAN_USER) else {
         return;
     };
     wire_checksums(&c, &[3]);
@@ -912,19 +793,19 @@ fn userspace_vxlan_three_hosts() {
         &format!("{PREFIX}/subnets/10.1.250.0-24"),
         &vxlan_lease(&c, 3, mac4),
     ]);
-    let d = start_all(&c, 0..3, &[]);
+    let d = c.start_weft_all(0..3, &[]);
     for (i, x) in d.iter().enumerate() {
         let mac = format!("0e:57:c0:00:02:0{}", i + 1);
         assert_eq!(c.subnet_env(i)["FLANNEL_MTU"], "1450");
-        assert_eq!(get(&c, &lease_key(&c, i)), vxlan_lease(&c, i, &mac));
+        assert_eq!(c.get(&c.lease_key(i)), vxlan_lease(&c, i, &mac));
         assert!(!has_link(&c, i, "flannel.1"));
         assert!(has_link(&c, i, "weft0"));
-        within(PROPAGATION, "userspace routes", || stat(x, "routes") == 3.0);
+        within(PROPAGATION, "userspace routes", || x.stat("routes") == 3.0);
     }
     let peers: Vec<(String, String, String)> = (0..3)
         .map(|i| {
             (
-                subnet(&c, i),
+                c.subnet(i),
                 c.hosts[i].ip.clone(),
                 format!("0e:57:c0:00:02:0{}", i + 1),
             )
@@ -949,10 +830,10 @@ fn userspace_vxlan_three_hosts() {
 #[test]
 fn vxlan_kernel_repairs_and_peer_changes() {
     const T: &str = "vxlan_kernel_repairs_and_peer_changes";
-    let Some(mut c) = cluster(T, 3, VXLAN) else {
+    let Some(mut c) = Cluster::with_etcd(T, 3, VXLAN) else {
         return;
     };
-    let mut d = start_all(&c, 0..3, &[]);
+    let mut d = c.start_weft_all(0..3, &[]);
     let mut macs: Vec<String> = (0..3).map(|i| link_mac(&c, i, "flannel.1")).collect();
     for (p, mac) in macs.iter().enumerate().skip(1) {
         wait_vxlan_peer(&c, 0, p, mac);
@@ -975,7 +856,7 @@ fn vxlan_kernel_repairs_and_peer_changes() {
     c.ping(0, 1, Duration::from_secs(5))
         .expect("after recreation");
     eprintln!("{T}: deleted device recreated after {took:?}");
-    assert_eq!(stat(&d[0], "recreated"), 1.0);
+    assert_eq!(d[0].stat("recreated"), 1.0);
 
     // Down and up from outside: the kernel flushes the neighbours and routes of the device.
     ip(&c, 0, &["link", "set", "flannel.1", "down"]);
@@ -988,7 +869,7 @@ fn vxlan_kernel_repairs_and_peer_changes() {
                 vxlan_entries(
                     &c,
                     0,
-                    &subnet(&c, p),
+                    &c.subnet(p),
                     &net_addr(&c, p),
                     &c.hosts[p].ip,
                     &macs[p],
@@ -998,15 +879,15 @@ fn vxlan_kernel_repairs_and_peer_changes() {
     );
     eprintln!("{T}: entries back {took:?} after the device went down and up");
     c.ping(0, 2, Duration::from_secs(5)).expect("after down/up");
-    assert_eq!(stat(&d[0], "repaired"), 2.0);
+    assert_eq!(d[0].stat("repaired"), 2.0);
 
     // A route deleted from outside comes back at the next check.
-    ip(&c, 0, &["route", "del", &subnet(&c, 1), "dev", "flannel.1"]);
+    ip(&c, 0, &["route", "del", &c.subnet(1), "dev", "flannel.1"]);
     let took = within(Duration::from_secs(15), "deleted route back", || {
         vxlan_entries(
             &c,
             0,
-            &subnet(&c, 1),
+            &c.subnet(1),
             &net_addr(&c, 1),
             &c.hosts[1].ip,
             &macs[1],
@@ -1025,7 +906,7 @@ fn vxlan_kernel_repairs_and_peer_changes() {
     d[1].wait_running();
     macs[1] = link_mac(&c, 1, "flannel.1");
     assert_ne!(macs[1], old);
-    assert_eq!(get(&c, &lease_key(&c, 1)), vxlan_lease(&c, 1, &macs[1]));
+    assert_eq!(c.get(&c.lease_key(1)), vxlan_lease(&c, 1, &macs[1]));
     wait_vxlan_peer(&c, 0, 1, &macs[1]);
     let f = fdb(&c, 0, "flannel.1");
     assert!(!f.contains(&old), "old MAC's FDB entry left:\n{f}");
@@ -1036,10 +917,10 @@ fn vxlan_kernel_repairs_and_peer_changes() {
         .expect("after the MAC change");
 
     // Host 3 leaves while host 1's weft is down: pruned when host 1 starts again.
-    let (s3, n3, p3) = (subnet(&c, 2), net_addr(&c, 2), c.hosts[2].ip.clone());
+    let (s3, n3, p3) = (c.subnet(2), net_addr(&c, 2), c.hosts[2].ip.clone());
     assert!(d.remove(0).stop().success());
     assert!(d.remove(1).stop().success());
-    c.etcdctl(&["del", &lease_key(&c, 2)]);
+    c.etcdctl(&["del", &c.lease_key(2)]);
     d.insert(0, c.start_weft(0, &[]));
     d[0].wait_running();
     within(PROPAGATION, "departed peer pruned", || {
@@ -1055,12 +936,12 @@ fn vxlan_kernel_repairs_and_peer_changes() {
 fn vxlan_custom_vni_and_port_kernel_and_userspace() {
     const T: &str = "vxlan_custom_vni_and_port_kernel_and_userspace";
     let config = r#"{"Network":"10.1.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":42,"Port":4789}}"#;
-    let Some(mut c) = cluster(T, 2, config) else {
+    let Some(mut c) = Cluster::with_etcd(T, 2, config) else {
         return;
     };
     wire_checksums(&c, &[0]);
-    let mut d = start_all(&c, 0..1, &[]);
-    d.extend(start_all(&c, 1..2, &["--vxlan-dataplane", "userspace"]));
+    let mut d = c.start_weft_all(0..1, &[]);
+    d.extend(c.start_weft_all(1..2, &["--vxlan-dataplane", "userspace"]));
     let link = ip(&c, 0, &["-d", "link", "show", "flannel.42"]);
     assert!(
         link.contains("vxlan id 42 local 192.0.2.1 dev ul0 ") && link.contains("dstport 4789 "),
@@ -1074,13 +955,13 @@ fn vxlan_custom_vni_and_port_kernel_and_userspace() {
             c.hosts[i].ip
         )
     };
-    assert_eq!(get(&c, &lease_key(&c, 0)), lease(0, &mac));
-    assert_eq!(get(&c, &lease_key(&c, 1)), lease(1, "0e:57:c0:00:02:02"));
+    assert_eq!(c.get(&c.lease_key(0)), lease(0, &mac));
+    assert_eq!(c.get(&c.lease_key(1)), lease(1, "0e:57:c0:00:02:02"));
     within(PROPAGATION, "fdb entry for the userspace host", || {
         fdb(&c, 0, "flannel.42").contains("0e:57:c0:00:02:02 dst 192.0.2.2 self permanent")
     });
     within(PROPAGATION, "userspace route", || {
-        stat(&d[1], "routes") == 1.0
+        d[1].stat("routes") == 1.0
     });
     c.attach_container(0);
     c.attach_container(1);

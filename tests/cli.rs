@@ -1,12 +1,11 @@
 //! Flag errors: exit code 2 and a message naming the flag and the value. No root needed.
 
-#[path = "support/daemon.rs"]
-mod daemon;
+mod support;
 
 use std::process::Command;
 
 fn weft(args: &[&str]) -> (i32, String) {
-    let out = Command::new(daemon::weft_bin())
+    let out = Command::new(support::daemon::weft_bin())
         .args(args)
         .output()
         .expect("run weft");
@@ -72,13 +71,13 @@ fn bad_values_exit_2_naming_flag_and_value() {
 
 #[test]
 fn version_and_help() {
-    let out = Command::new(daemon::weft_bin())
+    let out = Command::new(support::daemon::weft_bin())
         .arg("--version")
         .output()
         .expect("run");
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("weft "));
-    let out = Command::new(daemon::weft_bin())
+    let out = Command::new(support::daemon::weft_bin())
         .args(["run", "--help"])
         .output()
         .expect("run");

@@ -2,20 +2,15 @@
 //! each with a container behind a bridge, `weft run` on each naming the other as its static peer.
 //! Root is required (namespaces, TUN); see `netns::require_root`.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/netns.rs"]
-mod netns;
-#[path = "support/transfer.rs"]
-mod transfer;
+mod support;
 
-use daemon::Daemon;
-use netns::{Attach, TwoHosts};
 use std::io;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::thread;
 use std::time::Duration;
-use transfer::{enter, Transfer};
+use support::daemon::Daemon;
+use testkit::netns::{self, enter, Attach, TwoHosts};
+use testkit::transfer::Transfer;
 
 const MB: u64 = 1 << 20;
 
@@ -31,18 +26,7 @@ fn topology(test: &str) -> Option<TwoHosts> {
 }
 
 fn weft_args<'a>(subnet: &'a str, peer: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        "run",
-        "--iface",
-        "ul0",
-        "--network",
-        netns::OVERLAY_NET,
-        "--subnet",
-        subnet,
-    ];
-    if !peer.is_empty() {
-        v.extend(["--peer", peer]);
-    }
+    let mut v = netns::weft_run_args(subnet, peer);
     v.extend_from_slice(extra);
     v
 }
@@ -93,12 +77,7 @@ fn containers_ping_both_ways_and_icmp_errors() {
         return;
     };
     let (a, _b) = start_pair(&t, &[]);
-    t.ctr_a
-        .run(&["ping", "-n", "-c", "3", "-W", "2", netns::CTR_B])
-        .expect("A pings B");
-    t.ctr_b
-        .run(&["ping", "-n", "-c", "3", "-W", "2", netns::CTR_A])
-        .expect("B pings A");
+    t.ping_both_ways(3).expect("A and B ping each other");
 
     // No peer leases 10.1.9.0/24: weft answers with ICMP net unreachable from its TUN address.
     let out = netns::output_timeout(
@@ -127,7 +106,7 @@ fn containers_ping_both_ways_and_icmp_errors() {
     // A worker counts an ICMP error after writing it, so on a busy machine the ping can see the
     // reply before the counter moves: read the counters until both are in.
     let mut s = a.stats();
-    daemon::within(Duration::from_secs(5), "icmp_sent reaches 2", || {
+    testkit::wait::within(Duration::from_secs(5), "icmp_sent reaches 2", || {
         s = a.stats();
         stat(&s, "icmp_sent") >= 2
     });
@@ -265,14 +244,12 @@ fn hostile_datagrams_are_dropped_and_counted_while_traffic_flows() {
         g[0] = 0x4f; // IPv4 with a 60-byte header, in fewer than 60 bytes
         garbage.push((g, 1));
     }
-    let host_b = format!("/run/netns/{}", t.host_b.name());
-    let edge = format!(
-        "/run/netns/{}",
-        t.edge
-            .as_ref()
-            .expect("switched underlay has an edge")
-            .name()
-    );
+    let host_b = t.host_b.path();
+    let edge = t
+        .edge
+        .as_ref()
+        .expect("switched underlay has an edge")
+        .path();
     let b_ip: Ipv4Addr = netns::HOST_B_UL.parse().expect("ip");
     let e_ip: Ipv4Addr = netns::EDGE_UL.parse().expect("ip");
     inject(
@@ -462,7 +439,7 @@ fn partial_checksums_are_completed_with_and_without_offloads() {
     for offload in ["off", "on"] {
         let (a, _b) = start_pair_with(&t, &["--offload", offload], &[]);
         // The container's kernel drops UDP with a bad checksum, so what arrives was completed.
-        let ctr_a = format!("/run/netns/{}", t.ctr_a.name());
+        let ctr_a = t.ctr_a.path();
         let receiver = thread::spawn(move || -> io::Result<usize> {
             enter(&ctr_a)?;
             let s = UdpSocket::bind(("0.0.0.0", 9999))?;
@@ -476,7 +453,7 @@ fn partial_checksums_are_completed_with_and_without_offloads() {
             Ok(got)
         });
         thread::sleep(Duration::from_millis(300));
-        let host_b = format!("/run/netns/{}", t.host_b.name());
+        let host_b = t.host_b.path();
         let b_ip: Ipv4Addr = netns::HOST_B_UL.parse().expect("ip");
         inject(
             &host_b,

@@ -1,40 +1,22 @@
 //! Control-plane tests against a real etcd (Debian's etcd-server) in its own namespace, with
 //! weft hosts on a shared underlay switch. Root is required (namespaces, TUN).
 
-#[path = "support/cluster.rs"]
-mod cluster;
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/netns.rs"]
-mod netns;
-#[path = "support/transfer.rs"]
-mod transfer;
+mod support;
 
-use cluster::{Cluster, CONFIG};
-use daemon::{within, Daemon};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
-
-const PREFIX: &str = "/coreos.com/network";
-
-fn cluster(test: &str, hosts: usize) -> Option<Cluster> {
-    if !netns::require_root(test) {
-        return None;
-    }
-    netns::sweep_stale();
-    let mut c = Cluster::new(hosts).expect("build the cluster topology");
-    c.start_etcd();
-    c.etcdctl(&["put", &format!("{PREFIX}/config"), CONFIG]);
-    Some(c)
-}
-
-fn stat(d: &Daemon, key: &str) -> u64 {
-    d.stats().get(key).copied().unwrap_or(-1.0) as u64
-}
+use support::cluster::{fake_lease, Cluster, CONFIG, PREFIX};
+use support::daemon::Daemon;
+use testkit::netns;
+use testkit::wait::within;
 
 #[test]
 fn hosts_lease_distinct_subnets_join_and_leave_live() {
-    let Some(mut c) = cluster("hosts_lease_distinct_subnets_join_and_leave_live", 3) else {
+    let Some(mut c) = Cluster::with_etcd(
+        "hosts_lease_distinct_subnets_join_and_leave_live",
+        3,
+        CONFIG,
+    ) else {
         return;
     };
     let mut daemons: Vec<Daemon> = (0..3).map(|i| c.start_weft(i, &[])).collect();
@@ -99,7 +81,7 @@ fn hosts_lease_distinct_subnets_join_and_leave_live() {
     );
     daemons.push(d4);
     for d in &daemons[..3] {
-        assert_eq!(stat(d, "routes"), 3);
+        assert_eq!(d.counter("routes"), 3);
     }
 
     // Host 3 stops and its lease is deleted: it leaves the others' routes within 2 s.
@@ -112,7 +94,7 @@ fn hosts_lease_distinct_subnets_join_and_leave_live() {
         .to_string();
     c.etcdctl(&["del", &format!("{PREFIX}/subnets/10.1.{third}.0-24")]);
     let took = within(Duration::from_secs(2), "route removal", || {
-        stat(&daemons[0], "routes") == 2 && stat(&daemons[2], "routes") == 2
+        daemons[0].counter("routes") == 2 && daemons[2].counter("routes") == 2
     });
     eprintln!("deleted lease left the routes after {took:?}");
     assert!(c.ping(0, 2, Duration::from_millis(500)).is_err());
@@ -120,36 +102,9 @@ fn hosts_lease_distinct_subnets_join_and_leave_live() {
         .expect("others unaffected");
 }
 
-/// The etcd lease TTL left on `key`, in seconds.
-fn key_ttl(c: &Cluster, key: &str) -> u64 {
-    let json = c.etcdctl(&["get", key, "-w", "json"]);
-    let lease: u64 = json
-        .split("\"lease\":")
-        .nth(1)
-        .and_then(|r| r.split(|ch: char| !ch.is_ascii_digit()).next())
-        .and_then(|d| d.parse().ok())
-        .unwrap_or_else(|| panic!("{key} has no etcd lease: {json}"));
-    let out = c.etcdctl(&["lease", "timetolive", &format!("{lease:x}")]);
-    out.split("remaining(")
-        .nth(1)
-        .and_then(|r| r.split('s').next())
-        .and_then(|d| d.parse().ok())
-        .unwrap_or_else(|| panic!("no TTL in {out}"))
-}
-
-fn lease_key(c: &Cluster, i: usize) -> String {
-    let env = c.subnet_env(i);
-    let third = env["FLANNEL_SUBNET"]
-        .split('.')
-        .nth(2)
-        .expect("octet")
-        .to_string();
-    format!("{PREFIX}/subnets/10.1.{third}.0-24")
-}
-
 #[test]
 fn restart_outage_and_malformed_leases() {
-    let Some(mut c) = cluster("restart_outage_and_malformed_leases", 2) else {
+    let Some(mut c) = Cluster::with_etcd("restart_outage_and_malformed_leases", 2, CONFIG) else {
         return;
     };
     let mut d1 = c.start_weft(0, &[]);
@@ -181,25 +136,23 @@ fn restart_outage_and_malformed_leases() {
         r#"{"PublicIP":"192.0.2.9"}"#,
     ]);
     within(Duration::from_secs(2), "malformed leases counted", || {
-        stat(&d1, "malformed_skipped") >= 2
+        d1.counter("malformed_skipped") >= 2
     });
-    assert_eq!(stat(&d1, "routes"), 1);
+    assert_eq!(d1.counter("routes"), 1);
 
     // etcd goes away for 20 s during a transfer: forwarding goes on with the last routes.
-    let ctr0 = &c.hosts[0].ctr;
-    let ctr1 = &c.hosts[1].ctr;
-    let transfer = transfer::Transfer::start(ctr0, ctr1, &c.hosts[1].ctr_ip(), 50 << 20, true);
+    let transfer = c.transfer(0, 1, 50 << 20, true);
     std::thread::sleep(Duration::from_secs(1));
     c.stop_etcd();
     within(Duration::from_secs(15), "etcd loss noticed", || {
-        stat(&d1, "etcd_connected") == 0
+        d1.counter("etcd_connected") == 0
     });
     std::thread::sleep(Duration::from_secs(20));
     c.ping(1, 0, Duration::from_secs(2))
         .expect("ping during the outage");
     c.start_etcd();
     within(Duration::from_secs(15), "etcd reconnected", || {
-        stat(&d1, "etcd_connected") == 1 && stat(&d2, "etcd_connected") == 1
+        d1.counter("etcd_connected") == 1 && d2.counter("etcd_connected") == 1
     });
     let (bytes, gap) = transfer.finish_with_gap();
     eprintln!(
@@ -211,32 +164,27 @@ fn restart_outage_and_malformed_leases() {
         "forwarding stalled for {gap:?}"
     );
     for i in 0..2 {
-        let ttl = key_ttl(&c, &lease_key(&c, i));
+        let ttl = c.key_ttl(&c.lease_key(i));
         assert!(ttl > 23 * 3600, "lease of host {} has {ttl} s left", i + 1);
     }
-    assert_eq!(stat(&d1, "routes"), 1);
-    assert_eq!(stat(&d2, "routes"), 1);
+    assert_eq!(d1.counter("routes"), 1);
+    assert_eq!(d2.counter("routes"), 1);
 }
 
 #[test]
 fn tls_through_the_etcd_file_flags() {
-    if !netns::require_root("tls_through_the_etcd_file_flags") {
+    let Some(mut c) = Cluster::for_test("tls_through_the_etcd_file_flags", 2) else {
         return;
-    }
-    netns::sweep_stale();
-    let mut c = Cluster::new(2).expect("topology");
+    };
     c.enable_tls();
     c.start_etcd();
-    c.etcdctl(&["put", &format!("{PREFIX}/config"), CONFIG]);
-    let d: Vec<Daemon> = (0..2).map(|i| c.start_weft(i, &[])).collect();
-    for x in &d {
-        x.wait_running();
-    }
+    c.put_config(CONFIG);
+    let d = c.start_weft_all(0..2, &[]);
     c.attach_container(0);
     c.attach_container(1);
     c.ping(0, 1, Duration::from_secs(5))
         .expect("ping over a TLS-configured cluster");
-    assert_eq!(stat(&d[0], "etcd_connected"), 1);
+    assert_eq!(d[0].counter("etcd_connected"), 1);
     // Without the client certificate etcd refuses the daemon, which keeps retrying (no lease).
     let file = c.dir.join("nocert.env");
     let url = c.url();
@@ -290,14 +238,11 @@ fn log_time(line: &str) -> Option<f64> {
 
 #[test]
 fn thousand_leases_while_traffic_flows() {
-    if !netns::require_root("thousand_leases_while_traffic_flows") {
+    // A /8 so that the fake leases (10.200.x.0/24) fit beside the hosts' subnets.
+    let config = CONFIG.replace("10.1.0.0/16", "10.0.0.0/8");
+    let Some(mut c) = Cluster::with_etcd("thousand_leases_while_traffic_flows", 2, &config) else {
         return;
-    }
-    netns::sweep_stale();
-    let mut c = Cluster::new(2).expect("topology");
-    c.start_etcd();
-    let config = r#"{"Network": "10.0.0.0/8", "SubnetLen": 24, "SubnetMin": "10.1.15.0", "SubnetMax": "10.1.20.0", "Backend": {"Type": "udp"}}"#;
-    c.etcdctl(&["put", &format!("{PREFIX}/config"), config]);
+    };
     let d1 = c.start_weft_with_log(0, &[], "info,weft::backend=debug");
     let d2 = c.start_weft(1, &[]);
     d1.wait_running();
@@ -305,35 +250,14 @@ fn thousand_leases_while_traffic_flows() {
     c.attach_container(0);
     c.attach_container(1);
     c.ping(0, 1, Duration::from_secs(5)).expect("ping");
-    let transfer = transfer::Transfer::start(
-        &c.hosts[0].ctr,
-        &c.hosts[1].ctr,
-        &c.hosts[1].ctr_ip(),
-        20 << 20,
-        true,
-    );
+    let transfer = c.transfer(0, 1, 20 << 20, true);
 
     let from_line = d1.line_count();
-    let etcd_path = format!("/run/netns/{}", c.etcd_ns.name());
-    let url = c.url().to_string();
-    let put_times: Vec<f64> = std::thread::spawn(move || {
-        transfer::enter(&etcd_path).expect("enter etcd namespace");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let mut client = etcd_client::Client::connect([url], None)
-                .await
-                .expect("connect");
+    let put_times: Vec<f64> = c
+        .with_etcd_client(|mut client| async move {
             let mut times = Vec::with_capacity(1000);
             for i in 0u32..1000 {
-                let net = 0x0ac8_0000u32 + (i << 8); // 10.200.0.0/24 onwards
-                let key = format!("{PREFIX}/subnets/{}-24", std::net::Ipv4Addr::from(net));
-                let value = format!(
-                    r#"{{"PublicIP":"192.0.2.{}","PublicIPv6":null}}"#,
-                    100 + i % 100
-                );
+                let (key, value) = fake_lease(i);
                 times.push(
                     std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -344,12 +268,11 @@ fn thousand_leases_while_traffic_flows() {
             }
             times
         })
-    })
-    .join()
-    .expect("put thread");
+        .join()
+        .expect("put thread");
 
     within(Duration::from_secs(10), "all 1001 routes", || {
-        stat(&d1, "routes") == 1001
+        d1.counter("routes") == 1001
     });
     let (bytes, gap) = transfer.finish_with_gap();
     assert!(
@@ -462,11 +385,9 @@ fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
 
 #[test]
 fn health_ready_and_metrics_endpoints() {
-    if !netns::require_root("health_ready_and_metrics_endpoints") {
+    let Some(mut c) = Cluster::for_test("health_ready_and_metrics_endpoints", 2) else {
         return;
-    }
-    netns::sweep_stale();
-    let mut c = Cluster::new(2).expect("topology");
+    };
     c.start_etcd();
     // No config yet: the daemon runs (healthz) but is not ready.
     let d1 = c.start_weft(0, &["--healthz-port", "9102", "--healthz-ip", "127.0.0.1"]);
@@ -540,10 +461,10 @@ fn health_ready_and_metrics_endpoints() {
 fn seen_source(server: &netns::Netns, ip: &str, port: u16, client: &netns::Netns) -> String {
     let (tx, rx) = std::sync::mpsc::channel();
     let addr = format!("{ip}:{port}");
-    let spath = format!("/run/netns/{}", server.name());
+    let spath = server.path();
     let a = addr.clone();
     let srv = std::thread::spawn(move || -> std::io::Result<String> {
-        transfer::enter(&spath)?;
+        netns::enter(&spath)?;
         let l = std::net::TcpListener::bind(&a)?;
         let _ = tx.send(());
         let (_, peer) = l.accept()?;
@@ -568,7 +489,11 @@ fn nat_rules(c: &Cluster, i: usize) -> String {
 
 #[test]
 fn ip_masq_rules_masquerade_resync_and_follow_the_subnet() {
-    let Some(mut c) = cluster("ip_masq_rules_masquerade_resync_and_follow_the_subnet", 2) else {
+    let Some(mut c) = Cluster::with_etcd(
+        "ip_masq_rules_masquerade_resync_and_follow_the_subnet",
+        2,
+        CONFIG,
+    ) else {
         return;
     };
     let masq = ["--ip-masq", "--iptables-resync=1"];

@@ -4,34 +4,14 @@
 //!
 //! Run: `cargo test --release --test faults` (the 60 s etcd outage dominates the runtime).
 
-#[path = "support/cluster.rs"]
-mod cluster;
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/netns.rs"]
-mod netns;
-#[path = "support/transfer.rs"]
-mod transfer;
+mod support;
 
-use cluster::{Cluster, CONFIG};
-use daemon::{rss_kib, within, Daemon};
 use nix::sys::signal::Signal;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-const PREFIX: &str = "/coreos.com/network";
-
-/// A cluster of `hosts` hosts with etcd running and the config in place.
-fn cluster(test: &str, hosts: usize) -> Option<Cluster> {
-    if !netns::require_root(test) {
-        return None;
-    }
-    netns::sweep_stale();
-    let mut c = Cluster::new(hosts).expect("build the cluster topology");
-    c.start_etcd();
-    c.etcdctl(&["put", &format!("{PREFIX}/config"), CONFIG]);
-    Some(c)
-}
+use support::cluster::{Cluster, CONFIG, PREFIX};
+use support::daemon::{rss_kib, Daemon};
+use testkit::wait::within;
 
 /// Starts weft on every host, attaches the containers and checks that all pairs ping.
 fn start_all(c: &mut Cluster) -> Vec<Daemon> {
@@ -59,57 +39,9 @@ fn all_pairs_ping(c: &Cluster, timeout: Duration) {
     }
 }
 
-fn stat(d: &Daemon, key: &str) -> i64 {
-    d.stats().get(key).copied().unwrap_or(-1.0) as i64
-}
-
-/// `<prefix>/subnets/10.1.x.0-24` of host `i` (from its subnet.env).
-fn lease_key(c: &Cluster, i: usize) -> String {
-    let env = c.subnet_env(i);
-    let third = env["FLANNEL_SUBNET"]
-        .split('.')
-        .nth(2)
-        .expect("octet")
-        .to_string();
-    format!("{PREFIX}/subnets/10.1.{third}.0-24")
-}
-
 /// The lease value host `i` writes.
 fn lease_value(i: usize) -> String {
     format!(r#"{{"PublicIP":"192.0.2.{}","PublicIPv6":null}}"#, i + 1)
-}
-
-fn get_value(c: &Cluster, key: &str) -> String {
-    c.etcdctl(&["get", key, "--print-value-only"])
-        .trim()
-        .to_string()
-}
-
-/// The etcd lease TTL left on `key`, in seconds.
-fn key_ttl(c: &Cluster, key: &str) -> u64 {
-    let json = c.etcdctl(&["get", key, "-w", "json"]);
-    let lease: u64 = json
-        .split("\"lease\":")
-        .nth(1)
-        .and_then(|r| r.split(|ch: char| !ch.is_ascii_digit()).next())
-        .and_then(|d| d.parse().ok())
-        .unwrap_or_else(|| panic!("{key} has no etcd lease: {json}"));
-    let out = c.etcdctl(&["lease", "timetolive", &format!("{lease:x}")]);
-    out.split("remaining(")
-        .nth(1)
-        .and_then(|r| r.split('s').next())
-        .and_then(|d| d.parse().ok())
-        .unwrap_or_else(|| panic!("no TTL in {out}"))
-}
-
-/// etcd's current revision (from a `get` header).
-fn revision(c: &Cluster) -> i64 {
-    let json = c.etcdctl(&["get", &format!("{PREFIX}/config"), "-w", "json"]);
-    json.split("\"revision\":")
-        .nth(1)
-        .and_then(|r| r.split(|ch: char| !ch.is_ascii_digit()).next())
-        .and_then(|d| d.parse().ok())
-        .unwrap_or_else(|| panic!("no revision in {json}"))
 }
 
 /// CPU time (user + system) of `pid` so far.
@@ -123,23 +55,23 @@ fn cpu_time(pid: i32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-fn log_has(d: &Daemon, needle: &str) -> bool {
-    d.lines().iter().any(|l| l.contains(needle))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Fault 1: etcd stopped for 60 s.
 
 #[test]
 fn etcd_stopped_for_60s_forwarding_goes_on_then_reconnects() {
-    let Some(mut c) = cluster("etcd_stopped_for_60s_forwarding_goes_on_then_reconnects", 2) else {
+    let Some(mut c) = Cluster::with_etcd(
+        "etcd_stopped_for_60s_forwarding_goes_on_then_reconnects",
+        2,
+        CONFIG,
+    ) else {
         return;
     };
     let d = start_all(&mut c);
-    let keys: Vec<String> = (0..2).map(|i| lease_key(&c, i)).collect();
+    let keys: Vec<String> = (0..2).map(|i| c.lease_key(i)).collect();
     c.stop_etcd();
     let noticed = within(Duration::from_secs(20), "etcd loss noticed", || {
-        stat(&d[0], "etcd_connected") == 0 && stat(&d[1], "etcd_connected") == 0
+        d[0].counter("etcd_connected") == 0 && d[1].counter("etcd_connected") == 0
     });
     let down = Instant::now();
     let mut pings = 0;
@@ -157,25 +89,20 @@ fn etcd_stopped_for_60s_forwarding_goes_on_then_reconnects() {
         pings += 2;
         std::thread::sleep(Duration::from_secs(3));
     }
-    assert_eq!(stat(&d[0], "routes"), 1, "routes kept during the outage");
+    assert_eq!(d[0].counter("routes"), 1, "routes kept during the outage");
     c.start_etcd();
     let back = within(Duration::from_secs(20), "reconnect", || {
-        stat(&d[0], "etcd_connected") == 1 && stat(&d[1], "etcd_connected") == 1
+        d[0].counter("etcd_connected") == 1 && d[1].counter("etcd_connected") == 1
     });
     for (i, key) in keys.iter().enumerate() {
-        assert_eq!(
-            get_value(&c, key),
-            lease_value(i),
-            "lease of host {}",
-            i + 1
-        );
-        let ttl = key_ttl(&c, key);
+        assert_eq!(c.get(key), lease_value(i), "lease of host {}", i + 1);
+        let ttl = c.key_ttl(key);
         assert!(ttl > 23 * 3600, "lease of host {} has {ttl} s left", i + 1);
     }
     for x in &d {
-        assert_eq!(stat(x, "routes"), 1);
-        assert_eq!(stat(x, "reacquisitions"), 0);
-        assert!(stat(x, "resyncs") >= 1);
+        assert_eq!(x.counter("routes"), 1);
+        assert_eq!(x.counter("reacquisitions"), 0);
+        assert!(x.counter("resyncs") >= 1);
     }
     all_pairs_ping(&c, Duration::from_secs(2));
     eprintln!(
@@ -188,18 +115,20 @@ fn etcd_stopped_for_60s_forwarding_goes_on_then_reconnects() {
 
 #[test]
 fn etcd_restarted_with_its_data_routes_unchanged() {
-    let Some(mut c) = cluster("etcd_restarted_with_its_data_routes_unchanged", 3) else {
+    let Some(mut c) =
+        Cluster::with_etcd("etcd_restarted_with_its_data_routes_unchanged", 3, CONFIG)
+    else {
         return;
     };
     let d = start_all(&mut c);
     let before: Vec<HashMap<String, f64>> = d.iter().map(Daemon::stats).collect();
     c.stop_etcd();
     within(Duration::from_secs(20), "etcd loss noticed", || {
-        d.iter().all(|x| stat(x, "etcd_connected") == 0)
+        d.iter().all(|x| x.counter("etcd_connected") == 0)
     });
     c.start_etcd();
     let back = within(Duration::from_secs(20), "reconnect", || {
-        d.iter().all(|x| stat(x, "etcd_connected") == 1)
+        d.iter().all(|x| x.counter("etcd_connected") == 1)
     });
     for (i, x) in d.iter().enumerate() {
         let now = x.stats();
@@ -216,7 +145,7 @@ fn etcd_restarted_with_its_data_routes_unchanged() {
             i + 1
         );
         assert_eq!(now["reacquisitions"], 0.0);
-        assert_eq!(get_value(&c, &lease_key(&c, i)), lease_value(i));
+        assert_eq!(c.get(&c.lease_key(i)), lease_value(i));
     }
     all_pairs_ping(&c, Duration::from_secs(2));
     eprintln!("etcd restarted with its data: reconnected {back:?} after restart, routes unchanged");
@@ -227,11 +156,15 @@ fn etcd_restarted_with_its_data_routes_unchanged() {
 
 #[test]
 fn etcd_restarted_empty_daemons_register_same_subnets() {
-    let Some(mut c) = cluster("etcd_restarted_empty_daemons_register_same_subnets", 3) else {
+    let Some(mut c) = Cluster::with_etcd(
+        "etcd_restarted_empty_daemons_register_same_subnets",
+        3,
+        CONFIG,
+    ) else {
         return;
     };
     let d = start_all(&mut c);
-    let keys: Vec<String> = (0..3).map(|i| lease_key(&c, i)).collect();
+    let keys: Vec<String> = (0..3).map(|i| c.lease_key(i)).collect();
     let subnets: Vec<String> = (0..3)
         .map(|i| c.subnet_env(i)["FLANNEL_SUBNET"].clone())
         .collect();
@@ -255,25 +188,29 @@ fn etcd_restarted_empty_daemons_register_same_subnets() {
         ])
         .split_whitespace()
         .count();
-    c.etcdctl(&["put", &format!("{PREFIX}/config"), CONFIG]);
+    c.put_config(CONFIG);
     let took = within(Duration::from_secs(30), "leases registered again", || {
         keys.iter()
             .enumerate()
-            .all(|(i, k)| get_value(&c, k) == lease_value(i))
+            .all(|(i, k)| c.get(k) == lease_value(i))
     });
     within(Duration::from_secs(10), "routes converge", || {
         d.iter()
-            .all(|x| stat(x, "routes") == 2 && stat(x, "etcd_connected") == 1)
+            .all(|x| x.counter("routes") == 2 && x.counter("etcd_connected") == 1)
     });
     for (i, x) in d.iter().enumerate() {
         assert_eq!(c.subnet_env(i)["FLANNEL_SUBNET"], subnets[i], "same subnet");
         assert!(
-            key_ttl(&c, &keys[i]) > 23 * 3600,
+            c.key_ttl(&keys[i]) > 23 * 3600,
             "host {} holds a 24 h lease",
             i + 1
         );
-        assert!(stat(x, "reacquisitions") >= 1, "host {} re-acquired", i + 1);
-        assert!(log_has(x, "lease re-acquired (same subnet)"));
+        assert!(
+            x.counter("reacquisitions") >= 1,
+            "host {} re-acquired",
+            i + 1
+        );
+        assert!(x.logged("lease re-acquired (same subnet)"));
     }
     let n = c
         .etcdctl(&[
@@ -297,13 +234,11 @@ fn etcd_restarted_empty_daemons_register_same_subnets() {
 
 #[test]
 fn three_member_etcd_loses_one_daemons_go_on() {
-    if !netns::require_root("three_member_etcd_loses_one_daemons_go_on") {
+    let Some(mut c) = Cluster::for_test("three_member_etcd_loses_one_daemons_go_on", 2) else {
         return;
-    }
-    netns::sweep_stale();
-    let mut c = Cluster::new(2).expect("topology");
+    };
     c.start_etcd_cluster3();
-    c.etcdctl(&["put", &format!("{PREFIX}/config"), CONFIG]);
+    c.put_config(CONFIG);
     let mut d = start_all(&mut c);
     // Kill the first endpoint's member (the one every client tries first).
     c.kill_member(0);
@@ -327,20 +262,20 @@ fn three_member_etcd_loses_one_daemons_go_on() {
     d.push(d3);
     within(Duration::from_secs(20), "all connected", || {
         d.iter()
-            .all(|x| stat(x, "etcd_connected") == 1 && stat(x, "routes") == 2)
+            .all(|x| x.counter("etcd_connected") == 1 && x.counter("routes") == 2)
     });
     for i in 0..3 {
         let v = c
-            .etcdctl_at(others, &["get", &lease_key(&c, i), "--print-value-only"])
+            .etcdctl_at(others, &["get", &c.lease_key(i), "--print-value-only"])
             .expect("get");
         assert_eq!(v.trim(), lease_value(i));
     }
     // Deleting the new lease still reaches the old hosts' watches.
-    let key = lease_key(&c, idx);
+    let key = c.lease_key(idx);
     drop(d.pop());
     c.etcdctl_at(others, &["del", &key]).expect("del");
     within(Duration::from_secs(5), "lease removal seen", || {
-        stat(&d[0], "routes") == 1 && stat(&d[1], "routes") == 1
+        d[0].counter("routes") == 1 && d[1].counter("routes") == 1
     });
     eprintln!("etcd member e1 killed: new host joined and reachable after {joined:?}");
 }
@@ -350,12 +285,13 @@ fn three_member_etcd_loses_one_daemons_go_on() {
 
 #[test]
 fn daemon_sigkilled_and_restarted_keeps_subnet() {
-    let Some(mut c) = cluster("daemon_sigkilled_and_restarted_keeps_subnet", 3) else {
+    let Some(mut c) = Cluster::with_etcd("daemon_sigkilled_and_restarted_keeps_subnet", 3, CONFIG)
+    else {
         return;
     };
     let mut d = start_all(&mut c);
     let subnet = c.subnet_env(0)["FLANNEL_SUBNET"].clone();
-    let key = lease_key(&c, 0);
+    let key = c.lease_key(0);
     let gens: Vec<f64> = d[1..].iter().map(|x| x.stats()["generation"]).collect();
     d[0].signal(Signal::SIGKILL);
     let st = d[0]
@@ -370,7 +306,7 @@ fn daemon_sigkilled_and_restarted_keeps_subnet() {
     d[0] = c.start_weft(0, &[]);
     d[0].wait_running();
     assert_eq!(c.subnet_env(0)["FLANNEL_SUBNET"], subnet, "same subnet");
-    assert_eq!(get_value(&c, &key), lease_value(0));
+    assert_eq!(c.get(&key), lease_value(0));
     c.ping(1, 0, Duration::from_secs(5))
         .expect("ping after restart");
     let back = restart.elapsed();
@@ -395,16 +331,16 @@ fn daemon_sigkilled_and_restarted_keeps_subnet() {
 
 #[test]
 fn own_lease_deleted_is_acquired_again() {
-    let Some(mut c) = cluster("own_lease_deleted_is_acquired_again", 2) else {
+    let Some(mut c) = Cluster::with_etcd("own_lease_deleted_is_acquired_again", 2, CONFIG) else {
         return;
     };
     let d = start_all(&mut c);
-    let key = lease_key(&c, 0);
+    let key = c.lease_key(0);
     let subnet = c.subnet_env(0)["FLANNEL_SUBNET"].clone();
     let from = d[0].line_count();
     c.etcdctl(&["del", &key]);
     let took = within(Duration::from_secs(10), "lease back", || {
-        get_value(&c, &key) == lease_value(0)
+        c.get(&key) == lease_value(0)
     });
     assert!(
         d[0].wait_line(from, "our subnet lease was lost", Duration::from_secs(2))
@@ -420,15 +356,15 @@ fn own_lease_deleted_is_acquired_again() {
         .is_some(),
         "re-acquisition logged"
     );
-    assert_eq!(stat(&d[0], "reacquisitions"), 1);
-    assert!(key_ttl(&c, &key) > 23 * 3600);
+    assert_eq!(d[0].counter("reacquisitions"), 1);
+    assert!(c.key_ttl(&key) > 23 * 3600);
     assert_eq!(c.subnet_env(0)["FLANNEL_SUBNET"], subnet);
     within(Duration::from_secs(5), "peer routes back", || {
-        stat(&d[1], "routes") == 1
+        d[1].counter("routes") == 1
     });
     // The daemon keeps running (its subnet did not move).
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(stat(&d[0], "routes"), 1);
+    assert_eq!(d[0].counter("routes"), 1);
     all_pairs_ping(&c, Duration::from_secs(5));
     eprintln!("own lease deleted: back under the same key after {took:?}");
 }
@@ -440,42 +376,48 @@ const GARBAGE: &str = "\u{1}garbage{{not json";
 
 #[test]
 fn corrupted_lease_value_is_skipped_and_counted() {
-    let Some(mut c) = cluster("corrupted_lease_value_is_skipped_and_counted", 2) else {
+    let Some(mut c) = Cluster::with_etcd("corrupted_lease_value_is_skipped_and_counted", 2, CONFIG)
+    else {
         return;
     };
     let d = start_all(&mut c);
-    let key = lease_key(&c, 0);
-    let m: Vec<i64> = d.iter().map(|x| stat(x, "malformed_skipped")).collect();
+    let key = c.lease_key(0);
+    let m: Vec<i64> = d.iter().map(|x| x.counter("malformed_skipped")).collect();
     let gen1 = d[1].stats()["generation"];
     c.etcdctl(&["put", &key, GARBAGE]);
     within(Duration::from_secs(5), "corruption counted by both", || {
-        stat(&d[0], "malformed_skipped") == m[0] + 1 && stat(&d[1], "malformed_skipped") == m[1] + 1
+        d[0].counter("malformed_skipped") == m[0] + 1
+            && d[1].counter("malformed_skipped") == m[1] + 1
     });
-    assert!(log_has(&d[1], "ignoring bad subnet node: value"));
+    assert!(d[1].logged("ignoring bad subnet node: value"));
     // The other host keeps its route to the corrupted lease's owner; forwarding goes on.
     let s1 = d[1].stats();
     assert_eq!(s1["routes"], 1.0);
     assert!(s1["generation"] >= gen1);
     all_pairs_ping(&c, Duration::from_secs(5));
     // The owner neither exits nor moves (it puts its value back: at most one re-acquisition).
-    assert!(stat(&d[0], "reacquisitions") <= 1);
-    assert_eq!(lease_key(&c, 0), key);
+    assert!(d[0].counter("reacquisitions") <= 1);
+    assert_eq!(c.lease_key(0), key);
 }
 
 #[test]
 fn corrupted_own_lease_value_is_reasserted_by_the_owner() {
-    let Some(mut c) = cluster("corrupted_own_lease_value_is_reasserted_by_the_owner", 2) else {
+    let Some(mut c) = Cluster::with_etcd(
+        "corrupted_own_lease_value_is_reasserted_by_the_owner",
+        2,
+        CONFIG,
+    ) else {
         return;
     };
     let d = start_all(&mut c);
-    let key = lease_key(&c, 0);
+    let key = c.lease_key(0);
     let subnet = c.subnet_env(0)["FLANNEL_SUBNET"].clone();
     c.etcdctl(&["put", &key, GARBAGE]);
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         within(
             Duration::from_secs(10),
             "owner re-asserts its lease",
-            || get_value(&c, &key) == lease_value(0),
+            || c.get(&key) == lease_value(0),
         )
     }));
     if r.is_err() {
@@ -485,15 +427,15 @@ fn corrupted_own_lease_value_is_reasserted_by_the_owner() {
         std::thread::sleep(Duration::from_secs(8));
         panic!(
             "key still {:?} after 10 s; after an etcd restart: key {:?}, host 1 subnet.env {:?} (was {subnet}), keys {:?}\nweft-host1 log:\n{}",
-            get_value(&c, &key),
-            get_value(&c, &key),
+            c.get(&key),
+            c.get(&key),
             c.subnet_env(0)["FLANNEL_SUBNET"],
             c.etcdctl(&["get", "--prefix", &format!("{PREFIX}/subnets/")]),
             d[0].lines().join("\n")
         );
     }
     assert_eq!(c.subnet_env(0)["FLANNEL_SUBNET"], subnet);
-    assert!(key_ttl(&c, &key) > 23 * 3600);
+    assert!(c.key_ttl(&key) > 23 * 3600);
     all_pairs_ping(&c, Duration::from_secs(5));
 }
 
@@ -502,50 +444,39 @@ fn corrupted_own_lease_value_is_reasserted_by_the_owner() {
 
 #[test]
 fn compaction_past_the_watch_revision_relists_without_hot_loop() {
-    let Some(mut c) = cluster(
+    let Some(mut c) = Cluster::with_etcd(
         "compaction_past_the_watch_revision_relists_without_hot_loop",
         2,
+        CONFIG,
     ) else {
         return;
     };
     let d = start_all(&mut c);
-    let resyncs = stat(&d[0], "resyncs");
+    let resyncs = d[0].counter("resyncs");
     let from = d[0].line_count();
     // Freeze host 1's daemon so its watch falls behind (its stream stops being read, etcd moves
     // the watcher out of the synced set), write many events, compact past them, thaw it.
     d[0].signal(Signal::SIGSTOP);
     let key = format!("{PREFIX}/subnets/10.1.100.0-24");
-    let etcd_path = format!("/run/netns/{}", c.etcd_ns.name());
-    let url = c.url().to_string();
     let k = key.clone();
-    let puts = std::thread::spawn(move || {
-        transfer::enter(&etcd_path).expect("enter etcd namespace");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let mut client = etcd_client::Client::connect([url], None)
-                .await
-                .expect("connect");
-            let pad = "x".repeat(4000);
-            for i in 0..1500u32 {
-                let value = format!(
-                    r#"{{"PublicIP":"192.0.2.{}","PublicIPv6":null,"BackendType":"udp","BackendData":{{"pad":"{pad}"}}}}"#,
-                    100 + i % 2
-                );
-                client.put(k.clone(), value, None).await.expect("put");
-            }
-        });
+    let puts = c.with_etcd_client(|mut client| async move {
+        let pad = "x".repeat(4000);
+        for i in 0..1500u32 {
+            let value = format!(
+                r#"{{"PublicIP":"192.0.2.{}","PublicIPv6":null,"BackendType":"udp","BackendData":{{"pad":"{pad}"}}}}"#,
+                100 + i % 2
+            );
+            client.put(k.clone(), value, None).await.expect("put");
+        }
     });
     let r = puts.join();
-    let rev = revision(&c);
+    let rev = c.revision();
     let compact = c.etcdctl_try(&["compact", &rev.to_string(), "--physical"]);
     d[0].signal(Signal::SIGCONT);
     r.expect("put thread");
     compact.expect("etcdctl compact");
     let took = within(Duration::from_secs(20), "re-list after compaction", || {
-        stat(&d[0], "resyncs") > resyncs && stat(&d[0], "etcd_connected") == 1
+        d[0].counter("resyncs") > resyncs && d[0].counter("etcd_connected") == 1
     });
     let compacted = d[0]
         .wait_line(from, "watch revision compacted", Duration::from_secs(1))
@@ -560,17 +491,17 @@ fn compaction_past_the_watch_revision_relists_without_hot_loop() {
         used < Duration::from_millis(500),
         "daemon used {used:?} CPU in {wall:?} after the compaction"
     );
-    let resyncs_after = stat(&d[0], "resyncs");
+    let resyncs_after = d[0].counter("resyncs");
     assert!(
         resyncs_after - resyncs <= 3,
         "re-listed {} times",
         resyncs_after - resyncs
     );
     // Routes right: host 2 plus the churned lease; then the churned lease goes away.
-    assert_eq!(stat(&d[0], "routes"), 2);
+    assert_eq!(d[0].counter("routes"), 2);
     c.etcdctl(&["del", &key]);
     within(Duration::from_secs(5), "churned lease removed", || {
-        stat(&d[0], "routes") == 1 && stat(&d[1], "routes") == 1
+        d[0].counter("routes") == 1 && d[1].counter("routes") == 1
     });
     all_pairs_ping(&c, Duration::from_secs(5));
     assert!(
@@ -589,7 +520,8 @@ fn compaction_past_the_watch_revision_relists_without_hot_loop() {
 
 #[test]
 fn underlay_down_and_up_forwarding_resumes() {
-    let Some(mut c) = cluster("underlay_down_and_up_forwarding_resumes", 2) else {
+    let Some(mut c) = Cluster::with_etcd("underlay_down_and_up_forwarding_resumes", 2, CONFIG)
+    else {
         return;
     };
     let d = start_all(&mut c);
@@ -618,7 +550,7 @@ fn underlay_down_and_up_forwarding_resumes() {
     }
     let resumed = up.elapsed();
     within(Duration::from_secs(30), "etcd connected", || {
-        stat(&d[0], "etcd_connected") == 1
+        d[0].counter("etcd_connected") == 1
     });
     let from = d[0].line_count();
     let s = d[0].stats();
@@ -640,7 +572,11 @@ fn underlay_down_and_up_forwarding_resumes() {
 
 #[test]
 fn tun_deleted_from_outside_exits_with_a_clear_error() {
-    let Some(mut c) = cluster("tun_deleted_from_outside_exits_with_a_clear_error", 2) else {
+    let Some(mut c) = Cluster::with_etcd(
+        "tun_deleted_from_outside_exits_with_a_clear_error",
+        2,
+        CONFIG,
+    ) else {
         return;
     };
     let mut d = start_all(&mut c);
@@ -772,7 +708,8 @@ fn hostile_pool(target_subnet: [u8; 3]) -> Vec<Vec<u8>> {
 
 #[test]
 fn flood_of_hostile_datagrams_during_a_transfer() {
-    let Some(mut c) = cluster("flood_of_hostile_datagrams_during_a_transfer", 2) else {
+    let Some(mut c) = Cluster::with_etcd("flood_of_hostile_datagrams_during_a_transfer", 2, CONFIG)
+    else {
         return;
     };
     let d = start_all(&mut c);
@@ -784,20 +721,14 @@ fn flood_of_hostile_datagrams_during_a_transfer() {
         .map(|o| o.parse().expect("octet"))
         .collect();
     let pool = hostile_pool([octets[0], octets[1], octets[2]]);
-    let transfer = transfer::Transfer::start(
-        &c.hosts[0].ctr,
-        &c.hosts[1].ctr,
-        &c.hosts[1].ctr_ip(),
-        64 << 20,
-        true,
-    );
+    let transfer = c.transfer(0, 1, 64 << 20, true);
     std::thread::sleep(Duration::from_secs(1));
     let rss0 = rss_kib(pid);
     let s0 = target.stats();
-    let etcd_path = format!("/run/netns/{}", c.etcd_ns.name());
+    let etcd_path = c.etcd_ns.path();
     let dst = format!("{}:8285", c.hosts[1].ip);
     let (sent, failed, elapsed) = std::thread::spawn(move || {
-        transfer::enter(&etcd_path).expect("enter the etcd namespace");
+        testkit::netns::enter(&etcd_path).expect("enter the etcd namespace");
         let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
         sock.connect(&dst).expect("connect");
         let start = Instant::now();

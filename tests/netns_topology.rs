@@ -1,18 +1,11 @@
 //! The shared namespace topology works: host-gw and flannel-style kernel VXLAN both carry
-//! container-to-container pings, and every namespace is gone after drop.
+//! container-to-container pings, every namespace is gone after drop (also after a panic), and the
+//! harness agrees with the daemon on the VXLAN port.
 
-#[path = "support/netns.rs"]
-mod netns;
-
-use netns::{Attach, Netns, TwoHosts};
+use testkit::netns::{self, Attach, Netns, TwoHosts};
 
 fn ping(t: &TwoHosts) {
-    t.ctr_a
-        .run(&["ping", "-n", "-c", "2", "-W", "2", netns::CTR_B])
-        .expect("ctr_a pings ctr_b");
-    t.ctr_b
-        .run(&["ping", "-n", "-c", "2", "-W", "2", netns::CTR_A])
-        .expect("ctr_b pings ctr_a");
+    t.ping_both_ways(2).expect("the containers ping each other");
 }
 
 #[test]
@@ -97,4 +90,29 @@ fn routed_direct_underlay_and_enter() {
     let names = t.names();
     drop(t);
     assert!(names.iter().all(|n| !Netns::exists(n)));
+}
+
+#[test]
+fn harness_vxlan_port_is_the_daemons() {
+    // The harness cannot see control (engine tests use it too), so it keeps its own copy.
+    assert_eq!(netns::VXLAN_PORT, control::config::VXLAN_DEFAULT_PORT);
+}
+
+#[test]
+fn a_panicking_test_leaves_no_namespace_behind() {
+    let Some(ns) = Netns::for_test("a_panicking_test_leaves_no_namespace_behind", "panic") else {
+        return;
+    };
+    let name = ns.name().to_string();
+    let inside = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ns.within(|| panic!("deliberate panic inside the namespace"))
+    }));
+    assert!(inside.is_err(), "the panic reaches the caller");
+    assert!(Netns::exists(&name), "still there while the guard lives");
+    let unwound = std::panic::catch_unwind(move || {
+        let _guard = ns;
+        panic!("deliberate panic while the guard is alive");
+    });
+    assert!(unwound.is_err());
+    assert!(!Netns::exists(&name), "{name} left behind after unwinding");
 }

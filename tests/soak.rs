@@ -3,97 +3,55 @@
 //! Pass: daemon memory stable within 5 %, the real peer's route never lost, no worker stalled
 //! (heartbeat age under 2 s at every sample), the stream intact with no stall over 2 s.
 
-#[path = "support/cluster.rs"]
-mod cluster;
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/netns.rs"]
-mod netns;
-#[path = "support/transfer.rs"]
-mod transfer;
+mod support;
 
-use cluster::{Cluster, CONFIG};
-use daemon::{rss_kib, Daemon};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const PREFIX: &str = "/coreos.com/network";
-
-fn stat(d: &Daemon, key: &str) -> f64 {
-    d.stats().get(key).copied().unwrap_or(-1.0)
-}
+use support::cluster::{fake_lease, Cluster, CONFIG};
+use support::daemon::rss_kib;
 
 #[test]
 fn soak_mixed_traffic_with_ten_lease_changes_per_second() {
-    if !netns::require_root("soak_mixed_traffic_with_ten_lease_changes_per_second") {
+    const T: &str = "soak_mixed_traffic_with_ten_lease_changes_per_second";
+    // A /8 so that the churned leases (10.200.x.0/24) fit beside the hosts' subnets.
+    let config = CONFIG.replace("10.1.0.0/16", "10.0.0.0/8");
+    let Some(mut c) = Cluster::with_etcd(T, 2, &config) else {
         return;
-    }
+    };
     let secs: u64 = std::env::var("WEFT_SOAK_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
-    netns::sweep_stale();
-    let mut c = Cluster::new(2).expect("topology");
-    c.start_etcd();
-    // A /8 so that the churned leases (10.200.x.0/24) fit beside the hosts' subnets.
-    let config = CONFIG.replace("10.1.0.0/16", "10.0.0.0/8");
-    c.etcdctl(&["put", &format!("{PREFIX}/config"), &config]);
-    let d: Vec<Daemon> = (0..2).map(|i| c.start_weft(i, &[])).collect();
-    for x in &d {
-        x.wait_running();
-    }
+    let d = c.start_weft_all(0..2, &[]);
     c.attach_container(0);
     c.attach_container(1);
     c.ping(0, 1, Duration::from_secs(5)).expect("ping");
 
-    let stream = transfer::Transfer::start(
-        &c.hosts[0].ctr,
-        &c.hosts[1].ctr,
-        &c.hosts[1].ctr_ip(),
-        1 << 20,
-        true,
-    );
+    let stream = c.transfer(0, 1, 1 << 20, true);
 
     // Lease churn: 10 changes per second over a rotating set of 20 fake peers (put, then delete).
     let stop = Arc::new(AtomicBool::new(false));
     let changes = Arc::new(AtomicU64::new(0));
     let live = Arc::new(AtomicU64::new(0));
     let (s2, ch2, live2) = (Arc::clone(&stop), Arc::clone(&changes), Arc::clone(&live));
-    let etcd_path = format!("/run/netns/{}", c.etcd_ns.name());
-    let url = c.url().to_string();
-    let churn = std::thread::spawn(move || {
-        transfer::enter(&etcd_path).expect("enter etcd namespace");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let mut client = etcd_client::Client::connect([url], None)
-                .await
-                .expect("connect");
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            let mut i: u32 = 0;
-            let mut present = std::collections::VecDeque::new();
-            while !s2.load(Ordering::Relaxed) {
-                tick.tick().await;
-                if present.len() < 20 {
-                    let net = 0x0ac8_0000u32 + ((i % 4096) << 8);
-                    let key = format!("{PREFIX}/subnets/{}-24", std::net::Ipv4Addr::from(net));
-                    let value = format!(
-                        r#"{{"PublicIP":"192.0.2.{}","PublicIPv6":null}}"#,
-                        100 + i % 100
-                    );
-                    client.put(key.clone(), value, None).await.expect("put");
-                    present.push_back(key);
-                    i += 1;
-                } else if let Some(k) = present.pop_front() {
-                    client.delete(k, None).await.expect("delete");
-                }
-                ch2.fetch_add(1, Ordering::Relaxed);
-                live2.store(present.len() as u64, Ordering::Relaxed);
+    let churn = c.with_etcd_client(move |mut client| async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut i: u32 = 0;
+        let mut present = std::collections::VecDeque::new();
+        while !s2.load(Ordering::Relaxed) {
+            tick.tick().await;
+            if present.len() < 20 {
+                let (key, value) = fake_lease(i % 4096);
+                client.put(key.clone(), value, None).await.expect("put");
+                present.push_back(key);
+                i += 1;
+            } else if let Some(k) = present.pop_front() {
+                client.delete(k, None).await.expect("delete");
             }
-        });
+            ch2.fetch_add(1, Ordering::Relaxed);
+            live2.store(present.len() as u64, Ordering::Relaxed);
+        }
     });
 
     let start = Instant::now();
@@ -165,7 +123,7 @@ fn soak_mixed_traffic_with_ten_lease_changes_per_second() {
         "the stream stalled for {gap:?}"
     );
     for x in &d {
-        assert_eq!(stat(x, "routes"), expected_routes);
-        assert_eq!(stat(x, "dropped"), 0.0, "{:?}", x.stats());
+        assert_eq!(x.stat("routes"), expected_routes);
+        assert_eq!(x.stat("dropped"), 0.0, "{:?}", x.stats());
     }
 }

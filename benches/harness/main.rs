@@ -9,7 +9,10 @@
 // Cargo also auto-discovers this file as a libtest bench target, where `main` is unused.
 #![cfg_attr(test, allow(dead_code))]
 
-#[path = "../../tests/support/netns.rs"]
+// The test harness's namespaces and topology (a binary cannot use the weft-testkit dev-dependency);
+// its items are `pub` for the testkit crate, and the harness uses only some of them.
+#[allow(unreachable_pub, dead_code)]
+#[path = "../../testkit/src/netns/mod.rs"]
 mod netns;
 
 mod measure;

@@ -113,27 +113,17 @@ impl Setup {
                     let f =
                         File::create(&log).with_context(|| format!("create {}", log.display()))?;
                     let mut cmd = ns.cmd(&bin.to_string_lossy());
-                    cmd.args([
-                        "run",
-                        "--iface",
-                        "ul0",
-                        "--network",
-                        netns::OVERLAY_NET,
-                        "--subnet",
-                        subnet,
-                        "--peer",
-                        &peer,
-                    ])
-                    .args(extra)
-                    .args(ctx.weft_args)
-                    .env(
-                        "RUST_LOG",
-                        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-                    )
-                    .stdin(Stdio::null())
-                    .stdout(f.try_clone()?)
-                    .stderr(f)
-                    .process_group(0);
+                    cmd.args(netns::weft_run_args(subnet, &peer))
+                        .args(extra)
+                        .args(ctx.weft_args)
+                        .env(
+                            "RUST_LOG",
+                            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                        )
+                        .stdin(Stdio::null())
+                        .stdout(f.try_clone()?)
+                        .stderr(f)
+                        .process_group(0);
                     let child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
                     s.daemons.push(Daemon {
                         host: if host == "a" { "host_a" } else { "host_b" },

@@ -7,7 +7,7 @@
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,22 +31,36 @@ fn init_logs() {
         .try_init();
 }
 
-/// `true` if etcd is available; panics with a clear message if not (unless skipping is allowed).
-fn etcd_available() -> bool {
-    let ok = Command::new("etcd")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return true;
+/// `true` if etcd is installed; otherwise the harness's clear-failure rule: panics naming what to
+/// install, unless `WEFT_SKIP_PRIVILEGED=1`, then says that `test` skips. (etcd needs no root.)
+fn etcd_available(test: &str) -> bool {
+    let missing = ["etcd", "etcdctl"]
+        .into_iter()
+        .find(|tool| !testkit::netns::on_path(tool));
+    match missing {
+        None => true,
+        Some(tool) => testkit::netns::skip_or_fail(
+            test,
+            &format!("needs `{tool}` on PATH (apt-get install -y etcd-server etcd-client)"),
+        ),
     }
-    if std::env::var("WEFT_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        eprintln!("SKIPPING etcd test: no `etcd` binary in PATH (WEFT_SKIP_PRIVILEGED=1)");
-        return false;
+}
+
+/// The etcd for test `test`: `None` if it skips ([`etcd_available`]); otherwise logging is set up
+/// and a fresh etcd runs (with TLS if `tls`).
+fn etcd_for(test: &str, tls: bool) -> Option<Etcd> {
+    if !etcd_available(test) {
+        return None;
     }
-    panic!("the `etcd` binary is not installed: run `apt-get install -y etcd-server etcd-client` (or set WEFT_SKIP_PRIVILEGED=1 to skip)");
+    init_logs();
+    Some(Etcd::start(tls))
+}
+
+/// [`etcd_for`] with the network config [`CFG`] in place.
+fn etcd_with_config(test: &str, tls: bool) -> Option<Etcd> {
+    let etcd = etcd_for(test, tls)?;
+    etcd.ctl(&["put", &format!("{PREFIX}/config"), CFG]);
+    Some(etcd)
 }
 
 fn free_port() -> u16 {
@@ -342,15 +356,9 @@ fn peer_ips(calls: &Calls) -> Option<Vec<String>> {
     })
 }
 
-fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// Waits for `cond`, polling every 10 ms; panics naming `what` after `within`.
+fn wait_for(what: &str, within: Duration, cond: impl FnMut() -> bool) {
+    testkit::wait::poll(within, Duration::from_millis(10), what, cond);
 }
 
 /// What a daemon does with the network config: set up its backend, return our lease attributes.
@@ -419,11 +427,9 @@ fn ttl_of(etcd: &Etcd, key: &str) -> Duration {
 
 #[test]
 fn acquire_watch_reacquire_restart_and_env_file() {
-    if !etcd_available() {
+    let Some(etcd) = etcd_for("acquire_watch_reacquire_restart_and_env_file", false) else {
         return;
-    }
-    init_logs();
-    let etcd = Etcd::start(false);
+    };
 
     // Invalid config under another prefix: start fails with a clear error.
     etcd.ctl(&[
@@ -662,12 +668,9 @@ impl Registry for Racing {
 
 #[test]
 fn lost_create_race_is_retried() {
-    if !etcd_available() {
+    let Some(etcd) = etcd_with_config("lost_create_race_is_retried", false) else {
         return;
-    }
-    init_logs();
-    let etcd = Etcd::start(false);
-    etcd.ctl(&["put", &format!("{PREFIX}/config"), CFG]);
+    };
     rt().block_on(async {
         let inner = EtcdRegistry::connect(&etcd.etcd_opts(PREFIX))
             .await
@@ -736,12 +739,9 @@ fn lost_create_race_is_retried() {
 
 #[test]
 fn etcd_restart_keeps_leases_and_watch() {
-    if !etcd_available() {
+    let Some(mut etcd) = etcd_with_config("etcd_restart_keeps_leases_and_watch", false) else {
         return;
-    }
-    init_logs();
-    let mut etcd = Etcd::start(false);
-    etcd.ctl(&["put", &format!("{PREFIX}/config"), CFG]);
+    };
     let (a, calls_a) = start(etcd.control_opts([10, 0, 0, 1], "a"));
     let (b, _calls_b) = start(etcd.control_opts([10, 0, 0, 2], "b"));
     let (la, lb) = (a.lease(), b.lease());
@@ -803,12 +803,9 @@ fn etcd_restart_keeps_leases_and_watch() {
 
 #[test]
 fn tls_with_client_certificates() {
-    if !etcd_available() {
+    let Some(etcd) = etcd_with_config("tls_with_client_certificates", true) else {
         return;
-    }
-    init_logs();
-    let etcd = Etcd::start(true);
-    etcd.ctl(&["put", &format!("{PREFIX}/config"), CFG]);
+    };
     // Unreadable TLS file: fatal at once, naming the file.
     let mut bad = etcd.control_opts([10, 0, 0, 1], "bad");
     bad.etcd.key_file = Some(etcd.dir.join("missing.key"));
@@ -846,7 +843,7 @@ fn stop_promptly(startup: control::Startup, stage: &str) {
 
 #[test]
 fn start_returns_at_once_and_start_up_stops_promptly_at_every_stage() {
-    if !etcd_available() {
+    if !etcd_available("start_returns_at_once_and_start_up_stops_promptly_at_every_stage") {
         return;
     }
     init_logs();

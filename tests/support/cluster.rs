@@ -12,18 +12,22 @@
 //!   routed host i: ul0 198.51.100.<i> on sw1, default via 198.51.100.254; every namespace on sw0
 //!   (etcd, hosts) gets default via 192.0.2.254 once the router exists.
 //! ```
-//! Needs `netns` (and `daemon`) included next to it. etcd is Debian's binary, started inside its
-//! namespace with a temporary data dir; everything is removed on drop, also when a test panics.
-#![allow(dead_code)]
+//! Built on `testkit::netns`. etcd is Debian's binary, started inside its namespace with a
+//! temporary data dir; everything is removed on drop, also when a test panics.
 
 use super::daemon::Daemon;
-use super::netns::{self, Netns};
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+use testkit::netns::{self, veth, Netns};
+use testkit::transfer::Transfer;
+
+/// flannel's etcd prefix, which weft uses by default.
+pub(crate) const PREFIX: &str = "/coreos.com/network";
 
 /// Address of the etcd host on the underlay.
 pub(crate) const ETCD_IP: &str = "192.0.2.250";
@@ -53,10 +57,6 @@ pub(crate) const ROUTER_IP: &str = "192.0.2.254";
 pub(crate) const ROUTER_IP2: &str = "198.51.100.254";
 pub(crate) const ROUTED_NET: &str = "198.51.100.0/24";
 pub(crate) const CONFIG: &str = r#"{"Network": "10.1.0.0/16", "SubnetLen": 24, "SubnetMin": "10.1.15.0", "SubnetMax": "10.1.20.0", "Backend": {"Type": "udp"}}"#;
-
-fn root_ip(args: &[&str]) -> io::Result<String> {
-    netns::run_cmd(Command::new("ip").args(args), netns::CMD_TIMEOUT)
-}
 
 /// One host namespace and its container.
 pub(crate) struct Host {
@@ -95,6 +95,29 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
+    /// The cluster for privileged test `test`: `None` if it skips ([`netns::require_root`]);
+    /// otherwise stale namespaces are swept and `n` hosts built, etcd not yet started.
+    pub(crate) fn for_test(test: &str, n: usize) -> Option<Cluster> {
+        if !netns::require_root(test) {
+            return None;
+        }
+        netns::sweep_stale();
+        Some(Cluster::new(n).expect("build the cluster topology"))
+    }
+
+    /// [`Cluster::for_test`] with etcd running and `config` as the network config.
+    pub(crate) fn with_etcd(test: &str, n: usize, config: &str) -> Option<Cluster> {
+        let mut c = Cluster::for_test(test, n)?;
+        c.start_etcd();
+        c.put_config(config);
+        Some(c)
+    }
+
+    /// Writes `config` to `<prefix>/config`.
+    pub(crate) fn put_config(&self, config: &str) {
+        self.etcdctl(&["put", &format!("{PREFIX}/config"), config]);
+    }
+
     /// Builds the switch, the etcd host and `n` hosts with their containers (not yet addressed).
     pub(crate) fn new(n: usize) -> io::Result<Cluster> {
         let wire = Netns::new("wire")?;
@@ -138,20 +161,7 @@ impl Cluster {
         port: &str,
         addr: &str,
     ) -> io::Result<()> {
-        root_ip(&[
-            "link",
-            "add",
-            dev,
-            "netns",
-            ns.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            port,
-            "netns",
-            self.wire.name(),
-        ])?;
+        veth(ns, dev, &self.wire, port)?;
         self.wire
             .ip(&["link", "set", port, "master", bridge, "up"])?;
         ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev])?;
@@ -193,13 +203,7 @@ impl Cluster {
         let rtr = Netns::new("rtr")?;
         self.plug_into(&rtr, "ul0", "sw0", "pr0", ROUTER_IP)?;
         self.plug_into(&rtr, "ul1", "sw1", "pr1", ROUTER_IP2)?;
-        for (k, v) in [
-            ("net.ipv4.ip_forward", "1"),
-            ("net.ipv4.conf.all.rp_filter", "0"),
-            ("net.ipv4.conf.default.rp_filter", "0"),
-        ] {
-            rtr.sysctl(k, v)?;
-        }
+        rtr.enable_forwarding()?;
         self.etcd_ns
             .ip(&["route", "replace", "default", "via", ROUTER_IP])?;
         for h in &self.hosts {
@@ -214,27 +218,8 @@ impl Cluster {
     /// Sysctls, bridge br0 and container of a new host whose underlay is plugged.
     fn finish_host(&mut self, i: usize, ns: Netns, ip: String) -> io::Result<usize> {
         let ctr = Netns::new(&format!("ctr{i}"))?;
-        for (k, v) in [
-            ("net.ipv4.ip_forward", "1"),
-            ("net.ipv4.conf.all.rp_filter", "0"),
-            ("net.ipv4.conf.default.rp_filter", "0"),
-        ] {
-            ns.sysctl(k, v)?;
-        }
-        root_ip(&[
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            ctr.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "veth0",
-            "netns",
-            ns.name(),
-        ])?;
+        ns.enable_forwarding()?;
+        veth(&ctr, "eth0", &ns, "veth0")?;
         ns.ip(&["link", "add", "br0", "type", "bridge"])?;
         ns.ip(&["link", "set", "veth0", "master", "br0", "up"])?;
         ns.ip(&["link", "set", "br0", "up"])?;
@@ -305,49 +290,66 @@ impl Cluster {
     /// Starts etcd (again, on the same data dir after [`Cluster::stop_etcd`]) and waits until healthy.
     pub(crate) fn start_etcd(&mut self) {
         assert!(self.etcd.is_none(), "etcd already running");
-        let data = self.dir.join("etcd-data");
-        let log = std::fs::File::create(self.dir.join("etcd.log")).expect("etcd log");
-        let mut args: Vec<String> = [
-            "--name",
+        let peer = format!("http://{ETCD_IP}:2380");
+        let child = self.spawn_etcd(
             "e1",
-            "--data-dir",
-            data.to_str().expect("utf-8 path"),
-            "--listen-client-urls",
+            "etcd",
             self.url(),
-            "--advertise-client-urls",
-            self.url(),
-            "--listen-peer-urls",
-            "http://192.0.2.250:2380",
-            "--initial-advertise-peer-urls",
-            "http://192.0.2.250:2380",
-            "--initial-cluster",
-            "e1=http://192.0.2.250:2380",
-            "--initial-cluster-state",
-            "new",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(self.etcd_args.iter().cloned());
-        let child = Command::new("ip")
-            .args(["netns", "exec", self.etcd_ns.name(), "etcd"])
-            .args(&args)
+            &peer,
+            &format!("e1={peer}"),
+            &self.etcd_args,
+        );
+        self.etcd = Some(child);
+        self.wait_healthy(Duration::from_secs(20), Duration::from_millis(100), "etcd");
+    }
+
+    /// Starts etcd member `name` in the etcd namespace (data dir `<stem>-data`, log `<stem>.log`
+    /// in the cluster's directory), serving clients on `client` and peers on `peer`, in the new
+    /// cluster `initial`, with `extra` flags.
+    fn spawn_etcd(
+        &self,
+        name: &str,
+        stem: &str,
+        client: &str,
+        peer: &str,
+        initial: &str,
+        extra: &[String],
+    ) -> Child {
+        let log_path = self.dir.join(format!("{stem}.log"));
+        let log = std::fs::File::create(&log_path).expect("etcd log");
+        self.etcd_ns
+            .cmd("etcd")
+            .args(["--name", name, "--data-dir"])
+            .arg(self.dir.join(format!("{stem}-data")))
+            .args(["--listen-client-urls", client])
+            .args(["--advertise-client-urls", client])
+            .args(["--listen-peer-urls", peer])
+            .args(["--initial-advertise-peer-urls", peer])
+            .args(["--initial-cluster", initial])
+            .args(["--initial-cluster-state", "new"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start etcd (apt-get install etcd-server): {e}"));
-        self.etcd = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+            .unwrap_or_else(|e| {
+                panic!("cannot start etcd member {name} (apt-get install etcd-server): {e}")
+            })
+    }
+
+    /// Waits until `etcdctl endpoint health` succeeds, polling every `interval`; panics with the
+    /// log `<stem>.log` after `limit`.
+    fn wait_healthy(&self, limit: Duration, interval: Duration, stem: &str) {
+        let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if self.etcdctl_try(&["endpoint", "health"]).is_ok() {
                 return;
             }
-            thread::sleep(Duration::from_millis(100));
+            thread::sleep(interval);
         }
         panic!(
-            "etcd not healthy within 20 s:\n{}",
-            std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
+            "{stem} not healthy within {limit:?}:\n{}",
+            std::fs::read_to_string(self.dir.join(format!("{stem}.log"))).unwrap_or_default()
         );
     }
 
@@ -394,38 +396,16 @@ impl Cluster {
         let initial = initial.join(",");
         for (i, ip) in ETCD3_IPS.iter().enumerate() {
             let name = format!("e{}", i + 1);
-            let data = self.dir.join(format!("etcd-data-{name}"));
-            let log =
-                std::fs::File::create(self.dir.join(format!("etcd-{name}.log"))).expect("etcd log");
             let client = format!("http://{ip}:2379");
             let peer = format!("http://{ip}:2380");
-            let child = Command::new("ip")
-                .args(["netns", "exec", self.etcd_ns.name(), "etcd"])
-                .args(["--name", &name, "--data-dir"])
-                .arg(&data)
-                .args(["--listen-client-urls", &client])
-                .args(["--advertise-client-urls", &client])
-                .args(["--listen-peer-urls", &peer])
-                .args(["--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &initial])
-                .args(["--initial-cluster-state", "new"])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start etcd member {name}: {e}"));
+            let stem = format!("etcd-{name}");
+            let child = self.spawn_etcd(&name, &stem, &client, &peer, &initial, &[]);
             self.members.push(Some(child));
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self.etcdctl_try(&["endpoint", "health"]).is_ok() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
-        panic!(
-            "three-member etcd not healthy within 30 s:\n{}",
-            std::fs::read_to_string(self.dir.join("etcd-e1.log")).unwrap_or_default()
+        self.wait_healthy(
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            "etcd-e1",
         );
     }
 
@@ -439,6 +419,14 @@ impl Cluster {
 
     /// Runs etcdctl against the given endpoints (comma-separated) from the etcd namespace.
     pub(crate) fn etcdctl_at(&self, endpoints: &str, args: &[&str]) -> io::Result<String> {
+        netns::run_cmd(
+            self.etcdctl_cmd(endpoints).args(args),
+            Duration::from_secs(20),
+        )
+    }
+
+    /// `etcdctl` (API v3) in the etcd namespace with short timeouts, aimed at `endpoints`.
+    fn etcdctl_cmd(&self, endpoints: &str) -> Command {
         let mut cmd = self.etcd_ns.cmd("etcdctl");
         cmd.env("ETCDCTL_API", "3").args([
             "--endpoints",
@@ -446,18 +434,12 @@ impl Cluster {
             "--dial-timeout=1s",
             "--command-timeout=5s",
         ]);
-        netns::run_cmd(cmd.args(args), Duration::from_secs(20))
+        cmd
     }
 
     /// Runs etcdctl (API v3) against the cluster's etcd from its namespace.
     pub(crate) fn etcdctl_try(&self, args: &[&str]) -> io::Result<String> {
-        let mut cmd = self.etcd_ns.cmd("etcdctl");
-        cmd.env("ETCDCTL_API", "3").args([
-            "--endpoints",
-            self.url(),
-            "--dial-timeout=1s",
-            "--command-timeout=5s",
-        ]);
+        let mut cmd = self.etcdctl_cmd(self.url());
         if self.tls {
             cmd.args(["--cacert", &self.tls_file("ca.pem")])
                 .args(["--cert", &self.tls_file("client.pem")])
@@ -470,6 +452,80 @@ impl Cluster {
     pub(crate) fn etcdctl(&self, args: &[&str]) -> String {
         self.etcdctl_try(args)
             .unwrap_or_else(|e| panic!("etcdctl {args:?}: {e}"))
+    }
+
+    /// The value stored under `key` (empty when absent).
+    pub(crate) fn get(&self, key: &str) -> String {
+        self.etcdctl(&["get", key, "--print-value-only"])
+            .trim()
+            .to_string()
+    }
+
+    /// The etcd lease TTL left on `key`, in seconds.
+    pub(crate) fn key_ttl(&self, key: &str) -> u64 {
+        let json = self.etcdctl(&["get", key, "-w", "json"]);
+        let lease: u64 = json_number(&json, "lease")
+            .unwrap_or_else(|| panic!("{key} has no etcd lease: {json}"));
+        let out = self.etcdctl(&["lease", "timetolive", &format!("{lease:x}")]);
+        out.split("remaining(")
+            .nth(1)
+            .and_then(|r| r.split('s').next())
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("no TTL in {out}"))
+    }
+
+    /// etcd's current revision (from a `get` header).
+    pub(crate) fn revision(&self) -> u64 {
+        let json = self.etcdctl(&["get", &format!("{PREFIX}/config"), "-w", "json"]);
+        json_number(&json, "revision").unwrap_or_else(|| panic!("no revision in {json}"))
+    }
+
+    /// Runs `f` with an etcd client connected from the etcd namespace, on a thread of its own with
+    /// a current-thread tokio runtime (for writing to etcd faster than etcdctl can).
+    pub(crate) fn with_etcd_client<T, F, Fut>(&self, f: F) -> thread::JoinHandle<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(etcd_client::Client) -> Fut + Send + 'static,
+        Fut: Future<Output = T>,
+    {
+        let etcd_path = self.etcd_ns.path();
+        let url = self.url().to_string();
+        thread::spawn(move || {
+            netns::enter(&etcd_path).expect("enter etcd namespace");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let client = etcd_client::Client::connect([url], None)
+                    .await
+                    .expect("connect");
+                f(client).await
+            })
+        })
+    }
+
+    /// Host `i`'s leased subnet, `10.1.X.0/24`, from its subnet.env.
+    pub(crate) fn subnet(&self, i: usize) -> String {
+        self.subnet_env(i)["FLANNEL_SUBNET"].replace(".1/24", ".0/24")
+    }
+
+    /// `<prefix>/subnets/10.1.X.0-24`, the etcd key of host `i`'s lease (from its subnet.env).
+    pub(crate) fn lease_key(&self, i: usize) -> String {
+        format!("{PREFIX}/subnets/{}", self.subnet(i).replace('/', "-"))
+    }
+
+    /// Starts weft on every host in `hosts` (etcd mode, `extra` flags) and waits until all run.
+    pub(crate) fn start_weft_all(
+        &self,
+        hosts: std::ops::Range<usize>,
+        extra: &[&str],
+    ) -> Vec<Daemon> {
+        let d: Vec<Daemon> = hosts.map(|i| self.start_weft(i, extra)).collect();
+        for x in &d {
+            x.wait_running();
+        }
+        d
     }
 
     /// The subnet file of host `i`.
@@ -558,6 +614,23 @@ impl Cluster {
             .expect("ctr default route");
     }
 
+    /// A checked TCP transfer from container `from` to container `to` (see [`Transfer::start`]).
+    pub(crate) fn transfer(
+        &self,
+        from: usize,
+        to: usize,
+        min_bytes: u64,
+        open_ended: bool,
+    ) -> Transfer {
+        Transfer::start(
+            &self.hosts[from].ctr,
+            &self.hosts[to].ctr,
+            &self.hosts[to].ctr_ip(),
+            min_bytes,
+            open_ended,
+        )
+    }
+
     /// Pings from container `from` to container `to` until an answer or `timeout`.
     pub(crate) fn ping(&self, from: usize, to: usize, timeout: Duration) -> io::Result<Duration> {
         let start = Instant::now();
@@ -586,6 +659,26 @@ impl Cluster {
             thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// The first number after `"name":` in `json` (etcdctl's `-w json` output).
+fn json_number(json: &str, name: &str) -> Option<u64> {
+    json.split(&format!("\"{name}\":"))
+        .nth(1)
+        .and_then(|r| r.split(|ch: char| !ch.is_ascii_digit()).next())
+        .and_then(|d| d.parse().ok())
+}
+
+/// A fake peer's lease for churn: key `<prefix>/subnets/10.200.X.Y-24` (the `n`-th /24 from
+/// 10.200.0.0) and a udp lease value with public IP 192.0.2.(100 + n % 100).
+pub(crate) fn fake_lease(n: u32) -> (String, String) {
+    let net = 0x0ac8_0000u32 + (n << 8);
+    let key = format!("{PREFIX}/subnets/{}-24", std::net::Ipv4Addr::from(net));
+    let value = format!(
+        r#"{{"PublicIP":"192.0.2.{}","PublicIPv6":null}}"#,
+        100 + n % 100
+    );
+    (key, value)
 }
 
 impl Drop for Cluster {

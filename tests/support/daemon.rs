@@ -1,8 +1,6 @@
 //! A `weft` process started inside a test namespace, with its log captured line by line.
 //!
-//! Shared by the integration tests (`#[path = "support/daemon.rs"] mod daemon;`, next to `netns`).
 //! Dropping a [`Daemon`] sends SIGTERM and waits for the exit (SIGKILL after a grace period).
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -134,6 +132,27 @@ impl Daemon {
         parse_kv(&line)
     }
 
+    /// One value of [`Daemon::stats`]; -1 if the stats line lacks `key`.
+    pub(crate) fn stat(&self, key: &str) -> f64 {
+        self.stats().get(key).copied().unwrap_or(-1.0)
+    }
+
+    /// [`Daemon::stat`] of a counter, as an integer (-1 if absent).
+    pub(crate) fn counter(&self, key: &str) -> i64 {
+        self.stat(key) as i64
+    }
+
+    /// Whether any line logged so far contains `needle`.
+    pub(crate) fn logged(&self, needle: &str) -> bool {
+        self.log
+            .0
+            .lock()
+            .expect("log lock")
+            .lines
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+
     /// Waits for the daemon to exit by itself (killing it after `timeout`); returns its status.
     pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
@@ -175,17 +194,6 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.terminate();
     }
-}
-
-/// Waits until `cond` holds, polling every 50 ms; panics naming `what` after `limit`. Returns the
-/// time it took.
-pub(crate) fn within(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        thread::sleep(Duration::from_millis(50));
-    }
-    start.elapsed()
 }
 
 /// Resident set size of process `pid` in KiB.

@@ -1,8 +1,6 @@
 //! A TCP transfer between two namespaces whose every byte the receiver checks, with progress
 //! tracking so a test can assert that forwarding never stalled.
-#![allow(dead_code)]
-
-use super::netns::Netns;
+use crate::netns::{enter, Netns};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddrV4, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +11,7 @@ use std::time::{Duration, Instant};
 const TRANSFER_PORT: u16 = 5001;
 
 /// Deterministic content of 64 KiB block `n` of a transfer (xorshift64* seeded by the index).
-pub(crate) fn fill_block(n: u64, buf: &mut [u8]) {
+pub fn fill_block(n: u64, buf: &mut [u8]) {
     let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     for chunk in buf.chunks_mut(8) {
         x ^= x >> 12;
@@ -27,7 +25,8 @@ pub(crate) fn fill_block(n: u64, buf: &mut [u8]) {
 const BLOCK: usize = 64 * 1024;
 
 /// A TCP transfer from ctr_a to ctr_b whose every byte the receiver checks.
-pub(crate) struct Transfer {
+#[derive(Debug)]
+pub struct Transfer {
     stop: Arc<AtomicBool>,
     sender: JoinHandle<io::Result<u64>>,
     receiver: JoinHandle<io::Result<(u64, Duration)>>,
@@ -35,7 +34,7 @@ pub(crate) struct Transfer {
 
 impl Transfer {
     /// Sends at least `min_bytes`, and keeps sending until [`Transfer::finish`] when `open_ended`.
-    pub(crate) fn start(
+    pub fn start(
         from: &Netns,
         to: &Netns,
         to_ip: &str,
@@ -43,7 +42,7 @@ impl Transfer {
         open_ended: bool,
     ) -> Transfer {
         let (ready_tx, ready_rx) = mpsc::channel();
-        let ctr_b = format!("/run/netns/{}", to.name());
+        let ctr_b = to.path();
         let listen_ip = to_ip.to_string();
         let dst_ip = to_ip.to_string();
         let receiver = thread::spawn(move || -> io::Result<(u64, Duration)> {
@@ -90,7 +89,7 @@ impl Transfer {
             .expect("receiver listening");
         let stop = Arc::new(AtomicBool::new(!open_ended));
         let stop_s = Arc::clone(&stop);
-        let ctr_a = format!("/run/netns/{}", from.name());
+        let ctr_a = from.path();
         let sender = thread::spawn(move || -> io::Result<u64> {
             enter(&ctr_a)?;
             let dst: SocketAddrV4 = format!("{dst_ip}:{TRANSFER_PORT}")
@@ -116,27 +115,37 @@ impl Transfer {
     }
 
     /// Ends the transfer; returns the bytes that arrived, all checked.
-    pub(crate) fn finish(self) -> u64 {
+    pub fn finish(self) -> u64 {
         self.finish_with_gap().0
     }
 
     /// Ends the transfer; returns the bytes that arrived (all checked) and the longest time the
-    /// receiver waited for data.
-    pub(crate) fn finish_with_gap(self) -> (u64, Duration) {
+    /// receiver waited for data. Panics if either side failed or the counts differ.
+    pub fn finish_with_gap(self) -> (u64, Duration) {
+        self.try_finish()
+            .unwrap_or_else(|e| panic!("transfer: {e}"))
+    }
+
+    /// Ends the transfer; `Err` names what went wrong (a side failed, or the receiver got fewer
+    /// bytes than were sent), so a test can add its own diagnostics.
+    pub fn try_finish(self) -> io::Result<(u64, Duration)> {
         self.stop.store(true, Ordering::Relaxed);
-        let sent = self.sender.join().expect("sender thread").expect("sender");
+        // A sender that failed may never have connected: return without waiting for the receiver.
+        let sent = self
+            .sender
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            .map_err(|e| io::Error::new(e.kind(), format!("sender: {e}")))?;
         let (got, gap) = self
             .receiver
             .join()
-            .expect("receiver thread")
-            .expect("receiver");
-        assert_eq!(got, sent, "bytes received differ from bytes sent");
-        (got, gap)
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            .map_err(|e| io::Error::new(e.kind(), format!("receiver: {e}")))?;
+        if got != sent {
+            return Err(io::Error::other(format!(
+                "bytes received ({got}) differ from bytes sent ({sent})"
+            )));
+        }
+        Ok((got, gap))
     }
-}
-
-/// Moves the current thread into the namespace at `path` (`/run/netns/<name>`).
-pub(crate) fn enter(path: &str) -> io::Result<()> {
-    let f = std::fs::File::open(path)?;
-    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
 }
