@@ -1,41 +1,28 @@
 //! Unit tests of the reply handling, and privileged tests of every operation. The privileged
-//! tests run as root, each in a fresh network namespace `weft-nl-<pid>-<n>` that a guard deletes
-//! again (also on panic). Not root: they fail, unless `WEFT_SKIP_PRIVILEGED=1`.
+//! tests run as root, each in a fresh network namespace of the test harness (testkit), which
+//! deletes it again (also on panic). Not root: they fail, unless `WEFT_SKIP_PRIVILEGED=1`.
 use super::request::{align4, ext_ack_text, Failure, NLMSGERR_ATTR_MSG, NLMSG_HEADER_LEN};
 use super::*;
 use control::lease::format_mac;
 use netlink_packet_core::{NLM_F_ACK_TLVS, NLM_F_CAPPED};
 use nix::libc;
 use std::fmt;
-use std::fs::File;
 use std::io;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
-
-use nix::sched::{setns, CloneFlags};
-
-static NS_COUNTER: AtomicU32 = AtomicU32::new(0);
+use testkit::netns as harness;
 
 const UNDERLAY_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const VTEP_MAC: [u8; 6] = [0x02, 0x42, 0x0a, 0x01, 0x0f, 0x00];
 const PEER_MAC: [u8; 6] = [0x0e, 0x11, 0x22, 0x33, 0x44, 0x55];
 const PEER_MAC2: [u8; 6] = [0x0e, 0x66, 0x77, 0x88, 0x99, 0xaa];
 
-/// A fresh network namespace, deleted when dropped.
-struct Netns {
-    name: String,
-}
+/// The test harness's namespace (unique name, deleted on drop, also on panic), with a
+/// [`Netlink`] opened inside it for each step.
+struct Netns(harness::Netns);
 
 impl Netns {
     /// Creates the namespace, or returns `None` when privileged tests are skipped.
     fn new(test: &str) -> Option<Netns> {
-        if !require_root(test) {
-            return None;
-        }
-        let n = NS_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("weft-nl-{}-{n}", std::process::id());
-        cmd("ip", &["netns", "add", &name]);
-        Some(Netns { name })
+        harness::Netns::for_test(test, "nl").map(Netns)
     }
 
     /// Creates the namespace with veth underlay `ul0` (192.0.2.1/24, up; peer `ul1` up).
@@ -50,87 +37,20 @@ impl Netns {
 
     /// Runs `f` with a [`Netlink`] opened inside the namespace, on a thread that entered it.
     fn run<R: Send>(&self, f: impl FnOnce(&mut Netlink) -> R + Send) -> R {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            let worker = s.spawn(|| {
-                let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                setns(&file, CloneFlags::CLONE_NEWNET)
-                    .unwrap_or_else(|e| panic!("setns {path}: {e}"));
-                let mut nl = Netlink::new().expect("netlink socket");
-                f(&mut nl)
-            });
-            match worker.join() {
-                Ok(r) => r,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        })
+        self.0
+            .within(|| f(&mut Netlink::new().expect("netlink socket")))
+            .expect("enter the namespace")
     }
 
     /// `ip -n <ns> args...`, panicking on failure; returns stdout.
     fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        cmd("ip", &all)
+        self.0.ip(args).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `ip netns exec <ns> args...` (for `bridge`), panicking on failure; returns stdout.
     fn exec(&self, args: &[&str]) -> String {
-        let mut all = vec!["netns", "exec", self.name.as_str()];
-        all.extend_from_slice(args);
-        cmd("ip", &all)
+        self.0.run(args).unwrap_or_else(|e| panic!("{e}"))
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        match Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output()
-        {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "ip netns del {}: {}",
-                self.name,
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("ip netns del {}: {e}", self.name),
-        }
-    }
-}
-
-/// Runs a command, panicking with its stderr if it fails; returns stdout.
-fn cmd(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `true` = run the privileged test; not root: panics, unless `WEFT_SKIP_PRIVILEGED=1`.
-fn require_root(test: &str) -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            // Uid: real effective saved fs
-            let line = s.lines().find(|l| l.starts_with("Uid:"))?.to_string();
-            line.split_whitespace().nth(2).map(|euid| euid == "0")
-        })
-        .unwrap_or(false);
-    if root {
-        return true;
-    }
-    let reason = "needs root (CAP_NET_ADMIN, and CAP_SYS_ADMIN for network namespaces)";
-    if std::env::var("WEFT_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        eprintln!("SKIPPED {test}: {reason} (WEFT_SKIP_PRIVILEGED=1)");
-        return false;
-    }
-    panic!("{test} {reason}; run as root or set WEFT_SKIP_PRIVILEGED=1 to skip it");
 }
 
 /// flannel's device: `flannel.1`, VNI 1, local 192.0.2.1, dev ul0, default port, nolearning.
@@ -636,7 +556,7 @@ fn namespace_is_deleted_even_when_the_test_panics() {
     let Some(ns) = ns else {
         return;
     };
-    let path = format!("/var/run/netns/{}", ns.name);
+    let path = ns.0.path();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         ns.run(|nl| {
             assert!(nl.link_by_name("lo").unwrap().is_some());
