@@ -7,6 +7,7 @@ mod docker_opts;
 mod health;
 mod iface;
 mod masq;
+mod nft;
 mod run;
 
 use clap::Parser;
