@@ -8,6 +8,7 @@ mod health;
 mod iface;
 mod masq;
 mod netlink;
+mod nft;
 mod run;
 
 use clap::Parser;
