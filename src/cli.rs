@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 /// weft: a container overlay network daemon, wire- and store-compatible with flannel.
 #[derive(Debug, Parser)]
-#[command(name = "weft", version, about, long_about = None)]
+#[command(name = "weft", about, long_about = None)]
 pub(crate) struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -139,7 +139,21 @@ pub(crate) const FLANNEL_FLAGS: &[&str] = &[
     "etcd-username",
     "etcd-password",
     "iface",
+    "iface-regex",
+    "iface-can-reach",
     "public-ip",
+    "public-ipv6",
+    "ip-blackhole-route",
+    "version",
+    "v",
+    "vmodule",
+    "log_backtrace_at",
+    "kube-subnet-mgr",
+    "kube-api-url",
+    "kube-annotation-prefix",
+    "kubeconfig-file",
+    "net-config-path",
+    "set-node-network-unavailable",
     "subnet-file",
     "subnet-lease-renew-margin",
     "healthz-ip",
@@ -164,6 +178,114 @@ pub(crate) fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<Stri
             }
         })
         .collect()
+}
+
+/// flanneld flags weft recognises but does not implement: refused with one line each
+/// (docs/compatibility.md, "Flags").
+pub(crate) const REFUSED_FLAGS: &[(&str, &str)] = &[
+    (
+        "kube-subnet-mgr",
+        "the Kubernetes subnet manager is not supported; weft runs in etcd mode",
+    ),
+    (
+        "kube-api-url",
+        "the Kubernetes subnet manager is not supported; weft runs in etcd mode",
+    ),
+    (
+        "kube-annotation-prefix",
+        "the Kubernetes subnet manager is not supported; weft runs in etcd mode",
+    ),
+    (
+        "kubeconfig-file",
+        "the Kubernetes subnet manager is not supported; weft runs in etcd mode",
+    ),
+    (
+        "net-config-path",
+        "the Kubernetes subnet manager is not supported; weft reads the network config from etcd",
+    ),
+    (
+        "set-node-network-unavailable",
+        "the Kubernetes subnet manager is not supported; weft runs in etcd mode",
+    ),
+    ("public-ipv6", "IPv6 is not supported yet"),
+    (
+        "vmodule",
+        "per-module log levels are not supported; use -v=N or RUST_LOG",
+    ),
+    ("log_backtrace_at", "log backtraces are not supported"),
+];
+
+/// The first refused flanneld flag on the command line (after [`normalize_args`]) or in a
+/// `FLANNELD_*` variable, as one error line. `--kube-subnet-mgr=false` (flanneld's default) is
+/// not refused.
+pub(crate) fn refused_flag(
+    args: &[String],
+    env: impl Fn(&str) -> Option<String>,
+) -> Option<String> {
+    let is_false = |v: &str| matches!(v, "false" | "0" | "f" | "F" | "FALSE" | "False");
+    for a in args.iter().skip(1) {
+        if a == "--" {
+            break;
+        }
+        let Some(flag) = a.strip_prefix("--") else {
+            continue;
+        };
+        let (name, value) = match flag.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (flag, None),
+        };
+        if name == "kube-subnet-mgr" && value.is_some_and(is_false) {
+            continue;
+        }
+        if let Some((_, why)) = REFUSED_FLAGS.iter().find(|(n, _)| *n == name) {
+            return Some(format!("--{name}: {why}"));
+        }
+    }
+    for (name, why) in REFUSED_FLAGS {
+        let var = format!("FLANNELD_{}", name.to_uppercase().replace('-', "_"));
+        let Some(v) = env(&var).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        if *name == "kube-subnet-mgr" && is_false(&v) {
+            continue;
+        }
+        return Some(format!("{var} (--{name}): {why}"));
+    }
+    None
+}
+
+/// flanneld's command line has no subcommand: when the first argument is a flag (other than
+/// help), or the binary runs under the name `flanneld`, `run` is implied.
+pub(crate) fn implied_run(mut args: Vec<String>) -> Vec<String> {
+    let as_flanneld = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == "flanneld");
+    let first = args.get(1).map(String::as_str);
+    let needs_run = match first {
+        None => as_flanneld,
+        Some("run" | "docker-opts" | "help") => false,
+        Some("-h" | "--help") => as_flanneld,
+        Some(a) => a.starts_with('-') || as_flanneld,
+    };
+    if needs_run {
+        args.insert(1, "run".to_string());
+    }
+    args
+}
+
+/// Whether the command line asks for the version (`--version`, `-version`, `-V`), which is
+/// answered in flanneld's shape before anything else is parsed: the version on stderr, exit 0.
+pub(crate) fn wants_version(args: &[String]) -> bool {
+    args.iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--version" || a == "-V")
+}
+
+/// The version line `--version` prints.
+pub(crate) fn version_line() -> String {
+    format!("v{}", env!("CARGO_PKG_VERSION"))
 }
 
 fn parse_margin(s: &str) -> Result<u32, String> {
@@ -204,6 +326,26 @@ pub(crate) struct RunArgs {
     /// [default: the interface of the default route]. UDP is bound to its address.
     #[arg(long, value_name = "NAME|IP", env = "FLANNELD_IFACE")]
     pub(crate) iface: Vec<String>,
+
+    /// Underlay interface by regular expression, matched against each interface's IPv4
+    /// addresses first, then against interface names; repeatable, tried after every --iface.
+    #[arg(long, value_name = "REGEX", env = "FLANNELD_IFACE_REGEX")]
+    pub(crate) iface_regex: Vec<String>,
+
+    /// Underlay interface: the one the kernel would use to reach this address (as `ip route
+    /// get`), with the route's source address; tried after --iface and --iface-regex.
+    #[arg(long, value_name = "IP", env = "FLANNELD_IFACE_CAN_REACH")]
+    pub(crate) iface_can_reach: Option<std::net::IpAddr>,
+
+    /// Add a blackhole route for this host's own subnet (checked every --iptables-resync
+    /// seconds, never removed), so traffic to unused addresses of the subnet is not sent back out.
+    #[arg(long, env = "FLANNELD_IP_BLACKHOLE_ROUTE", num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub(crate) ip_blackhole_route: bool,
+
+    /// Log verbosity as flanneld's `-v=N`: 0-1 info, 2-4 debug, 5 and more trace (RUST_LOG,
+    /// when set, wins).
+    #[arg(long = "v", value_name = "N", env = "FLANNELD_V")]
+    pub(crate) verbosity: Option<u8>,
 
     /// Address other hosts reach this host at, published in the lease [default: the interface address].
     #[arg(long, value_name = "IP", env = "FLANNELD_PUBLIC_IP")]
@@ -443,6 +585,97 @@ mod tests {
         let e =
             Cli::try_parse_from(["weft", "run", "--etcd-endpoints", "127.0.0.1:2379"]).unwrap_err();
         assert!(e.to_string().contains("http://"), "{e}");
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn flanneld_command_lines_imply_run() {
+        assert_eq!(
+            implied_run(strings(&["weft", "--iface=eth0"])),
+            strings(&["weft", "run", "--iface=eth0"])
+        );
+        assert_eq!(
+            implied_run(strings(&["/usr/bin/flanneld"])),
+            strings(&["/usr/bin/flanneld", "run"])
+        );
+        assert_eq!(
+            implied_run(strings(&["flanneld", "-h"])),
+            strings(&["flanneld", "run", "-h"])
+        );
+        for unchanged in [
+            &["weft"][..],
+            &["weft", "--help"],
+            &["weft", "run", "--iface", "x"],
+        ] {
+            assert_eq!(implied_run(strings(unchanged)), strings(unchanged));
+        }
+    }
+
+    #[test]
+    fn version_in_flanneld_shape() {
+        let v = normalize_args(strings(&["flanneld", "-version"]));
+        assert!(wants_version(&v));
+        assert!(!wants_version(&strings(&[
+            "weft",
+            "run",
+            "--",
+            "--version"
+        ])));
+        assert_eq!(version_line(), format!("v{}", env!("CARGO_PKG_VERSION")));
+    }
+
+    #[test]
+    fn kube_flags_are_refused_with_one_line() {
+        let none = |_: &str| None;
+        let e = refused_flag(
+            &normalize_args(strings(&["weft", "-kube-subnet-mgr"])),
+            none,
+        )
+        .expect("refused");
+        assert!(
+            e.starts_with("--kube-subnet-mgr: ") && !e.contains('\n'),
+            "{e}"
+        );
+        assert!(refused_flag(&strings(&["weft", "--kube-subnet-mgr=false"]), none).is_none());
+        let e =
+            refused_flag(&strings(&["weft", "--kubeconfig-file", "/x"]), none).expect("refused");
+        assert!(e.contains("--kubeconfig-file"), "{e}");
+        let env = |k: &str| (k == "FLANNELD_KUBE_API_URL").then(|| "https://k".to_string());
+        let e = refused_flag(&strings(&["weft"]), env).expect("refused");
+        assert!(
+            e.starts_with("FLANNELD_KUBE_API_URL (--kube-api-url)"),
+            "{e}"
+        );
+        let env = |k: &str| (k == "FLANNELD_KUBE_SUBNET_MGR").then(|| "false".to_string());
+        assert!(refused_flag(&strings(&["weft"]), env).is_none());
+        assert!(refused_flag(&strings(&["weft", "run", "--iface", "eth0"]), none).is_none());
+    }
+
+    #[test]
+    fn new_flanneld_flags_parse() {
+        let cli = Cli::try_parse_from(normalize_args(strings(&[
+            "weft",
+            "run",
+            "-iface-regex=^eth",
+            "-iface-regex",
+            "^ens",
+            "-iface-can-reach=192.0.2.1",
+            "-ip-blackhole-route",
+            "-v=2",
+        ])))
+        .expect("valid");
+        let Command::Run(r) = cli.command else {
+            panic!("run expected");
+        };
+        assert_eq!(r.iface_regex, ["^eth", "^ens"]);
+        assert_eq!(r.iface_can_reach, Some("192.0.2.1".parse().expect("ip")));
+        assert!(r.ip_blackhole_route);
+        assert_eq!(r.verbosity, Some(2));
+        let e = Cli::try_parse_from(["weft", "run", "--iface-can-reach", "nope"]).unwrap_err();
+        assert!(e.to_string().contains("--iface-can-reach"), "{e}");
     }
 
     #[test]

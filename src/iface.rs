@@ -1,8 +1,15 @@
-//! Finding the underlay interface: its name, IPv4 address and MTU.
+//! Finding the underlay interface: its name, IPv4 address and MTU, with flanneld's flags and
+//! order of precedence (docs/compatibility.md, "Interface selection"):
+//!
+//! 1. With none of `--iface`, `--iface-regex`, `--iface-can-reach`: the interface holding
+//!    `--public-ip` when one does, else the interface of the IPv4 default route.
+//! 2. Otherwise each `--iface` in the order given, then each `--iface-regex`, then
+//!    `--iface-can-reach`; the first that matches wins.
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::ifaddrs::getifaddrs;
-use std::net::Ipv4Addr;
+use regex::Regex;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 
 /// The interface the overlay runs over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,14 +22,42 @@ pub(crate) struct Underlay {
     pub(crate) mtu: u32,
 }
 
-fn ipv4_addrs() -> Result<Vec<(String, Ipv4Addr)>> {
+/// What the flags ask for.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Selection<'a> {
+    /// `--iface` values: interface names or addresses.
+    pub(crate) iface: &'a [String],
+    /// `--iface-regex` values (compiled; see [`compile_regexes`]).
+    pub(crate) iface_regex: &'a [Regex],
+    /// `--iface-can-reach`.
+    pub(crate) iface_can_reach: Option<IpAddr>,
+    /// `--public-ip`.
+    pub(crate) public_ip: Option<Ipv4Addr>,
+}
+
+/// One IPv4 address of an interface, in the kernel's interface order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Addr {
+    index: u32,
+    name: String,
+    ip: Ipv4Addr,
+}
+
+fn ipv4_addrs() -> Result<Vec<Addr>> {
     let addrs = getifaddrs().context("listing interface addresses")?;
-    Ok(addrs
+    let mut v: Vec<Addr> = addrs
         .filter_map(|ia| {
             let ip = ia.address.as_ref()?.as_sockaddr_in()?.ip();
-            Some((ia.interface_name, ip))
+            let index = nix::net::if_::if_nametoindex(ia.interface_name.as_str()).unwrap_or(0);
+            Some(Addr {
+                index,
+                name: ia.interface_name,
+                ip,
+            })
         })
-        .collect())
+        .collect();
+    v.sort_by_key(|a| a.index); // stable: each interface's addresses keep their order
+    Ok(v)
 }
 
 fn mtu_of(name: &str) -> Result<u32> {
@@ -49,38 +84,122 @@ fn default_route_iface() -> Result<String> {
         .ok_or_else(|| anyhow!("no IPv4 default route: name the underlay interface with --iface"))
 }
 
-fn resolve_one(all: &[(String, Ipv4Addr)], s: &str) -> Result<(String, Ipv4Addr)> {
+/// How good an address is as the interface's address: global unicast first, then link-local
+/// (169.254/16), then anything else (loopback, so that a single-host setup on `lo` works).
+fn rank(ip: Ipv4Addr) -> u8 {
+    if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+        2
+    } else if ip.is_link_local() {
+        1
+    } else {
+        0
+    }
+}
+
+/// The best IPv4 address of interface `name`: the first of the best rank, in the kernel's order.
+fn best_addr(all: &[Addr], name: &str) -> Option<Ipv4Addr> {
+    all.iter()
+        .filter(|a| a.name == name)
+        .min_by_key(|a| rank(a.ip))
+        .map(|a| a.ip)
+}
+
+fn by_iface(all: &[Addr], s: &str) -> Result<(String, Ipv4Addr)> {
     if let Ok(ip) = s.parse::<Ipv4Addr>() {
         return all
             .iter()
-            .find(|(_, a)| *a == ip)
-            .cloned()
+            .find(|a| a.ip == ip)
+            .map(|a| (a.name.clone(), ip))
             .ok_or_else(|| anyhow!("--iface {s}: no interface has this address"));
     }
     if !std::path::Path::new("/sys/class/net").join(s).exists() {
         bail!("--iface {s}: no such interface");
     }
-    all.iter()
-        .find(|(n, _)| n == s)
-        .cloned()
+    best_addr(all, s)
+        .map(|ip| (s.to_string(), ip))
         .ok_or_else(|| anyhow!("--iface {s}: the interface has no IPv4 address"))
 }
 
-/// Resolves `--iface` values in order, the first that matches winning (as flanneld does); with
-/// none given, the interface of the default route.
-pub(crate) fn resolve(specs: &[String]) -> Result<Underlay> {
+/// `--iface-regex`: first any address (as text) the pattern matches, over all interfaces in the
+/// kernel's order; only then interface names, with the matching interface's best address.
+fn by_regex(all: &[Addr], re: &Regex) -> Result<(String, Ipv4Addr)> {
+    if let Some(a) = all.iter().find(|a| re.is_match(&a.ip.to_string())) {
+        return Ok((a.name.clone(), a.ip));
+    }
+    if let Some(a) = all.iter().find(|a| re.is_match(&a.name)) {
+        let ip = best_addr(all, &a.name).unwrap_or(a.ip);
+        return Ok((a.name.clone(), ip));
+    }
+    let mut names: Vec<&str> = all.iter().map(|a| a.name.as_str()).collect();
+    names.dedup();
+    bail!(
+        "--iface-regex {}: matches no IPv4 address and no interface name ({})",
+        re.as_str(),
+        names.join(", ")
+    )
+}
+
+/// `--iface-can-reach`: the interface and source address the kernel would use to send to `dst`
+/// (as `ip route get`): a connected UDP socket asks the routing table without sending anything.
+fn by_can_reach(all: &[Addr], dst: IpAddr) -> Result<(String, Ipv4Addr)> {
+    let IpAddr::V4(v4) = dst else {
+        bail!("--iface-can-reach {dst}: only IPv4 addresses are supported");
+    };
+    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .with_context(|| format!("--iface-can-reach {dst}: opening a UDP socket"))?;
+    sock.connect((v4, 9)).map_err(|e| {
+        anyhow!("--iface-can-reach {dst}: the kernel has no route to this address ({e})")
+    })?;
+    let src = match sock.local_addr() {
+        Ok(SocketAddr::V4(a)) => *a.ip(),
+        Ok(a) => bail!("--iface-can-reach {dst}: unexpected source address {a}"),
+        Err(e) => bail!("--iface-can-reach {dst}: reading the route's source address: {e}"),
+    };
+    all.iter()
+        .find(|a| a.ip == src)
+        .map(|a| (a.name.clone(), src))
+        .ok_or_else(|| {
+            anyhow!("--iface-can-reach {dst}: the route's source address {src} is on no interface")
+        })
+}
+
+/// Compiles `--iface-regex` values; an invalid one is an error naming it.
+pub(crate) fn compile_regexes(patterns: &[String]) -> Result<Vec<Regex>> {
+    patterns
+        .iter()
+        .map(|p| {
+            Regex::new(p)
+                .map_err(|e| anyhow!("--iface-regex {p:?}: not a valid regular expression: {e}"))
+        })
+        .collect()
+}
+
+/// Picks the underlay as flanneld does (see the module comment).
+pub(crate) fn select(sel: &Selection<'_>) -> Result<Underlay> {
     let all = ipv4_addrs()?;
-    let (name, addr) = if specs.is_empty() {
-        let name = default_route_iface()?;
-        all.iter()
-            .find(|(n, _)| *n == name)
-            .cloned()
-            .ok_or_else(|| anyhow!("default route interface {name} has no IPv4 address"))?
+    let explicit =
+        !sel.iface.is_empty() || !sel.iface_regex.is_empty() || sel.iface_can_reach.is_some();
+    let (name, addr) = if !explicit {
+        match sel.public_ip.and_then(|p| all.iter().find(|a| a.ip == p)) {
+            Some(a) => (a.name.clone(), a.ip),
+            None => {
+                let name = default_route_iface()?;
+                let ip = best_addr(&all, &name)
+                    .ok_or_else(|| anyhow!("default route interface {name} has no IPv4 address"))?;
+                (name, ip)
+            }
+        }
     } else {
         let mut errors = Vec::new();
+        let tries = sel
+            .iface
+            .iter()
+            .map(|s| by_iface(&all, s))
+            .chain(sel.iface_regex.iter().map(|re| by_regex(&all, re)))
+            .chain(sel.iface_can_reach.map(|d| by_can_reach(&all, d)));
         let mut found = None;
-        for s in specs {
-            match resolve_one(&all, s) {
+        for t in tries {
+            match t {
                 Ok(f) => {
                     found = Some(f);
                     break;
@@ -88,32 +207,124 @@ pub(crate) fn resolve(specs: &[String]) -> Result<Underlay> {
                 Err(e) => errors.push(e.to_string()),
             }
         }
-        found.ok_or_else(|| anyhow!("{}", errors.join("; ")))?
+        found.ok_or_else(|| {
+            anyhow!(
+                "no interface matches the interfaces and/or regexes given: {}",
+                errors.join("; ")
+            )
+        })?
     };
     let mtu = mtu_of(&name)?;
     Ok(Underlay { name, addr, mtu })
+}
+
+/// Picks the underlay for `weft run`'s flags.
+pub(crate) fn from_args(args: &crate::cli::RunArgs) -> Result<Underlay> {
+    let regexes = compile_regexes(&args.iface_regex)?;
+    select(&Selection {
+        iface: &args.iface,
+        iface_regex: &regexes,
+        iface_can_reach: args.iface_can_reach,
+        public_ip: args.public_ip,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn by(iface: &[&str]) -> Result<Underlay> {
+        let iface: Vec<String> = iface.iter().map(|s| s.to_string()).collect();
+        select(&Selection {
+            iface: &iface,
+            ..Selection::default()
+        })
+    }
+
+    fn by_re(patterns: &[&str]) -> Result<Underlay> {
+        let p: Vec<String> = patterns.iter().map(|s| s.to_string()).collect();
+        let re = compile_regexes(&p)?;
+        select(&Selection {
+            iface_regex: &re,
+            ..Selection::default()
+        })
+    }
+
     #[test]
     fn loopback_by_name_and_address() {
-        let by_name = resolve(&["lo".into()]).expect("lo exists");
+        let by_name = by(&["lo"]).expect("lo exists");
         assert_eq!(by_name.addr, Ipv4Addr::LOCALHOST);
         assert!(by_name.mtu >= 1500);
-        let by_addr = resolve(&["127.0.0.1".into()]).expect("127.0.0.1 exists");
+        let by_addr = by(&["127.0.0.1"]).expect("127.0.0.1 exists");
         assert_eq!(by_addr, by_name);
     }
 
     #[test]
     fn errors_name_the_flag_and_value() {
-        let e = resolve(&["nosuchif0".into()]).unwrap_err().to_string();
+        let e = by(&["nosuchif0"]).unwrap_err().to_string();
         assert!(e.contains("--iface nosuchif0"), "{e}");
-        let e = resolve(&["203.0.113.77".into()]).unwrap_err().to_string();
+        let e = by(&["203.0.113.77"]).unwrap_err().to_string();
         assert!(e.contains("203.0.113.77"), "{e}");
-        let first_missing = resolve(&["nosuchif0".into(), "lo".into()]).expect("lo is second");
+        let first_missing = by(&["nosuchif0", "lo"]).expect("lo is second");
         assert_eq!(first_missing.name, "lo");
+    }
+
+    #[test]
+    fn regex_matches_addresses_before_names() {
+        // "^127\." matches lo's address.
+        assert_eq!(by_re(&[r"^127\."]).expect("matches").name, "lo");
+        // "^lo$" matches no address, then lo's name.
+        let u = by_re(&["nomatch-[0-9]", "^lo$"]).expect("second pattern matches");
+        assert_eq!((u.name.as_str(), u.addr), ("lo", Ipv4Addr::LOCALHOST));
+        let e = by_re(&["^nosuchif[0-9]$"]).unwrap_err().to_string();
+        assert!(e.contains("--iface-regex ^nosuchif[0-9]$"), "{e}");
+        let e = compile_regexes(&["(".into()]).unwrap_err().to_string();
+        assert!(
+            e.contains("--iface-regex \"(\"") && e.contains("regular expression"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn can_reach_uses_the_routes_source_address() {
+        let u = select(&Selection {
+            iface_can_reach: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9))),
+            ..Selection::default()
+        })
+        .expect("loopback is reachable");
+        assert_eq!((u.name.as_str(), u.addr), ("lo", Ipv4Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn iface_comes_before_regex_and_can_reach() {
+        let iface = vec!["lo".to_string()];
+        let re = compile_regexes(&["^nosuchif$".into()]).expect("valid");
+        let u = select(&Selection {
+            iface: &iface,
+            iface_regex: &re,
+            iface_can_reach: Some(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1))),
+            public_ip: None,
+        })
+        .expect("lo wins");
+        assert_eq!(u.name, "lo");
+        // Nothing matches: every failure is named.
+        let iface = vec!["nosuchif0".to_string()];
+        let e = select(&Selection {
+            iface: &iface,
+            iface_regex: &re,
+            ..Selection::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--iface nosuchif0") && e.contains("--iface-regex ^nosuchif$"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rank_prefers_global_then_link_local() {
+        assert!(rank(Ipv4Addr::new(192, 0, 2, 1)) < rank(Ipv4Addr::new(169, 254, 1, 1)));
+        assert!(rank(Ipv4Addr::new(169, 254, 1, 1)) < rank(Ipv4Addr::LOCALHOST));
     }
 }

@@ -20,13 +20,31 @@ fn main() -> ExitCode {
     if argv.get(1).map(String::as_str) == Some("docker-opts") {
         return ExitCode::from(docker_opts::main(&argv[2..]));
     }
-    let cli = cli::Cli::parse_from(cli::normalize_args(std::env::args()));
+    let argv = cli::implied_run(cli::normalize_args(argv));
+    if cli::wants_version(&argv) {
+        // flanneld's shape: the version alone, on stderr.
+        eprintln!("{}", cli::version_line());
+        return ExitCode::SUCCESS;
+    }
+    if let Some(line) = cli::refused_flag(&argv, |k| std::env::var(k).ok()) {
+        eprintln!("error: {line}");
+        return ExitCode::from(2);
+    }
+    let cli = cli::Cli::parse_from(argv);
+    let level = match &cli.command {
+        cli::Command::Run(a) => match a.verbosity.unwrap_or(0) {
+            0..=1 => "info",
+            2..=4 => "debug",
+            _ => "trace",
+        },
+        cli::Command::DockerOpts { .. } => "info",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .init();
     let result = match cli.command {

@@ -187,7 +187,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         || !args.peers.is_empty()
         || args.peers_file.is_some()
         || args.vni.is_some();
-    let underlay = iface::resolve(&args.iface).map_err(|e| usage(format!("{e:#}")))?;
+    let underlay = iface::from_args(&args).map_err(|e| usage(format!("{e:#}")))?;
     if underlay.mtu <= engine::dataplane::UDP_OVERHEAD + 68 {
         return Err(usage(format!(
             "--iface {}: MTU {} is too small for an overlay",

@@ -76,7 +76,22 @@ fn version_and_help() {
         .output()
         .expect("run");
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("weft "));
+    // flanneld's shape: the version alone on stderr, also with one dash and without `run`.
+    let version = format!("v{}\n", env!("CARGO_PKG_VERSION"));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), version);
+    assert!(out.stdout.is_empty());
+    for args in [
+        &["-version"][..],
+        &["run", "--version"],
+        &["--iface=lo", "-version"],
+    ] {
+        let out = Command::new(support::daemon::weft_bin())
+            .args(args)
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), version, "{args:?}");
+    }
     let out = Command::new(support::daemon::weft_bin())
         .args(["run", "--help"])
         .output()
@@ -91,6 +106,93 @@ fn version_and_help() {
         "--accept-any-source",
     ] {
         assert!(help.contains(flag), "help lacks {flag}");
+    }
+}
+
+#[test]
+fn unimplemented_flanneld_flags_are_refused_in_one_line() {
+    for (args, needle) in [
+        (&["-kube-subnet-mgr"][..], "--kube-subnet-mgr: "),
+        (
+            &["--kube-subnet-mgr=true", "--iface=lo"],
+            "--kube-subnet-mgr: ",
+        ),
+        (
+            &["run", "--kube-api-url", "https://k:6443"],
+            "--kube-api-url: ",
+        ),
+        (&["--kubeconfig-file=/etc/k"], "--kubeconfig-file: "),
+        (
+            &["--kube-annotation-prefix=x"],
+            "--kube-annotation-prefix: ",
+        ),
+        (&["--net-config-path=/etc/n.json"], "--net-config-path: "),
+        (
+            &["--set-node-network-unavailable=false"],
+            "--set-node-network-unavailable: ",
+        ),
+        (&["-public-ipv6=2001:db8::1"], "--public-ipv6: "),
+    ] {
+        let (code, err) = weft(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(
+            err.starts_with(&format!("error: {needle}")),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("unexpected argument"), "{args:?}: {err}");
+    }
+    let out = Command::new(support::daemon::weft_bin())
+        .args(["run", "--iface", "lo"])
+        .env("FLANNELD_KUBE_SUBNET_MGR", "true")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with("error: FLANNELD_KUBE_SUBNET_MGR (--kube-subnet-mgr): "),
+        "{err}"
+    );
+}
+
+#[test]
+fn interface_flag_errors_name_flag_and_value() {
+    let static_mode = ["--network", "10.1.0.0/16", "--subnet", "10.1.1.0/24"];
+    for (extra, needles) in [
+        (
+            &["--iface-regex", "("][..],
+            &["--iface-regex \"(\"", "regular expression"][..],
+        ),
+        (
+            &["--iface-regex", "^nosuchif[0-9]$"],
+            &["--iface-regex ^nosuchif[0-9]$"],
+        ),
+        (
+            &["--iface-can-reach", "not-an-ip"],
+            &["--iface-can-reach", "not-an-ip"],
+        ),
+        // The kernel refuses to connect a plain UDP socket to the broadcast address.
+        (
+            &[
+                "--iface",
+                "nosuchif0",
+                "--iface-can-reach",
+                "255.255.255.255",
+            ],
+            &["--iface nosuchif0", "--iface-can-reach 255.255.255.255"],
+        ),
+    ] {
+        let args: Vec<&str> = ["run"]
+            .iter()
+            .chain(&static_mode)
+            .chain(extra)
+            .copied()
+            .collect();
+        let (code, err) = weft(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: stderr lacks {n:?}: {err}");
+        }
     }
 }
 

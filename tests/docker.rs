@@ -9,23 +9,18 @@
 //! mounts, directories) is removed on drop, also when the test panics, and by a janitor process
 //! when the test process is killed; the test asserts at the end that nothing of it remains.
 
-#[path = "support/cluster.rs"]
-mod cluster;
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/docker.rs"]
-mod docker;
-#[path = "support/netns.rs"]
-mod netns;
+mod support;
 
-use cluster::{Cluster, CONFIG};
-use daemon::{within, Daemon};
-use docker::{BaseDir, Dockerd, Janitor};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
+use support::cluster::{Cluster, CONFIG};
+use support::daemon::{self, Daemon};
+use support::docker::{self, BaseDir, Dockerd, Janitor};
+use testkit::netns;
+use testkit::wait::within;
 
 const PREFIX: &str = "/coreos.com/network";
 /// Size of the TCP transfer between the containers.

@@ -17,13 +17,13 @@
 //! `docker import`.
 #![allow(dead_code)]
 
-use super::netns::{self, Netns};
 use std::io::{self, Read, Write};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+use testkit::netns::{self, Netns};
 
 /// The Docker CLI and daemon of Debian's docker.io (another `docker` may come first on PATH).
 pub(crate) const DOCKER: &str = "/usr/bin/docker";
