@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod blackhole;
 mod cli;
 mod docker_opts;
 mod health;

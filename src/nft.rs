@@ -23,9 +23,6 @@
 //! - Rule 4 of `postrtg` is flannel's, `ip saddr != <pod> ip daddr <cluster> return`, not the
 //!   iptables mode's `! -s <cluster> -d <pod>`: see [`ruleset`] for why and what it implies.
 
-// `weft run` calls this module when the network config has `EnableNFTables: true`.
-#![allow(dead_code)]
-
 use anyhow::{anyhow, Context, Result};
 use engine::Ipv4Net;
 use std::io::{ErrorKind, Write};
@@ -311,16 +308,6 @@ fn no_support(e: anyhow::Error) -> anyhow::Error {
         "no nftables support: {e:#} (the network config has EnableNFTables: true; \
          install the nftables package, or set EnableNFTables to false)"
     )
-}
-
-/// [`Nft::check_available`] on the host.
-pub(crate) fn check_available() -> Result<()> {
-    Nft::host().check_available()
-}
-
-/// [`Nft::supports_fully_random`] on the host.
-pub(crate) fn supports_fully_random() -> bool {
-    Nft::host().supports_fully_random()
 }
 
 /// [`Nft::delete_tables`] on the host.
