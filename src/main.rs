@@ -10,6 +10,7 @@ mod iface;
 mod masq;
 mod netlink;
 mod nft;
+mod periodic;
 mod run;
 
 use clap::Parser;
