@@ -4,11 +4,12 @@
 
 use engine::{Counter, DropReason, StatsSource};
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 /// What the endpoints report; filled in as the daemon starts.
 #[derive(Default)]
@@ -255,56 +256,205 @@ pub(crate) fn render_metrics(status: &Status) -> String {
     out
 }
 
-fn respond(mut s: TcpStream, status: &Status) -> std::io::Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let (code, ctype, body) = match (method, path) {
-        ("GET", "/healthz") => (200, "text/plain", "weft is running\n".to_string()),
-        ("GET", "/readyz") if status.ready.load(Ordering::Acquire) => {
+/// Limits that keep the server answering however many clients misbehave.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Time a connection has to deliver its complete request head.
+    pub(crate) head_timeout: Duration,
+    /// Time a connection may live at all (head, answer and its delivery).
+    pub(crate) conn_deadline: Duration,
+    /// Largest request head accepted (hyper's read buffer; at least 8 KiB).
+    pub(crate) max_head: usize,
+    /// Connections served at once; at the cap the oldest one is closed for each new one.
+    pub(crate) max_conns: usize,
+}
+
+/// Head deadline: a client must send its complete request head within this time.
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Whole-connection deadline.
+pub(crate) const CONN_DEADLINE: Duration = Duration::from_secs(5);
+/// Largest request head (request line and headers).
+pub(crate) const MAX_HEAD: usize = 8 * 1024;
+/// Upper bound of the connection cap (lowered to fit `RLIMIT_NOFILE`).
+pub(crate) const MAX_CONNS: usize = 4096;
+/// File descriptors left to the rest of the daemon when the cap is sized.
+const FD_RESERVE: u64 = 256;
+
+impl Limits {
+    /// The daemon's limits: the connection cap is [`MAX_CONNS`], or half of what `RLIMIT_NOFILE`
+    /// leaves after [`FD_RESERVE`] descriptors for the rest of the daemon (at least 16).
+    fn for_daemon() -> Limits {
+        let fds = raise_nofile();
+        let cap = usize::try_from(fds.saturating_sub(FD_RESERVE) / 2).unwrap_or(MAX_CONNS);
+        Limits {
+            head_timeout: HEAD_TIMEOUT,
+            conn_deadline: CONN_DEADLINE,
+            max_head: MAX_HEAD,
+            max_conns: cap.clamp(16, MAX_CONNS),
+        }
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (as the Go runtime does for flanneld) and
+/// returns the soft limit now in force.
+fn raise_nofile() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(_) => soft,
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    }
+}
+
+type Body = http_body_util::Full<hyper::body::Bytes>;
+
+/// The answer to one request. `GET` and `HEAD` (hyper leaves the body out) are served; other
+/// methods get 405.
+fn answer<B>(req: &hyper::Request<B>, status: &Status) -> hyper::Response<Body> {
+    use hyper::Method;
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    let (code, ctype, body) = match (get, req.uri().path()) {
+        (true, "/healthz") => (200, "text/plain", "weft is running\n".to_string()),
+        (true, "/readyz") if status.ready.load(Ordering::Acquire) => {
             (200, "text/plain", "weft is ready\n".to_string())
         }
-        ("GET", "/readyz") => (503, "text/plain", "weft is not ready yet\n".to_string()),
-        ("GET", "/metrics") => (200, "text/plain; version=0.0.4", render_metrics(status)),
-        ("GET", _) => (404, "text/plain", "not found\n".to_string()),
-        _ => (405, "text/plain", "method not allowed\n".to_string()),
+        (true, "/readyz") => (503, "text/plain", "weft is not ready yet\n".to_string()),
+        (true, "/metrics") => (200, "text/plain; version=0.0.4", render_metrics(status)),
+        (true, _) => (404, "text/plain", "not found\n".to_string()),
+        (false, _) => (405, "text/plain", "method not allowed\n".to_string()),
     };
-    let reason = match code {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
+    let mut resp = hyper::Response::new(Body::new(body.into()));
+    *resp.status_mut() = hyper::StatusCode::from_u16(code).unwrap_or_default();
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(ctype),
+    );
+    resp
+}
+
+/// Connections being served, oldest first; dropping a sender closes its connection.
+#[derive(Default)]
+struct Conns {
+    next: u64,
+    live: BTreeMap<u64, oneshot::Sender<()>>,
+}
+
+fn lock(c: &Mutex<Conns>) -> std::sync::MutexGuard<'_, Conns> {
+    c.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Serves one connection: one request, then close; the whole of it within the deadline, or
+/// until it is evicted.
+async fn connection(
+    sock: tokio::net::TcpStream,
+    status: Arc<Status>,
+    limits: Limits,
+    evicted: oneshot::Receiver<()>,
+) {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let _ = sock.set_nodelay(true);
+    let svc = hyper::service::service_fn(move |req| {
+        let resp = answer(&req, &status);
+        async move { Ok::<_, std::convert::Infallible>(resp) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.head_timeout)
+        .max_buf_size(limits.max_head.max(8192))
+        .keep_alive(false)
+        .half_close(true)
+        .serve_connection(TokioIo::new(sock), svc);
+    tokio::select! {
+        r = tokio::time::timeout(limits.conn_deadline, conn) => match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "health endpoint connection failed"),
+            Err(_) => tracing::debug!("health endpoint connection closed at its deadline"),
+        },
+        _ = evicted => tracing::debug!("health endpoint connection evicted at the cap"),
+    }
+}
+
+/// Accepts connections for ever; each is served on its own task.
+async fn accept_loop(l: std::net::TcpListener, status: Arc<Status>, limits: Limits) {
+    let l = match tokio::net::TcpListener::from_std(l) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "health endpoint: cannot register the listener");
+            return;
+        }
     };
-    write!(
-        s,
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
+    let conns = Arc::new(Mutex::new(Conns::default()));
+    loop {
+        let sock = match l.accept().await {
+            Ok((sock, _)) => sock,
+            Err(e) => {
+                // Out of descriptors (or another transient error): free the oldest connection
+                // and retry shortly instead of spinning.
+                tracing::warn!(error = %e, "health endpoint accept failed");
+                lock(&conns).live.pop_first();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut c = lock(&conns);
+            while c.live.len() >= limits.max_conns {
+                c.live.pop_first();
+            }
+            let id = c.next;
+            c.next += 1;
+            c.live.insert(id, tx);
+            id
+        };
+        let (status, conns) = (Arc::clone(&status), Arc::clone(&conns));
+        tokio::spawn(async move {
+            connection(sock, status, limits, rx).await;
+            lock(&conns).live.remove(&id);
+        });
+    }
+}
+
+/// Binds `addr` with a listen backlog of 1024.
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// Serves the endpoints on `l` with `limits`, on a thread of its own running a single-threaded
+/// tokio runtime.
+fn serve_on(l: std::net::TcpListener, status: Arc<Status>, limits: Limits) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    std::thread::Builder::new()
+        .name("weft-healthz".into())
+        .spawn(move || rt.block_on(accept_loop(l, status, limits)))?;
+    Ok(())
 }
 
 /// Binds `addr` and serves the endpoints on a thread of their own.
 pub(crate) fn serve(addr: SocketAddr, status: Arc<Status>) -> anyhow::Result<()> {
-    let l = TcpListener::bind(addr)
-        .map_err(|e| anyhow::anyhow!("--healthz-port: binding {addr}: {e}"))?;
-    std::thread::Builder::new()
-        .name("weft-healthz".into())
-        .spawn(move || {
-            for conn in l.incoming() {
-                match conn {
-                    Ok(s) => {
-                        if let Err(e) = respond(s, &status) {
-                            tracing::debug!(error = %e, "health endpoint request failed");
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "health endpoint accept failed"),
-                }
-            }
-        })?;
-    tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+    let l = bind(addr).map_err(|e| {
+        anyhow::anyhow!("--healthz-ip/--healthz-port: cannot listen on {addr}: {e}")
+    })?;
+    let limits = Limits::for_daemon();
+    serve_on(l, status, limits)?;
+    tracing::info!(
+        %addr,
+        max_connections = limits.max_conns,
+        "serving /healthz, /readyz and /metrics"
+    );
     Ok(())
 }
 
