@@ -1,6 +1,12 @@
 //! `--healthz-port`: `/healthz` (liveness), `/readyz` (503 until the lease is held, subnet.env
 //! written, rules installed and the workers run) and `/metrics` (Prometheus text format 0.0.4).
 //! flanneld offers the first two; the metrics are weft's own.
+//!
+//! The server runs hyper's HTTP/1 server on a single-threaded tokio runtime on its own thread,
+//! one task per connection and one request per connection, so no client can hold it up: the
+//! request head must arrive complete within [`HEAD_TIMEOUT`] and fit in [`MAX_HEAD`] (431
+//! otherwise, 400 for garbage), a connection lives at most [`CONN_DEADLINE`], and at the
+//! connection cap the oldest connection is closed to make room for each new one.
 
 use engine::{Counter, DropReason, StatsSource};
 use std::collections::BTreeMap;
@@ -281,8 +287,9 @@ pub(crate) const MAX_CONNS: usize = 4096;
 const FD_RESERVE: u64 = 256;
 
 impl Limits {
-    /// The daemon's limits: the connection cap is [`MAX_CONNS`], or half of what `RLIMIT_NOFILE`
-    /// leaves after [`FD_RESERVE`] descriptors for the rest of the daemon (at least 16).
+    /// The daemon's limits: the connection cap is [`MAX_CONNS`], or, when `RLIMIT_NOFILE` is
+    /// lower, half of what it leaves after [`FD_RESERVE`] descriptors (at least 16), so the
+    /// health port can never take the descriptors the data and control planes need.
     fn for_daemon() -> Limits {
         let fds = raise_nofile();
         let cap = usize::try_from(fds.saturating_sub(FD_RESERVE) / 2).unwrap_or(MAX_CONNS);
