@@ -140,8 +140,10 @@ pub enum Counter {
     /// TCP super-packets written into the TUN device, each the payloads of a run of received
     /// segments gathered behind one rewritten header (vnet_hdr TSO).
     RxTsoWrites,
-    /// Received TCP/UDP packets whose checksum held only the pseudo-header sum (a kernel sender
-    /// over veth) and was completed before the TUN write.
+    /// Received TCP/UDP packets whose checksum was unfinished (a kernel sender over veth: the field
+    /// held only the pseudo-header sum and the checksum did not verify) and was completed before
+    /// the TUN write. A valid checksum that equals the pseudo-header sum by chance (one in 65 536)
+    /// is left alone and not counted.
     RxChecksumsCompleted,
     /// ICMP errors written back into the TUN device.
     IcmpSent,
