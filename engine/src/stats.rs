@@ -49,9 +49,9 @@ pub enum DropReason {
     VxlanNotIpv4,
     /// The received message was longer than the buffer and was cut (MSG_TRUNC).
     RecvTruncated,
-    /// Datagrams the kernel dropped before a worker read them, mostly because the worker socket's
-    /// receive queue was full (`SO_RXQ_OVFL`: the socket's `sk_drops`, the figure behind the
-    /// kernel's UDP `RcvbufErrors`). Counted per worker, as the delta of the count the kernel
+    /// Datagrams the kernel dropped before a worker read them, almost always because the worker
+    /// socket's receive queue was full (`SO_RXQ_OVFL`: the socket's `sk_drops`, the figure behind
+    /// the kernel's UDP `RcvbufErrors`, plus the rare datagram with a bad UDP checksum). Counted per worker, as the delta of the count the kernel
     /// attaches to received messages, so drops show with the next datagram that gets through.
     SocketRxOverflow,
     /// Packets the kernel dropped on their way from the stack to the TUN device's queues (the
