@@ -295,6 +295,46 @@ fn parse_margin(s: &str) -> Result<u32, String> {
     }
 }
 
+/// A secret (the etcd password): its `Debug` prints `<redacted>`, so no log of the options can
+/// show it; [`Secret::expose`] gives the value to whoever must send it.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Secret(String);
+
+impl Secret {
+    /// The value itself; only for handing to the etcd client.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+fn parse_secret(s: &str) -> Result<Secret, String> {
+    Ok(Secret(s.to_string()))
+}
+
+/// The password in the contents of `--etcd-password-file`: the first line, without its line end.
+pub(crate) fn password_from_file_contents(text: &str) -> Result<Secret, String> {
+    let line = text.lines().next().unwrap_or("");
+    if line.is_empty() {
+        return Err("is empty (the password is its first line)".to_string());
+    }
+    Ok(Secret(line.to_string()))
+}
+
+/// Whether `argv` gives the etcd password on the command line (`--etcd-password`, one dash or
+/// two, with `=` or as the next argument), where every user can read it.
+pub(crate) fn password_on_command_line(argv: impl IntoIterator<Item = String>) -> bool {
+    argv.into_iter().any(|a| {
+        let flag = a.split('=').next().unwrap_or("");
+        flag == "--etcd-password" || flag == "-etcd-password"
+    })
+}
+
 /// `--etcd-endpoints`: comma-separated URLs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Endpoints(pub(crate) Vec<String>);
@@ -386,14 +426,21 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "NAME", env = "FLANNELD_ETCD_USERNAME")]
     pub(crate) etcd_username: Option<String>,
 
-    /// etcd password.
+    /// etcd password. On the command line it is visible to every user (`ps`): prefer
+    /// --etcd-password-file or the environment variable.
     #[arg(
         long,
         value_name = "PASSWORD",
         env = "FLANNELD_ETCD_PASSWORD",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = parse_secret,
+        conflicts_with = "etcd_password_file"
     )]
-    pub(crate) etcd_password: Option<String>,
+    pub(crate) etcd_password: Option<Secret>,
+
+    /// File holding the etcd password (its first line; a trailing newline is not part of it).
+    #[arg(long, value_name = "PATH", env = "WEFT_ETCD_PASSWORD_FILE")]
+    pub(crate) etcd_password_file: Option<PathBuf>,
 
     /// Where to write the subnet environment file (read back at start to keep the same subnet)
     /// [default: /run/flannel/subnet.env; in static mode no file is written unless this is given].
@@ -513,6 +560,19 @@ impl RunArgs {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SUBNET_FILE))
     }
 
+    /// The etcd password: from `--etcd-password-file`, else `--etcd-password` or
+    /// `FLANNELD_ETCD_PASSWORD`. An unreadable or empty file is an error naming the flag.
+    pub(crate) fn etcd_password(&self) -> Result<Option<Secret>, String> {
+        let Some(path) = &self.etcd_password_file else {
+            return Ok(self.etcd_password.clone());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--etcd-password-file {}: {e}", path.display()))?;
+        password_from_file_contents(&text)
+            .map(Some)
+            .map_err(|e| format!("--etcd-password-file {}: {e}", path.display()))
+    }
+
     /// `--iptables-forward-rules`, or flanneld's default (true).
     pub(crate) fn forward_rules(&self) -> bool {
         self.iptables_forward_rules.unwrap_or(true)
@@ -527,6 +587,84 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    fn run_args(argv: &[&str]) -> RunArgs {
+        let mut v = vec!["weft", "run"];
+        v.extend_from_slice(argv);
+        match Cli::try_parse_from(v).expect("parses").command {
+            Command::Run(a) => *a,
+            Command::DockerOpts { .. } => panic!("not run"),
+        }
+    }
+
+    #[test]
+    fn the_etcd_password_is_redacted_and_read_from_a_file() {
+        let a = run_args(&["--etcd-password", "hunter2-secret"]);
+        assert_eq!(
+            a.etcd_password().expect("ok").as_ref().map(Secret::expose),
+            Some("hunter2-secret")
+        );
+        let debug = format!("{a:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+
+        let dir = std::env::temp_dir().join(format!("weft-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("pw");
+        std::fs::write(&file, "s3cret from a file\n").expect("write");
+        let path = file.to_str().expect("utf-8");
+        let a = run_args(&["--etcd-password-file", path]);
+        assert_eq!(
+            a.etcd_password().expect("ok").as_ref().map(Secret::expose),
+            Some("s3cret from a file")
+        );
+        assert!(!format!("{a:?}").contains("s3cret"));
+        std::fs::write(&file, "\n").expect("write");
+        let e = a.etcd_password().expect_err("empty");
+        assert!(
+            e.starts_with("--etcd-password-file ") && e.contains("empty"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).expect("clean up");
+        let e = a.etcd_password().expect_err("missing");
+        assert!(
+            e.starts_with(&format!("--etcd-password-file {path}: ")),
+            "{e}"
+        );
+
+        assert!(Cli::try_parse_from([
+            "weft",
+            "run",
+            "--etcd-password",
+            "x",
+            "--etcd-password-file",
+            "/f"
+        ])
+        .is_err());
+        assert_eq!(
+            password_from_file_contents("pw\r\nsecond line").map(|s| s.0),
+            Ok("pw".to_string())
+        );
+        let argv = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(password_on_command_line(argv(&[
+            "weft",
+            "--etcd-password",
+            "x"
+        ])));
+        assert!(password_on_command_line(argv(&[
+            "weft",
+            "-etcd-password=x"
+        ])));
+        assert!(!password_on_command_line(argv(&[
+            "weft",
+            "--etcd-password-file=/f"
+        ])));
+        assert!(!password_on_command_line(argv(&[
+            "weft",
+            "--etcd-username",
+            "u"
+        ])));
     }
 
     #[test]

@@ -255,6 +255,13 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         || !args.peers.is_empty()
         || args.peers_file.is_some()
         || args.vni.is_some();
+    if crate::cli::password_on_command_line(std::env::args()) {
+        tracing::warn!(
+            "--etcd-password on the command line is visible to every user (ps); use --etcd-password-file or FLANNELD_ETCD_PASSWORD"
+        );
+    }
+    // Read now, so that a bad --etcd-password-file is a usage error at once.
+    let etcd_password = args.etcd_password().map_err(usage)?;
     let underlay = iface::from_args(&args).map_err(|e| usage(format!("{e:#}")))?;
     if underlay.mtu <= engine::dataplane::UDP_OVERHEAD + 68 {
         return Err(usage(format!(
@@ -273,7 +280,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     if static_mode {
         run_static(&args, &underlay, &signals, &status)
     } else {
-        run_etcd(&args, &underlay, &signals, &status)
+        run_etcd(&args, etcd_password, &underlay, &signals, &status)
     }
 }
 
@@ -550,6 +557,7 @@ fn start_control(
 
 fn run_etcd(
     args: &RunArgs,
+    etcd_password: Option<crate::cli::Secret>,
     underlay: &Underlay,
     signals: &Receiver<i32>,
     status: &Status,
@@ -563,7 +571,7 @@ fn run_etcd(
             cert_file: args.etcd_certfile.clone(),
             key_file: args.etcd_keyfile.clone(),
             username: args.etcd_username.clone(),
-            password: args.etcd_password.clone(),
+            password: etcd_password.map(|p| p.expose().to_string()),
         },
         public_ip,
         subnet_file: args.subnet_file(),

@@ -224,3 +224,87 @@ fn docker_opts_writes_flannels_output() {
     assert!(err.contains("Generate Docker daemon options"), "{err}");
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+#[test]
+fn a_missing_etcd_password_file_is_an_error_naming_the_flag() {
+    let path = format!("/nonexistent-weft-{}/password", std::process::id());
+    let (code, err) = weft(&["run", "--etcd-password-file", &path]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("--etcd-password-file {path}")),
+        "{err}"
+    );
+    assert!(err.contains("No such file"), "{err}");
+}
+
+/// Runs `weft run` against an etcd nobody serves for a second with debug logging; its stderr.
+fn run_against_unreachable_etcd(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(support::daemon::weft_bin());
+    cmd.args([
+        "run",
+        "--etcd-endpoints",
+        "http://127.0.0.1:9",
+        "--etcd-username",
+        "weft",
+        "--iface",
+        "lo",
+        "--subnet-file",
+        "/nonexistent-weft/subnet.env",
+    ])
+    .args(args)
+    .env("RUST_LOG", "debug")
+    .env_remove("FLANNELD_ETCD_PASSWORD")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("start weft");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let out = child.wait_with_output().expect("wait for weft");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn the_etcd_password_never_appears_in_logs_or_help() {
+    let secret = "pw-c0rrect-h0rse-battery";
+    let dir = std::env::temp_dir().join(format!("weft-cli-pw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("password");
+    std::fs::write(&file, format!("{secret}\n")).expect("write");
+    let file = file.to_str().expect("utf-8").to_string();
+
+    let from_flag = run_against_unreachable_etcd(&["--etcd-password", secret], &[]);
+    let from_env = run_against_unreachable_etcd(&[], &[("FLANNELD_ETCD_PASSWORD", secret)]);
+    let from_file = run_against_unreachable_etcd(&["--etcd-password-file", &file], &[]);
+    for (how, log) in [
+        ("flag", &from_flag),
+        ("env", &from_env),
+        ("file", &from_file),
+    ] {
+        assert!(log.contains("DEBUG"), "{how}: debug logging is on:\n{log}");
+        assert!(log.contains("etcd"), "{how}: it tried etcd:\n{log}");
+        assert!(
+            !log.contains(secret),
+            "{how}: the password is logged:\n{log}"
+        );
+    }
+    assert!(
+        from_flag.contains("visible to every user"),
+        "warning for the flag:\n{from_flag}"
+    );
+    assert!(!from_env.contains("visible to every user"), "{from_env}");
+    assert!(!from_file.contains("visible to every user"), "{from_file}");
+
+    let out = Command::new(support::daemon::weft_bin())
+        .args(["run", "--help"])
+        .env("FLANNELD_ETCD_PASSWORD", secret)
+        .output()
+        .expect("run");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--etcd-password-file"), "{help}");
+    assert!(!help.contains(secret), "{help}");
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

@@ -278,7 +278,10 @@ fn hostile_datagrams_are_dropped_and_counted_while_traffic_flows() {
     assert_eq!(stat(&s, "drop_unknown_sender"), n, "{s:?}");
     assert_eq!(stat(&s, "drop_not_ipv4"), n, "{s:?}");
     assert_eq!(stat(&s, "drop_bad_header_len"), 1000, "{s:?}");
-    assert_eq!(stat(&s, "dropped"), 7 * n + 1000, "{s:?}");
+    // The kernel's drops (a queue that overflowed under the transfer) are counted in `dropped`
+    // too, under their own reasons.
+    let kernel = stat(&s, "drop_udp_rcvbuf_overflow") + stat(&s, "drop_tun_tx_dropped");
+    assert_eq!(stat(&s, "dropped") - kernel, 7 * n + 1000, "{s:?}");
     let status = a.stop();
     assert!(status.success(), "weft exits 0 after SIGTERM: {status:?}");
 }

@@ -3,16 +3,18 @@
 use crate::decap::DecapPolicy;
 use crate::net::Ipv4Net;
 use crate::route::RouteTable;
-use crate::stats::{StatsSnapshot, WorkerStats};
+use crate::stats::{DropReason, StatsSnapshot, WorkerStats};
 use crate::tun::{self, TunConfig};
 use crate::udp::{BatchSocket, Offload};
 use crate::wire::Wire;
 use crate::worker::{self, Worker, WorkerSetup};
 use mio::{Poll, Waker};
+use std::fs::File;
 use std::io;
+use std::io::{Read, Seek};
 use std::net::SocketAddrV4;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 /// IPv4 + UDP header bytes the udp wire format adds to every packet (flannel's MTU rule).
@@ -71,20 +73,96 @@ impl DataplaneConfig {
     }
 }
 
+/// The TUN device's own drop figure (`tx_dropped`: packets the kernel dropped because the device's
+/// queues were full), read from `/proc/net/dev` when the counters are read, never by the workers.
+/// The file is opened when the data plane starts, in the thread that created the device, so it
+/// shows the device's network namespace whichever thread reads it later.
+#[derive(Debug)]
+struct TunDrops {
+    dev: String,
+    file: Mutex<Option<File>>,
+    /// `tx_dropped` when the data plane started (0 for a device weft created).
+    base: u64,
+    /// The last figure read, kept when a read fails (the device is gone, say).
+    last: AtomicU64,
+}
+
+impl TunDrops {
+    fn open(dev: &str) -> TunDrops {
+        let file = File::open("/proc/thread-self/net/dev")
+            .or_else(|_| File::open("/proc/self/net/dev"))
+            .map_err(
+                |e| tracing::warn!(error = %e, "cannot read /proc/net/dev; tun_tx_dropped stays 0"),
+            )
+            .ok();
+        let mut t = TunDrops {
+            dev: dev.to_string(),
+            file: Mutex::new(file),
+            base: 0,
+            last: AtomicU64::new(0),
+        };
+        t.base = t.read_raw().unwrap_or(0);
+        t.last.store(t.base, Ordering::Relaxed);
+        t
+    }
+
+    fn read_raw(&self) -> Option<u64> {
+        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let file = guard.as_mut()?;
+        let mut text = String::new();
+        file.rewind().ok()?;
+        file.read_to_string(&mut text).ok()?;
+        proc_net_dev_tx_dropped(&text, &self.dev)
+    }
+
+    /// Drops since the data plane started.
+    fn since_start(&self) -> u64 {
+        let now = match self.read_raw() {
+            Some(v) => {
+                self.last.store(v, Ordering::Relaxed);
+                v
+            }
+            None => self.last.load(Ordering::Relaxed),
+        };
+        now.saturating_sub(self.base)
+    }
+}
+
+/// The transmit `drop` column of device `dev` in the text of `/proc/net/dev`.
+fn proc_net_dev_tx_dropped(text: &str, dev: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (name, fields) = line.trim_start().split_once(':')?;
+        if name != dev {
+            return None;
+        }
+        // Receive: bytes packets errs drop fifo frame compressed multicast; transmit: bytes
+        // packets errs drop ...
+        fields.split_whitespace().nth(11)?.parse().ok()
+    })
+}
+
+/// Counters summed over `stats`, plus the device's drops.
+fn snapshot(stats: &[Arc<WorkerStats>], tun: &TunDrops) -> StatsSnapshot {
+    let mut s = StatsSnapshot::sum(stats.iter().map(|s| &**s));
+    s.add_dropped(DropReason::TunTxDropped, tun.since_start());
+    s
+}
+
 /// A cheap, shareable view of a running data plane's counters and health (for a metrics server
 /// on another thread).
 #[derive(Debug, Clone)]
 pub struct StatsSource {
     stats: Vec<Arc<WorkerStats>>,
+    tun_drops: Arc<TunDrops>,
     routes: Arc<RouteTable>,
     live: Arc<AtomicUsize>,
     workers: usize,
 }
 
 impl StatsSource {
-    /// Counters summed over all workers.
+    /// Counters summed over all workers, and the TUN device's drops (`tun_tx_dropped`).
     pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot::sum(self.stats.iter().map(|s| &**s))
+        snapshot(&self.stats, &self.tun_drops)
     }
 
     /// The route table.
@@ -128,6 +206,7 @@ pub struct Dataplane {
     wakers: Vec<Waker>,
     stop: Arc<AtomicBool>,
     stats: Vec<Arc<WorkerStats>>,
+    tun_drops: Arc<TunDrops>,
     routes: Arc<RouteTable>,
     pinned: bool,
     live: Arc<AtomicUsize>,
@@ -218,6 +297,7 @@ impl Dataplane {
         }
         .map_err(ctx(|| format!("creating TUN device {}", cfg.tun_name)))?;
         let tun_offload = tun_cfg.offload;
+        let tun_drops = Arc::new(TunDrops::open(&cfg.tun_name));
         let stop = Arc::new(AtomicBool::new(false));
         let policy = DecapPolicy {
             network: cfg.network,
@@ -263,6 +343,7 @@ impl Dataplane {
             wakers,
             stop,
             stats,
+            tun_drops,
             routes,
             pinned,
             live: Arc::new(AtomicUsize::new(0)),
@@ -283,15 +364,16 @@ impl Dataplane {
     pub fn stats_source(&self) -> StatsSource {
         StatsSource {
             stats: self.stats.clone(),
+            tun_drops: Arc::clone(&self.tun_drops),
             routes: Arc::clone(&self.routes),
             live: Arc::clone(&self.live),
             workers: self.threads.len(),
         }
     }
 
-    /// Counters summed over all workers.
+    /// Counters summed over all workers, and the TUN device's drops (`tun_tx_dropped`).
     pub fn stats(&self) -> StatsSnapshot {
-        StatsSnapshot::sum(self.stats.iter().map(|s| &**s))
+        snapshot(&self.stats, &self.tun_drops)
     }
 
     /// The route table the workers follow.
@@ -328,8 +410,12 @@ impl Dataplane {
     /// the kernel removes every route through it).
     /// Returns the final counters.
     pub fn stop(mut self) -> StatsSnapshot {
+        // The device's figure goes with the device: read it while the queues are open.
+        let tun = self.tun_drops.since_start();
         self.shutdown();
-        self.stats()
+        let mut s = StatsSnapshot::sum(self.stats.iter().map(|s| &**s));
+        s.add_dropped(DropReason::TunTxDropped, tun);
+        s
     }
 
     fn shutdown(&mut self) {
@@ -379,6 +465,25 @@ mod fault {
         } else {
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod proc_net_dev_tests {
+    use super::proc_net_dev_tx_dropped;
+
+    #[test]
+    fn tx_drop_column_of_the_named_device() {
+        let text = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:    1000      10    0    0    0     0          0         0     1000      10    0    0    0     0       0          0
+ weft0: 5000000    4000    0    0    0     0          0         0  9000000    7000    0  65123    0     0       0          0
+weft01:       1       1    0    0    0     0          0         0        1       1    0    9    0     0       0          0
+";
+        assert_eq!(proc_net_dev_tx_dropped(text, "weft0"), Some(65123));
+        assert_eq!(proc_net_dev_tx_dropped(text, "weft01"), Some(9));
+        assert_eq!(proc_net_dev_tx_dropped(text, "lo"), Some(0));
+        assert_eq!(proc_net_dev_tx_dropped(text, "weft"), None);
     }
 }
 

@@ -49,11 +49,21 @@ pub enum DropReason {
     VxlanNotIpv4,
     /// The received message was longer than the buffer and was cut (MSG_TRUNC).
     RecvTruncated,
+    /// Datagrams the kernel dropped before a worker read them, almost always because the worker
+    /// socket's receive queue was full (`SO_RXQ_OVFL`: the socket's `sk_drops`, the figure behind
+    /// the kernel's UDP `RcvbufErrors`, plus the rare datagram with a bad UDP checksum). Counted per worker, as the delta of the count the kernel
+    /// attaches to received messages, so drops show with the next datagram that gets through.
+    SocketRxOverflow,
+    /// Packets the kernel dropped on their way from the stack to the TUN device's queues (the
+    /// device's `tx_dropped`: a full queue, `txqueuelen` packets, that the workers did not read in
+    /// time). Device-wide, not per worker: read from the device's statistics when the counters are
+    /// read, since the data plane started.
+    TunTxDropped,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::Truncated,
         DropReason::NotIpv4,
         DropReason::BadHeaderLen,
@@ -73,6 +83,8 @@ impl DropReason {
         DropReason::VxlanWrongMac,
         DropReason::VxlanNotIpv4,
         DropReason::RecvTruncated,
+        DropReason::SocketRxOverflow,
+        DropReason::TunTxDropped,
     ];
 
     /// Stable snake_case name used in logs and metrics.
@@ -97,6 +109,8 @@ impl DropReason {
             DropReason::VxlanWrongMac => "vxlan_wrong_mac",
             DropReason::VxlanNotIpv4 => "vxlan_not_ipv4",
             DropReason::RecvTruncated => "recv_truncated",
+            DropReason::SocketRxOverflow => "udp_rcvbuf_overflow",
+            DropReason::TunTxDropped => "tun_tx_dropped",
         }
     }
 }
@@ -126,8 +140,10 @@ pub enum Counter {
     /// TCP super-packets written into the TUN device, each the payloads of a run of received
     /// segments gathered behind one rewritten header (vnet_hdr TSO).
     RxTsoWrites,
-    /// Received TCP/UDP packets whose checksum held only the pseudo-header sum (a kernel sender
-    /// over veth) and was completed before the TUN write.
+    /// Received TCP/UDP packets whose checksum was unfinished (a kernel sender over veth: the field
+    /// held only the pseudo-header sum and the checksum did not verify) and was completed before
+    /// the TUN write. A valid checksum that equals the pseudo-header sum by chance (one in 65 536)
+    /// is left alone and not counted.
     RxChecksumsCompleted,
     /// ICMP errors written back into the TUN device.
     IcmpSent,
@@ -265,6 +281,13 @@ impl StatsSnapshot {
             .get(NAMED + reason as usize)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Adds `n` drops for `reason` counted outside the workers (the TUN device's own figure).
+    pub(crate) fn add_dropped(&mut self, reason: DropReason, n: u64) {
+        if let Some(v) = self.values.get_mut(NAMED + reason as usize) {
+            *v = v.wrapping_add(n);
+        }
     }
 
     /// All drops.

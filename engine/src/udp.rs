@@ -42,7 +42,8 @@ pub struct BatchSocket {
 
 impl BatchSocket {
     /// Binds to `addr` with SO_REUSEPORT (so every worker binds the same port), sets the socket
-    /// buffers to `buffer_bytes` and sets up the offloads `offload` asks for.
+    /// buffers to `buffer_bytes`, turns on `SO_RXQ_OVFL` (received messages carry the socket's
+    /// drop count, [`RecvMeta::rxq_drops`]) and sets up the offloads `offload` asks for.
     pub fn bind(
         addr: SocketAddrV4,
         buffer_bytes: usize,
@@ -51,6 +52,7 @@ impl BatchSocket {
         let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
         sock.set_reuse_port(true)?;
         sys::set_buffer_sizes(sock.as_fd(), buffer_bytes)?;
+        sys::enable_rxq_ovfl(sock.as_fd())?;
         let (gso, gro) = match offload {
             Offload::Off => (false, false),
             Offload::Auto | Offload::On => (

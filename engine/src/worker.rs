@@ -175,6 +175,9 @@ pub(crate) struct Worker {
     /// ends, and the daemon, seeing a worker gone, exits so that a supervisor starts it afresh.
     /// A write that finds it detached says so through `sink.gone()`.
     tun_gone: bool,
+    /// The socket's cumulative drop count as of the last received message that carried one
+    /// (`SO_RXQ_OVFL`); the growth is counted as `SocketRxOverflow`.
+    rxq_drops_seen: u32,
 }
 
 /// Whether a TUN I/O error means the device is gone (the kernel detached our queue).
@@ -309,6 +312,7 @@ impl Worker {
             tun_read_errors: ErrorLog::new("TUN read failed"),
             recv_errors: ErrorLog::new("UDP receive failed"),
             tun_gone: false,
+            rxq_drops_seen: 0,
             setup: WorkerSetup {
                 batch_size: batch,
                 ..setup
@@ -537,6 +541,14 @@ impl Worker {
         };
         let stats = &*self.setup.stats;
         stats.add(Counter::RxBatches, 1);
+        // The count only grows from message to message, so the last one that carries it is news.
+        if let Some(drops) = self.rx_meta[..n].iter().rev().find_map(|m| m.rxq_drops) {
+            let new = drops.wrapping_sub(self.rxq_drops_seen);
+            if new > 0 {
+                stats.drop_packets(DropReason::SocketRxOverflow, u64::from(new));
+                self.rxq_drops_seen = drops;
+            }
+        }
         let routes = Arc::clone(self.setup.routes.load());
         let decap = self.decap;
         let mut datagrams = 0u64;

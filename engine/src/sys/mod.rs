@@ -28,5 +28,7 @@ macro_rules! syscall {
 #[path = "linux/mod.rs"]
 mod imp;
 
-pub(crate) use imp::{enable_udp_gro, probe_udp_gso, recv_batch, send_batch, set_buffer_sizes};
+pub(crate) use imp::{
+    enable_rxq_ovfl, enable_udp_gro, probe_udp_gso, recv_batch, send_batch, set_buffer_sizes,
+};
 pub use imp::{RecvMeta, SendMsg, MAX_BATCH};

@@ -35,47 +35,72 @@ fn pseudo_sum<T: AsRef<[u8]>>(ip: &ipv4::Packet<T>) -> u16 {
     ip.pseudo_header_sum(ip.payload().len() as u16)
 }
 
-/// Whether `packet` is a TCP or UDP IPv4 packet whose checksum field holds only the pseudo-header
-/// sum. Cheap: reads 12 bytes.
-#[inline]
-pub fn is_partial(packet: &[u8]) -> bool {
-    let Some((ip, at, _)) = l4(packet) else {
-        return false;
-    };
-    let field = u16::from_be_bytes([packet[at], packet[at + 1]]);
-    // UDP's 0 means "no checksum"; the pseudo-header sum is never 0 (the protocol is in it).
-    field == pseudo_sum(&ip)
+/// A TCP or UDP IPv4 packet whose checksum field holds the pseudo-header sum.
+struct Candidate {
+    /// Offset of the L4 segment (the IPv4 header length).
+    segment: usize,
+    /// Offset of the checksum field.
+    field: usize,
+    proto: u8,
+    /// The pseudo-header sum, which the field holds.
+    pseudo: u16,
 }
 
-/// Completes the checksum of a packet for which [`is_partial`] holds; returns whether it did.
-/// A complete checksum that happens to equal the pseudo-header sum is recomputed to an equivalent
-/// valid value, so this can never make a good packet bad.
+#[inline]
+fn candidate(packet: &[u8]) -> Option<Candidate> {
+    let (ip, at, proto) = l4(packet)?;
+    let pseudo = pseudo_sum(&ip);
+    let field = u16::from_be_bytes([packet[at], packet[at + 1]]);
+    // UDP's 0 means "no checksum"; the pseudo-header sum is never 0 (the protocol is in it).
+    (field == pseudo).then_some(Candidate {
+        segment: ip.header_len(),
+        field: at,
+        proto,
+        pseudo,
+    })
+}
+
+/// The one's complement sum of `c`'s segment as it is (field included), if its checksum does not
+/// verify; `None` if it does (a complete checksum that equals the pseudo-header sum by chance).
+#[inline]
+fn unverified_sum(packet: &[u8], c: &Candidate) -> Option<u16> {
+    let sum = checksum::sum(&packet[c.segment..]);
+    (checksum::combine(c.pseudo, sum) != 0xffff).then_some(sum)
+}
+
+/// Whether `packet` is a TCP or UDP IPv4 packet whose checksum field equals the pseudo-header
+/// sum: what a sender that left the checksum to the NIC writes, and what one complete checksum in
+/// 65 536 equals by chance. Cheap: reads 12 bytes. [`is_partial`] tells the two apart.
+#[inline]
+pub fn may_be_partial(packet: &[u8]) -> bool {
+    candidate(packet).is_some()
+}
+
+/// Whether `packet` is a TCP or UDP IPv4 packet whose checksum is unfinished: the field holds
+/// only the pseudo-header sum and the checksum does not verify. A complete checksum that equals
+/// the pseudo-header sum by chance verifies and is not partial. Reads 12 bytes, and the whole
+/// segment only when the field equals the pseudo-header sum.
+pub fn is_partial(packet: &[u8]) -> bool {
+    candidate(packet).is_some_and(|c| unverified_sum(packet, &c).is_some())
+}
+
+/// Completes the checksum of a packet for which [`is_partial`] holds; returns whether it did. Any
+/// other packet, a valid one whose checksum equals the pseudo-header sum by chance included, is
+/// left alone, so this can never make a good packet bad. One pass over the segment.
 pub fn complete_partial(packet: &mut [u8]) -> bool {
-    if !is_partial(packet) {
-        return false;
-    }
-    let Some((mut ip, _, proto)) = l4(packet) else {
+    let Some(c) = candidate(packet) else {
         return false;
     };
-    let pseudo = pseudo_sum(&ip);
-    let segment = ip.payload_mut();
-    match proto {
-        ipv4::PROTO_TCP => {
-            let mut t = tcp::Packet::new_unchecked(segment);
-            t.set_checksum(0);
-            let c = !checksum::combine(pseudo, checksum::sum(t.into_inner()));
-            tcp::Packet::new_unchecked(ip.payload_mut()).set_checksum(c);
-        }
-        _ => {
-            let mut u = udp::Packet::new_unchecked(segment);
-            u.set_checksum(0);
-            let mut c = !checksum::combine(pseudo, checksum::sum(u.into_inner()));
-            if c == 0 {
-                c = 0xffff; // RFC 768: a computed 0 is sent as all ones
-            }
-            udp::Packet::new_unchecked(ip.payload_mut()).set_checksum(c);
-        }
+    let Some(sum) = unverified_sum(packet, &c) else {
+        return false;
+    };
+    // The segment's sum without the field (which holds `pseudo`), then the checksum over both.
+    let rest = checksum::combine(sum, !c.pseudo);
+    let mut value = !checksum::combine(c.pseudo, rest);
+    if c.proto == ipv4::PROTO_UDP && value == 0 {
+        value = 0xffff; // RFC 768: a computed 0 is sent as all ones
     }
+    packet[c.field..c.field + 2].copy_from_slice(&value.to_be_bytes());
     true
 }
 
@@ -143,6 +168,56 @@ mod tests {
             assert!(complete_partial(&mut p));
             assert!(verifies(&p), "udp {payload_len}");
         }
+    }
+
+    #[test]
+    fn a_valid_checksum_equal_to_the_pseudo_sum_is_not_partial() {
+        for (proto, field) in [(PROTO_TCP, 16), (PROTO_UDP, 6)] {
+            // Two payload bytes chosen so that, with the pseudo-header sum in the field, the
+            // checksum verifies: a complete checksum that equals the pseudo-header sum.
+            let mut l4 = if proto == PROTO_TCP {
+                tcp(&[0x5a; 30])
+            } else {
+                let mut u = vec![0u8; 8];
+                u[4..6].copy_from_slice(&38u16.to_be_bytes());
+                u.extend_from_slice(&[0x5a; 30]);
+                u
+            };
+            let free = l4.len() - 2;
+            l4[free] = 0;
+            l4[free + 1] = 0;
+            let mut p = packet(proto, &l4);
+            make_partial(&mut p, field);
+            let c = candidate(&p).expect("field holds the pseudo-header sum");
+            let word = !checksum::combine(c.pseudo, checksum::sum(&p[20..]));
+            let at = 20 + free;
+            p[at..at + 2].copy_from_slice(&word.to_be_bytes());
+            assert!(
+                may_be_partial(&p),
+                "{proto}: field equals the pseudo-header sum"
+            );
+            assert!(verifies(&p), "{proto}: and the checksum is valid");
+            assert!(!is_partial(&p), "{proto}");
+            let before = p.clone();
+            assert!(
+                !complete_partial(&mut p),
+                "{proto}: not completed, not counted"
+            );
+            assert_eq!(p, before);
+        }
+    }
+
+    #[test]
+    fn a_real_partial_checksum_is_partial_and_completed() {
+        let mut p = packet(PROTO_TCP, &tcp(b"a partial checksum"));
+        make_partial(&mut p, 16);
+        assert!(may_be_partial(&p));
+        assert!(!verifies(&p));
+        assert!(is_partial(&p));
+        assert!(complete_partial(&mut p));
+        assert!(verifies(&p));
+        assert!(!is_partial(&p));
+        assert!(!complete_partial(&mut p), "once only");
     }
 
     #[test]

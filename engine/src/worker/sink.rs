@@ -211,14 +211,18 @@ impl<'a, W: TunWrite> Delivery<'a, W> {
             }
             return;
         }
-        let packet = if l4::is_partial(packet) {
-            // Rare (a kernel sender over veth): complete it in the scratch buffer.
+        let packet = if l4::may_be_partial(packet) {
+            // Rare (a kernel sender over veth, or a valid checksum that equals the pseudo-header
+            // sum by chance): complete it in the scratch buffer if it is partial.
             let out = &mut self.sink.stage[0];
             out.clear();
             out.extend_from_slice(packet);
-            l4::complete_partial(out);
-            self.stats.add(Counter::RxChecksumsCompleted, 1);
-            &out[..]
+            if l4::complete_partial(out) {
+                self.stats.add(Counter::RxChecksumsCompleted, 1);
+                &out[..]
+            } else {
+                packet
+            }
         } else {
             packet
         };

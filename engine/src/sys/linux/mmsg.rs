@@ -12,15 +12,24 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 /// Most messages (and packets) moved by one call; the arrays live on the calling worker's stack.
 pub const MAX_BATCH: usize = 128;
 
-/// Control buffer of one message: room for the one `int`-sized message either direction uses
-/// (`UDP_SEGMENT` on send, `UDP_GRO` on receive), with space to spare.
-type Control = cmsg::Buf<32>;
-const _: () = assert!(cmsg::space(mem::size_of::<libc::c_int>()) <= mem::size_of::<Control>());
+/// Control buffer of one message: room for the `int`-sized messages either direction uses
+/// (`UDP_SEGMENT` on send; `UDP_GRO` and `SO_RXQ_OVFL` on receive), with space to spare.
+type Control = cmsg::Buf<64>;
+const _: () = assert!(2 * cmsg::space(mem::size_of::<libc::c_int>()) <= mem::size_of::<Control>());
 
 /// The GRO segment size the kernel reported in a received message's control data.
 fn gro_segment(control: &Control, written: usize) -> Option<usize> {
     let seg: libc::c_int = cmsg::find(control, written, libc::SOL_UDP, libc::UDP_GRO)?;
     usize::try_from(seg).ok().filter(|s| *s > 0)
+}
+
+/// The socket's cumulative drop count (`sk_drops`) the kernel attached to a received message when
+/// `SO_RXQ_OVFL` is on; absent while it is still 0.
+fn rxq_drops(control: &Control, written: usize) -> Option<u32> {
+    if written == 0 {
+        return None;
+    }
+    cmsg::find(control, written, libc::SOL_SOCKET, libc::SO_RXQ_OVFL)
 }
 
 /// What the kernel reported about one received message.
@@ -35,6 +44,9 @@ pub struct RecvMeta {
     /// With UDP GRO: the size of each coalesced datagram (the last may be shorter); 0 when the
     /// slot holds a single datagram.
     pub segment: usize,
+    /// With `SO_RXQ_OVFL` on: the socket's cumulative count of datagrams the kernel dropped (full
+    /// receive queue, mostly) as of this message's queueing; `None` while that count is 0.
+    pub rxq_drops: Option<u32>,
 }
 
 impl Default for RecvMeta {
@@ -44,6 +56,7 @@ impl Default for RecvMeta {
             src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
             truncated: false,
             segment: 0,
+            rxq_drops: None,
         }
     }
 }
@@ -130,6 +143,7 @@ pub(crate) fn recv_batch<B: AsMut<[u8]>>(
             src: from_sockaddr(&names[i], h.msg_hdr.msg_namelen),
             truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
             segment: gro_segment(&controls[i], h.msg_hdr.msg_controllen).unwrap_or(0),
+            rxq_drops: rxq_drops(&controls[i], h.msg_hdr.msg_controllen),
         };
     }
     Ok(n)
@@ -213,5 +227,21 @@ mod tests {
             drop(enc);
             assert_eq!(gro_segment(&control, hdr.msg_controllen), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn rxq_drops_is_found_beside_gro() {
+        let mut control = Control::new();
+        // SAFETY: all-zero bytes are a valid `msghdr`.
+        let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
+        {
+            let mut enc = cmsg::Encoder::new(&mut hdr, &mut control);
+            assert!(enc.push(libc::SOL_UDP, libc::UDP_GRO, 1472 as libc::c_int));
+            assert!(enc.push(libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 4711u32));
+        }
+        let written = hdr.msg_controllen;
+        assert_eq!(gro_segment(&control, written), Some(1472));
+        assert_eq!(rxq_drops(&control, written), Some(4711));
+        assert_eq!(rxq_drops(&control, 0), None);
     }
 }

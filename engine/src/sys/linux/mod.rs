@@ -6,4 +6,4 @@ mod sockopt;
 
 pub(crate) use mmsg::{recv_batch, send_batch};
 pub use mmsg::{RecvMeta, SendMsg, MAX_BATCH};
-pub(crate) use sockopt::{enable_udp_gro, probe_udp_gso, set_buffer_sizes};
+pub(crate) use sockopt::{enable_rxq_ovfl, enable_udp_gro, probe_udp_gso, set_buffer_sizes};

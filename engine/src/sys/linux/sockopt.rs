@@ -42,6 +42,12 @@ pub(crate) fn enable_udp_gro(fd: BorrowedFd<'_>) -> io::Result<()> {
     set_int(fd, libc::SOL_UDP, libc::UDP_GRO, 1)
 }
 
+/// Turns on `SO_RXQ_OVFL`: every received message then carries the socket's cumulative drop count
+/// (datagrams the kernel dropped because the receive queue was full) as a control message.
+pub(crate) fn enable_rxq_ovfl(fd: BorrowedFd<'_>) -> io::Result<()> {
+    set_int(fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)
+}
+
 /// Whether the kernel knows UDP GSO: setting the socket's default segment size to 0 (no GSO unless
 /// a message asks for it) fails with ENOPROTOOPT on kernels without it.
 pub(crate) fn probe_udp_gso(fd: BorrowedFd<'_>) -> bool {
