@@ -43,8 +43,8 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a keep-alive ping may go unanswered.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How to reach etcd (flannel's `--etcd-*` flags).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How to reach etcd (flannel's `--etcd-*` flags). Its `Debug` output never shows the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct EtcdOptions {
     /// Endpoint URLs (`http://127.0.0.1:2379`, `https://...`).
     pub endpoints: Vec<String>,
@@ -60,6 +60,20 @@ pub struct EtcdOptions {
     pub username: Option<String>,
     /// Password for etcd authentication.
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for EtcdOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdOptions")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Default for EtcdOptions {
@@ -462,6 +476,21 @@ impl RegistryWatch for EtcdWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let o = EtcdOptions {
+            username: Some("weft".into()),
+            password: Some("s3cr3t-pw".into()),
+            ..EtcdOptions::default()
+        };
+        let text = format!("{o:?}");
+        assert!(
+            !text.contains("s3cr3t-pw") && text.contains("<redacted>"),
+            "{text}"
+        );
+        assert!(text.contains("weft"), "{text}");
+    }
 
     #[test]
     fn path_join_like_go() {
