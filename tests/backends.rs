@@ -746,7 +746,7 @@ fn backend_switch_cleans_up() {
     drop(d);
 }
 
-/// Programs host `i` by hand exactly as flannel's vxlan backend would (flannel-compat §6):
+/// Programs host `i` by hand exactly as flannel's vxlan backend would (docs/compatibility.md §7.2):
 /// `flannel.1` with `mac`, local = host IP, dstport 8472, nolearning, MTU 1450, the subnet's
 /// network address /32, and per peer (subnet, public IP, VTEP MAC) an onlink route, a permanent
 /// neighbour and an FDB entry (`testkit::netns::add_flannel_vxlan_device` and `_peer`).

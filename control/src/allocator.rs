@@ -1,4 +1,4 @@
-//! Subnet choice, in flannel's order (`tryAcquireLease`, flannel-compat §2.4). Pure: no I/O.
+//! Subnet choice, in flannel's order (`tryAcquireLease`, docs/compatibility.md §3.4). Pure: no I/O.
 //!
 //! 1. A lease whose `PublicIP` is ours: reuse it if compatible with the config, else the caller
 //!    deletes it and the choice continues.

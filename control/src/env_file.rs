@@ -1,5 +1,5 @@
-//! `subnet.env`: written atomically in flannel's exact format (flannel-compat §4.1) and read back
-//! at startup to reuse the previous subnet (§2.4 step 3).
+//! `subnet.env`: written atomically in flannel's exact format (docs/compatibility.md §5.1) and read back
+//! at startup to reuse the previous subnet (§3.4 step 3).
 //!
 //! Write: temp file in the same directory, `fsync`, mode 0644 set explicitly (umask ignored, as
 //! renameio does), `rename` over the target, `fsync` of the directory; the parent directory is

@@ -1,4 +1,4 @@
-//! [`Registry`] on etcd v3 (etcd-client), laid out exactly like flannel (flannel-compat §2).
+//! [`Registry`] on etcd v3 (etcd-client), laid out exactly like flannel (docs/compatibility.md §3).
 //!
 //! * Config: `<prefix>/config`; leases: `<prefix>/subnets/<key>` (`path.Join` semantics for the
 //!   prefix).

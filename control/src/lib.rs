@@ -11,7 +11,7 @@
 //! Layout: [`config`] (network config), [`subnet`] (networks and lease keys), [`lease`] (lease
 //! values and the cache), [`allocator`] (subnet choice), [`registry`] (KV trait), [`etcd`]
 //! (etcd v3 registry), [`manager`] (lease logic), [`env_file`] (subnet.env), [`error`].
-//! Wire/store compatibility facts are in `docs/flannel-compat.md` §1–4.
+//! Wire/store compatibility facts are in `docs/compatibility.md` §2–5.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

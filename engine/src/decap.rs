@@ -5,7 +5,7 @@
 //! checks the packet and its origin before anything reaches the TUN device.
 //!
 //! With the vxlan wire format ([`Decapsulator`] with [`Wire::Vxlan`]) the datagram first has to be a
-//! frame the kernel's vxlan device would accept (`vxlan_rcv`, flannel-compat §6.3), checked in this
+//! frame the kernel's vxlan device would accept (`vxlan_rcv`, docs/compatibility.md §6.2), checked in this
 //! order:
 //!
 //! * at least the 8-byte VXLAN header and 14-byte inner Ethernet header (`Truncated`);

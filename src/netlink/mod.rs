@@ -26,7 +26,7 @@
 //!   `ifindex N`.
 //! * Deletes are idempotent: deleting what is already gone is `Ok` (`ENOENT`/`ESRCH`/
 //!   `EADDRNOTAVAIL`), and so is adding an address that is already there (`EEXIST`).
-//! * IPv4 only, main routing table only (flannel-compat §6, §7).
+//! * IPv4 only, main routing table only (docs/compatibility.md §7.2, §7.4).
 
 mod ops;
 mod request;
@@ -70,7 +70,7 @@ pub(crate) struct Link {
     pub(crate) vxlan: Option<VxlanAttrs>,
 }
 
-/// The vxlan attributes that decide whether an existing device can be reused (flannel-compat §6.1).
+/// The vxlan attributes that decide whether an existing device can be reused (docs/compatibility.md §7.2.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct VxlanAttrs {
     /// VXLAN network identifier (`IFLA_VXLAN_ID`).
@@ -99,7 +99,7 @@ impl VxlanAttrs {
     }
 }
 
-/// A vxlan device to create, as flannel creates `flannel.<VNI>` (flannel-compat §6.1).
+/// A vxlan device to create, as flannel creates `flannel.<VNI>` (docs/compatibility.md §7.2.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct VxlanSpec {
     /// Device name, e.g. `flannel.1`.

@@ -61,7 +61,7 @@ impl Netlink {
         Ok(links)
     }
 
-    /// Creates a vxlan device as flannel does (flannel-compat §6.1); `EEXIST` if the name is taken.
+    /// Creates a vxlan device as flannel does (docs/compatibility.md §7.2.1); `EEXIST` if the name is taken.
     pub(crate) fn add_vxlan(&mut self, spec: &VxlanSpec) -> io::Result<()> {
         let mut data = vec![InfoVxlan::Id(spec.vni), InfoVxlan::Local(spec.local)];
         if spec.underlay_index != 0 {
@@ -194,7 +194,7 @@ impl Netlink {
 
     // ---- neighbours and FDB ----
 
-    /// `ip neigh replace IP lladdr MAC dev X nud permanent` (flannel-compat §6.2 step 1).
+    /// `ip neigh replace IP lladdr MAC dev X nud permanent` (docs/compatibility.md §7.2.2 step 1).
     /// The kernel flushes a device's neighbours, permanent ones too, when it goes down.
     pub(crate) fn replace_neigh(
         &mut self,
@@ -231,7 +231,7 @@ impl Netlink {
         })
     }
 
-    /// `bridge fdb replace MAC dev X dst DST self permanent` (flannel-compat §6.2 step 2).
+    /// `bridge fdb replace MAC dev X dst DST self permanent` (docs/compatibility.md §7.2.2 step 2).
     /// The vxlan driver wants `NTF_SELF` (else `EOPNOTSUPP`), `NDA_DST` and a permanent or
     /// reachable state (else `EINVAL`); permanent entries survive the device going down.
     pub(crate) fn replace_fdb(
