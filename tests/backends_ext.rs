@@ -29,7 +29,11 @@ fn ip(c: &Cluster, i: usize, args: &[&str]) -> String {
 fn nothing_programmed(c: &Cluster, i: usize) {
     let links = ip(c, i, &["-o", "link", "show"]);
     for dev in ["weft0", "flannel."] {
-        assert!(!links.contains(dev), "host{}: {dev} present:\n{links}", i + 1);
+        assert!(
+            !links.contains(dev),
+            "host{}: {dev} present:\n{links}",
+            i + 1
+        );
     }
     let routes = ip(c, i, &["-4", "route", "show", "table", "all"]);
     assert!(
@@ -185,7 +189,11 @@ fn extension_two_hosts() {
         ("PUBLIC_IPV6", "<nil>"),
         ("RUST_LOG", "info"),
     ] {
-        assert_eq!(env_var(&post_env, k).as_deref(), Some(v), "{k} in\n{post_env}");
+        assert_eq!(
+            env_var(&post_env, k).as_deref(),
+            Some(v),
+            "{k} in\n{post_env}"
+        );
     }
     assert!(!f(format!("add-{ip0}.log")).exists(), "no peer yet");
     nothing_programmed(&c, 0);
@@ -206,7 +214,9 @@ fn extension_two_hosts() {
     within(PROPAGATION, "host2 ran add for host1", || {
         read(&f(format!("add-{ip1}.log"))) == add(&s0, &ip0)
     });
-    within(PROPAGATION, "adds counted", || d0.counter("subnet_adds") == 1);
+    within(PROPAGATION, "adds counted", || {
+        d0.counter("subnet_adds") == 1
+    });
     nothing_programmed(&c, 1);
 
     // A peer whose add command fails: logged and counted; the daemon keeps running and the
@@ -242,9 +252,14 @@ fn extension_two_hosts() {
         read(&f(format!("remove-{ip0}.log"))) == rm
     });
     let log = read(&f(format!("add-{ip0}.log")));
-    assert!(!log.contains("192.0.2.201"), "host-gw lease ran add:\n{log}");
+    assert!(
+        !log.contains("192.0.2.201"),
+        "host-gw lease ran add:\n{log}"
+    );
     // Counted once the command has exited, a moment after it wrote its log.
-    within(PROPAGATION, "removes counted", || d0.counter("subnet_removes") == 2);
+    within(PROPAGATION, "removes counted", || {
+        d0.counter("subnet_removes") == 2
+    });
 
     // A hanging add command neither blocks signals nor SIGTERM.
     c.etcdctl(&[
@@ -257,8 +272,19 @@ fn extension_two_hosts() {
     });
     assert_eq!(d0.counter("subnet_adds"), 1, "stats still served");
     let t = Instant::now();
-    assert!(d0.stop().success());
-    assert!(t.elapsed() < Duration::from_secs(5), "stop took {:?}", t.elapsed());
+    let mut d0 = d0;
+    d0.signal(nix::sys::signal::Signal::SIGTERM);
+    let st = d0
+        .wait_exit(Duration::from_secs(5))
+        .expect("SIGTERM ends the daemon");
+    let log = d0.lines().join("\n");
+    assert!(st.success(), "{st}:\n{log}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    assert!(log.contains("killed: the daemon is stopping"), "{log}");
 }
 
 #[test]

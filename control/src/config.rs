@@ -937,19 +937,25 @@ mod tests {
             "SubnetRemoveCommand",
         ] {
             err(
-                &format!(r#"{{"Network":"10.1.0.0/16","Backend":{{"Type":"extension","{key}":1}}}}"#),
+                &format!(
+                    r#"{{"Network":"10.1.0.0/16","Backend":{{"Type":"extension","{key}":1}}}}"#
+                ),
                 &format!("Backend.{key}"),
                 "1",
                 "expected a string",
             );
             err(
-                &format!(r#"{{"Network":"10.1.0.0/16","Backend":{{"Type":"extension","{key}":["a"]}}}}"#),
+                &format!(
+                    r#"{{"Network":"10.1.0.0/16","Backend":{{"Type":"extension","{key}":["a"]}}}}"#
+                ),
                 &format!("Backend.{key}"),
                 r#"["a"]"#,
                 "expected a string",
             );
             err(
-                &format!(r#"{{"Network":"10.1.0.0/16","Backend":{{"Type":"extension","{key}":"  "}}}}"#),
+                &format!(
+                    r#"{{"Network":"10.1.0.0/16","Backend":{{"Type":"extension","{key}":"  "}}}}"#
+                ),
                 &format!("Backend.{key}"),
                 r#""  ""#,
                 "no program",

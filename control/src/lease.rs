@@ -163,7 +163,10 @@ impl LeaseAttrs {
             Some(raw) => serde_json::from_str::<Option<String>>(raw.as_str())
                 .map(Option::unwrap_or_default)
                 .map_err(|_| {
-                    BadLeaseValue(format!("BackendData: expected a JSON string, got {}", raw.0))
+                    BadLeaseValue(format!(
+                        "BackendData: expected a JSON string, got {}",
+                        raw.0
+                    ))
                 }),
         }
     }
@@ -428,8 +431,14 @@ mod tests {
         let ip = Ipv4Addr::new(192, 168, 64, 3);
         // alloc: empty BackendType and BackendData are omitted (omitempty), PublicIPv6 is not.
         let a = LeaseAttrs::alloc(ip);
-        assert_eq!(a.to_json(), r#"{"PublicIP":"192.168.64.3","PublicIPv6":null}"#);
-        assert_eq!(LeaseAttrs::parse(a.to_json().as_bytes()).expect("parses"), a);
+        assert_eq!(
+            a.to_json(),
+            r#"{"PublicIP":"192.168.64.3","PublicIPv6":null}"#
+        );
+        assert_eq!(
+            LeaseAttrs::parse(a.to_json().as_bytes()).expect("parses"),
+            a
+        );
         assert!(!a.is_backend("extension") && !a.is_backend("vxlan") && !a.is_backend("host-gw"));
         // extension without a pre-startup command: no BackendData.
         let e = LeaseAttrs::extension(ip, None);
@@ -455,7 +464,9 @@ mod tests {
             let v = format!(
                 r#"{{"PublicIP":"10.0.0.1","BackendType":"extension","BackendData":{data}}}"#
             );
-            LeaseAttrs::parse(v.as_bytes()).expect("parses").extension_data()
+            LeaseAttrs::parse(v.as_bytes())
+                .expect("parses")
+                .extension_data()
         };
         assert_eq!(with("null").expect("null is empty"), "");
         assert_eq!(with(r#""x""#).expect("a string"), "x");

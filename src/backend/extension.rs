@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,9 @@ pub(crate) const SUBNET_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the output pipe may stay open after the command exited (a background process it
 /// started may hold it).
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+/// How long stopping waits for the subnet command thread (it kills its command at once; only
+/// the output grace above can hold it).
+const STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// Splits `cmd` on whitespace (Go's `strings.Fields`).
 pub(crate) fn split(cmd: &str) -> Vec<String> {
@@ -46,7 +49,10 @@ pub(crate) fn split(cmd: &str) -> Vec<String> {
 }
 
 fn is_special(c: u8) -> bool {
-    matches!(c, b'*' | b'#' | b'$' | b'@' | b'!' | b'?' | b'-' | b'0'..=b'9')
+    matches!(
+        c,
+        b'*' | b'#' | b'$' | b'@' | b'!' | b'?' | b'-' | b'0'..=b'9'
+    )
 }
 
 fn is_name(c: u8) -> bool {
@@ -123,13 +129,14 @@ pub(crate) fn command_words(cmd: &str, vars: &[(&str, String)]) -> Vec<String> {
 }
 
 /// Runs config key `key`'s command `cmd` (see the module doc) with `vars`, `stdin` and a
-/// `timeout`; returns the trimmed combined output.
+/// `timeout`; returns the trimmed combined output. Setting `cancel` kills the command.
 pub(crate) fn run(
     key: &str,
     cmd: &str,
     vars: &[(&str, String)],
     stdin: &str,
     timeout: Duration,
+    cancel: Option<&AtomicBool>,
 ) -> Result<String> {
     let words = command_words(cmd, vars);
     let Some(program) = words.first() else {
@@ -180,6 +187,7 @@ pub(crate) fn run(
         match child.try_wait() {
             Ok(Some(st)) => break Some(st),
             Ok(None) if Instant::now() >= deadline => break None,
+            Ok(None) if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) => break None,
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             Err(e) => bail!("Backend.{key}: waiting for {cmd:?}: {e}"),
         }
@@ -195,6 +203,9 @@ pub(crate) fn run(
         .map(|o| String::from_utf8_lossy(&o).trim().to_string())
         .unwrap_or_default();
     match status {
+        None if Instant::now() < deadline => {
+            bail!("Backend.{key}: command {cmd} killed: the daemon is stopping. Output: {out}")
+        }
         None => bail!(
             "Backend.{key}: failed to run command: {cmd} Err: timed out after {}s (killed) Output: {out}",
             timeout.as_secs()
@@ -209,12 +220,13 @@ pub(crate) fn run(
     }
 }
 
-/// Counters of the subnet commands.
+/// Counters of the subnet commands, and the stop flag of their thread.
 #[derive(Debug, Default)]
 struct Counters {
     adds: AtomicU64,
     removes: AtomicU64,
     failures: AtomicU64,
+    stopping: AtomicBool,
 }
 
 /// The extension backend.
@@ -227,6 +239,8 @@ pub(crate) struct Extension {
     leases: Vec<Lease>,
     net: Option<(Ipv4Net, Ipv4Net)>,
     worker: Option<LeaseSender>,
+    /// Closed when the helper thread ends.
+    worker_done: Option<crossbeam_channel::Receiver<()>>,
     counters: Arc<Counters>,
     skip: SkipLog,
 }
@@ -250,7 +264,14 @@ impl Extension {
             );
         }
         let data = match &cfg.pre_startup_command {
-            Some(cmd) => Some(run("PreStartupCommand", cmd, &[], "", STARTUP_TIMEOUT)?),
+            Some(cmd) => Some(run(
+                "PreStartupCommand",
+                cmd,
+                &[],
+                "",
+                STARTUP_TIMEOUT,
+                None,
+            )?),
             None => {
                 tracing::info!("no pre startup command configured - skipping");
                 None
@@ -263,6 +284,7 @@ impl Extension {
             leases: Vec::new(),
             net: None,
             worker: None,
+            worker_done: None,
             counters: Arc::default(),
             skip: SkipLog::default(),
         })
@@ -295,7 +317,14 @@ fn run_subnet(key: &str, cmd: &str, l: &Lease, counters: &Counters) -> bool {
         ("SUBNET", l.subnet.to_string()),
         ("PUBLIC_IP", l.attrs.public_ip.to_string()),
     ];
-    match run(key, cmd, &vars, &stdin, SUBNET_TIMEOUT) {
+    match run(
+        key,
+        cmd,
+        &vars,
+        &stdin,
+        SUBNET_TIMEOUT,
+        Some(&counters.stopping),
+    ) {
         Ok(_) => true,
         Err(e) => {
             tracing::error!(subnet = %l.subnet, "{e:#}");
@@ -316,7 +345,7 @@ fn subnet_worker(
         let desired: BTreeMap<control::Ipv4Net, Lease> =
             set.into_iter().map(|l| (l.subnet, l)).collect();
         for (subnet, l) in &applied {
-            if desired.contains_key(subnet) {
+            if desired.contains_key(subnet) || counters.stopping.load(Ordering::Relaxed) {
                 continue;
             }
             tracing::info!(%subnet, public_ip = %l.attrs.public_ip, "extension: subnet removed");
@@ -327,7 +356,9 @@ fn subnet_worker(
             }
         }
         for (subnet, l) in &desired {
-            if applied.get(subnet).is_some_and(|a| a.same_content(l)) {
+            if applied.get(subnet).is_some_and(|a| a.same_content(l))
+                || counters.stopping.load(Ordering::Relaxed)
+            {
                 continue;
             }
             tracing::info!(%subnet, public_ip = %l.attrs.public_ip, "extension: subnet added");
@@ -364,18 +395,23 @@ impl Backend for Extension {
                     ("PUBLIC_IP", self.host.underlay.addr.to_string()),
                     ("PUBLIC_IPV6", "<nil>".to_string()),
                 ];
-                run("PostStartupCommand", cmd, &vars, "", STARTUP_TIMEOUT)?;
+                run("PostStartupCommand", cmd, &vars, "", STARTUP_TIMEOUT, None)?;
             }
             None => tracing::info!("no post startup command configured - skipping"),
         }
         let (tx, rx) = super::lease_sets();
         let cfg = self.cfg.clone();
         let counters = Arc::clone(&self.counters);
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         std::thread::Builder::new()
             .name("weft-extension".into())
-            .spawn(move || subnet_worker(&cfg, &rx, &counters))
+            .spawn(move || {
+                subnet_worker(&cfg, &rx, &counters);
+                drop(done_tx);
+            })
             .context("spawning the extension command thread")?;
         self.worker = Some(tx);
+        self.worker_done = Some(done_rx);
         self.net = Some((network, local));
         self.apply();
         Ok(())
@@ -403,8 +439,14 @@ impl Backend for Extension {
         None
     }
 
-    fn stop(self: Box<Self>) -> String {
-        // Dropping the sender ends the helper thread after the command it may be running.
+    fn stop(mut self: Box<Self>) -> String {
+        // A subnet command still running is killed; pending ones are not started.
+        self.counters.stopping.store(true, Ordering::Relaxed);
+        self.worker = None;
+        if let Some(done) = self.worker_done.take() {
+            // Nothing is ever sent: this returns when the thread ends, or after STOP_WAIT.
+            let _ = done.recv_timeout(STOP_WAIT);
+        }
         self.stats()
     }
 }
@@ -461,10 +503,16 @@ mod tests {
     fn words_expand_from_the_environment_and_the_variables() {
         let words = command_words(
             "/bin/x $SUBNET ${PUBLIC_IP} $HOME_UNLIKELY_WEFT_VAR $PATH",
-            &[("SUBNET", "10.1.2.0/24".into()), ("PUBLIC_IP", "192.0.2.2".into())],
+            &[
+                ("SUBNET", "10.1.2.0/24".into()),
+                ("PUBLIC_IP", "192.0.2.2".into()),
+            ],
         );
         let path = std::env::var("PATH").unwrap_or_default();
-        assert_eq!(words, ["/bin/x", "10.1.2.0/24", "192.0.2.2", "", path.as_str()]);
+        assert_eq!(
+            words,
+            ["/bin/x", "10.1.2.0/24", "192.0.2.2", "", path.as_str()]
+        );
         // A value with spaces stays one argument (expansion after splitting).
         let words = command_words("/bin/x $V", &[("V", "a b".into())]);
         assert_eq!(words, ["/bin/x", "a b"]);
@@ -480,17 +528,15 @@ mod tests {
             "#!/bin/sh\nread -r line\necho \"in=$line sub=$SUBNET arg=$1\"\necho err >&2\n",
         )
         .expect("write");
-        std::fs::set_permissions(
-            &script,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .expect("chmod");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
         let out = run(
             "SubnetAddCommand",
             &format!("{} $SUBNET", script.display()),
             &[("SUBNET", "10.1.2.0/24".into())],
             "data",
             Duration::from_secs(5),
+            None,
         )
         .expect("runs");
         assert_eq!(out, "in=data sub=10.1.2.0/24 arg=10.1.2.0/24\nerr");
@@ -499,29 +545,61 @@ mod tests {
         std::fs::write(&script, "#!/bin/sh\necho broken\nexit 3\n").expect("write");
         let e = format!(
             "{:#}",
-            run("PostStartupCommand", &script.display().to_string(), &[], "", Duration::from_secs(5))
-                .unwrap_err()
+            run(
+                "PostStartupCommand",
+                &script.display().to_string(),
+                &[],
+                "",
+                Duration::from_secs(5),
+                None
+            )
+            .unwrap_err()
         );
-        assert!(e.contains("Backend.PostStartupCommand") && e.contains("exit status: 3") && e.contains("Output: broken"), "{e}");
+        assert!(
+            e.contains("Backend.PostStartupCommand")
+                && e.contains("exit status: 3")
+                && e.contains("Output: broken"),
+            "{e}"
+        );
 
         // A missing program names the key and the program.
         let e = format!(
             "{:#}",
-            run("PreStartupCommand", "/nonexistent/weft-pre x", &[], "", Duration::from_secs(5))
-                .unwrap_err()
+            run(
+                "PreStartupCommand",
+                "/nonexistent/weft-pre x",
+                &[],
+                "",
+                Duration::from_secs(5),
+                None
+            )
+            .unwrap_err()
         );
-        assert!(e.contains("Backend.PreStartupCommand") && e.contains("\"/nonexistent/weft-pre\""), "{e}");
+        assert!(
+            e.contains("Backend.PreStartupCommand") && e.contains("\"/nonexistent/weft-pre\""),
+            "{e}"
+        );
 
         // A hanging command is killed at the timeout, with what it printed.
         std::fs::write(&script, "#!/bin/sh\necho started\nsleep 30\n").expect("write");
         let t = Instant::now();
         let e = format!(
             "{:#}",
-            run("SubnetRemoveCommand", &script.display().to_string(), &[], "", Duration::from_millis(500))
-                .unwrap_err()
+            run(
+                "SubnetRemoveCommand",
+                &script.display().to_string(),
+                &[],
+                "",
+                Duration::from_millis(500),
+                None
+            )
+            .unwrap_err()
         );
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-        assert!(e.contains("timed out") && e.contains("Output: started"), "{e}");
+        assert!(
+            e.contains("timed out") && e.contains("Output: started"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }
