@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `SubnetAddCommand` and `SubnetRemoveCommand` may run.
 pub(crate) const SUBNET_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the output pipe may stay open after the command exited (a background process it
+/// How long the output channel may stay open after the command exited (a background process it
 /// started may hold it).
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 /// How long stopping waits for the subnet command thread (it kills its command at once; only
@@ -142,18 +142,23 @@ pub(crate) fn run(
     let Some(program) = words.first() else {
         bail!("Backend.{key}: the command {cmd:?} has no program");
     };
-    let (mut reader, writer) = std::io::pipe().context("creating the output pipe")?;
+    // stdout and stderr share one channel so that the output keeps its order (Go's
+    // `CombinedOutput`); a socket pair is std's close-on-exec pipe-alike.
+    let (mut reader, writer) =
+        std::os::unix::net::UnixStream::pair().context("creating the output channel")?;
     let mut child = {
         let mut c = Command::new(program);
         c.args(&words[1..])
             .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::piped())
-            .stdout(Stdio::from(
-                writer.try_clone().context("duplicating the pipe")?,
-            ))
-            .stderr(Stdio::from(writer))
+            .stdout(Stdio::from(std::os::fd::OwnedFd::from(
+                writer
+                    .try_clone()
+                    .context("duplicating the output channel")?,
+            )))
+            .stderr(Stdio::from(std::os::fd::OwnedFd::from(writer)))
             .process_group(0);
-        // `c` (and the pipe's write end) is dropped at the end of this block.
+        // `c` (and our copy of the channel's write end) is dropped at the end of this block.
         c.spawn().with_context(|| {
             format!("Backend.{key}: cannot run program {program:?} (command {cmd:?})")
         })?
