@@ -38,7 +38,7 @@ const SIZES: [usize; 2] = [64, 1400];
 /// flannel's default overlay port (udp backend).
 const PORT: u16 = 8285;
 /// flannel's vxlan port (Linux's historical default).
-const VXLAN_PORT: u16 = 8472;
+const VXLAN_PORT: u16 = control::config::VXLAN_DEFAULT_PORT;
 /// This host's vxlan wire: VNI 1, VTEP MAC 0a:58:0a:01:01:00.
 const VXLAN: Wire = Wire::Vxlan {
     vni: 1,

@@ -395,14 +395,10 @@ pub(crate) struct RunArgs {
     )]
     pub(crate) etcd_password: Option<String>,
 
-    /// Where to write the subnet environment file (read back at start to keep the same subnet).
-    #[arg(
-        long,
-        value_name = "PATH",
-        env = "FLANNELD_SUBNET_FILE",
-        default_value = "/run/flannel/subnet.env"
-    )]
-    pub(crate) subnet_file: PathBuf,
+    /// Where to write the subnet environment file (read back at start to keep the same subnet)
+    /// [default: /run/flannel/subnet.env; in static mode no file is written unless this is given].
+    #[arg(long, value_name = "PATH", env = "FLANNELD_SUBNET_FILE")]
+    pub(crate) subnet_file: Option<PathBuf>,
 
     /// Renew the lease this many minutes before it expires (1-1439).
     #[arg(long, value_name = "MINUTES", env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60, value_parser = parse_margin)]
@@ -416,9 +412,10 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE", num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub(crate) ip_masq_fully_random_disable: bool,
 
-    /// Install FORWARD accept rules for the overlay network (`=false` to leave FORWARD alone).
-    #[arg(long, env = "FLANNELD_IPTABLES_FORWARD_RULES", num_args = 0..=1, require_equals = true, default_value_t = true, default_missing_value = "true", action = clap::ArgAction::Set)]
-    pub(crate) iptables_forward_rules: bool,
+    /// Install FORWARD accept rules for the overlay network (`=false` to leave FORWARD alone)
+    /// [default: true; in static mode only when given].
+    #[arg(long, env = "FLANNELD_IPTABLES_FORWARD_RULES", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub(crate) iptables_forward_rules: Option<bool>,
 
     /// Seconds between checks that the iptables rules are still in place.
     #[arg(long, value_name = "SECONDS", env = "FLANNELD_IPTABLES_RESYNC", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -503,6 +500,23 @@ pub(crate) struct RunArgs {
     /// addresses than the ones they lease); by default the sender must lease the inner source.
     #[arg(long)]
     pub(crate) accept_any_source: bool,
+}
+
+/// flanneld's default `--subnet-file`.
+pub(crate) const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
+
+impl RunArgs {
+    /// `--subnet-file`, or flanneld's default.
+    pub(crate) fn subnet_file(&self) -> PathBuf {
+        self.subnet_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SUBNET_FILE))
+    }
+
+    /// `--iptables-forward-rules`, or flanneld's default (true).
+    pub(crate) fn forward_rules(&self) -> bool {
+        self.iptables_forward_rules.unwrap_or(true)
+    }
 }
 
 #[cfg(test)]

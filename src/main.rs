@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod blackhole;
 mod cli;
 mod docker_opts;
 mod health;
@@ -9,6 +10,7 @@ mod iface;
 mod masq;
 mod netlink;
 mod nft;
+mod periodic;
 mod run;
 
 use clap::Parser;

@@ -4,13 +4,11 @@
 //! old network or subnet (from the previous subnet.env) are removed at start. Rules stay in place
 //! when weft exits, as with flanneld, so containers keep their NAT across a restart.
 
+use crate::periodic::Periodic;
 use anyhow::{anyhow, Context, Result};
 use engine::Ipv4Net;
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 const MASQ_COMMENT: &str = "flanneld masq";
@@ -267,11 +265,11 @@ pub(crate) fn delete(rules: &[Rule]) -> Result<usize> {
     Ok(n)
 }
 
-/// The installed rules and the thread that keeps them in place.
+/// The installed rules and the thread that keeps them in place (dropping it stops the thread;
+/// the rules stay).
 #[derive(Debug)]
 pub(crate) struct Keeper {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _thread: Periodic,
 }
 
 impl Keeper {
@@ -279,46 +277,18 @@ impl Keeper {
     /// missing.
     pub(crate) fn start(rules: Vec<Rule>, period: Duration) -> Result<Keeper> {
         install(&rules)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("weft-iptables".into())
-            .spawn(move || {
-                let tick = Duration::from_millis(100);
-                let mut waited = Duration::ZERO;
-                while !s.load(Ordering::Acquire) {
-                    std::thread::sleep(tick);
-                    waited += tick;
-                    if waited < period {
-                        continue;
-                    }
-                    waited = Duration::ZERO;
-                    match all_present(&rules) {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            tracing::warn!("iptables rules missing; installing them again");
-                            match install(&rules) {
-                                Ok(()) => tracing::info!("iptables rules installed again"),
-                                Err(e) => tracing::error!("reinstalling iptables rules: {e:#}"),
-                            }
-                        }
-                        Err(e) => tracing::error!("checking iptables rules: {e:#}"),
-                    }
+        let thread = Periodic::start("weft-iptables", period, move || match all_present(&rules) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("iptables rules missing; installing them again");
+                match install(&rules) {
+                    Ok(()) => tracing::info!("iptables rules installed again"),
+                    Err(e) => tracing::error!("reinstalling iptables rules: {e:#}"),
                 }
-            })?;
-        Ok(Keeper {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Keeper {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+            }
+            Err(e) => tracing::error!("checking iptables rules: {e:#}"),
+        })?;
+        Ok(Keeper { _thread: thread })
     }
 }
 

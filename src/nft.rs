@@ -23,15 +23,11 @@
 //! - Rule 4 of `postrtg` is flannel's, `ip saddr != <pod> ip daddr <cluster> return`, not the
 //!   iptables mode's `! -s <cluster> -d <pod>`: see [`ruleset`] for why and what it implies.
 
-// `weft run` calls this module when the network config has `EnableNFTables: true`.
-#![allow(dead_code)]
-
+use crate::periodic::Periodic;
 use anyhow::{anyhow, Context, Result};
 use engine::Ipv4Net;
 use std::io::{ErrorKind, Write};
 use std::process::{Command, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// flannel's IPv4 table (family `ip`).
@@ -313,16 +309,6 @@ fn no_support(e: anyhow::Error) -> anyhow::Error {
     )
 }
 
-/// [`Nft::check_available`] on the host.
-pub(crate) fn check_available() -> Result<()> {
-    Nft::host().check_available()
-}
-
-/// [`Nft::supports_fully_random`] on the host.
-pub(crate) fn supports_fully_random() -> bool {
-    Nft::host().supports_fully_random()
-}
-
 /// [`Nft::delete_tables`] on the host.
 pub(crate) fn delete_tables() -> Result<()> {
     Nft::host().delete_tables()
@@ -333,8 +319,7 @@ pub(crate) fn delete_tables() -> Result<()> {
 #[derive(Debug)]
 pub(crate) struct NftKeeper {
     random_fully: bool,
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _thread: Periodic,
 }
 
 impl NftKeeper {
@@ -355,33 +340,25 @@ impl NftKeeper {
         let mut installed = nft
             .listing()
             .context("nftables: listing the rules just installed")?;
-        let (stop, stopped) = mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("weft-nftables".into())
-            .spawn(move || loop {
-                match stopped.recv_timeout(period) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    _ => return,
+        let thread = Periodic::start("weft-nftables", period, move || {
+            let why = match nft.listing() {
+                Ok(now) if now == installed => return,
+                Ok(_) => "changed".to_string(),
+                Err(e) => format!("missing ({e:#})"),
+            };
+            tracing::warn!("nftables rules {why}; installing them again");
+            match nft.install(&cfg, random_fully).and_then(|()| nft.listing()) {
+                Ok(now) => {
+                    installed = now;
+                    tracing::info!("nftables rules installed again");
                 }
-                let why = match nft.listing() {
-                    Ok(now) if now == installed => continue,
-                    Ok(_) => "changed".to_string(),
-                    Err(e) => format!("missing ({e:#})"),
-                };
-                tracing::warn!("nftables rules {why}; installing them again");
-                match nft.install(&cfg, random_fully).and_then(|()| nft.listing()) {
-                    Ok(now) => {
-                        installed = now;
-                        tracing::info!("nftables rules installed again");
-                    }
-                    Err(e) => tracing::error!("reinstalling the nftables rules: {e:#}"),
-                }
-            })
-            .context("starting the nftables thread")?;
+                Err(e) => tracing::error!("reinstalling the nftables rules: {e:#}"),
+            }
+        })
+        .context("starting the nftables thread")?;
         Ok(NftKeeper {
             random_fully,
-            stop: Some(stop),
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 
@@ -391,23 +368,14 @@ impl NftKeeper {
     }
 }
 
-impl Drop for NftKeeper {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    //! Text tests, then tests of the real `nft` in a fresh network namespace `weft-nft-<pid>-<n>`
-    //! that a guard deletes again (also on panic). They need root and the `nft` command; without
-    //! them they fail, unless `WEFT_SKIP_PRIVILEGED=1`.
+    //! Text tests, then tests of the real `nft` in a fresh network namespace of the test harness
+    //! (testkit), deleted again also on panic. They need root and the `nft` command; without them
+    //! they fail, unless `WEFT_SKIP_PRIVILEGED=1`.
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Instant;
+    use testkit::netns as harness;
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().expect("valid")
@@ -520,86 +488,31 @@ mod tests {
 
     const V6_LISTING: &str = "table ip6 flannel-ipv6 {\n\tcomment \"rules for flannel-ipv6\"\n}\n";
 
-    static NS_COUNTER: AtomicU32 = AtomicU32::new(0);
-
-    /// A fresh network namespace, deleted when dropped.
-    struct Netns {
-        name: String,
-    }
+    /// A namespace of the test harness (unique name, deleted on drop, also on panic).
+    struct Netns(harness::Netns);
 
     impl Netns {
-        /// Creates the namespace, or returns `None` when privileged tests are skipped.
+        /// Creates the namespace, or returns `None` when privileged tests are skipped (without
+        /// root or `nft` the test fails, unless `WEFT_SKIP_PRIVILEGED=1`).
         fn new(test: &str) -> Option<Netns> {
-            if !require_privileges(test) {
+            if !harness::require_privileged(test, &["ip", "nft"]) {
                 return None;
             }
-            let n = NS_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let name = format!("weft-nft-{}-{n}", std::process::id());
-            let out = Command::new("ip")
-                .args(["netns", "add", &name])
-                .output()
-                .expect("run ip netns add");
-            assert!(
-                out.status.success(),
-                "ip netns add {name}: {}",
-                first_line(&out.stderr)
-            );
-            Some(Netns { name })
+            let ns =
+                harness::Netns::new("nft").unwrap_or_else(|e| panic!("{test}: namespace: {e}"));
+            Some(Netns(ns))
         }
 
         fn nft(&self) -> Nft {
-            Nft::in_netns(&self.name)
+            Nft::in_netns(self.0.name())
         }
 
         /// `nft <args>` in the namespace, panicking on failure; returns stdout.
         fn nft_cmd(&self, args: &[&str]) -> String {
             self.nft()
                 .run("nft", args, None)
-                .unwrap_or_else(|e| panic!("nft {args:?} in {}: {e:#}", self.name))
+                .unwrap_or_else(|e| panic!("nft {args:?} in {}: {e:#}", self.0.name()))
         }
-    }
-
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            match Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .output()
-            {
-                Ok(o) if o.status.success() => {}
-                Ok(o) => eprintln!("ip netns del {}: {}", self.name, first_line(&o.stderr)),
-                Err(e) => eprintln!("ip netns del {}: {e}", self.name),
-            }
-        }
-    }
-
-    /// `true` = run the privileged test. Without root or `nft`: panics, unless
-    /// `WEFT_SKIP_PRIVILEGED=1`.
-    fn require_privileges(test: &str) -> bool {
-        let root = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                let line = s.lines().find(|l| l.starts_with("Uid:"))?.to_string();
-                line.split_whitespace().nth(2).map(|euid| euid == "0")
-            })
-            .unwrap_or(false);
-        let nft = Command::new("nft")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        let reason = if !root {
-            "needs root (CAP_NET_ADMIN, and CAP_SYS_ADMIN for network namespaces)"
-        } else if !nft {
-            "needs the nft command (apt-get install nftables)"
-        } else {
-            return true;
-        };
-        if std::env::var("WEFT_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-            eprintln!("SKIPPED {test}: {reason} (WEFT_SKIP_PRIVILEGED=1)");
-            return false;
-        }
-        panic!("{test} {reason}; set WEFT_SKIP_PRIVILEGED=1 to skip it");
     }
 
     #[test]

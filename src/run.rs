@@ -11,10 +11,12 @@
 //! tick (worker health, our lease's subnet, the backend's repairs).
 
 use crate::backend::{self, engine_net, Backend, HostInfo};
+use crate::blackhole::BlackholeRoute;
 use crate::cli::{PeerArg, RunArgs, VxlanDataplane};
 use crate::health::{self, Status};
 use crate::iface::{self, Underlay};
 use crate::masq;
+use crate::nft;
 use anyhow::{Context, Result};
 use crossbeam_channel::Receiver;
 use engine::{Dataplane, DataplaneConfig, Ipv4Net, Route, RouteTable, Wire};
@@ -41,14 +43,52 @@ fn usage(msg: String) -> anyhow::Error {
     UsageError(msg).into()
 }
 
-/// Installs the iptables rules asked for. `previous` (network and subnet of the last run) has its
+/// The traffic rules of this run, kept in place by their keeper threads while held; the rules
+/// stay when weft exits, as with flanneld.
+#[derive(Debug, Default)]
+struct RuleKeepers {
+    _iptables: Option<masq::Keeper>,
+    _nftables: Option<nft::NftKeeper>,
+}
+
+/// Installs the traffic rules asked for (`--ip-masq`, forward rules when `forward`), with
+/// iptables or, with `EnableNFTables` (`nftables`), nftables; the other manager's rules are
+/// removed first, as flanneld does. `previous` (network and subnet of the last run) has its
 /// masquerade rules removed first when they differ from the current ones.
 fn setup_rules(
     args: &RunArgs,
     network: Ipv4Net,
     local: Ipv4Net,
     previous: Option<(Ipv4Net, Ipv4Net)>,
-) -> Result<Option<masq::Keeper>> {
+    nftables: bool,
+    forward: bool,
+) -> Result<RuleKeepers> {
+    let period = Duration::from_secs(args.iptables_resync);
+    if nftables {
+        remove_iptables_rules(network, local, previous);
+        let cfg = nft::NftConfig {
+            cluster: network,
+            pod: local,
+            masq: args.ip_masq,
+            forward,
+            random_fully_disabled: args.ip_masq_fully_random_disable,
+        };
+        let keeper = nft::NftKeeper::start(cfg, period)
+            .context("EnableNFTables: installing the nftables rules")?;
+        tracing::info!(
+            ip_masq = args.ip_masq,
+            forward_rules = forward,
+            random_fully = keeper.random_fully(),
+            "nftables rules installed (tables ip flannel-ipv4, ip6 flannel-ipv6)"
+        );
+        return Ok(RuleKeepers {
+            _iptables: None,
+            _nftables: Some(keeper),
+        });
+    }
+    if let Err(e) = nft::delete_tables() {
+        tracing::warn!("removing the nftables tables of an earlier run: {e:#}");
+    }
     let random_fully = !args.ip_masq_fully_random_disable && masq::supports_random_fully();
     let mut rules = Vec::new();
     if args.ip_masq {
@@ -62,30 +102,58 @@ fn setup_rules(
         }
         rules.extend(masq::masq_rules(network, local, random_fully));
     }
-    if args.iptables_forward_rules {
+    if forward {
         rules.extend(masq::forward_rules(network));
     }
     if rules.is_empty() {
-        return Ok(None);
+        return Ok(RuleKeepers::default());
     }
-    let period = Duration::from_secs(args.iptables_resync);
     match masq::Keeper::start(rules, period) {
         Ok(k) => {
             tracing::info!(
                 ip_masq = args.ip_masq,
-                forward_rules = args.iptables_forward_rules,
+                forward_rules = forward,
                 random_fully,
                 "iptables rules installed"
             );
-            Ok(Some(k))
+            Ok(RuleKeepers {
+                _iptables: Some(k),
+                _nftables: None,
+            })
         }
         Err(e) if args.ip_masq => Err(e.context("installing the --ip-masq rules")),
         Err(e) => {
             tracing::warn!(
                 "FORWARD rules not installed (--iptables-forward-rules=false to skip them): {e:#}"
             );
-            Ok(None)
+            Ok(RuleKeepers::default())
         }
+    }
+}
+
+/// In nftables mode: flannel's iptables rules of this and the previous network/subnet go, so that
+/// a host switched from iptables to nftables keeps no stale NAT. Failures are only logged (an
+/// nftables-only host may have no iptables at all).
+fn remove_iptables_rules(network: Ipv4Net, local: Ipv4Net, previous: Option<(Ipv4Net, Ipv4Net)>) {
+    let mut removed = 0;
+    for (net, sub) in std::iter::once((network, local)).chain(previous) {
+        let mut sets: Vec<Vec<masq::Rule>> = [true, false]
+            .into_iter()
+            .map(|rf| masq::masq_rules(net, sub, rf))
+            .collect();
+        sets.push(masq::forward_rules(net));
+        for rules in &sets {
+            match masq::delete(rules) {
+                Ok(n) => removed += n,
+                Err(e) => {
+                    tracing::warn!("EnableNFTables: removing flannel's iptables rules: {e:#}");
+                    return;
+                }
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, "EnableNFTables: removed flannel's iptables rules");
     }
 }
 
@@ -318,10 +386,20 @@ fn run_static(
     let cfg = backend::tunnel_config(&host, network, local, port, wire);
     let dp = backend::start_dataplane(&cfg, Arc::clone(&table))?;
     log_started("static peers", &cfg, &dp, public_ip);
+    // Static mode has no network config: rules only when their flags are given, iptables only.
+    let forward = args.iptables_forward_rules == Some(true);
+    let _rules = setup_rules(args, network, local, None, false, forward)?;
+    let mut blackhole = blackhole_route(args, local)?;
     let _ = status.dataplane.set(dp.stats_source());
-    status
-        .ready
-        .store(true, std::sync::atomic::Ordering::Release);
+    let written = match &args.subnet_file {
+        Some(path) => write_static_subnet_file(path, network, local, cfg.tun_mtu(), args.ip_masq),
+        None => true,
+    };
+    if written {
+        status
+            .ready
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
     let (ticks, no_leases) = (crossbeam_channel::tick(TICK), crossbeam_channel::never());
     let result = loop {
         match next_wake(signals, &ticks, &no_leases) {
@@ -342,13 +420,57 @@ fn run_static(
             Wake::Tick if !dp.healthy() => {
                 break Err(anyhow::anyhow!("a worker thread stopped; exiting"));
             }
-            Wake::Tick | Wake::Leases(_) => {}
+            Wake::Tick => {
+                if let Some(b) = blackhole.as_mut() {
+                    b.tick();
+                }
+            }
+            Wake::Leases(_) => {}
             Wake::Shutdown(r) => break r,
         }
     };
     let stats = dp.stop();
     tracing::info!("final stats {stats}");
     result
+}
+
+/// `--ip-blackhole-route`'s keeper for our subnet, when asked for.
+fn blackhole_route(args: &RunArgs, local: Ipv4Net) -> Result<Option<BlackholeRoute>> {
+    if !args.ip_blackhole_route {
+        return Ok(None);
+    }
+    let period = Duration::from_secs(args.iptables_resync);
+    BlackholeRoute::new(local, period).map(Some)
+}
+
+/// Static mode with `--subnet-file`: subnet.env as in etcd mode, for Docker and CNI. Returns
+/// whether it was written (a failure is logged and the daemon is not ready, as in etcd mode).
+fn write_static_subnet_file(
+    path: &Path,
+    network: Ipv4Net,
+    local: Ipv4Net,
+    mtu: u32,
+    ip_masq: bool,
+) -> bool {
+    let net = |n: Ipv4Net| {
+        control::Ipv4Net::new(n.addr(), n.prefix()).expect("an engine prefix is a valid prefix")
+    };
+    let env = control::env_file::SubnetEnv {
+        network: net(network),
+        subnet: net(local),
+        mtu,
+        ip_masq,
+    };
+    match env.write(path) {
+        Ok(()) => {
+            tracing::info!(file = %path.display(), "subnet file written");
+            true
+        }
+        Err(e) => {
+            tracing::error!("writing {}: {e}", path.display());
+            false
+        }
+    }
 }
 
 /// Sets up the backend `config` selects (`--vxlan-dataplane` overrides the config's choice of
@@ -444,11 +566,11 @@ fn run_etcd(
             password: args.etcd_password.clone(),
         },
         public_ip,
-        subnet_file: args.subnet_file.clone(),
+        subnet_file: args.subnet_file(),
         renew_margin: Duration::from_secs(u64::from(args.subnet_lease_renew_margin) * 60),
         ip_masq: args.ip_masq,
     };
-    let prev = control::env_file::read_previous(&args.subnet_file);
+    let prev = control::env_file::read_previous(&args.subnet_file());
     let previous = prev
         .network
         .zip(prev.subnet)
@@ -476,7 +598,16 @@ fn run_etcd(
         .start(network, local)
         .with_context(|| format!("starting the {} backend", backend.name()))?;
     let (name, mtu) = (backend.name(), backend.mtu());
-    let _rules = setup_rules(args, network, local, previous)?;
+    let nftables = handle.config().enable_nftables;
+    let _rules = setup_rules(
+        args,
+        network,
+        local,
+        previous,
+        nftables,
+        args.forward_rules(),
+    )?;
+    let mut blackhole = blackhole_route(args, local)?;
     if let Some(d) = backend.dataplane() {
         let _ = status.dataplane.set(d);
     }
@@ -485,9 +616,9 @@ fn run_etcd(
         Ok(()) => status
             .ready
             .store(true, std::sync::atomic::Ordering::Release),
-        Err(e) => tracing::error!("writing {}: {e}", args.subnet_file.display()),
+        Err(e) => tracing::error!("writing {}: {e}", args.subnet_file().display()),
     }
-    tracing::info!(backend = name, subnet = %local, network = %network, mtu, %public_ip, underlay = %underlay.name, file = %args.subnet_file.display(), "weft running (etcd): lease held, subnet file written");
+    tracing::info!(backend = name, subnet = %local, network = %network, mtu, %public_ip, underlay = %underlay.name, file = %args.subnet_file().display(), "weft running (etcd): lease held, subnet file written");
 
     let ticks = crossbeam_channel::tick(TICK);
     let result = loop {
@@ -519,6 +650,9 @@ fn run_etcd(
                 }
                 if let Err(e) = backend.tick() {
                     break Err(e);
+                }
+                if let Some(b) = blackhole.as_mut() {
+                    b.tick();
                 }
             }
             Wake::Shutdown(r) => break r,

@@ -20,6 +20,7 @@ use super::routes::{self, RouteKeeper, RESYNC};
 use super::{Backend, HostInfo, SkipLog};
 use crate::netlink::{Netlink, RouteSpec, VxlanSpec};
 use anyhow::{Context, Result};
+use control::lease::format_mac;
 use control::{Lease, LeaseAttrs, VxlanConfig};
 use engine::{Ipv4Net, StatsSource};
 use std::collections::BTreeMap;
@@ -76,10 +77,6 @@ fn random_mac() -> [u8; 6] {
     mac.copy_from_slice(&h.finish().to_le_bytes()[..6]);
     mac[0] = (mac[0] & 0xfe) | 0x02;
     mac
-}
-
-fn fmt_mac(m: &[u8; 6]) -> String {
-    control::lease::format_mac(m)
 }
 
 impl Vxlan {
@@ -254,7 +251,7 @@ impl Vxlan {
             self.programmed.remove(&subnet);
             if let Peer::Vxlan { ip, mac } = peer {
                 self.unprogram(subnet, ip, mac);
-                tracing::info!(%subnet, %ip, mac = %fmt_mac(&mac), "vxlan peer removed");
+                tracing::info!(%subnet, %ip, mac = %format_mac(&mac), "vxlan peer removed");
             }
         }
         let mut direct = BTreeMap::new();
@@ -267,7 +264,7 @@ impl Vxlan {
                 Peer::Vxlan { ip, mac } if !self.programmed.contains_key(subnet) => {
                     match self.program(*subnet, ip, mac) {
                         Ok(()) => {
-                            tracing::info!(%subnet, %ip, mac = %fmt_mac(&mac), "vxlan peer added");
+                            tracing::info!(%subnet, %ip, mac = %format_mac(&mac), "vxlan peer added");
                             self.programmed.insert(*subnet, *peer);
                         }
                         Err(e) => {
@@ -353,7 +350,7 @@ fn ensure_device(nl: &mut Netlink, spec: &VxlanSpec) -> Result<(u32, [u8; 6])> {
                 if link.mtu != spec.mtu {
                     nl.set_mtu(link.index, spec.mtu)?;
                 }
-                tracing::info!(device = %name, mac = %fmt_mac(&mac), "reusing the existing vxlan device");
+                tracing::info!(device = %name, mac = %format_mac(&mac), "reusing the existing vxlan device");
                 return Ok((link.index, mac));
             }
             _ => {
@@ -372,11 +369,11 @@ fn ensure_device(nl: &mut Netlink, spec: &VxlanSpec) -> Result<(u32, [u8; 6])> {
     if link.mac != Some(mac) {
         anyhow::bail!(
             "{name}: MAC is {:?}, expected {}",
-            link.mac.map(|m| fmt_mac(&m)),
-            fmt_mac(&mac)
+            link.mac.map(|m| format_mac(&m)),
+            format_mac(&mac)
         );
     }
-    tracing::info!(device = %name, vni = spec.vni, local = %spec.local, mtu = spec.mtu, mac = %fmt_mac(&mac), "vxlan device created");
+    tracing::info!(device = %name, vni = spec.vni, local = %spec.local, mtu = spec.mtu, mac = %format_mac(&mac), "vxlan device created");
     Ok((link.index, mac))
 }
 

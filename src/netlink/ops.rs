@@ -395,6 +395,49 @@ impl Netlink {
             .collect())
     }
 
+    /// Whether the main table has a blackhole route for exactly `dst/prefix`.
+    pub(crate) fn has_blackhole_route(&mut self, dst: Ipv4Addr, prefix: u8) -> io::Result<bool> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        let messages = self
+            .dump(RouteNetlinkMessage::GetRoute(msg))
+            .map_err(|f| f.into_io("listing routes".to_string()))?;
+        Ok(messages.into_iter().any(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) => {
+                r.header.address_family == AddressFamily::Inet
+                    && r.header.kind == RouteType::BlackHole
+                    && route_table(&r) == u32::from(RouteHeader::RT_TABLE_MAIN)
+                    && r.header.destination_prefix_length == prefix
+                    && parse_route(&r).dst == dst
+            }
+            _ => false,
+        }))
+    }
+
+    /// `ip route add blackhole DST/PREFIX metric 4294967295` in the main table (flannel's
+    /// `--ip-blackhole-route`; flannel adds it with metric 0). The highest metric lets every other
+    /// route for the same prefix win (a bridge holding the subnet), so the blackhole only takes
+    /// what no interface claims. Already present is `Ok`.
+    pub(crate) fn add_blackhole_route(&mut self, dst: Ipv4Addr, prefix: u8) -> io::Result<()> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.destination_prefix_length = prefix;
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.scope = RouteScope::Universe;
+        msg.header.kind = RouteType::BlackHole;
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        msg.attributes
+            .push(RouteAttribute::Priority(BLACKHOLE_METRIC));
+        let result = self.ack(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        );
+        tolerate(result, &[libc::EEXIST])
+            .map_err(|f| f.into_io(format!("adding route blackhole {dst}/{prefix}")))
+    }
+
     /// `ip route get DST`: the route the kernel would use; `gateway` is `None` when on-link.
     pub(crate) fn route_get(&mut self, dst: Ipv4Addr) -> io::Result<RouteSpec> {
         let mut msg = RouteMessage::default();
@@ -606,6 +649,9 @@ fn parse_route(r: &RouteMessage) -> RouteSpec {
     }
     spec
 }
+
+/// Metric of the `--ip-blackhole-route` route: the lowest priority there is.
+pub(crate) const BLACKHOLE_METRIC: u32 = u32::MAX;
 
 /// A 6-byte hardware address, `None` for any other length.
 fn mac6(bytes: &[u8]) -> Option<[u8; 6]> {

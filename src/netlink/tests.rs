@@ -670,3 +670,31 @@ fn vxlan_attrs_match_only_the_same_spec() {
         ..spec
     }));
 }
+
+#[test]
+fn blackhole_route_is_added_once_and_found() {
+    let Some(ns) = Netns::new("blackhole_route_is_added_once_and_found") else {
+        return;
+    };
+    let dst = Ipv4Addr::new(10, 1, 5, 0);
+    ns.run(|nl| {
+        assert!(!nl.has_blackhole_route(dst, 24).expect("dump"));
+        nl.add_blackhole_route(dst, 24).expect("add");
+        nl.add_blackhole_route(dst, 24)
+            .expect("already there is fine");
+        assert!(nl.has_blackhole_route(dst, 24).expect("dump"));
+        assert!(!nl.has_blackhole_route(dst, 25).expect("dump"));
+    });
+    let shown = ns.ip(&["route", "show", "type", "blackhole"]);
+    assert_eq!(
+        shown.trim(),
+        "blackhole 10.1.5.0/24 metric 4294967295",
+        "{shown}"
+    );
+    // A route of the interface that holds the subnet wins over it.
+    ns.ip(&["link", "add", "br0", "type", "bridge"]);
+    ns.ip(&["link", "set", "br0", "up"]);
+    ns.ip(&["addr", "add", "10.1.5.1/24", "dev", "br0"]);
+    let got = ns.ip(&["route", "get", "10.1.5.2"]);
+    assert!(got.contains("dev br0"), "{got}");
+}

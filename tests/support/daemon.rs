@@ -35,10 +35,22 @@ impl Daemon {
 
     /// Like [`Daemon::start`] with the given RUST_LOG filter.
     pub(crate) fn start_with_log(ns: &str, label: &str, args: &[&str], filter: &str) -> Daemon {
+        Self::start_program(ns, label, weft_bin(), args, &[("RUST_LOG", filter)])
+    }
+
+    /// Starts `program` (the weft binary, or a link to it such as `flanneld`) in `ns` with
+    /// `args` and the extra environment `env`.
+    pub(crate) fn start_program(
+        ns: &str,
+        label: &str,
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, weft_bin()])
+            .args(["netns", "exec", ns, program])
             .args(args)
-            .env("RUST_LOG", filter)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -35,7 +35,8 @@ pub const VXLAN_HEADER_LEN: usize = 8;
 /// Length of the inner Ethernet header (no VLAN tag).
 pub const ETHERNET_HEADER_LEN: usize = 14;
 /// Bytes in front of the inner packet: VXLAN header plus inner Ethernet header.
-pub const HEADER_LEN: usize = field::PAYLOAD;
+pub const HEADER_LEN: usize = VXLAN_HEADER_LEN + ETHERNET_HEADER_LEN;
+const _: () = assert!(HEADER_LEN == field::PAYLOAD);
 /// The only flags value accepted and sent: the I bit ("VNI valid").
 pub const FLAGS_VNI_VALID: u8 = 0x08;
 /// Largest VNI (24 bits).

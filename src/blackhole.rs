@@ -1,0 +1,52 @@
+//! `--ip-blackhole-route`: a blackhole route for this host's own subnet, as flanneld adds it
+//! (docs/compatibility.md, "Flags"): first after one `--iptables-resync` interval, then checked
+//! every interval and added again when it is missing; never removed. Traffic to addresses of the
+//! subnet that no container holds is then dropped here instead of following the default route
+//! back out (setups without a bridge holding the subnet). Unlike flanneld's (metric 0), weft's
+//! route has the highest metric, so a bridge holding the subnet keeps its traffic.
+
+use crate::netlink::Netlink;
+use anyhow::{Context, Result};
+use engine::Ipv4Net;
+use std::time::{Duration, Instant};
+
+/// The route's keeper, ticked by the main thread.
+#[derive(Debug)]
+pub(crate) struct BlackholeRoute {
+    nl: Netlink,
+    subnet: Ipv4Net,
+    period: Duration,
+    next: Instant,
+}
+
+impl BlackholeRoute {
+    /// Keeps a blackhole route for `subnet`, checked every `period` from one period on.
+    pub(crate) fn new(subnet: Ipv4Net, period: Duration) -> Result<BlackholeRoute> {
+        let nl = Netlink::new().context("--ip-blackhole-route: opening a netlink socket")?;
+        Ok(BlackholeRoute {
+            nl,
+            subnet,
+            period,
+            next: Instant::now() + period,
+        })
+    }
+
+    /// Adds the route when its time has come and it is missing. Failures are logged and tried
+    /// again next period; the route is an optimisation, the overlay works without it.
+    pub(crate) fn tick(&mut self) {
+        let now = Instant::now();
+        if now < self.next {
+            return;
+        }
+        self.next = now + self.period;
+        let (dst, prefix) = (self.subnet.addr(), self.subnet.prefix());
+        match self.nl.has_blackhole_route(dst, prefix) {
+            Ok(true) => {}
+            Ok(false) => match self.nl.add_blackhole_route(dst, prefix) {
+                Ok(()) => tracing::info!(subnet = %self.subnet, "blackhole route added"),
+                Err(e) => tracing::warn!("--ip-blackhole-route: {e}"),
+            },
+            Err(e) => tracing::warn!("--ip-blackhole-route: {e}"),
+        }
+    }
+}
