@@ -39,6 +39,9 @@ pub(crate) const SUBNET_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the output channel may stay open after the command exited (a background process it
 /// started may hold it).
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+/// The most output kept of one command (the rest is discarded): `BackendData` must fit into one
+/// etcd request.
+const MAX_OUTPUT: usize = 512 * 1024;
 /// How long stopping waits for the subnet command thread (it kills its command at once; only
 /// the output grace above can hold it).
 const STOP_WAIT: Duration = Duration::from_secs(2);
@@ -181,7 +184,9 @@ pub(crate) fn run(
                     break;
                 }
                 if let Ok(mut o) = output.lock() {
-                    o.extend_from_slice(&buf[..n]);
+                    // Beyond the cap the output is read and dropped, so the command never blocks.
+                    let room = MAX_OUTPUT.saturating_sub(o.len());
+                    o.extend_from_slice(&buf[..n.min(room)]);
                 }
             }
             let _ = done_tx.send(());
@@ -606,5 +611,17 @@ mod tests {
             "{e}"
         );
         std::fs::remove_dir_all(&dir).expect("cleanup");
+
+        // Output beyond the cap is dropped, and the command still runs to its end.
+        let out = run(
+            "SubnetAddCommand",
+            "head -c 700000 /dev/zero",
+            &[],
+            "",
+            Duration::from_secs(5),
+            None,
+        )
+        .expect("runs");
+        assert_eq!(out.len(), MAX_OUTPUT);
     }
 }
