@@ -219,6 +219,27 @@ fn extension_two_hosts() {
     });
     nothing_programmed(&c, 1);
 
+    // A peer lease whose value changes runs the add command again, with the new data.
+    let changed_key = format!("{PREFIX}/subnets/10.1.203.0-24");
+    for data in ["v1", "v2"] {
+        c.etcdctl(&[
+            "put",
+            &changed_key,
+            &format!(
+                r#"{{"PublicIP":"192.0.2.203","PublicIPv6":null,"BackendType":"extension","BackendData":"{data}"}}"#
+            ),
+        ]);
+        let want = format!(
+            "SUBNET=10.1.203.0/24 PUBLIC_IP=192.0.2.203 NETWORK=unset ARGS=10.1.203.0/24\n{data}\n"
+        );
+        within(PROPAGATION, &format!("add run for {data}"), || {
+            read(&f(format!("add-{ip0}.log"))).ends_with(&want)
+        });
+    }
+    within(PROPAGATION, "adds counted", || {
+        d0.counter("subnet_adds") == 3
+    });
+
     // A peer whose add command fails: logged and counted; the daemon keeps running and the
     // other peers are unaffected.
     let bad_key = format!("{PREFIX}/subnets/10.1.200.0-24");
@@ -270,7 +291,7 @@ fn extension_two_hosts() {
     within(PROPAGATION, "hanging add started", || {
         read(&f(format!("add-{ip0}.log"))).contains("192.0.2.202")
     });
-    assert_eq!(d0.counter("subnet_adds"), 1, "stats still served");
+    assert_eq!(d0.counter("subnet_adds"), 3, "stats still served");
     let t = Instant::now();
     let mut d0 = d0;
     d0.signal(nix::sys::signal::Signal::SIGTERM);
