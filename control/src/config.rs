@@ -8,8 +8,8 @@
 //!   unmarshallers reject it.
 //! * Defaults and error messages follow §1.3; each error names the key and its value and ends with
 //!   flannel's message.
-//! * No `Backend` means udp. The type is matched case-insensitively: `udp`, `vxlan` and
-//!   `host-gw` are known; any other type is refused by name.
+//! * No `Backend` means udp. The type is matched case-insensitively: `udp`, `vxlan`, `host-gw`,
+//!   `alloc` and `extension` are known; any other type is refused by name.
 //! * IPv6 (`EnableIPv6: true`) and IPv4 disabled are refused: weft is IPv4-only for now.
 
 use std::net::Ipv4Addr;
@@ -42,6 +42,28 @@ pub enum Backend {
     Vxlan(VxlanConfig),
     /// flannel's host-gw backend: plain routes via each peer's public IP.
     HostGw,
+    /// flannel's alloc backend: only holds a lease, programs nothing.
+    Alloc,
+    /// flannel's extension backend: runs the configured commands.
+    Extension(ExtensionConfig),
+}
+
+/// The `extension` backend section (flannel's anonymous config struct, keys matched
+/// case-insensitively). An empty command string means "not configured", as in flannel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtensionConfig {
+    /// `PreStartupCommand`: runs before the lease is acquired; its output is the lease's
+    /// `BackendData`.
+    pub pre_startup_command: Option<String>,
+    /// `PostStartupCommand`: runs once the lease is held.
+    pub post_startup_command: Option<String>,
+    /// `SubnetAddCommand`: runs for each peer lease added (or changed).
+    pub subnet_add_command: Option<String>,
+    /// `SubnetRemoveCommand`: runs for each peer lease removed.
+    pub subnet_remove_command: Option<String>,
+    /// Whether `ShutdownCommand` was given: flannel never runs it and neither does weft (the
+    /// daemon logs a warning).
+    pub shutdown_command_ignored: bool,
 }
 
 /// The `vxlan` backend section (flannel's `VXLANConfig`, keys matched case-insensitively).
@@ -299,12 +321,13 @@ impl NetworkConfig {
             && subnet.prefix_len() == self.subnet_len
     }
 
-    /// The UDP port of the backend's tunnel (`None` for host-gw, which has none).
+    /// The UDP port of the backend's tunnel (`None` for host-gw, alloc and extension, which
+    /// have none).
     pub fn udp_port(&self) -> Option<u16> {
         match &self.backend {
             Backend::Udp { port } => Some(*port),
             Backend::Vxlan(v) => Some(v.port),
-            Backend::HostGw => None,
+            Backend::HostGw | Backend::Alloc | Backend::Extension(_) => None,
         }
     }
 }
@@ -374,6 +397,9 @@ fn parse_backend(v: Option<&Value>) -> Result<Backend, Error> {
         }
         "vxlan" => parse_vxlan(&obj).map(Backend::Vxlan),
         "host-gw" => Ok(Backend::HostGw),
+        // flannel's alloc backend reads no options.
+        "alloc" => Ok(Backend::Alloc),
+        "extension" => parse_extension(&obj).map(Backend::Extension),
         _ => Err(Error::UnsupportedBackend { backend_type }),
     }
 }
@@ -455,6 +481,37 @@ fn parse_vxlan(obj: &GoObject<Value>) -> Result<VxlanConfig, Error> {
         ));
     }
     Ok(cfg)
+}
+
+/// flannel's extension config decoding: every command is an optional Go `string` (null keeps
+/// it empty). weft additionally refuses a command of only whitespace, which flannel would crash
+/// on (it runs the first word of an empty list).
+fn parse_extension(obj: &GoObject<Value>) -> Result<ExtensionConfig, Error> {
+    let command = |key: &'static str, json_key: &str| -> Result<Option<String>, Error> {
+        match obj.get(json_key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) if s.trim().is_empty() => Err(cfg_err(
+                key,
+                format!("{s:?}"),
+                "the command has no program (only whitespace)",
+            )),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(cfg_err(
+                key,
+                v.to_string(),
+                "error decoding backend config: expected a string",
+            )),
+        }
+    };
+    Ok(ExtensionConfig {
+        pre_startup_command: command("Backend.PreStartupCommand", "PreStartupCommand")?,
+        post_startup_command: command("Backend.PostStartupCommand", "PostStartupCommand")?,
+        subnet_add_command: command("Backend.SubnetAddCommand", "SubnetAddCommand")?,
+        subnet_remove_command: command("Backend.SubnetRemoveCommand", "SubnetRemoveCommand")?,
+        // Not part of flannel's config struct: any value is accepted and never run.
+        shutdown_command_ignored: obj.get("ShutdownCommand").is_some(),
+    })
 }
 
 #[cfg(test)]
@@ -841,6 +898,68 @@ mod tests {
             let full = format!(r#"{{"Network":"10.1.0.0/16","Backend":{text}}}"#);
             let e = NetworkConfig::parse(&full).expect_err(text).to_string();
             assert!(e.contains(&format!("{key}={what}")), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn alloc_and_extension_sections() {
+        let c = ok(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"Alloc","Port":"ignored"}}"#);
+        assert_eq!(c.backend, Backend::Alloc);
+        assert_eq!(c.udp_port(), None);
+        let c = ok(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"extension"}}"#);
+        assert_eq!(c.backend, Backend::Extension(ExtensionConfig::default()));
+        assert_eq!(c.udp_port(), None);
+        let c = ok(
+            r#"{"Network":"10.1.0.0/16","Backend":{"type":"EXTENSION","prestartupcommand":"/bin/pre a","PostStartupCommand":"/bin/post $SUBNET","SubnetAddCommand":"/bin/add","SubnetRemoveCommand":"","ShutdownCommand":"/bin/stop"}}"#,
+        );
+        assert_eq!(
+            c.backend,
+            Backend::Extension(ExtensionConfig {
+                pre_startup_command: Some("/bin/pre a".into()),
+                post_startup_command: Some("/bin/post $SUBNET".into()),
+                subnet_add_command: Some("/bin/add".into()),
+                subnet_remove_command: None,
+                shutdown_command_ignored: true,
+            })
+        );
+        let c = ok(
+            r#"{"Network":"10.1.0.0/16","Backend":{"Type":"extension","SubnetAddCommand":null,"ShutdownCommand":7}}"#,
+        );
+        let Backend::Extension(e) = c.backend else {
+            panic!("{c:?}")
+        };
+        assert_eq!(e.subnet_add_command, None);
+        assert!(e.shutdown_command_ignored);
+        for key in [
+            "PreStartupCommand",
+            "PostStartupCommand",
+            "SubnetAddCommand",
+            "SubnetRemoveCommand",
+        ] {
+            err(
+                &format!(
+                    r#"{{"Network":"10.1.0.0/16","Backend":{{"Type":"extension","{key}":1}}}}"#
+                ),
+                &format!("Backend.{key}"),
+                "1",
+                "expected a string",
+            );
+            err(
+                &format!(
+                    r#"{{"Network":"10.1.0.0/16","Backend":{{"Type":"extension","{key}":["a"]}}}}"#
+                ),
+                &format!("Backend.{key}"),
+                r#"["a"]"#,
+                "expected a string",
+            );
+            err(
+                &format!(
+                    r#"{{"Network":"10.1.0.0/16","Backend":{{"Type":"extension","{key}":"  "}}}}"#
+                ),
+                &format!("Backend.{key}"),
+                r#""  ""#,
+                "no program",
+            );
         }
     }
 

@@ -131,6 +131,46 @@ impl LeaseAttrs {
         }
     }
 
+    /// The attributes flannel's alloc backend publishes: no `BackendType`, no `BackendData`
+    /// (`{"PublicIP":"..","PublicIPv6":null}`, the same bytes as a udp lease).
+    pub fn alloc(public_ip: Ipv4Addr) -> Self {
+        Self::udp(public_ip)
+    }
+
+    /// The attributes flannel's extension backend publishes: `BackendType` `extension` and, when
+    /// a `PreStartupCommand` ran, its output as a JSON string in `BackendData` (Go's
+    /// `json.Marshal(string)`, HTML characters escaped).
+    pub fn extension(public_ip: Ipv4Addr, data: Option<&str>) -> Self {
+        let backend_data = data.map(|d| {
+            let mut s = String::with_capacity(d.len() + 2);
+            push_go_string(&mut s, d);
+            RawJson(s)
+        });
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: Some("extension".into()),
+            backend_data,
+            backend_v6_data: None,
+        }
+    }
+
+    /// An extension lease's `BackendData` decoded as flannel does (`json.Unmarshal` into a
+    /// string): absent or `null` is empty, anything but a JSON string is an error.
+    pub fn extension_data(&self) -> Result<String, BadLeaseValue> {
+        match &self.backend_data {
+            None => Ok(String::new()),
+            Some(raw) => serde_json::from_str::<Option<String>>(raw.as_str())
+                .map(Option::unwrap_or_default)
+                .map_err(|_| {
+                    BadLeaseValue(format!(
+                        "BackendData: expected a JSON string, got {}",
+                        raw.0
+                    ))
+                }),
+        }
+    }
+
     /// Whether the lease's `BackendType` is `ty` (case-insensitive; absent means `udp`).
     pub fn is_backend(&self, ty: &str) -> bool {
         self.backend_type
@@ -384,6 +424,53 @@ mod tests {
             r#"{"PublicIP":"10.0.0.5","PublicIPv6":null,"BackendType":"host-gw"}"#
         );
         assert!(LeaseAttrs::udp(ip).is_backend("udp"));
+    }
+
+    #[test]
+    fn alloc_and_extension_values_are_flannels() {
+        let ip = Ipv4Addr::new(192, 168, 64, 3);
+        // alloc: empty BackendType and BackendData are omitted (omitempty), PublicIPv6 is not.
+        let a = LeaseAttrs::alloc(ip);
+        assert_eq!(
+            a.to_json(),
+            r#"{"PublicIP":"192.168.64.3","PublicIPv6":null}"#
+        );
+        assert_eq!(
+            LeaseAttrs::parse(a.to_json().as_bytes()).expect("parses"),
+            a
+        );
+        assert!(!a.is_backend("extension") && !a.is_backend("vxlan") && !a.is_backend("host-gw"));
+        // extension without a pre-startup command: no BackendData.
+        let e = LeaseAttrs::extension(ip, None);
+        assert_eq!(
+            e.to_json(),
+            r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"extension"}"#
+        );
+        assert_eq!(e.extension_data().expect("empty"), "");
+        // With one: json.Marshal(output), HTML-safe escapes as Go writes them.
+        let e = LeaseAttrs::extension(ip, Some("key=\"a<b>&c\"\nline2\tend"));
+        assert_eq!(
+            e.to_json(),
+            r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"extension","BackendData":"key=\"a\u003cb\u003e\u0026c\"\nline2\tend"}"#
+        );
+        let back = LeaseAttrs::parse(e.to_json().as_bytes()).expect("parses");
+        assert_eq!(back, e);
+        assert_eq!(
+            back.extension_data().expect("a string"),
+            "key=\"a<b>&c\"\nline2\tend"
+        );
+        assert!(back.is_backend("extension"));
+        let with = |data: &str| {
+            let v = format!(
+                r#"{{"PublicIP":"10.0.0.1","BackendType":"extension","BackendData":{data}}}"#
+            );
+            LeaseAttrs::parse(v.as_bytes())
+                .expect("parses")
+                .extension_data()
+        };
+        assert_eq!(with("null").expect("null is empty"), "");
+        assert_eq!(with(r#""x""#).expect("a string"), "x");
+        assert!(with("{}").is_err() && with("1").is_err());
     }
 
     #[test]

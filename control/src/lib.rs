@@ -29,7 +29,7 @@ pub mod subnet;
 #[cfg(test)]
 mod testing;
 
-pub use config::{Backend, NetworkConfig, VxlanConfig};
+pub use config::{Backend, ExtensionConfig, NetworkConfig, VxlanConfig};
 pub use error::Error;
 pub use etcd::{EtcdOptions, EtcdRegistry};
 pub use handle::{start, ControlHandle, ControlOptions, LeaseHeld, OnPeers, Startup, StartupEvent};

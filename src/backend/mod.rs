@@ -16,7 +16,11 @@
 //! | [`vxlan`] | `{"Type":"vxlan"}` | the kernel's vxlan device `flannel.<VNI>`, programmed as flannel does; `DirectRouting` adds plain routes for on-link peers |
 //! | [`vxlan_user`] | `{"Type":"vxlan","Userspace":true}` | weft's workers speaking VXLAN, interoperable with kernel peers |
 //! | [`hostgw`] | `{"Type":"host-gw"}` | plain kernel routes via each peer's public IP |
+//! | [`alloc`] | `{"Type":"alloc"}` | none: only the lease |
+//! | [`extension`] | `{"Type":"extension",...}` | whatever the configured commands set up |
 
+pub(crate) mod alloc;
+pub(crate) mod extension;
 pub(crate) mod hostgw;
 use crate::netlink;
 mod routes;
@@ -109,7 +113,7 @@ impl HostInfo {
 
 /// One backend; see the module doc. Only its owner, the main thread, calls it.
 pub(crate) trait Backend {
-    /// Name for logs (`udp`, `vxlan`, `vxlan (userspace)`, `host-gw`).
+    /// Name for logs (`udp`, `vxlan`, `vxlan (userspace)`, `host-gw`, `alloc`, `extension`).
     fn name(&self) -> &'static str;
     /// The attributes our lease publishes.
     fn lease_attrs(&self) -> LeaseAttrs;
@@ -138,6 +142,8 @@ pub(crate) fn kind(config: &NetworkConfig) -> &'static str {
         control::Backend::Vxlan(v) if v.userspace => "vxlan (userspace)",
         control::Backend::Vxlan(_) => "vxlan",
         control::Backend::HostGw => "host-gw",
+        control::Backend::Alloc => "alloc",
+        control::Backend::Extension(_) => "extension",
         _ => "unknown",
     }
 }
@@ -152,6 +158,8 @@ pub(crate) fn create(config: &NetworkConfig, host: &HostInfo) -> Result<Box<dyn 
         control::Backend::Vxlan(v) if v.userspace => Box::new(vxlan_user::new(host, v)),
         control::Backend::Vxlan(v) => Box::new(vxlan::Vxlan::new(host, v)?),
         control::Backend::HostGw => Box::new(hostgw::HostGw::new(host)?),
+        control::Backend::Alloc => Box::new(alloc::Alloc::new(host)),
+        control::Backend::Extension(e) => Box::new(extension::Extension::new(host, e)?),
         _ => anyhow::bail!("backend {kind} is not supported"),
     };
     tracing::info!(backend = b.name(), mtu = b.mtu(), "backend set up");
@@ -167,6 +175,7 @@ fn cleanup_others(config: &NetworkConfig) -> Result<()> {
     let (keep_vni, keep_routes) = match &config.backend {
         control::Backend::Vxlan(v) if !v.userspace => (Some(v.vni), v.direct_routing),
         control::Backend::HostGw => (None, true),
+        // alloc and extension program nothing: whatever a tunnel backend left goes, as for udp.
         _ => (None, false),
     };
     for link in nl.links()? {
