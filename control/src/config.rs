@@ -1,12 +1,12 @@
 //! The network config stored at `<prefix>/config`, parsed and validated exactly as flannel's
-//! `ParseConfig` + `CheckNetworkConfig` do (flannel-compat §1).
+//! `ParseConfig` + `CheckNetworkConfig` do (docs/compatibility.md §2).
 //!
 //! * Keys match case-insensitively, the last duplicate wins and unknown keys are ignored (Go
 //!   `encoding/json`).
 //! * `null` leaves a plain field (`SubnetLen`, `EnableIPv4`, ...) at its default, but is an error
 //!   for the address fields (`Network`, `SubnetMin`, `SubnetMax`), as flannel's custom
 //!   unmarshallers reject it.
-//! * Defaults and error messages follow §1.3; each error names the key and its value and ends with
+//! * Defaults and error messages follow §2.3; each error names the key and its value and ends with
 //!   flannel's message.
 //! * No `Backend` means udp. The type is matched case-insensitively: `udp`, `vxlan`, `host-gw`,
 //!   `alloc` and `extension` are known; any other type is refused by name.
