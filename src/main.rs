@@ -8,6 +8,7 @@ mod docker_opts;
 mod health;
 mod iface;
 mod masq;
+mod metrics;
 mod netlink;
 mod nft;
 mod periodic;

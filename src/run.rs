@@ -635,16 +635,9 @@ fn run_etcd(
             Wake::Stats => {
                 let c = handle.stats();
                 tracing::info!(
-                    "stats backend={name}{} etcd_connected={} watch_events={} resyncs={} malformed_skipped={} leases_known={} renewals={} reacquisitions={} lease_expires_in_secs={}",
+                    "stats backend={name}{}{}",
                     backend.stats(),
-                    u8::from(c.etcd_connected),
-                    c.watch_events,
-                    c.resyncs,
-                    c.malformed_skipped,
-                    c.leases_known,
-                    c.renewals,
-                    c.reacquisitions,
-                    c.lease_expires_in.map_or(-1, |d| d.as_secs() as i64),
+                    crate::metrics::line(&crate::metrics::control(&c))
                 );
             }
             Wake::Reload => tracing::info!("SIGHUP: routes follow etcd; nothing to reload"),

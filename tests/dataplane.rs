@@ -170,7 +170,7 @@ fn thousand_route_swaps_during_a_transfer_break_nothing() {
     let got = transfer.finish();
     assert!(got >= 20 * MB);
     let s = a.stats();
-    assert_eq!(stat(&s, "generation"), 1001, "{s:?}");
+    assert_eq!(stat(&s, "route_generation"), 1001, "{s:?}");
     assert_eq!(stat(&s, "routes"), 1, "{s:?}");
     assert_eq!(stat(&s, "dropped"), 0, "{s:?}");
     std::fs::remove_dir_all(&dir).expect("cleanup");

@@ -101,7 +101,7 @@ fn etcd_stopped_for_60s_forwarding_goes_on_then_reconnects() {
     }
     for x in &d {
         assert_eq!(x.counter("routes"), 1);
-        assert_eq!(x.counter("reacquisitions"), 0);
+        assert_eq!(x.counter("lease_reacquisitions"), 0);
         assert!(x.counter("resyncs") >= 1);
     }
     all_pairs_ping(&c, Duration::from_secs(2));
@@ -134,8 +134,8 @@ fn etcd_restarted_with_its_data_routes_unchanged() {
         let now = x.stats();
         assert_eq!(now["routes"], 2.0, "host {}", i + 1);
         assert_eq!(
-            now["generation"],
-            before[i]["generation"],
+            now["route_generation"],
+            before[i]["route_generation"],
             "host {}: the route table was not replaced",
             i + 1
         );
@@ -144,7 +144,7 @@ fn etcd_restarted_with_its_data_routes_unchanged() {
             "host {} re-listed",
             i + 1
         );
-        assert_eq!(now["reacquisitions"], 0.0);
+        assert_eq!(now["lease_reacquisitions"], 0.0);
         assert_eq!(c.get(&c.lease_key(i)), lease_value(i));
     }
     all_pairs_ping(&c, Duration::from_secs(2));
@@ -206,7 +206,7 @@ fn etcd_restarted_empty_daemons_register_same_subnets() {
             i + 1
         );
         assert!(
-            x.counter("reacquisitions") >= 1,
+            x.counter("lease_reacquisitions") >= 1,
             "host {} re-acquired",
             i + 1
         );
@@ -292,7 +292,10 @@ fn daemon_sigkilled_and_restarted_keeps_subnet() {
     let mut d = start_all(&mut c);
     let subnet = c.subnet_env(0)["FLANNEL_SUBNET"].clone();
     let key = c.lease_key(0);
-    let gens: Vec<f64> = d[1..].iter().map(|x| x.stats()["generation"]).collect();
+    let gens: Vec<f64> = d[1..]
+        .iter()
+        .map(|x| x.stats()["route_generation"])
+        .collect();
     d[0].signal(Signal::SIGKILL);
     let st = d[0]
         .wait_exit(Duration::from_secs(5))
@@ -314,7 +317,7 @@ fn daemon_sigkilled_and_restarted_keeps_subnet() {
         let s = x.stats();
         assert_eq!(s["routes"], 2.0);
         assert_eq!(
-            s["generation"],
+            s["route_generation"],
             gens[k],
             "host {}: routes were not replaced by the restart",
             k + 2
@@ -356,7 +359,7 @@ fn own_lease_deleted_is_acquired_again() {
         .is_some(),
         "re-acquisition logged"
     );
-    assert_eq!(d[0].counter("reacquisitions"), 1);
+    assert_eq!(d[0].counter("lease_reacquisitions"), 1);
     assert!(c.key_ttl(&key) > 23 * 3600);
     assert_eq!(c.subnet_env(0)["FLANNEL_SUBNET"], subnet);
     within(Duration::from_secs(5), "peer routes back", || {
@@ -382,21 +385,20 @@ fn corrupted_lease_value_is_skipped_and_counted() {
     };
     let d = start_all(&mut c);
     let key = c.lease_key(0);
-    let m: Vec<i64> = d.iter().map(|x| x.counter("malformed_skipped")).collect();
-    let gen1 = d[1].stats()["generation"];
+    let m: Vec<i64> = d.iter().map(|x| x.counter("malformed_leases")).collect();
+    let gen1 = d[1].stats()["route_generation"];
     c.etcdctl(&["put", &key, GARBAGE]);
     within(Duration::from_secs(5), "corruption counted by both", || {
-        d[0].counter("malformed_skipped") == m[0] + 1
-            && d[1].counter("malformed_skipped") == m[1] + 1
+        d[0].counter("malformed_leases") == m[0] + 1 && d[1].counter("malformed_leases") == m[1] + 1
     });
     assert!(d[1].logged("ignoring bad subnet node: value"));
     // The other host keeps its route to the corrupted lease's owner; forwarding goes on.
     let s1 = d[1].stats();
     assert_eq!(s1["routes"], 1.0);
-    assert!(s1["generation"] >= gen1);
+    assert!(s1["route_generation"] >= gen1);
     all_pairs_ping(&c, Duration::from_secs(5));
     // The owner neither exits nor moves (it puts its value back: at most one re-acquisition).
-    assert!(d[0].counter("reacquisitions") <= 1);
+    assert!(d[0].counter("lease_reacquisitions") <= 1);
     assert_eq!(c.lease_key(0), key);
 }
 

@@ -220,19 +220,5 @@ impl Backend for Tunnel {
 /// A running data plane's counters for the stats line (`key=value` pairs, leading space): the
 /// route snapshot, worker health and heartbeat, and every counter.
 pub(crate) fn stats_line(dp: &Dataplane) -> String {
-    let snap = dp.routes().load();
-    let beat = dp
-        .stats_source()
-        .heartbeat_ages()
-        .into_iter()
-        .max()
-        .unwrap_or_default();
-    format!(
-        " generation={} routes={} healthy={} heartbeat_max_age_ms={} {}",
-        snap.generation(),
-        snap.len(),
-        dp.healthy(),
-        beat.as_millis(),
-        dp.stats()
-    )
+    crate::metrics::line(&crate::metrics::dataplane(&dp.stats_source()))
 }
