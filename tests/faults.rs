@@ -557,9 +557,7 @@ fn underlay_down_and_up_forwarding_resumes() {
     let from = d[0].line_count();
     let s = d[0].stats();
     assert!(
-        d[0].lines()[from..]
-            .iter()
-            .any(|l| l.contains("healthy=true")),
+        d[0].lines()[from..].iter().any(|l| l.contains("healthy=1")),
         "workers healthy"
     );
     assert_eq!(s["routes"], 1.0);
