@@ -176,23 +176,6 @@ fn thousand_route_swaps_during_a_transfer_break_nothing() {
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
 
-/// A valid IPv4/ICMP packet from `src` to `dst`.
-fn inner_packet(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
-    let mut p = vec![
-        0x45, 0, 0, 28, 0, 1, 0x40, 0, 64, 1, 0, 0, src[0], src[1], src[2], src[3], dst[0], dst[1],
-        dst[2], dst[3], 8, 0, 0xf7, 0xfe, 0, 1, 0, 0,
-    ];
-    let mut sum = 0u32;
-    for c in p[..20].chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    p
-}
-
 /// Sends each datagram `count` times from a socket bound to `from` inside namespace `ns_path`.
 fn inject(ns_path: &str, from: Ipv4Addr, datagrams: Vec<(Vec<u8>, usize)>) {
     let path = ns_path.to_string();
@@ -221,9 +204,9 @@ fn hostile_datagrams_are_dropped_and_counted_while_traffic_flows() {
     let (a, _b) = start_pair(&t, &[]);
     let transfer = Transfer::start(&t.ctr_a, &t.ctr_b, netns::CTR_B, 20 * MB, true);
     let n = 100;
-    let ok = inner_packet([10, 1, 2, 9], [10, 1, 1, 2]);
-    let spoofed = inner_packet([10, 1, 3, 7], [10, 1, 1, 2]);
-    let not_local = inner_packet([10, 1, 2, 9], [10, 1, 3, 5]);
+    let ok = testkit::packet::icmp_echo([10, 1, 2, 9], [10, 1, 1, 2]);
+    let spoofed = testkit::packet::icmp_echo([10, 1, 3, 7], [10, 1, 1, 2]);
+    let not_local = testkit::packet::icmp_echo([10, 1, 2, 9], [10, 1, 3, 5]);
     let mut six = ok.clone();
     six[0] = 0x60;
     let mut bad_sum = ok.clone();
@@ -395,7 +378,7 @@ fn received_tcp_runs_go_into_the_tun_as_super_packets() {
 fn partial_udp_packet(payload: &[u8]) -> Vec<u8> {
     let (src, dst) = ([10u8, 1, 2, 9], [10u8, 1, 1, 2]);
     let udp_len = 8 + payload.len();
-    let mut p = inner_packet(src, dst)[..20].to_vec();
+    let mut p = testkit::packet::icmp_echo(src, dst)[..20].to_vec();
     p[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
     p[9] = 17;
     p[10] = 0;

@@ -46,23 +46,6 @@ fn device_tx_dropped(ns: &Netns, dev: &str) -> u64 {
         .unwrap_or_else(|| panic!("no tx dropped in {out}"))
 }
 
-/// An IPv4 ICMP echo from `src` to `dst` with a correct header checksum.
-fn inner_packet(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
-    let mut p = vec![
-        0x45, 0, 0, 28, 0, 1, 0x40, 0, 64, 1, 0, 0, src[0], src[1], src[2], src[3], dst[0], dst[1],
-        dst[2], dst[3], 8, 0, 0xf7, 0xfe, 0, 1, 0, 0,
-    ];
-    let mut sum = 0u32;
-    for c in p[..20].chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    p
-}
-
 #[test]
 fn kernel_drops_are_counted_and_match_the_kernels_figures() {
     let test = "kernel_drops_are_counted_and_match_the_kernels_figures";
@@ -93,7 +76,7 @@ fn kernel_drops_are_counted_and_match_the_kernels_figures() {
     let rcvbuf_before = udp_rcvbuf_errors(&t.host_a);
     let flood: u64 = 200_000;
     let probes: u64 = 20;
-    let datagram = inner_packet([10, 1, 2, 9], [10, 1, 3, 5]);
+    let datagram = testkit::packet::icmp_echo([10, 1, 2, 9], [10, 1, 3, 5]);
     let b_ip: Ipv4Addr = netns::HOST_B_UL.parse().expect("ip");
     let sock = t
         .host_b
