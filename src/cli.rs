@@ -547,6 +547,62 @@ pub(crate) struct RunArgs {
     /// addresses than the ones they lease); by default the sender must lease the inner source.
     #[arg(long)]
     pub(crate) accept_any_source: bool,
+
+    /// The ids of the flags given on the command line or in the environment (not defaulted);
+    /// filled by [`parse`].
+    #[arg(skip)]
+    pub(crate) given: Vec<String>,
+}
+
+/// Flags of etcd mode only: refused in static mode when given.
+pub(crate) const ETCD_ONLY: &[&str] = &[
+    "etcd_endpoints",
+    "etcd_prefix",
+    "etcd_cafile",
+    "etcd_certfile",
+    "etcd_keyfile",
+    "etcd_username",
+    "etcd_password",
+    "etcd_password_file",
+    "subnet_lease_renew_margin",
+    "vxlan_dataplane",
+];
+
+/// Flags of static mode only: refused in etcd mode when given (there the network config decides).
+pub(crate) const STATIC_ONLY: &[&str] = &["port"];
+
+/// Flags of weft's own data plane (the udp and userspace-vxlan backends, static mode): refused
+/// with a backend that does not use it.
+pub(crate) const DATAPLANE_ONLY: &[&str] = &[
+    "workers",
+    "batch_size",
+    "tun_name",
+    "offload",
+    "accept_any_source",
+];
+
+/// Parses the command line like `Cli::parse_from` (exiting on an error), and records in
+/// [`RunArgs::given`] which flags were given rather than defaulted.
+pub(crate) fn parse(argv: Vec<String>) -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches_from(argv);
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Run(args), Some(("run", m))) = (&mut cli.command, matches.subcommand()) {
+        args.given = m
+            .ids()
+            .filter(|id| {
+                matches!(
+                    m.value_source(id.as_str()),
+                    Some(
+                        clap::parser::ValueSource::CommandLine
+                            | clap::parser::ValueSource::EnvVariable
+                    )
+                )
+            })
+            .map(|id| id.as_str().to_string())
+            .collect();
+    }
+    cli
 }
 
 /// flanneld's default `--subnet-file`.
@@ -571,6 +627,13 @@ impl RunArgs {
         password_from_file_contents(&text)
             .map(Some)
             .map_err(|e| format!("--etcd-password-file {}: {e}", path.display()))
+    }
+
+    /// The first of `ids` that was given, as its flag (`--etcd-endpoints`).
+    pub(crate) fn first_given(&self, ids: &[&str]) -> Option<String> {
+        ids.iter()
+            .find(|id| self.given.iter().any(|g| g == *id))
+            .map(|id| format!("--{}", id.replace('_', "-")))
     }
 
     /// `--iptables-forward-rules`, or flanneld's default (true).
@@ -828,6 +891,29 @@ mod tests {
         assert_eq!(r.verbosity, Some(2));
         let e = Cli::try_parse_from(["weft", "run", "--iface-can-reach", "nope"]).unwrap_err();
         assert!(e.to_string().contains("--iface-can-reach"), "{e}");
+    }
+
+    #[test]
+    fn given_flags_are_told_from_defaults() {
+        let cli = parse(strings(&[
+            "weft",
+            "run",
+            "--network",
+            "10.1.0.0/16",
+            "--etcd-prefix=/x",
+            "--workers",
+            "2",
+        ]));
+        let Command::Run(r) = cli.command else {
+            panic!("run expected");
+        };
+        assert_eq!(r.first_given(ETCD_ONLY).as_deref(), Some("--etcd-prefix"));
+        assert_eq!(r.first_given(DATAPLANE_ONLY).as_deref(), Some("--workers"));
+        // Defaulted, not given.
+        assert_eq!(
+            r.first_given(&["etcd_endpoints", "batch_size", "port"]),
+            None
+        );
     }
 
     #[test]

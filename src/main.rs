@@ -14,7 +14,6 @@ mod nft;
 mod periodic;
 mod run;
 
-use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -33,7 +32,7 @@ fn main() -> ExitCode {
         eprintln!("error: {line}");
         return ExitCode::from(2);
     }
-    let cli = cli::Cli::parse_from(argv);
+    let cli = cli::parse(argv);
     let level = match &cli.command {
         cli::Command::Run(a) => match a.verbosity.unwrap_or(0) {
             0..=1 => "info",

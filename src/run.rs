@@ -255,6 +255,19 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         || !args.peers.is_empty()
         || args.peers_file.is_some()
         || args.vni.is_some();
+    if static_mode {
+        if let Some(flag) = args.first_given(crate::cli::ETCD_ONLY) {
+            return Err(usage(format!(
+                "{flag}: only in etcd mode; --network/--subnet/--peer/--peers-file/--vni select \
+                 static mode, which has no etcd"
+            )));
+        }
+    } else if let Some(flag) = args.first_given(crate::cli::STATIC_ONLY) {
+        return Err(usage(format!(
+            "{flag}: only in static mode (with --network, --subnet and --peer); in etcd mode the \
+             network config's Backend section decides"
+        )));
+    }
     if crate::cli::password_on_command_line(std::env::args()) {
         tracing::warn!(
             "--etcd-password on the command line is visible to every user (ps); use --etcd-password-file or FLANNELD_ETCD_PASSWORD"
@@ -497,8 +510,26 @@ fn create_backend(
             );
         }
     }
-    backend::create(&config, host)
-        .with_context(|| format!("setting up the {} backend", backend::kind(&config)))
+    let kind = backend::kind(&config);
+    if dataplane.is_some() && !matches!(config.backend, control::Backend::Vxlan(_)) {
+        anyhow::bail!("--vxlan-dataplane: the network config's backend is {kind}, not vxlan");
+    }
+    let uses_engine = match &config.backend {
+        control::Backend::Udp { .. } => true,
+        control::Backend::Vxlan(v) => v.userspace,
+        _ => false,
+    };
+    if let Some(flag) = host
+        .args
+        .first_given(crate::cli::DATAPLANE_ONLY)
+        .filter(|_| !uses_engine)
+    {
+        anyhow::bail!(
+            "{flag}: applies to weft's own data plane, which the {kind} backend of the network \
+             config does not use; remove the flag"
+        );
+    }
+    backend::create(&config, host).with_context(|| format!("setting up the {kind} backend"))
 }
 
 /// Our lease is held: the running control plane and the backend, set up but not started.

@@ -197,6 +197,47 @@ fn interface_flag_errors_name_flag_and_value() {
 }
 
 #[test]
+fn flags_of_the_other_mode_are_refused() {
+    let static_mode = ["run", "--network", "10.1.0.0/16", "--subnet", "10.1.1.0/24"];
+    for extra in [
+        &["--etcd-endpoints", "http://127.0.0.1:1"][..],
+        &["--etcd-prefix=/x"],
+        &["--subnet-lease-renew-margin", "30"],
+        &["--vxlan-dataplane", "userspace"],
+    ] {
+        let args: Vec<&str> = static_mode.iter().chain(extra).copied().collect();
+        let (code, err) = weft(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "{}: only in etcd mode",
+                extra[0].split('=').next().unwrap_or("")
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    // The same flags from FLANNELD_* variables count as given.
+    let out = Command::new(support::daemon::weft_bin())
+        .args(static_mode)
+        .env("FLANNELD_ETCD_PREFIX", "/x")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--etcd-prefix: only in etcd mode"), "{err}");
+    // etcd mode: --port belongs to static mode (the config's Backend.Port applies).
+    let (code, err) = weft(&[
+        "run",
+        "--etcd-endpoints",
+        "http://127.0.0.1:1",
+        "--port",
+        "9000",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--port: only in static mode"), "{err}");
+}
+
+#[test]
 fn docker_opts_writes_flannels_output() {
     let dir = std::env::temp_dir().join(format!("weft-docker-opts-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");

@@ -255,3 +255,27 @@ fn static_mode_writes_the_subnet_file_and_installs_the_rules_it_is_asked_for() {
     drop((a, b));
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+#[test]
+fn data_plane_flags_with_a_kernel_backend_are_refused() {
+    let config = r#"{"Network": "10.1.0.0/16", "SubnetLen": 24, "Backend": {"Type": "host-gw"}}"#;
+    let Some(c) = Cluster::with_etcd(
+        "data_plane_flags_with_a_kernel_backend_are_refused",
+        1,
+        config,
+    ) else {
+        return;
+    };
+    for extra in [&["--workers", "2"][..], &["--vxlan-dataplane", "userspace"]] {
+        let mut d = c.start_weft(0, extra);
+        let status = d
+            .wait_exit(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{extra:?}: weft kept running:\n{}", d.lines().join("\n")));
+        assert_eq!(status.code(), Some(1), "{extra:?}");
+        assert!(
+            d.logged(&format!("{}:", extra[0])),
+            "{extra:?}: no error naming the flag:\n{}",
+            d.lines().join("\n")
+        );
+    }
+}
