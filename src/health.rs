@@ -91,8 +91,9 @@ impl Limits {
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (as the Go runtime does for flanneld) and
-/// returns the soft limit now in force.
-fn raise_nofile() -> u64 {
+/// returns the soft limit now in force. `weft run` calls it at start, health port or not; here it
+/// only reads the limit then.
+pub(crate) fn raise_nofile() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {

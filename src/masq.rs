@@ -13,6 +13,9 @@ use std::time::Duration;
 
 const MASQ_COMMENT: &str = "flanneld masq";
 const FWD_COMMENT: &str = "flanneld forward";
+/// Seconds an iptables call waits for the xtables lock another program holds, so that a stuck
+/// lock holder makes the call fail (and the keeper retry next period) instead of hanging weft.
+const XTABLES_WAIT: &str = "5";
 /// kube-proxy's masquerade mark: such traffic is left alone (double NAT).
 const KUBE_PROXY_MARK: &str = "0x4000/0x4000";
 
@@ -140,7 +143,7 @@ pub(crate) fn forward_rules(cluster: Ipv4Net) -> Vec<Rule> {
 
 fn iptables(args: &[&str]) -> Result<std::process::Output> {
     Command::new("iptables")
-        .arg("-w")
+        .args(["-w", XTABLES_WAIT])
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -213,7 +216,7 @@ pub(crate) fn install(rules: &[Rule]) -> Result<()> {
     let present: Vec<bool> = rules.iter().map(exists).collect::<Result<_>>()?;
     let input = restore_input(rules, &present);
     let mut child = Command::new("iptables-restore")
-        .args(["--noflush", "--wait"])
+        .args(["--noflush", &format!("--wait={XTABLES_WAIT}")])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -261,6 +264,19 @@ pub(crate) fn delete(rules: &[Rule]) -> Result<usize> {
             }
             n += 1;
         }
+    }
+    Ok(n)
+}
+
+/// Deletes flannel's masquerade rules for `cluster` and `pod` (both `--random-fully` variants)
+/// and, with `forward`, its forward rules for `cluster`; returns how many existed.
+pub(crate) fn delete_flannel_rules(cluster: Ipv4Net, pod: Ipv4Net, forward: bool) -> Result<usize> {
+    let mut n = 0;
+    for rf in [true, false] {
+        n += delete(&masq_rules(cluster, pod, rf))?;
+    }
+    if forward {
+        n += delete(&forward_rules(cluster))?;
     }
     Ok(n)
 }

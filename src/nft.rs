@@ -297,7 +297,7 @@ fn spawn_error(e: &std::io::Error) -> anyhow::Error {
     if e.kind() == ErrorKind::NotFound {
         NftMissing("the nft command was not found".into()).into()
     } else {
-        NftMissing(format!("running nft: {e}")).into()
+        anyhow!("running nft: {e}")
     }
 }
 

@@ -93,11 +93,8 @@ fn setup_rules(
     let mut rules = Vec::new();
     if args.ip_masq {
         if let Some((net, sub)) = previous.filter(|p| *p != (network, local)) {
-            let mut removed = 0;
-            for rf in [true, false] {
-                removed += masq::delete(&masq::masq_rules(net, sub, rf))
-                    .context("removing the masquerade rules of the previous subnet")?;
-            }
+            let removed = masq::delete_flannel_rules(net, sub, false)
+                .context("removing the masquerade rules of the previous subnet")?;
             tracing::info!(network = %net, subnet = %sub, removed, "removed the masquerade rules of the previous network/subnet");
         }
         rules.extend(masq::masq_rules(network, local, random_fully));
@@ -137,18 +134,11 @@ fn setup_rules(
 fn remove_iptables_rules(network: Ipv4Net, local: Ipv4Net, previous: Option<(Ipv4Net, Ipv4Net)>) {
     let mut removed = 0;
     for (net, sub) in std::iter::once((network, local)).chain(previous) {
-        let mut sets: Vec<Vec<masq::Rule>> = [true, false]
-            .into_iter()
-            .map(|rf| masq::masq_rules(net, sub, rf))
-            .collect();
-        sets.push(masq::forward_rules(net));
-        for rules in &sets {
-            match masq::delete(rules) {
-                Ok(n) => removed += n,
-                Err(e) => {
-                    tracing::warn!("EnableNFTables: removing flannel's iptables rules: {e:#}");
-                    return;
-                }
+        match masq::delete_flannel_rules(net, sub, true) {
+            Ok(n) => removed += n,
+            Err(e) => {
+                tracing::warn!("EnableNFTables: removing flannel's iptables rules: {e:#}");
+                return;
             }
         }
     }
@@ -250,6 +240,9 @@ fn static_peers(args: &RunArgs) -> Result<Vec<PeerArg>> {
 pub(crate) fn run(args: RunArgs) -> Result<()> {
     // Catch signals first, so that a SIGTERM during start-up still ends in an orderly exit.
     let signals = signal_channel()?;
+    // As flanneld (the Go runtime): the soft descriptor limit up to the hard one, for the
+    // workers' sockets, netlink, etcd and the health port alike.
+    health::raise_nofile();
     let static_mode = args.network.is_some()
         || args.subnet.is_some()
         || !args.peers.is_empty()
@@ -472,12 +465,9 @@ fn write_static_subnet_file(
     mtu: u32,
     ip_masq: bool,
 ) -> bool {
-    let net = |n: Ipv4Net| {
-        control::Ipv4Net::new(n.addr(), n.prefix()).expect("an engine prefix is a valid prefix")
-    };
     let env = control::env_file::SubnetEnv {
-        network: net(network),
-        subnet: net(local),
+        network: backend::control_net(network),
+        subnet: backend::control_net(local),
         mtu,
         ip_masq,
     };
@@ -651,13 +641,19 @@ fn run_etcd(
         let _ = status.dataplane.set(d);
     }
     let _ = status.control.set(Box::new(handle.stats_fn()));
-    match handle.data_plane_ready(mtu) {
-        Ok(()) => status
-            .ready
-            .store(true, std::sync::atomic::Ordering::Release),
-        Err(e) => tracing::error!("writing {}: {e}", args.subnet_file().display()),
-    }
-    tracing::info!(backend = name, subnet = %local, network = %network, mtu, %public_ip, underlay = %underlay.name, file = %args.subnet_file().display(), "weft running (etcd): lease held, subnet file written");
+    let subnet_file_written = match handle.data_plane_ready(mtu) {
+        Ok(()) => {
+            status
+                .ready
+                .store(true, std::sync::atomic::Ordering::Release);
+            true
+        }
+        Err(e) => {
+            tracing::error!("writing {}: {e}; not ready", args.subnet_file().display());
+            false
+        }
+    };
+    tracing::info!(backend = name, subnet = %local, network = %network, mtu, %public_ip, underlay = %underlay.name, file = %args.subnet_file().display(), subnet_file_written, "weft running (etcd): lease held");
 
     let ticks = crossbeam_channel::tick(TICK);
     let result = loop {

@@ -40,7 +40,13 @@ use engine::{Ipv4Net, StatsSource};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-/// The engine's form of a control-plane network: the one place where the two types meet.
+/// The control plane's form of an engine network (static mode's subnet.env); with [`engine_net`]
+/// the one place where the two types meet.
+pub(crate) fn control_net(n: Ipv4Net) -> control::Ipv4Net {
+    control::Ipv4Net::new(n.addr(), n.prefix()).expect("an engine prefix length is at most 32")
+}
+
+/// The engine's form of a control-plane network: with [`control_net`] the one place where the two types meet.
 pub(crate) fn engine_net(n: control::Ipv4Net) -> Ipv4Net {
     Ipv4Net::new(n.addr(), n.prefix_len())
         .expect("control::Ipv4Net keeps its prefix length at most 32")
