@@ -543,7 +543,7 @@ impl Worker {
         stats.add(Counter::RxBatches, 1);
         // The count only grows from message to message, so the last one that carries it is news.
         if let Some(drops) = self.rx_meta[..n].iter().rev().find_map(|m| m.rxq_drops) {
-            let new = drops.wrapping_sub(self.rxq_drops_seen);
+            let new = drops.saturating_sub(self.rxq_drops_seen);
             if new > 0 {
                 stats.drop_packets(DropReason::SocketRxOverflow, u64::from(new));
                 self.rxq_drops_seen = drops;

@@ -26,9 +26,6 @@ fn gro_segment(control: &Control, written: usize) -> Option<usize> {
 /// The socket's cumulative drop count (`sk_drops`) the kernel attached to a received message when
 /// `SO_RXQ_OVFL` is on; absent while it is still 0.
 fn rxq_drops(control: &Control, written: usize) -> Option<u32> {
-    if written == 0 {
-        return None;
-    }
     cmsg::find(control, written, libc::SOL_SOCKET, libc::SO_RXQ_OVFL)
 }
 
