@@ -468,6 +468,7 @@ fn write_static_subnet_file(
     let env = control::env_file::SubnetEnv {
         network: backend::control_net(network),
         subnet: backend::control_net(local),
+        ipv6: None,
         mtu,
         ip_masq,
     };

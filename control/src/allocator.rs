@@ -1,17 +1,25 @@
 //! Subnet choice, in flannel's order (`tryAcquireLease`, docs/compatibility.md §3.4). Pure: no I/O.
 //!
-//! 1. A lease whose `PublicIP` is ours: reuse it if compatible with the config, else the caller
-//!    deletes it and the choice continues.
-//! 2. The subnet from the previous `subnet.env`, if no lease holds it and it is compatible.
+//! 1. A lease that is ours (its `PublicIP` is ours; IPv6-only: its `PublicIPv6`): reuse it if
+//!    both its IPv4 and IPv6 parts fit the config, else the caller deletes it and the choice
+//!    continues.
+//! 2. The subnet(s) from the previous `subnet.env`, if no lease holds them and they fit.
 //! 3. A random pick among at most [`MAX_CANDIDATES`] free subnets walked upward from SubnetMin to
-//!    SubnetMax; none free → [`Error::NoFreeSubnet`] ("out of subnets").
+//!    SubnetMax, and with IPv6 an independent pick among as many free IPv6 subnets from
+//!    IPv6SubnetMin to IPv6SubnetMax; none free → [`Error::NoFreeSubnet`] ("out of subnets").
+//!
+//! Differences from flannel (docs/compatibility.md §11.1): an IPv6-only node is recognised by
+//! its `PublicIPv6` (flannel compares `PublicIP`, which is `0.0.0.0` for every IPv6-only node, so
+//! a second node takes over the first one's lease); the previous subnet.env pair is reused only
+//! if neither half is held by another lease (flannel checks the IPv4 half); leases without an
+//! IPv6 part are skipped when looking for free IPv6 subnets (flannel dereferences a nil net).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use crate::config::NetworkConfig;
+use crate::config::{NetworkConfig, EMPTY_V4};
 use crate::error::Error;
-use crate::lease::Lease;
-use crate::subnet::Ipv4Net;
+use crate::lease::{Lease, LeaseAttrs};
+use crate::subnet::{Ipv4Net, Ipv6Net, SubnetKey};
 
 /// flannel collects at most this many free candidates before picking one at random.
 pub const MAX_CANDIDATES: usize = 100;
@@ -19,7 +27,7 @@ pub const MAX_CANDIDATES: usize = 100;
 /// What to do to get a lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// An existing lease with our PublicIP that does not fit the config: delete it first.
+    /// An existing lease of ours that does not fit the config: delete it first.
     pub delete: Option<Lease>,
     /// The subnet to take.
     pub choice: Choice,
@@ -28,27 +36,104 @@ pub struct Plan {
 /// The subnet chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Choice {
-    /// Overwrite this existing lease (it carries our PublicIP) with fresh attrs.
+    /// Overwrite this existing lease (it is ours) with fresh attrs.
     Reuse(Lease),
-    /// Create the subnet from the previous subnet.env.
-    Previous(Ipv4Net),
-    /// Create a newly allocated subnet.
-    Fresh(Ipv4Net),
+    /// Create the subnet(s) from the previous subnet.env.
+    Previous(SubnetKey),
+    /// Create newly allocated subnet(s).
+    Fresh(SubnetKey),
 }
 
-/// Chooses a subnet for `public_ip` given all current `leases` (ours included).
+/// Who we are, as the allocator compares it with lease values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// Our public IPv4 address (`0.0.0.0` on an IPv6-only node).
+    pub public_ip: Ipv4Addr,
+    /// Our public IPv6 address, if we have one.
+    pub public_ipv6: Option<Ipv6Addr>,
+}
+
+impl Identity {
+    /// An IPv4 identity without IPv6 address.
+    pub fn v4(public_ip: Ipv4Addr) -> Self {
+        Identity {
+            public_ip,
+            public_ipv6: None,
+        }
+    }
+
+    /// Whether a lease value names us: the same `PublicIP`, or on an IPv6-only network
+    /// (`EnableIPv4: false`) the same `PublicIPv6`.
+    pub fn owns(&self, config: &NetworkConfig, attrs: &LeaseAttrs) -> bool {
+        if config.enable_ipv4 {
+            attrs.public_ip == self.public_ip
+        } else {
+            self.public_ipv6.is_some() && attrs.public_ipv6 == self.public_ipv6
+        }
+    }
+}
+
+/// The subnets of a previous subnet.env.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Previous {
+    /// `FLANNEL_SUBNET`, masked.
+    pub v4: Option<Ipv4Net>,
+    /// `FLANNEL_IPV6_SUBNET`, masked.
+    pub v6: Option<Ipv6Net>,
+}
+
+impl Previous {
+    /// The previous key if it fits `config` (both halves as the config needs them).
+    pub fn key(&self, config: &NetworkConfig) -> Option<SubnetKey> {
+        let v4 = if config.enable_ipv4 {
+            self.v4?
+        } else {
+            EMPTY_V4
+        };
+        let key = SubnetKey {
+            v4,
+            v6: if config.ipv6.is_some() {
+                Some(self.v6?)
+            } else {
+                None
+            },
+        };
+        config.is_key_compatible(&key).then_some(key)
+    }
+}
+
+impl From<SubnetKey> for Previous {
+    fn from(k: SubnetKey) -> Self {
+        Previous {
+            v4: Some(k.v4),
+            v6: k.v6,
+        }
+    }
+}
+
+fn out_of_subnets(config: &NetworkConfig) -> Error {
+    Error::NoFreeSubnet {
+        network: config.network,
+        subnet_len: config.subnet_len,
+        min: config.subnet_min,
+        max: config.subnet_max,
+    }
+}
+
+/// Chooses subnet(s) for `me` given all current `leases` (ours included).
 ///
-/// `pick(n)` returns an index in `0..n` (random in production; fixed in tests).
+/// `pick(n)` returns an index in `0..n` (random in production; fixed in tests); it is called
+/// once for the IPv4 list and, with IPv6, once for the IPv6 list.
 pub fn plan(
     config: &NetworkConfig,
-    public_ip: Ipv4Addr,
+    me: Identity,
     leases: &[Lease],
-    previous: Option<Ipv4Net>,
+    previous: Previous,
     pick: &mut dyn FnMut(usize) -> usize,
 ) -> Result<Plan, Error> {
     let mut delete = None;
-    if let Some(l) = leases.iter().find(|l| l.attrs.public_ip == public_ip) {
-        if config.is_compatible(&l.subnet) {
+    if let Some(l) = leases.iter().find(|l| me.owns(config, &l.attrs)) {
+        if config.is_key_compatible(&l.subnet_key()) {
             return Ok(Plan {
                 delete: None,
                 choice: Choice::Reuse(l.clone()),
@@ -56,47 +141,61 @@ pub fn plan(
         }
         delete = Some(l.clone());
     }
-    if let Some(prev) = previous {
-        if config.is_compatible(&prev) && !leases.iter().any(|l| l.subnet == prev) {
+    if let Some(prev) = previous.key(config) {
+        let held = leases.iter().any(|l| {
+            (config.enable_ipv4 && l.subnet == prev.v4)
+                || (prev.v6.is_some() && l.ipv6_subnet == prev.v6)
+        });
+        if !held {
             return Ok(Plan {
                 delete,
                 choice: Choice::Previous(prev),
             });
         }
     }
-    let free = free_candidates(config, leases);
-    if free.is_empty() {
-        return Err(Error::NoFreeSubnet {
-            network: config.network,
-            subnet_len: config.subnet_len,
-            min: config.subnet_min,
-            max: config.subnet_max,
-        });
-    }
-    let i = pick(free.len());
-    // An out-of-range pick falls back to the last candidate (`free` is not empty here).
-    let sn = free
-        .get(i)
-        .or(free.last())
-        .copied()
-        .ok_or(Error::NoFreeSubnet {
-            network: config.network,
-            subnet_len: config.subnet_len,
-            min: config.subnet_min,
-            max: config.subnet_max,
-        })?;
+    let v4 = if config.enable_ipv4 {
+        let free = free_candidates(config, leases);
+        let i = pick(free.len().max(1));
+        // An out-of-range pick falls back to the last candidate.
+        free.get(i)
+            .or(free.last())
+            .copied()
+            .ok_or_else(|| out_of_subnets(config))?
+    } else {
+        EMPTY_V4
+    };
+    let v6 =
+        match &config.ipv6 {
+            None => None,
+            Some(c6) => {
+                let free = free_candidates_v6(config, leases);
+                let i = pick(free.len().max(1));
+                let sn = free.get(i).or(free.last()).copied().ok_or_else(|| {
+                    Error::NoFreeIpv6Subnet {
+                        network: c6.network,
+                        subnet_len: c6.subnet_len,
+                        min: c6.subnet_min,
+                        max: c6.subnet_max,
+                    }
+                })?;
+                Some(sn)
+            }
+        };
     Ok(Plan {
         delete,
-        choice: Choice::Fresh(sn),
+        choice: Choice::Fresh(SubnetKey { v4, v6 }),
     })
 }
 
 /// Free subnets from SubnetMin upward (at most [`MAX_CANDIDATES`]) that overlap no lease.
 pub fn free_candidates(config: &NetworkConfig, leases: &[Lease]) -> Vec<Ipv4Net> {
+    let mut bag = Vec::new();
+    if !config.enable_ipv4 {
+        return bag;
+    }
     let step = 1u64 << (32 - u32::from(config.subnet_len));
     let max = u64::from(u32::from(config.subnet_max));
     let mut ip = u64::from(u32::from(config.subnet_min));
-    let mut bag = Vec::new();
     // u64 so that walking past 255.255.255.0 ends the loop instead of wrapping.
     while ip <= max && bag.len() < MAX_CANDIDATES {
         let addr = Ipv4Addr::from(ip as u32);
@@ -106,6 +205,51 @@ pub fn free_candidates(config: &NetworkConfig, leases: &[Lease]) -> Vec<Ipv4Net>
             }
         }
         ip += step;
+    }
+    bag
+}
+
+/// Free IPv6 subnets from IPv6SubnetMin upward to IPv6SubnetMax inclusive (at most
+/// [`MAX_CANDIDATES`]) that overlap no lease's IPv6 subnet. Empty without IPv6.
+pub fn free_candidates_v6(config: &NetworkConfig, leases: &[Lease]) -> Vec<Ipv6Net> {
+    let mut bag = Vec::new();
+    let Some(c) = &config.ipv6 else {
+        return bag;
+    };
+    let Some(step) = Ipv6Net::block_size(c.subnet_len) else {
+        return bag;
+    };
+    let max = u128::from(c.subnet_max);
+    let mut ip = u128::from(c.subnet_min);
+    // Each step either adds a candidate or passes a lease (a lease wider than a subnet is jumped
+    // over as a whole), so the walk takes at most MAX_CANDIDATES + 2 · leases steps.
+    while ip <= max && bag.len() < MAX_CANDIDATES {
+        if let Some(sn) = Ipv6Net::new(Ipv6Addr::from(ip), c.subnet_len) {
+            match leases
+                .iter()
+                .filter_map(|l| l.ipv6_subnet)
+                .find(|l6| sn.overlaps(l6))
+            {
+                None => bag.push(sn),
+                // Jump past a wide lease instead of stepping through it.
+                Some(l6) if l6.prefix_len() < c.subnet_len => {
+                    let end = u128::from(l6.addr())
+                        .checked_add(Ipv6Net::block_size(l6.prefix_len()).unwrap_or(0));
+                    match end {
+                        Some(e) if e > ip => {
+                            ip = e;
+                            continue;
+                        }
+                        _ => break,
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        match ip.checked_add(step) {
+            Some(n) => ip = n,
+            None => break,
+        }
     }
     bag
 }
@@ -152,7 +296,21 @@ mod tests {
     }
 
     const ISSUE: &str = r#"{"Network": "10.1.0.0/16", "SubnetLen": 24, "SubnetMin": "10.1.15.0", "SubnetMax": "10.1.20.0", "Backend": {"Type": "udp"}}"#;
-    const ME: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
+    const ME: Identity = Identity {
+        public_ip: Ipv4Addr::new(192, 168, 0, 1),
+        public_ipv6: None,
+    };
+
+    fn k4(n: Ipv4Net) -> SubnetKey {
+        SubnetKey::v4(n)
+    }
+
+    fn prev4(n: Ipv4Net) -> Previous {
+        Previous {
+            v4: Some(n),
+            v6: None,
+        }
+    }
 
     #[test]
     fn fills_range_without_overlap_then_out_of_subnets() {
@@ -161,13 +319,13 @@ mod tests {
         for host in 0..6u8 {
             let p = plan(
                 &c,
-                Ipv4Addr::new(192, 168, 1, host),
+                Identity::v4(Ipv4Addr::new(192, 168, 1, host)),
                 &leases,
-                None,
+                Previous::default(),
                 &mut |n| n / 2,
             )
             .expect("room for six");
-            let Choice::Fresh(sn) = p.choice else {
+            let Choice::Fresh(SubnetKey { v4: sn, v6: None }) = p.choice else {
                 panic!("expected fresh, got {p:?}")
             };
             assert!(c.is_compatible(&sn), "{sn} within bounds and aligned");
@@ -190,7 +348,7 @@ mod tests {
                 "10.1.20.0/24"
             ]
         );
-        let e = plan(&c, ME, &leases, None, &mut |_| 0).expect_err("range is full");
+        let e = plan(&c, ME, &leases, Previous::default(), &mut |_| 0).expect_err("range is full");
         assert!(e.to_string().starts_with("out of subnets"), "{e}");
         assert!(matches!(e, Error::NoFreeSubnet { .. }));
     }
@@ -237,7 +395,7 @@ mod tests {
             &c,
             ME,
             &[other.clone(), mine.clone()],
-            Some(net("10.1.19.0/24")),
+            prev4(net("10.1.19.0/24")),
             &mut |_| 0,
         )
         .expect("plan");
@@ -254,7 +412,7 @@ mod tests {
             &c,
             ME,
             &[other.clone(), stale.clone()],
-            Some(net("10.1.19.0/24")),
+            prev4(net("10.1.19.0/24")),
             &mut |_| 0,
         )
         .expect("plan");
@@ -262,7 +420,7 @@ mod tests {
             p,
             Plan {
                 delete: Some(stale.clone()),
-                choice: Choice::Previous(net("10.1.19.0/24"))
+                choice: Choice::Previous(k4(net("10.1.19.0/24")))
             }
         );
         // 2. Previous subnet taken by someone else → fresh allocation.
@@ -270,22 +428,216 @@ mod tests {
             &c,
             ME,
             std::slice::from_ref(&other),
-            Some(net("10.1.15.0/24")),
+            prev4(net("10.1.15.0/24")),
             &mut |_| 0,
         )
         .expect("plan");
-        assert_eq!(p.choice, Choice::Fresh(net("10.1.16.0/24")));
+        assert_eq!(p.choice, Choice::Fresh(k4(net("10.1.16.0/24"))));
         // 2b. Previous subnet outside the range or wrong length → fresh.
         for prev in ["10.1.30.0/24", "10.1.19.0/25"] {
-            let p = plan(&c, ME, &[], Some(net(prev)), &mut |_| 0).expect("plan");
-            assert_eq!(p.choice, Choice::Fresh(net("10.1.15.0/24")), "{prev}");
+            let p = plan(&c, ME, &[], prev4(net(prev)), &mut |_| 0).expect("plan");
+            assert_eq!(p.choice, Choice::Fresh(k4(net("10.1.15.0/24"))), "{prev}");
         }
         // 3. Random index honoured; out-of-range index clamped.
-        let p = plan(&c, ME, &[], None, &mut |n| n - 1).expect("plan");
-        assert_eq!(p.choice, Choice::Fresh(net("10.1.20.0/24")));
-        let p = plan(&c, ME, &[], None, &mut |_| 999).expect("plan");
-        assert_eq!(p.choice, Choice::Fresh(net("10.1.20.0/24")));
+        let p = plan(&c, ME, &[], Previous::default(), &mut |n| n - 1).expect("plan");
+        assert_eq!(p.choice, Choice::Fresh(k4(net("10.1.20.0/24"))));
+        let p = plan(&c, ME, &[], Previous::default(), &mut |_| 999).expect("plan");
+        assert_eq!(p.choice, Choice::Fresh(k4(net("10.1.20.0/24"))));
         assert!(random_index(6) < 6);
         assert_eq!(random_index(0), 0);
+    }
+
+    fn net6(s: &str) -> Ipv6Net {
+        s.parse().expect("literal")
+    }
+
+    fn dual(v4: &str, v6: &str, ip: [u8; 4]) -> Lease {
+        let mut l = lease(v4, ip);
+        l.ipv6_subnet = Some(net6(v6));
+        l.attrs.public_ipv6 = Some(Ipv6Addr::from([
+            0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, ip[0], ip[1], ip[2], ip[3],
+        ]));
+        l
+    }
+
+    const DUAL: &str = r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.15.0","SubnetMax":"10.1.17.0","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetMin":"fc00:0:0:5::","IPv6SubnetMax":"fc00:0:0:7::"}"#;
+
+    #[test]
+    fn dual_stack_picks_both_halves_independently() {
+        let c = cfg(DUAL);
+        // A v4-only lease (an old flannel node) holds only v4 space: no crash, v6 all free.
+        let leases = [
+            lease("10.1.15.0/24", [10, 0, 0, 2]),
+            dual("10.1.16.0/24", "fc00:0:0:5::/64", [10, 0, 0, 3]),
+        ];
+        assert_eq!(free_candidates(&c, &leases), vec![net("10.1.17.0/24")]);
+        assert_eq!(
+            free_candidates_v6(&c, &leases),
+            vec![net6("fc00:0:0:6::/64"), net6("fc00:0:0:7::/64")]
+        );
+        let mut picks = vec![0usize, 1];
+        let p = plan(&c, ME, &leases, Previous::default(), &mut |_| {
+            picks.remove(0)
+        })
+        .expect("room");
+        assert_eq!(
+            p.choice,
+            Choice::Fresh(SubnetKey {
+                v4: net("10.1.17.0/24"),
+                v6: Some(net6("fc00:0:0:7::/64"))
+            })
+        );
+        assert_eq!(
+            Lease {
+                subnet: net("10.1.17.0/24"),
+                ipv6_subnet: Some(net6("fc00:0:0:7::/64")),
+                attrs: LeaseAttrs::udp(ME.public_ip),
+                expiration: None
+            }
+            .key(),
+            "10.1.17.0-24&fc00:0:0:7::-64"
+        );
+        // v6 space full → out of subnets, naming IPv6.
+        let full = [
+            dual("10.1.15.0/24", "fc00:0:0:6::/63", [10, 0, 0, 2]),
+            dual("10.1.16.0/24", "fc00:0:0:5::/64", [10, 0, 0, 3]),
+        ];
+        assert!(free_candidates_v6(&c, &full).is_empty());
+        let e = plan(&c, ME, &full, Previous::default(), &mut |_| 0).expect_err("v6 full");
+        assert!(matches!(e, Error::NoFreeIpv6Subnet { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("out of subnets: no free IPv6 /64"),
+            "{e}"
+        );
+        // A wide lease is jumped over as a whole.
+        let c = cfg(r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/32"}"#);
+        let wide = [dual("10.1.15.0/24", "fc00:0:1::/48", [10, 0, 0, 2])];
+        let free = free_candidates_v6(&c, &wide);
+        assert_eq!(free.len(), MAX_CANDIDATES);
+        assert_eq!(free[0], net6("fc00:0:0:1::/64"));
+        assert!(free.iter().all(|sn| !sn.overlaps(&net6("fc00:0:1::/48"))));
+        assert!(free.iter().all(|sn| c.is_ipv6_compatible(Some(sn))));
+    }
+
+    #[test]
+    fn dual_stack_reuse_previous_and_switch_from_v4_only() {
+        let c = cfg(DUAL);
+        // Our v4-only lease is incompatible with a dual-stack config: delete, then allocate.
+        let old = lease("10.1.16.0/24", [192, 168, 0, 1]);
+        let p = plan(
+            &c,
+            ME,
+            std::slice::from_ref(&old),
+            Previous::default(),
+            &mut |_| 0,
+        )
+        .expect("plan");
+        assert_eq!(p.delete, Some(old));
+        assert!(matches!(
+            p.choice,
+            Choice::Fresh(SubnetKey { v6: Some(_), .. })
+        ));
+        // Our dual lease is reused.
+        let mine = dual("10.1.16.0/24", "fc00:0:0:6::/64", [192, 168, 0, 1]);
+        let p = plan(
+            &c,
+            ME,
+            std::slice::from_ref(&mine),
+            Previous::default(),
+            &mut |_| 0,
+        )
+        .expect("plan");
+        assert_eq!(p.choice, Choice::Reuse(mine.clone()));
+        // ...and a dual lease is deleted by a v4-only config.
+        let p = plan(
+            &cfg(ISSUE),
+            ME,
+            std::slice::from_ref(&mine),
+            Previous::default(),
+            &mut |_| 0,
+        )
+        .expect("plan");
+        assert_eq!(p.delete, Some(mine));
+        // The previous pair is reused only whole and only if neither half is held.
+        let prev = Previous {
+            v4: Some(net("10.1.17.0/24")),
+            v6: Some(net6("fc00:0:0:7::/64")),
+        };
+        let p = plan(&c, ME, &[], prev, &mut |_| 0).expect("plan");
+        assert_eq!(
+            p.choice,
+            Choice::Previous(SubnetKey {
+                v4: net("10.1.17.0/24"),
+                v6: Some(net6("fc00:0:0:7::/64"))
+            })
+        );
+        let other = dual("10.1.15.0/24", "fc00:0:0:7::/64", [10, 0, 0, 2]);
+        let p = plan(&c, ME, std::slice::from_ref(&other), prev, &mut |_| 0).expect("plan");
+        assert!(matches!(p.choice, Choice::Fresh(_)), "{p:?}");
+        let half = Previous {
+            v4: Some(net("10.1.17.0/24")),
+            v6: None,
+        };
+        let p = plan(&c, ME, &[], half, &mut |_| 0).expect("plan");
+        assert!(matches!(p.choice, Choice::Fresh(_)), "{p:?}");
+    }
+
+    #[test]
+    fn ipv6_only_nodes_are_told_apart_by_public_ipv6() {
+        let c = cfg(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}"#);
+        let a = Identity {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            public_ipv6: Some("fd00::1".parse().expect("literal")),
+        };
+        let b = Identity {
+            public_ipv6: Some("fd00::2".parse().expect("literal")),
+            ..a
+        };
+        let p = plan(&c, a, &[], Previous::default(), &mut |_| 0).expect("plan");
+        let Choice::Fresh(key) = p.choice else {
+            panic!("fresh expected: {p:?}")
+        };
+        assert_eq!(key.to_string(), "0.0.0.0-0&fc00:0:0:1::-64");
+        let mut la = lease("0.0.0.0/0", [0, 0, 0, 0]);
+        la.ipv6_subnet = key.v6;
+        la.attrs.public_ipv6 = a.public_ipv6;
+        // The second node does not take the first one's lease (flannel would: same PublicIP).
+        let p = plan(
+            &c,
+            b,
+            std::slice::from_ref(&la),
+            Previous::default(),
+            &mut |_| 0,
+        )
+        .expect("plan");
+        assert_eq!(p.delete, None);
+        let Choice::Fresh(kb) = p.choice else {
+            panic!("fresh expected: {p:?}")
+        };
+        assert_eq!(kb.to_string(), "0.0.0.0-0&fc00:0:0:2::-64");
+        // The first node finds its own.
+        let p = plan(
+            &c,
+            a,
+            std::slice::from_ref(&la),
+            Previous::default(),
+            &mut |_| 0,
+        )
+        .expect("plan");
+        assert_eq!(p.choice, Choice::Reuse(la));
+        // Previous subnet.env of an IPv6-only node: only FLANNEL_IPV6_SUBNET.
+        let prev = Previous {
+            v4: None,
+            v6: Some(net6("fc00:0:0:9::/64")),
+        };
+        let p = plan(&c, a, &[], prev, &mut |_| 0).expect("plan");
+        assert_eq!(
+            p.choice,
+            Choice::Previous(SubnetKey {
+                v4: EMPTY_V4,
+                v6: Some(net6("fc00:0:0:9::/64"))
+            })
+        );
     }
 }

@@ -10,16 +10,18 @@
 //!   flannel's message.
 //! * No `Backend` means udp. The type is matched case-insensitively: `udp`, `vxlan`, `host-gw`,
 //!   `alloc` and `extension` are known; any other type is refused by name.
-//! * IPv6 (`EnableIPv6: true`) and IPv4 disabled are refused: weft is IPv4-only for now.
+//! * `EnableIPv6` with `IPv6Network`, `IPv6SubnetLen`, `IPv6SubnetMin`/`Max` follow flannel's
+//!   `CheckNetworkConfig` (defaults and messages, docs/compatibility.md §11.1); `EnableIPv4: false`
+//!   gives an IPv6-only network, whose v4 part is flannel's empty net `0.0.0.0/0`.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use serde_json::Value;
 
 use crate::error::Error;
 use crate::gojson::GoObject;
-use crate::subnet::Ipv4Net;
+use crate::subnet::{Ipv4Net, Ipv6Net};
 
 /// Default UDP port of flannel's udp backend.
 pub const UDP_DEFAULT_PORT: u16 = 8285;
@@ -88,9 +90,37 @@ pub struct VxlanConfig {
     pub userspace: bool,
 }
 
+/// The IPv6 half of a dual-stack or IPv6-only config, defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Config {
+    /// `IPv6Network`, host bits masked off.
+    pub network: Ipv6Net,
+    /// `IPv6SubnetLen`, defaulted.
+    pub subnet_len: u8,
+    /// `IPv6SubnetMin`, defaulted (the second subnet).
+    pub subnet_min: Ipv6Addr,
+    /// `IPv6SubnetMax`, defaulted (the last subnet).
+    pub subnet_max: Ipv6Addr,
+}
+
+impl Ipv6Config {
+    /// flannel's `isIPv6SubnetConfigCompat` for a present v6 subnet: IPv6SubnetMin ≤ addr ≤
+    /// IPv6SubnetMax and the prefix length equals IPv6SubnetLen.
+    pub fn is_compatible(&self, subnet: &Ipv6Net) -> bool {
+        subnet.addr() >= self.subnet_min
+            && subnet.addr() <= self.subnet_max
+            && subnet.prefix_len() == self.subnet_len
+    }
+}
+
 /// A validated network config with every default filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkConfig {
+    /// `EnableIPv4` (default true). When false the IPv4 fields below hold flannel's empty net
+    /// (`0.0.0.0/0`, SubnetLen 0, Min/Max 0.0.0.0) and mean nothing.
+    pub enable_ipv4: bool,
+    /// The IPv6 network when `EnableIPv6` is true.
+    pub ipv6: Option<Ipv6Config>,
     /// The overlay network (`Network`, host bits masked off).
     pub network: Ipv4Net,
     /// Prefix length of each host's subnet (`SubnetLen`, defaulted).
@@ -145,6 +175,132 @@ fn get_ip4(obj: &GoObject<Value>, key: &'static str) -> Result<Option<Ipv4Addr>,
     }
 }
 
+/// The IPv4 part of an IPv6-only lease: flannel's empty net `0.0.0.0/0`.
+pub const EMPTY_V4: Ipv4Net = Ipv4Net::EMPTY;
+
+/// flannel's `*ip.IP6` field: absent or null means "not given"; otherwise a string holding an
+/// IPv6 address.
+fn get_ip6(obj: &GoObject<Value>, key: &'static str) -> Result<Option<Ipv6Addr>, Error> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ipv6Addr::from_str(s)
+            .map(Some)
+            .map_err(|_| cfg_err(key, s.clone(), "invalid IPv6 address")),
+        Some(v) => Err(cfg_err(key, v.to_string(), "invalid IPv6 address")),
+    }
+}
+
+/// flannel's `CheckNetworkConfig`, IPv6 part (docs/compatibility.md §11.1).
+fn check_ipv6(
+    network: Option<Ipv6Net>,
+    subnet_len: u64,
+    min: Option<Ipv6Addr>,
+    max: Option<Ipv6Addr>,
+) -> Result<Ipv6Config, Error> {
+    let network = match network {
+        Some(n) if !(n.addr() == Ipv6Addr::UNSPECIFIED && n.prefix_len() == 0) => n,
+        other => {
+            return Err(cfg_err(
+                "IPv6Network",
+                other.map(|n| n.to_string()).unwrap_or_default(),
+                "please define a correct IPv6Network parameter in the flannel config",
+            ))
+        }
+    };
+    let plen = u64::from(network.prefix_len());
+    let subnet_len: u8 = if subnet_len > 0 {
+        if subnet_len > 126 {
+            return Err(cfg_err(
+                "IPv6SubnetLen",
+                subnet_len.to_string(),
+                "SubnetLen must be less than /127",
+            ));
+        }
+        if subnet_len < plen + 2 {
+            return Err(cfg_err(
+                "IPv6SubnetLen",
+                subnet_len.to_string(),
+                format!(
+                    "network must be able to accommodate at least four subnets (IPv6Network {network})"
+                ),
+            ));
+        }
+        // ≤ 126 checked above.
+        u8::try_from(subnet_len).unwrap_or(126)
+    } else if plen > 124 {
+        return Err(cfg_err(
+            "IPv6Network",
+            network.to_string(),
+            "IPv6Network is too small. Minimum useful network prefix is /124",
+        ));
+    } else if plen <= 62 {
+        64
+    } else {
+        network.prefix_len() + 2
+    };
+    // 1 ≤ subnet_len ≤ 126 here, so the size fits.
+    let subnet_size = Ipv6Net::block_size(subnet_len).unwrap_or(1);
+    let network_size = Ipv6Net::block_size(network.prefix_len()).unwrap_or(0);
+    let subnet_min = match min {
+        None => network.nth(subnet_size),
+        Some(ip) if !network.contains(ip) => {
+            return Err(cfg_err(
+                "IPv6SubnetMin",
+                ip.to_string(),
+                "IPv6SubnetMin is not in the range of the IPv6Network",
+            ))
+        }
+        Some(ip) => ip,
+    };
+    let subnet_max = match max {
+        // IPv6Network.Next().IP - subnetSize (128-bit wrapping like flannel's big.Int → IP6).
+        None => Ipv6Addr::from(
+            u128::from(network.addr())
+                .wrapping_add(network_size)
+                .wrapping_sub(subnet_size),
+        ),
+        Some(ip) if !network.contains(ip) => {
+            return Err(cfg_err(
+                "IPv6SubnetMax",
+                ip.to_string(),
+                "IPv6SubnetMax is not in the range of the IPv6Network",
+            ))
+        }
+        Some(ip) => ip,
+    };
+    let aligned = |ip: Ipv6Addr| Ipv6Net::new_exact(ip, subnet_len).is_some();
+    if !aligned(subnet_min) {
+        return Err(cfg_err(
+            "IPv6SubnetMin",
+            subnet_min.to_string(),
+            format!("IPv6SubnetMin is not on a SubnetLen boundary: {subnet_min}"),
+        ));
+    }
+    if !aligned(subnet_max) {
+        return Err(cfg_err(
+            "IPv6SubnetMax",
+            subnet_max.to_string(),
+            format!("IPv6SubnetMax is not on a SubnetLen boundary: {subnet_max}"),
+        ));
+    }
+    // As for IPv4: flannel would fail every lease with "out of subnets".
+    if subnet_min > subnet_max {
+        return Err(cfg_err(
+            "IPv6SubnetMin",
+            subnet_min.to_string(),
+            format!(
+                "IPv6SubnetMin {subnet_min} is above IPv6SubnetMax {subnet_max}: no subnet to lease"
+            ),
+        ));
+    }
+    Ok(Ipv6Config {
+        network,
+        subnet_len,
+        subnet_min,
+        subnet_max,
+    })
+}
+
 impl NetworkConfig {
     /// Parses and validates a config JSON text (never panics on any input).
     pub fn parse(text: &str) -> Result<NetworkConfig, Error> {
@@ -174,36 +330,54 @@ impl NetworkConfig {
         let subnet_len = get_uint(&obj, "SubnetLen")?;
         let subnet_min = get_ip4(&obj, "SubnetMin")?;
         let subnet_max = get_ip4(&obj, "SubnetMax")?;
-        // Checked for type like flannel's decoder does, even though weft does not use them.
-        get_uint(&obj, "IPv6SubnetLen")?;
-        if let Some(v) = obj.get("IPv6Network") {
-            let ok = matches!(v, Value::String(s) if s.split_once('/').is_some_and(|(a, l)| {
-                std::net::Ipv6Addr::from_str(a).is_ok() && l.parse::<u8>().is_ok_and(|l| l <= 128)
-            }));
-            if !ok {
+        let ipv6_subnet_len = get_uint(&obj, "IPv6SubnetLen")?;
+        let ipv6_network = match obj.get("IPv6Network") {
+            None => None,
+            Some(Value::String(s)) => Some(
+                Ipv6Net::from_str(s)
+                    .map_err(|_| cfg_err("IPv6Network", s.clone(), "invalid IPv6 CIDR format"))?,
+            ),
+            Some(v) => {
                 return Err(cfg_err(
                     "IPv6Network",
                     v.to_string(),
                     "invalid IPv6 CIDR format",
-                ));
+                ))
             }
-        }
+        };
+        let ipv6_subnet_min = get_ip6(&obj, "IPv6SubnetMin")?;
+        let ipv6_subnet_max = get_ip6(&obj, "IPv6SubnetMax")?;
 
         let backend = parse_backend(obj.get("Backend"))?;
 
-        if enable_ipv6 {
-            return Err(cfg_err(
-                "EnableIPv6",
-                "true",
-                "IPv6 overlay networks are not supported by weft yet",
-            ));
-        }
-        if !enable_ipv4 {
+        if !enable_ipv4 && !enable_ipv6 {
             return Err(cfg_err(
                 "EnableIPv4",
                 "false",
-                "weft needs an IPv4 overlay network (EnableIPv4 must be true)",
+                "neither IPv4 nor IPv6 is enabled (set EnableIPv4 or EnableIPv6 to true)",
             ));
+        }
+        let ipv6 = if enable_ipv6 {
+            Some(check_ipv6(
+                ipv6_network,
+                ipv6_subnet_len,
+                ipv6_subnet_min,
+                ipv6_subnet_max,
+            )?)
+        } else {
+            None
+        };
+        if !enable_ipv4 {
+            return Ok(NetworkConfig {
+                enable_ipv4,
+                ipv6,
+                network: EMPTY_V4,
+                subnet_len: 0,
+                subnet_min: Ipv4Addr::UNSPECIFIED,
+                subnet_max: Ipv4Addr::UNSPECIFIED,
+                enable_nftables,
+                backend,
+            });
         }
 
         // --- CheckNetworkConfig, IPv4 part ---
@@ -304,6 +478,8 @@ impl NetworkConfig {
         }
 
         Ok(NetworkConfig {
+            enable_ipv4,
+            ipv6,
             network,
             subnet_len,
             subnet_min,
@@ -314,11 +490,30 @@ impl NetworkConfig {
     }
 
     /// Whether `subnet` may be used under this config (flannel's `isSubnetConfigCompat`):
-    /// SubnetMin ≤ addr ≤ SubnetMax and the prefix length equals SubnetLen.
+    /// SubnetMin ≤ addr ≤ SubnetMax and the prefix length equals SubnetLen. With IPv4 disabled
+    /// only the empty net `0.0.0.0/0` fits.
     pub fn is_compatible(&self, subnet: &Ipv4Net) -> bool {
+        if !self.enable_ipv4 {
+            return *subnet == EMPTY_V4;
+        }
         subnet.addr() >= self.subnet_min
             && subnet.addr() <= self.subnet_max
             && subnet.prefix_len() == self.subnet_len
+    }
+
+    /// flannel's `isIPv6SubnetConfigCompat`: with IPv6 disabled the lease must have no v6
+    /// subnet; with IPv6 enabled it must have one that fits IPv6SubnetMin/Max/Len.
+    pub fn is_ipv6_compatible(&self, subnet: Option<&Ipv6Net>) -> bool {
+        match (&self.ipv6, subnet) {
+            (None, None) => true,
+            (Some(c), Some(sn)) => c.is_compatible(sn),
+            _ => false,
+        }
+    }
+
+    /// Whether the IPv4 and IPv6 parts of a lease key both fit this config.
+    pub fn is_key_compatible(&self, key: &crate::subnet::SubnetKey) -> bool {
+        self.is_compatible(&key.v4) && self.is_ipv6_compatible(key.v6.as_ref())
     }
 
     /// The UDP port of the backend's tunnel (`None` for host-gw, alloc and extension, which
@@ -656,6 +851,155 @@ mod tests {
         );
     }
 
+    fn ip6(s: &str) -> Ipv6Addr {
+        s.parse().expect("test literal")
+    }
+
+    #[test]
+    fn ipv6_defaults_like_flannel() {
+        // pkg/subnet/config_test.go: fc00::/48 → /64, min fc00:0:0:1::, max fc00:0:0:ffff::.
+        let c = ok(r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#);
+        assert!(c.enable_ipv4);
+        let v6 = c.ipv6.expect("IPv6 enabled");
+        assert_eq!(v6.network.to_string(), "fc00::/48");
+        assert_eq!(
+            (v6.subnet_len, v6.subnet_min, v6.subnet_max),
+            (64, ip6("fc00:0:0:1::"), ip6("fc00:0:0:ffff::"))
+        );
+        // Host bits masked; prefix 62 → 64; 63 → 65; 124 → 126.
+        let c = ok(r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::7/62"}"#);
+        let v6 = c.ipv6.expect("v6");
+        assert_eq!(
+            (v6.network.to_string(), v6.subnet_len),
+            ("fc00::/62".into(), 64)
+        );
+        assert_eq!(v6.subnet_max, ip6("fc00:0:0:3::"));
+        let c = ok(r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/63"}"#);
+        assert_eq!(c.ipv6.expect("v6").subnet_len, 65);
+        let c = ok(r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/124"}"#);
+        let v6 = c.ipv6.expect("v6");
+        assert_eq!(
+            (v6.subnet_len, v6.subnet_min, v6.subnet_max),
+            (126, ip6("fc00::4"), ip6("fc00::c"))
+        );
+        // Explicit length, min and max.
+        let c = ok(
+            r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetLen":56,"IPv6SubnetMin":"fc00:0:0:200::","IPv6SubnetMax":"fc00:0:0:400::"}"#,
+        );
+        let v6 = c.ipv6.expect("v6");
+        assert_eq!(
+            (v6.subnet_len, v6.subnet_min, v6.subnet_max),
+            (56, ip6("fc00:0:0:200::"), ip6("fc00:0:0:400::"))
+        );
+        assert!(v6.is_compatible(&"fc00:0:0:300::/56".parse().expect("literal")));
+        assert!(!v6.is_compatible(&"fc00:0:0:500::/56".parse().expect("literal")));
+        assert!(!v6.is_compatible(&"fc00:0:0:300::/64".parse().expect("literal")));
+        // IPv6 keys without EnableIPv6 are decoded (type-checked) and otherwise unused.
+        assert_eq!(
+            ok(r#"{"Network":"10.1.0.0/16","IPv6Network":"fc00::/48"}"#).ipv6,
+            None
+        );
+        // IPv6-only.
+        let c = ok(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}"#);
+        assert!(!c.enable_ipv4);
+        assert_eq!(c.network, EMPTY_V4);
+        assert!(c.is_compatible(&EMPTY_V4));
+        assert!(!c.is_compatible(&"10.1.0.0/24".parse().expect("literal")));
+        assert!(c.is_ipv6_compatible(Some(&"fc00:0:0:5::/64".parse().expect("literal"))));
+        assert!(!c.is_ipv6_compatible(None));
+        // A v4-only config takes no v6 part (flannel's isIPv6SubnetConfigCompat).
+        let c = ok(r#"{"Network":"10.1.0.0/16"}"#);
+        assert!(c.is_ipv6_compatible(None));
+        assert!(!c.is_ipv6_compatible(Some(&"fc00:0:0:5::/64".parse().expect("literal"))));
+    }
+
+    #[test]
+    fn every_flannel_ipv6_error() {
+        let dual = |rest: &str| format!(r#"{{"Network":"10.1.0.0/16","EnableIPv6":true{rest}}}"#);
+        err(
+            &dual(""),
+            "IPv6Network",
+            "",
+            "please define a correct IPv6Network parameter in the flannel config",
+        );
+        err(
+            &dual(r#","IPv6Network":"::/0""#),
+            "IPv6Network",
+            "::/0",
+            "please define a correct IPv6Network parameter in the flannel config",
+        );
+        err(
+            &dual(r#","IPv6Network":"fc00::/48","IPv6SubnetLen":127"#),
+            "IPv6SubnetLen",
+            "127",
+            "SubnetLen must be less than /127",
+        );
+        err(
+            &dual(r#","IPv6Network":"fc00::/48","IPv6SubnetLen":49"#),
+            "IPv6SubnetLen",
+            "49",
+            "network must be able to accommodate at least four subnets",
+        );
+        err(
+            &dual(r#","IPv6Network":"fc00::/125""#),
+            "IPv6Network",
+            "fc00::/125",
+            "IPv6Network is too small. Minimum useful network prefix is /124",
+        );
+        err(
+            &dual(r#","IPv6Network":"fc00::/48","IPv6SubnetMin":"fc01::""#),
+            "IPv6SubnetMin",
+            "fc01::",
+            "IPv6SubnetMin is not in the range of the IPv6Network",
+        );
+        err(
+            &dual(r#","IPv6Network":"fc00::/48","IPv6SubnetMax":"fc01::""#),
+            "IPv6SubnetMax",
+            "fc01::",
+            "IPv6SubnetMax is not in the range of the IPv6Network",
+        );
+        err(
+            &dual(r#","IPv6Network":"fc00::/48","IPv6SubnetMin":"fc00:0:0:1::1""#),
+            "IPv6SubnetMin",
+            "fc00:0:0:1::1",
+            "IPv6SubnetMin is not on a SubnetLen boundary: fc00:0:0:1::1",
+        );
+        err(
+            &dual(r#","IPv6Network":"fc00::/48","IPv6SubnetMax":"fc00:0:0:2:8000::""#),
+            "IPv6SubnetMax",
+            "fc00:0:0:2:8000::",
+            "IPv6SubnetMax is not on a SubnetLen boundary: fc00:0:0:2:8000::",
+        );
+        err(
+            &dual(
+                r#","IPv6Network":"fc00::/48","IPv6SubnetMin":"fc00:0:0:9::","IPv6SubnetMax":"fc00:0:0:8::""#,
+            ),
+            "IPv6SubnetMin",
+            "fc00:0:0:9::",
+            "is above IPv6SubnetMax fc00:0:0:8::",
+        );
+        err(
+            &dual(r#","IPv6Network":"fc00::/48","IPv6SubnetMin":5"#),
+            "IPv6SubnetMin",
+            "5",
+            "invalid IPv6 address",
+        );
+        err(
+            &dual(r#","IPv6Network":"10.0.0.0/8""#),
+            "IPv6Network",
+            "10.0.0.0/8",
+            "invalid IPv6 CIDR format",
+        );
+        // IPv6-only still needs an IPv6Network; the IPv4 keys are not checked.
+        err(
+            r#"{"EnableIPv4":false,"EnableIPv6":true}"#,
+            "IPv6Network",
+            "",
+            "please define a correct IPv6Network parameter",
+        );
+        ok(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","SubnetLen":31}"#);
+    }
+
     #[test]
     fn every_flannel_error() {
         err(
@@ -785,21 +1129,15 @@ mod tests {
             "expected a boolean",
         );
         err(
-            r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#,
-            "EnableIPv6",
-            "true",
-            "not supported by weft",
-        );
-        err(
             r#"{"Network":"10.1.0.0/16","EnableIPv4":false}"#,
             "EnableIPv4",
             "false",
-            "EnableIPv4 must be true",
+            "neither IPv4 nor IPv6 is enabled",
         );
         err(
             r#"{"Network":"10.1.0.0/16","IPv6Network":"nope"}"#,
             "IPv6Network",
-            "\"nope\"",
+            "nope",
             "invalid IPv6 CIDR format",
         );
         err(

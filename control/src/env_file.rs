@@ -16,15 +16,27 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
-use crate::subnet::Ipv4Net;
+use crate::subnet::{Ipv4Net, Ipv6Net};
 
-/// What goes into subnet.env (IPv4 only: weft has no IPv6 networks).
+/// The IPv6 lines of subnet.env.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubnetEnv6 {
+    /// `FLANNEL_IPV6_NETWORK`: the config's IPv6Network.
+    pub network: Ipv6Net,
+    /// The leased IPv6 subnet; written as `FLANNEL_IPV6_SUBNET=<subnet ::1>/<len>`.
+    pub subnet: Ipv6Net,
+}
+
+/// What goes into subnet.env.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetEnv {
-    /// `FLANNEL_NETWORK`: the config's Network.
+    /// `FLANNEL_NETWORK`: the config's Network. The empty net `0.0.0.0/0` (an IPv6-only
+    /// network, `EnableIPv4: false`) leaves out both IPv4 lines, as flannel does.
     pub network: Ipv4Net,
     /// The leased subnet; written as `FLANNEL_SUBNET=<subnet .1>/<len>`.
     pub subnet: Ipv4Net,
+    /// `EnableIPv6`: the IPv6 network and subnet.
+    pub ipv6: Option<SubnetEnv6>,
     /// `FLANNEL_MTU`: the TUN MTU.
     pub mtu: u32,
     /// `FLANNEL_IPMASQ`: the `--ip-masq` flag.
@@ -32,16 +44,31 @@ pub struct SubnetEnv {
 }
 
 impl SubnetEnv {
-    /// The file content, byte for byte as flannel's `WriteSubnetFile` writes it.
+    /// The file content, byte for byte as flannel's `WriteSubnetFile` writes it: the IPv4
+    /// pair, the IPv6 pair, then MTU and IPMASQ.
     pub fn render(&self) -> String {
-        format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
-            self.network,
-            self.subnet.nth(1),
-            self.subnet.prefix_len(),
-            self.mtu,
-            self.ip_masq
-        )
+        let mut s = String::with_capacity(160);
+        if self.network != Ipv4Net::EMPTY {
+            s.push_str(&format!(
+                "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\n",
+                self.network,
+                self.subnet.nth(1),
+                self.subnet.prefix_len()
+            ));
+        }
+        if let Some(v6) = &self.ipv6 {
+            s.push_str(&format!(
+                "FLANNEL_IPV6_NETWORK={}\nFLANNEL_IPV6_SUBNET={}/{}\n",
+                v6.network,
+                v6.subnet.nth(1),
+                v6.subnet.prefix_len()
+            ));
+        }
+        s.push_str(&format!(
+            "FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            self.mtu, self.ip_masq
+        ));
+        s
     }
 
     /// Writes the file atomically (see the module doc).
@@ -109,6 +136,10 @@ pub struct PreviousEnv {
     pub network: Option<Ipv4Net>,
     /// `FLANNEL_SUBNET`, masked (`10.1.74.1/24` → `10.1.74.0/24`).
     pub subnet: Option<Ipv4Net>,
+    /// `FLANNEL_IPV6_NETWORK`.
+    pub ipv6_network: Option<Ipv6Net>,
+    /// `FLANNEL_IPV6_SUBNET`, masked (`fc00:0:0:5::1/64` → `fc00:0:0:5::/64`).
+    pub ipv6_subnet: Option<Ipv6Net>,
 }
 
 /// Reads a previous subnet.env; a missing or unreadable file gives empty values (flannel logs
@@ -128,7 +159,7 @@ pub fn read_previous(path: &Path) -> PreviousEnv {
 /// Parses subnet.env text (see [`read_previous`]).
 pub fn parse_previous(text: &str) -> PreviousEnv {
     let vars = parse_dotenv(text);
-    let cidr = |key: &str| -> Option<Ipv4Net> {
+    let value = |key: &str| -> Option<&str> {
         let v = vars
             .iter()
             .rev()
@@ -142,11 +173,13 @@ pub fn parse_previous(text: &str) -> PreviousEnv {
             );
             return None;
         }
-        v.parse().ok()
+        Some(v)
     };
     PreviousEnv {
-        network: cidr("FLANNEL_NETWORK"),
-        subnet: cidr("FLANNEL_SUBNET"),
+        network: value("FLANNEL_NETWORK").and_then(|v| v.parse().ok()),
+        subnet: value("FLANNEL_SUBNET").and_then(|v| v.parse().ok()),
+        ipv6_network: value("FLANNEL_IPV6_NETWORK").and_then(|v| v.parse().ok()),
+        ipv6_subnet: value("FLANNEL_IPV6_SUBNET").and_then(|v| v.parse().ok()),
     }
 }
 
@@ -217,9 +250,49 @@ mod tests {
         SubnetEnv {
             network: "10.1.0.0/16".parse().expect("literal"),
             subnet: "10.1.74.0/24".parse().expect("literal"),
+            ipv6: None,
             mtu: 1472,
             ip_masq: false,
         }
+    }
+
+    #[test]
+    fn dual_stack_and_ipv6_only_lines_in_flannel_order() {
+        let mut e = env();
+        e.ipv6 = Some(SubnetEnv6 {
+            network: "2001:cafe:42::/56".parse().expect("literal"),
+            subnet: "2001:cafe:42::/64".parse().expect("literal"),
+        });
+        let dual = "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.74.1/24\n\
+                    FLANNEL_IPV6_NETWORK=2001:cafe:42::/56\nFLANNEL_IPV6_SUBNET=2001:cafe:42::1/64\n\
+                    FLANNEL_MTU=1472\nFLANNEL_IPMASQ=false\n";
+        assert_eq!(e.render(), dual);
+        // Read back: both pairs, masked.
+        let p = parse_previous(dual);
+        assert_eq!(p.subnet, Some("10.1.74.0/24".parse().expect("literal")));
+        assert_eq!(
+            p.ipv6_subnet,
+            Some("2001:cafe:42::/64".parse().expect("literal"))
+        );
+        assert_eq!(
+            p.ipv6_network,
+            Some("2001:cafe:42::/56".parse().expect("literal"))
+        );
+        // IPv6-only: no IPv4 lines at all.
+        e.network = Ipv4Net::EMPTY;
+        e.subnet = Ipv4Net::EMPTY;
+        let v6only =
+            "FLANNEL_IPV6_NETWORK=2001:cafe:42::/56\nFLANNEL_IPV6_SUBNET=2001:cafe:42::1/64\n\
+                      FLANNEL_MTU=1472\nFLANNEL_IPMASQ=false\n";
+        assert_eq!(e.render(), v6only);
+        let p = parse_previous(v6only);
+        assert_eq!((p.network, p.subnet), (None, None));
+        assert!(p.ipv6_subnet.is_some());
+        // A list of more than one CIDR is no previous value; an IPv4 value is not an IPv6 one.
+        let p = parse_previous(
+            "FLANNEL_IPV6_SUBNET=fc00::1/64,fc01::1/64\nFLANNEL_IPV6_NETWORK=10.0.0.0/8\n",
+        );
+        assert_eq!((p.ipv6_subnet, p.ipv6_network), (None, None));
     }
 
     /// A unique scratch directory under the system temp dir (removed by the test).

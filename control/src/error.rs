@@ -53,6 +53,18 @@ pub enum Error {
         /// Last candidate.
         max: std::net::Ipv4Addr,
     },
+    /// No free IPv6 subnet between IPv6SubnetMin and IPv6SubnetMax (flannel: "out of subnets").
+    #[error("out of subnets: no free IPv6 /{subnet_len} between {min} and {max} in {network}")]
+    NoFreeIpv6Subnet {
+        /// The IPv6 overlay network.
+        network: crate::subnet::Ipv6Net,
+        /// The IPv6 subnet length leases use.
+        subnet_len: u8,
+        /// First candidate.
+        min: std::net::Ipv6Addr,
+        /// Last candidate.
+        max: std::net::Ipv6Addr,
+    },
     /// Another host created the lease key first (a lost create race).
     #[error("subnet {subnet} is already leased (lost a create race)")]
     Conflict {
@@ -125,6 +137,7 @@ impl Error {
             | Error::ConfigSyntax { .. }
             | Error::UnsupportedBackend { .. }
             | Error::NoFreeSubnet { .. }
+            | Error::NoFreeIpv6Subnet { .. }
             | Error::Io { .. }
             | Error::Options(_)
             | Error::Backend(_)

@@ -149,9 +149,14 @@ pub fn start(opts: ControlOptions, mut on_peers: OnPeers) -> Result<Startup, Err
             opts.renew_margin
         )));
     }
-    let previous = env_file::read_previous(&opts.subnet_file).subnet;
+    let previous_env = env_file::read_previous(&opts.subnet_file);
+    let previous = previous_env.subnet;
     if let Some(p) = previous {
         tracing::info!(subnet = %p, file = %opts.subnet_file.display(), "previous subnet found");
+    }
+    let previous_ipv6 = previous_env.ipv6_subnet;
+    if let Some(p) = previous_ipv6 {
+        tracing::info!(subnet = %p, file = %opts.subnet_file.display(), "previous IPv6 subnet found");
     }
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
     let (answer_tx, answer_rx) = oneshot::channel();
@@ -174,8 +179,14 @@ pub fn start(opts: ControlOptions, mut on_peers: OnPeers) -> Result<Startup, Err
                 }
             };
             rt.block_on(async move {
-                let Some(mut mgr) =
-                    startup(&opts, previous, &events_tx, answer_rx, &mut stop_rx).await
+                let Some(mut mgr) = startup(
+                    &opts,
+                    (previous, previous_ipv6),
+                    &events_tx,
+                    answer_rx,
+                    &mut stop_rx,
+                )
+                .await
                 else {
                     return;
                 };
@@ -225,7 +236,10 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// if start-up ended (the failure was sent as [`StartupEvent::Failed`], or a stop was asked).
 async fn startup(
     opts: &ControlOptions,
-    previous: Option<crate::subnet::Ipv4Net>,
+    previous: (
+        Option<crate::subnet::Ipv4Net>,
+        Option<crate::subnet::Ipv6Net>,
+    ),
     events: &Sender<StartupEvent>,
     answer: oneshot::Receiver<Answer>,
     stop: &mut watch::Receiver<bool>,
@@ -258,7 +272,8 @@ async fn startup(
     let mopts = ManagerOptions {
         public_ip: opts.public_ip,
         renew_margin: opts.renew_margin,
-        previous_subnet: previous,
+        previous_subnet: previous.0,
+        previous_ipv6_subnet: previous.1,
         config_key: reg.config_key().to_owned(),
     };
     let mut mgr = SubnetManager::new(reg, mopts);
@@ -352,9 +367,16 @@ impl ControlHandle {
     /// FLANNEL_MTU=`mtu`, FLANNEL_IPMASQ), then sends `READY=1` to systemd if `NOTIFY_SOCKET` is
     /// set. Like flanneld, READY is sent even if writing the file failed; the error is returned.
     pub fn data_plane_ready(&self, mtu: u32) -> Result<(), Error> {
+        let lease = self.lease();
         let env = SubnetEnv {
             network: self.config.network,
-            subnet: self.lease().subnet,
+            subnet: lease.subnet,
+            ipv6: self.config.ipv6.zip(lease.ipv6_subnet).map(|(c, subnet)| {
+                crate::env_file::SubnetEnv6 {
+                    network: c.network,
+                    subnet,
+                }
+            }),
             mtu,
             ip_masq: self.ip_masq,
         };

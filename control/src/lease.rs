@@ -182,35 +182,76 @@ impl LeaseAttrs {
     /// Decodes a vxlan lease's `BackendData` (`{"VNI":..,"VtepMAC":".."}`, keys
     /// case-insensitive as in Go).
     pub fn vxlan_data(&self) -> Result<VxlanData, BadLeaseValue> {
-        let raw = self
-            .backend_data
-            .as_ref()
-            .ok_or_else(|| BadLeaseValue("BackendData missing".into()))?;
-        let obj: GoObject<serde_json::Value> = serde_json::from_str(raw.as_str())
-            .map_err(|e| BadLeaseValue(format!("BackendData: not a JSON object: {e}")))?;
-        let vni = match obj.get("VNI") {
-            None | Some(serde_json::Value::Null) => 0,
-            Some(v) => v
-                .as_u64()
-                .filter(|v| *v <= 0xff_ffff)
-                .ok_or_else(|| BadLeaseValue(format!("BackendData.VNI: invalid {v}")))?
-                as u32,
-        };
-        let mac = match obj.get("VtepMAC") {
-            Some(serde_json::Value::String(s)) => parse_mac(s)
-                .ok_or_else(|| BadLeaseValue(format!("BackendData.VtepMAC: invalid {s:?}")))?,
-            Some(v) => return Err(BadLeaseValue(format!("BackendData.VtepMAC: invalid {v}"))),
-            None => return Err(BadLeaseValue("BackendData.VtepMAC missing".into())),
-        };
-        if mac[0] & 1 == 1 || mac == [0; 6] {
-            return Err(BadLeaseValue(format!(
-                "BackendData.VtepMAC: {} is not a unicast address",
-                format_mac(&mac)
-            )));
-        }
-        Ok(VxlanData { vni, vtep_mac: mac })
+        decode_vxlan(self.backend_data.as_ref(), "BackendData")
     }
 
+    /// Decodes a dual-stack vxlan lease's `BackendV6Data` (the same shape as `BackendData`,
+    /// with the MAC of the peer's `flannel-v6.<VNI>` device).
+    pub fn vxlan_v6_data(&self) -> Result<VxlanData, BadLeaseValue> {
+        decode_vxlan(self.backend_v6_data.as_ref(), "BackendV6Data")
+    }
+
+    /// The same attributes with `PublicIPv6` set (or cleared).
+    pub fn with_public_ipv6(mut self, ip: Option<Ipv6Addr>) -> Self {
+        self.public_ipv6 = ip;
+        self
+    }
+
+    /// A vxlan lease value for a dual-stack or IPv6-only node: `BackendData` for the IPv4
+    /// device (when `v4_mac` is given), `BackendV6Data` for the IPv6 device, both with `vni`.
+    pub fn vxlan_dual(
+        public_ip: Ipv4Addr,
+        public_ipv6: Ipv6Addr,
+        vni: u32,
+        v4_mac: Option<[u8; 6]>,
+        v6_mac: [u8; 6],
+    ) -> Self {
+        let data = |mac: &[u8; 6]| {
+            RawJson(format!(
+                r#"{{"VNI":{vni},"VtepMAC":"{}"}}"#,
+                format_mac(mac)
+            ))
+        };
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: Some(public_ipv6),
+            backend_type: Some("vxlan".into()),
+            backend_data: v4_mac.as_ref().map(data),
+            backend_v6_data: Some(data(&v6_mac)),
+        }
+    }
+}
+
+/// Decodes a vxlan `{"VNI":..,"VtepMAC":".."}` object from the field `field`.
+fn decode_vxlan(raw: Option<&RawJson>, field: &str) -> Result<VxlanData, BadLeaseValue> {
+    let raw = raw.ok_or_else(|| BadLeaseValue(format!("{field} missing")))?;
+    let obj: GoObject<serde_json::Value> = serde_json::from_str(raw.as_str())
+        .map_err(|e| BadLeaseValue(format!("{field}: not a JSON object: {e}")))?;
+    let vni = match obj.get("VNI") {
+        None | Some(serde_json::Value::Null) => 0,
+        Some(v) => v
+            .as_u64()
+            .filter(|v| *v <= 0xff_ffff)
+            .ok_or_else(|| BadLeaseValue(format!("{field}.VNI: invalid {v}")))?
+            as u32,
+    };
+    let mac = match obj.get("VtepMAC") {
+        Some(serde_json::Value::String(s)) => {
+            parse_mac(s).ok_or_else(|| BadLeaseValue(format!("{field}.VtepMAC: invalid {s:?}")))?
+        }
+        Some(v) => return Err(BadLeaseValue(format!("{field}.VtepMAC: invalid {v}"))),
+        None => return Err(BadLeaseValue(format!("{field}.VtepMAC missing"))),
+    };
+    if mac[0] & 1 == 1 || mac == [0; 6] {
+        return Err(BadLeaseValue(format!(
+            "{field}.VtepMAC: {} is not a unicast address",
+            format_mac(&mac)
+        )));
+    }
+    Ok(VxlanData { vni, vtep_mac: mac })
+}
+
+impl LeaseAttrs {
     /// Serialises exactly as flannel's `json.Marshal(LeaseAttrs)`.
     pub fn to_json(&self) -> String {
         let mut s = String::with_capacity(48);
@@ -304,11 +345,15 @@ pub struct Lease {
 impl Lease {
     /// The key suffix under `<prefix>/subnets/` (`10.1.15.0-24`, dual stack `...&fc00::-64`).
     pub fn key(&self) -> String {
+        self.subnet_key().to_string()
+    }
+
+    /// The subnets as a key (the IPv4 part is `0.0.0.0/0` for an IPv6-only lease).
+    pub fn subnet_key(&self) -> SubnetKey {
         SubnetKey {
             v4: self.subnet,
             v6: self.ipv6_subnet,
         }
-        .to_string()
     }
 
     /// Same subnet(s) and attributes (expiration ignored).
@@ -328,10 +373,11 @@ pub enum LeaseEvent {
     Removed(Lease),
 }
 
-/// The set of other hosts' leases, keyed by IPv4 subnet.
+/// The set of other hosts' leases, keyed by their subnet key (IPv4 and IPv6 parts: two keys
+/// with the same IPv4 subnet are two etcd keys).
 #[derive(Debug, Default, Clone)]
 pub struct LeaseCache {
-    leases: BTreeMap<Ipv4Net, Lease>,
+    leases: BTreeMap<SubnetKey, Lease>,
 }
 
 impl LeaseCache {
@@ -342,18 +388,18 @@ impl LeaseCache {
 
     /// Applies a put: `Some(Added)` if the lease is new or its content changed.
     pub fn put(&mut self, lease: Lease) -> Option<LeaseEvent> {
-        match self.leases.get(&lease.subnet) {
+        match self.leases.get(&lease.subnet_key()) {
             Some(old) if old.same_content(&lease) => None,
             _ => {
-                self.leases.insert(lease.subnet, lease.clone());
+                self.leases.insert(lease.subnet_key(), lease.clone());
                 Some(LeaseEvent::Added(lease))
             }
         }
     }
 
     /// Applies a delete: `Some(Removed(cached lease))` if it was known.
-    pub fn remove(&mut self, subnet: &Ipv4Net) -> Option<LeaseEvent> {
-        self.leases.remove(subnet).map(LeaseEvent::Removed)
+    pub fn remove(&mut self, key: &SubnetKey) -> Option<LeaseEvent> {
+        self.leases.remove(key).map(LeaseEvent::Removed)
     }
 
     /// Replaces the content with a fresh listing and returns the differences (flannel's
@@ -361,7 +407,7 @@ impl LeaseCache {
     pub fn reset(&mut self, snapshot: Vec<Lease>) -> Vec<LeaseEvent> {
         let mut fresh = BTreeMap::new();
         for l in snapshot {
-            fresh.insert(l.subnet, l);
+            fresh.insert(l.subnet_key(), l);
         }
         let mut events = Vec::new();
         for (subnet, old) in &self.leases {
@@ -597,8 +643,11 @@ mod tests {
         a2.attrs.public_ip = Ipv4Addr::new(9, 9, 9, 9);
         assert_eq!(c.put(a2.clone()), Some(LeaseEvent::Added(a2.clone())));
         // Removal answers with the cached content.
-        assert_eq!(c.remove(&b.subnet), Some(LeaseEvent::Removed(b.clone())));
-        assert_eq!(c.remove(&b.subnet), None);
+        assert_eq!(
+            c.remove(&b.subnet_key()),
+            Some(LeaseEvent::Removed(b.clone()))
+        );
+        assert_eq!(c.remove(&b.subnet_key()), None);
         let d = lease("10.1.17.0/24", [3, 3, 3, 3]);
         assert_eq!(
             c.reset(vec![d.clone()]),
@@ -607,5 +656,71 @@ mod tests {
         assert_eq!(c.leases(), vec![d]);
         assert_eq!(c.len(), 1);
         assert_eq!(a.key(), "10.1.15.0-24");
+    }
+
+    #[test]
+    fn dual_stack_vxlan_value_is_flannels() {
+        let a = LeaseAttrs::vxlan_dual(
+            Ipv4Addr::new(10, 0, 0, 6),
+            "fc00::6".parse().expect("literal"),
+            1,
+            Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]),
+            [0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x00],
+        );
+        assert_eq!(a.to_json(), DUAL);
+        assert_eq!(LeaseAttrs::parse(DUAL.as_bytes()).expect("valid"), a);
+        assert_eq!(
+            a.vxlan_v6_data().expect("v6 data").vtep_mac,
+            [0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x00]
+        );
+        assert_eq!(
+            a.vxlan_data().expect("v4 data").vtep_mac,
+            [0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]
+        );
+        // IPv6-only: no BackendData; the v6 decoder names its field.
+        let v6 = LeaseAttrs::vxlan_dual(
+            Ipv4Addr::UNSPECIFIED,
+            "fc00::7".parse().expect("literal"),
+            1,
+            None,
+            [2, 0, 0, 0, 0, 1],
+        );
+        assert_eq!(
+            v6.to_json(),
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fc00::7","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}}"#
+        );
+        assert!(v6.vxlan_data().is_err());
+        let e = LeaseAttrs::vxlan(Ipv4Addr::new(1, 2, 3, 4), 1, [2, 0, 0, 0, 0, 1])
+            .vxlan_v6_data()
+            .expect_err("no v6 data");
+        assert_eq!(e.0, "BackendV6Data missing");
+        assert_eq!(
+            LeaseAttrs::udp(Ipv4Addr::new(1, 2, 3, 4))
+                .with_public_ipv6(Some("fd00::1".parse().expect("literal")))
+                .to_json(),
+            r#"{"PublicIP":"1.2.3.4","PublicIPv6":"fd00::1"}"#
+        );
+    }
+
+    #[test]
+    fn ipv6_only_and_dual_leases_are_keyed_by_both_halves() {
+        let v6 = |s: &str| -> Option<Ipv6Net> { Some(s.parse().expect("literal")) };
+        let mut a = lease("0.0.0.0/0", [0, 0, 0, 0]);
+        a.ipv6_subnet = v6("fc00:0:0:5::/64");
+        let mut b = a.clone();
+        b.ipv6_subnet = v6("fc00:0:0:6::/64");
+        assert_eq!(a.key(), "0.0.0.0-0&fc00:0:0:5::-64");
+        let mut c = LeaseCache::new();
+        assert_eq!(c.reset(vec![a.clone(), b.clone()]).len(), 2);
+        assert_eq!(c.remove(&a.subnet_key()), Some(LeaseEvent::Removed(a)));
+        assert_eq!(c.leases(), vec![b]);
+        // A v4-only and a dual-stack key with the same IPv4 subnet are two etcd keys.
+        let d4 = lease("10.5.52.0/24", [1, 1, 1, 1]);
+        let mut d6 = d4.clone();
+        d6.ipv6_subnet = v6("fc00:0:0:5::/64");
+        assert_eq!(d6.key(), "10.5.52.0-24&fc00:0:0:5::-64");
+        assert_eq!(c.reset(vec![d4.clone(), d6.clone()]).len(), 3);
+        assert_eq!(c.remove(&d4.subnet_key()), Some(LeaseEvent::Removed(d4)));
+        assert_eq!(c.leases(), vec![d6]);
     }
 }

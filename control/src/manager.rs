@@ -25,14 +25,14 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::allocator::{self, Choice};
+use crate::allocator::{self, Choice, Identity, Previous};
 use crate::config::NetworkConfig;
 use crate::error::Error;
 use crate::lease::{Lease, LeaseAttrs, LeaseCache, LeaseEvent};
 use crate::registry::{
     CreateOutcome, KvEntry, Listing, PutCondition, PutOutcome, Registry, RegistryWatch, WatchEvent,
 };
-use crate::subnet::{parse_subnet_key, Ipv4Net};
+use crate::subnet::{parse_subnet_key, Ipv4Net, Ipv6Net, SubnetKey};
 
 /// flannel's `subnetTTL`: every lease is granted for 24 h.
 pub const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -127,6 +127,8 @@ pub struct ManagerOptions {
     pub renew_margin: Duration,
     /// The subnet from the previous subnet.env, if any.
     pub previous_subnet: Option<Ipv4Net>,
+    /// The IPv6 subnet from the previous subnet.env (`FLANNEL_IPV6_SUBNET`), if any.
+    pub previous_ipv6_subnet: Option<Ipv6Net>,
     /// Full config key, for log messages.
     pub config_key: String,
 }
@@ -365,17 +367,32 @@ impl<R: Registry> SubnetManager<R> {
             .collect()
     }
 
-    fn install_own(
-        &mut self,
-        subnet: Ipv4Net,
-        ipv6_subnet: Option<crate::subnet::Ipv6Net>,
-        lease_id: i64,
-        ttl: Option<Duration>,
-    ) -> Lease {
+    /// Who we are in lease values (our PublicIP, and the PublicIPv6 of our attributes).
+    fn identity(&self) -> Identity {
+        Identity {
+            public_ip: self.opts.public_ip,
+            public_ipv6: self.attrs.public_ipv6,
+        }
+    }
+
+    /// Whether a lease value names us (see [`Identity::owns`]).
+    fn owns(&self, attrs: &LeaseAttrs) -> bool {
+        match &self.config {
+            Some(c) => self.identity().owns(c, attrs),
+            None => attrs.public_ip == self.opts.public_ip,
+        }
+    }
+
+    /// The key of our own lease, if we hold one.
+    fn own_key(&self) -> Option<SubnetKey> {
+        self.own.as_ref().map(|o| o.lease.subnet_key())
+    }
+
+    fn install_own(&mut self, key: SubnetKey, lease_id: i64, ttl: Option<Duration>) -> Lease {
         let value = self.attrs.to_json().into_bytes();
         let lease = Lease {
-            subnet,
-            ipv6_subnet,
+            subnet: key.v4,
+            ipv6_subnet: key.v6,
             attrs: self.attrs.clone(),
             expiration: ttl.map(|t| SystemTime::now() + t),
         };
@@ -405,21 +422,24 @@ impl<R: Registry> SubnetManager<R> {
             let parsed = self.parse_listing(&listing, false);
             // Keys whose value is garbage: their subnets are not free (creating them would fail
             // forever), except our own previous subnet, whose value we put back.
-            let corrupted: Vec<(&KvEntry, Ipv4Net)> = listing
+            let corrupted: Vec<(&KvEntry, SubnetKey)> = listing
                 .entries
                 .iter()
                 .filter(|e| LeaseAttrs::parse(&e.value).is_err())
-                .filter_map(|e| parse_subnet_key(&e.key).map(|k| (e, k.v4)))
+                .filter_map(|e| parse_subnet_key(&e.key).map(|k| (e, k)))
                 .collect();
-            if let Some((entry, subnet)) = corrupted
-                .iter()
-                .find(|(_, sn)| Some(*sn) == self.opts.previous_subnet)
+            let previous = Previous {
+                v4: self.opts.previous_subnet,
+                v6: self.opts.previous_ipv6_subnet,
+            };
+            let previous_key = previous.key(&config);
+            if let Some((entry, subnet)) = corrupted.iter().find(|(_, k)| Some(*k) == previous_key)
             {
-                if config.is_compatible(subnet) {
+                if config.is_key_compatible(subnet) {
                     match self
                         .reg
                         .put_subnet(
-                            &subnet.key(),
+                            &subnet.to_string(),
                             &value,
                             Some(LEASE_TTL),
                             PutCondition::ValueIs(&entry.value),
@@ -428,26 +448,21 @@ impl<R: Registry> SubnetManager<R> {
                     {
                         PutOutcome::Written { lease_id, ttl } => {
                             tracing::warn!(%subnet, "our subnet's lease value was overwritten with garbage; restored it");
-                            return Ok(self.install_own(*subnet, None, lease_id, ttl));
+                            return Ok(self.install_own(*subnet, lease_id, ttl));
                         }
                         PutOutcome::ConditionFailed => continue, // rewritten meanwhile: look again
                     }
                 }
             }
             let mut leases: Vec<Lease> = parsed.iter().map(|p| p.lease.clone()).collect();
-            leases.extend(corrupted.iter().map(|(_, sn)| Lease {
-                subnet: *sn,
-                ipv6_subnet: None,
+            leases.extend(corrupted.iter().map(|(_, k)| Lease {
+                subnet: k.v4,
+                ipv6_subnet: k.v6,
                 attrs: LeaseAttrs::udp(Ipv4Addr::UNSPECIFIED),
                 expiration: None,
             }));
-            let plan = allocator::plan(
-                &config,
-                self.opts.public_ip,
-                &leases,
-                self.opts.previous_subnet,
-                &mut *self.pick,
-            )?;
+            let plan =
+                allocator::plan(&config, self.identity(), &leases, previous, &mut *self.pick)?;
             if let Some(stale) = &plan.delete {
                 tracing::info!(subnet = %stale.subnet, public_ip = %self.opts.public_ip, "found lease for current IP but not compatible with current config, deleting");
                 self.reg.delete_subnet(&stale.key()).await?;
@@ -457,7 +472,7 @@ impl<R: Registry> SubnetManager<R> {
                     tracing::info!(subnet = %l.subnet, public_ip = %self.opts.public_ip, "found lease for current IP, reusing");
                     let reservation = parsed
                         .iter()
-                        .find(|p| p.lease.subnet == l.subnet)
+                        .find(|p| p.lease.subnet_key() == l.subnet_key())
                         .is_some_and(|p| p.lease_id == 0);
                     let ttl = (!reservation).then_some(LEASE_TTL);
                     match self
@@ -466,7 +481,7 @@ impl<R: Registry> SubnetManager<R> {
                         .await?
                     {
                         PutOutcome::Written { lease_id, ttl } => {
-                            return Ok(self.install_own(l.subnet, l.ipv6_subnet, lease_id, ttl));
+                            return Ok(self.install_own(l.subnet_key(), lease_id, ttl));
                         }
                         PutOutcome::ConditionFailed => continue, // unconditional: cannot happen
                     }
@@ -475,24 +490,28 @@ impl<R: Registry> SubnetManager<R> {
                     tracing::info!(subnet = %sn, "found previously leased subnet, reusing");
                     (
                         sn,
-                        self.reg.create_subnet(&sn.key(), &value, LEASE_TTL).await?,
+                        self.reg
+                            .create_subnet(&sn.to_string(), &value, LEASE_TTL)
+                            .await?,
                     )
                 }
                 Choice::Fresh(sn) => (
                     sn,
-                    self.reg.create_subnet(&sn.key(), &value, LEASE_TTL).await?,
+                    self.reg
+                        .create_subnet(&sn.to_string(), &value, LEASE_TTL)
+                        .await?,
                 ),
             };
             match created {
                 CreateOutcome::Created { lease_id, ttl } => {
                     tracing::info!(%subnet, lease_id, "subnet lease acquired");
-                    return Ok(self.install_own(subnet, None, lease_id, Some(ttl)));
+                    return Ok(self.install_own(subnet, lease_id, Some(ttl)));
                 }
                 CreateOutcome::Exists => {
                     races += 1;
                     tracing::info!(%subnet, races, "lost the race for a subnet; trying again");
                     if races >= RACE_RETRIES {
-                        return Err(Error::Conflict { subnet });
+                        return Err(Error::Conflict { subnet: subnet.v4 });
                     }
                 }
             }
@@ -545,12 +564,12 @@ impl<R: Registry> SubnetManager<R> {
     async fn resync(&mut self, on_peers: PeersCallback<'_>, always: bool) -> Result<(), Interrupt> {
         let listing = self.reg.list_subnets().await?;
         let parsed = self.parse_listing(&listing, true);
-        let own = self.own.as_ref().map(|o| o.lease.subnet);
+        let own = self.own_key();
         let mut others = Vec::with_capacity(parsed.len());
         let mut own_seen = false;
         for p in parsed {
-            if Some(p.lease.subnet) == own {
-                own_seen = p.lease.attrs.public_ip == self.opts.public_ip;
+            if Some(p.lease.subnet_key()) == own {
+                own_seen = self.owns(&p.lease.attrs);
             } else {
                 others.push(p.lease);
             }
@@ -576,7 +595,7 @@ impl<R: Registry> SubnetManager<R> {
         self.shared
             .watch_events
             .fetch_add(events.len() as u64, Ordering::Relaxed);
-        let own = self.own.as_ref().map(|o| o.lease.subnet);
+        let own = self.own_key();
         let mut changes = Vec::new();
         let mut lost = false;
         for ev in events {
@@ -585,13 +604,13 @@ impl<R: Registry> SubnetManager<R> {
                     let Some(p) = self.parse_entry(&entry, true) else {
                         // Garbage written over our own key: treat it as lost, and the
                         // re-acquisition puts our value back (see `acquire`).
-                        if parse_subnet_key(&entry.key).is_some_and(|k| Some(k.v4) == own) {
+                        if parse_subnet_key(&entry.key).is_some_and(|k| Some(k) == own) {
                             lost = true;
                         }
                         continue;
                     };
-                    if Some(p.lease.subnet) == own {
-                        if p.lease.attrs.public_ip != self.opts.public_ip {
+                    if Some(p.lease.subnet_key()) == own {
+                        if !self.owns(&p.lease.attrs) {
                             tracing::error!(subnet = %p.lease.subnet, other = %p.lease.attrs.public_ip, "our subnet was taken over by another host");
                             lost = true;
                         } else if let Some(o) = self.own.as_mut() {
@@ -610,11 +629,11 @@ impl<R: Registry> SubnetManager<R> {
                     let Some(k) = parse_subnet_key(&key) else {
                         continue;
                     };
-                    if Some(k.v4) == own {
+                    if Some(k) == own {
                         lost = true;
                         continue;
                     }
-                    changes.extend(self.cache.remove(&k.v4));
+                    changes.extend(self.cache.remove(&k));
                 }
             }
         }
@@ -646,12 +665,8 @@ impl<R: Registry> SubnetManager<R> {
             .await?
         {
             PutOutcome::Written { lease_id, ttl } => {
-                let lease = self.install_own(
-                    own.lease.subnet,
-                    own.lease.ipv6_subnet,
-                    lease_id,
-                    ttl.or(Some(LEASE_TTL)),
-                );
+                let lease =
+                    self.install_own(own.lease.subnet_key(), lease_id, ttl.or(Some(LEASE_TTL)));
                 self.shared.renewals.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(subnet = %lease.subnet, "lease renewed");
                 if own.lease_id != 0 && own.lease_id != lease_id {
@@ -670,10 +685,11 @@ impl<R: Registry> SubnetManager<R> {
     /// Acquires again after our lease was lost, preferring the same subnet. Returns `false` if
     /// stopped meanwhile.
     async fn reacquire(&mut self, stop: &mut watch::Receiver<bool>) -> bool {
-        let old = self.own.as_ref().map(|o| o.lease.subnet);
+        let old = self.own_key();
         tracing::error!(subnet = ?old.map(|s| s.to_string()), "our subnet lease was lost (deleted, expired or taken); acquiring it again");
         if let Some(old) = old {
-            self.opts.previous_subnet = Some(old);
+            self.opts.previous_subnet = Some(old.v4);
+            self.opts.previous_ipv6_subnet = old.v6;
         }
         let mut backoff = BACKOFF_MIN;
         loop {
@@ -681,8 +697,8 @@ impl<R: Registry> SubnetManager<R> {
                 Ok(lease) => {
                     self.shared.reacquisitions.fetch_add(1, Ordering::Relaxed);
                     match old {
-                        Some(old) if old != lease.subnet => tracing::error!(
-                            old = %old, new = %lease.subnet,
+                        Some(old) if old != lease.subnet_key() => tracing::error!(
+                            old = %old, new = %lease.subnet_key(),
                             "RE-ACQUIRED A DIFFERENT SUBNET: the old one was taken. The TUN address cannot change live; traffic to the old subnet is broken until weft restarts"
                         ),
                         _ => {
@@ -871,6 +887,7 @@ mod tests {
             public_ip: ip,
             renew_margin: DEFAULT_RENEW_MARGIN,
             previous_subnet: None,
+            previous_ipv6_subnet: None,
             config_key: "/coreos.com/network/config".into(),
         }
     }

@@ -1,4 +1,4 @@
-//! IPv4 networks and flannel's lease key format.
+//! IPv4 and IPv6 networks and flannel's lease key format.
 //!
 //! A lease lives at `<prefix>/subnets/<a.b.c.d>-<len>` (dual stack: `...-<len>&<ipv6>-<len>`).
 //! flannel finds the subnet in a key with the regex
@@ -8,7 +8,8 @@
 //! (leftmost-first, greedy) with a small memoised matcher, so weft accepts and rejects the same
 //! keys flannel does. One deliberate difference: a key whose address has host bits set
 //! (`10.1.15.7-24`) is rejected here, because weft keys its routes by network and flannel's
-//! acceptance of such keys only produces overlapping, unroutable entries.
+//! acceptance of such keys only produces overlapping, unroutable entries. The same holds for the
+//! IPv6 part (`10.5.1.0-24&fc00::5-64` is rejected).
 //!
 //! Nothing here panics on any input.
 
@@ -33,6 +34,12 @@ fn mask_u32(prefix_len: u8) -> u32 {
 }
 
 impl Ipv4Net {
+    /// The empty net `0.0.0.0/0`: the IPv4 part of an IPv6-only lease key (`0.0.0.0-0&...`).
+    pub const EMPTY: Ipv4Net = Ipv4Net {
+        addr: Ipv4Addr::UNSPECIFIED,
+        prefix_len: 0,
+    };
+
     /// The network containing `addr` with `prefix_len` (host bits are masked off, like Go's
     /// `net.ParseCIDR`). `None` if `prefix_len > 32`.
     pub fn new(addr: Ipv4Addr, prefix_len: u8) -> Option<Self> {
@@ -130,13 +137,76 @@ impl FromStr for Ipv4Net {
     }
 }
 
-/// An IPv6 network as found in dual-stack lease keys (kept so the key can be re-encoded).
+/// The netmask of an IPv6 prefix length as a `u128` (`0` for /0).
+fn mask_u128(prefix_len: u8) -> u128 {
+    if prefix_len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(prefix_len.min(128)))
+    }
+}
+
+/// An IPv6 network: an address with all host bits zero and a prefix length 0..=128.
+///
+/// The fields are public for building values in tests; [`Ipv6Net::new`] and
+/// [`Ipv6Net::from_str`] mask host bits, and every parser in this crate only produces networks
+/// without host bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ipv6Net {
-    /// The address as written in the key.
+    /// The network address.
     pub addr: Ipv6Addr,
-    /// The prefix length (0..=127 as flannel parses it).
+    /// The prefix length.
     pub prefix_len: u8,
+}
+
+impl Ipv6Net {
+    /// The network containing `addr` with `prefix_len` (host bits masked off, like Go's
+    /// `net.ParseCIDR`). `None` if `prefix_len > 128`.
+    pub fn new(addr: Ipv6Addr, prefix_len: u8) -> Option<Self> {
+        if prefix_len > 128 {
+            return None;
+        }
+        let addr = Ipv6Addr::from(u128::from(addr) & mask_u128(prefix_len));
+        Some(Ipv6Net { addr, prefix_len })
+    }
+
+    /// Like [`Ipv6Net::new`] but `None` if `addr` has host bits set.
+    pub fn new_exact(addr: Ipv6Addr, prefix_len: u8) -> Option<Self> {
+        Self::new(addr, prefix_len).filter(|n| n.addr == addr)
+    }
+
+    /// The network address (host bits zero).
+    pub fn addr(&self) -> Ipv6Addr {
+        self.addr
+    }
+
+    /// The prefix length.
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix_len
+    }
+
+    /// Whether `ip` lies inside this network.
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        u128::from(ip) & mask_u128(self.prefix_len) == u128::from(self.addr)
+    }
+
+    /// Whether the two networks share at least one address.
+    pub fn overlaps(&self, other: &Ipv6Net) -> bool {
+        let m = mask_u128(self.prefix_len.min(other.prefix_len));
+        u128::from(self.addr) & m == u128::from(other.addr) & m
+    }
+
+    /// The network's address plus `n` (wrapping, like flannel's `ip.IP6` big-integer arithmetic
+    /// truncated to 128 bits).
+    pub fn nth(&self, n: u128) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.addr).wrapping_add(n))
+    }
+
+    /// The number of addresses in one subnet of `len` bits, as a `u128` (`None` for /0, whose
+    /// size does not fit).
+    pub fn block_size(len: u8) -> Option<u128> {
+        (len > 0 && len <= 128).then(|| 1u128 << (128 - u32::from(len)))
+    }
 }
 
 impl fmt::Display for Ipv6Net {
@@ -145,8 +215,27 @@ impl fmt::Display for Ipv6Net {
     }
 }
 
+impl FromStr for Ipv6Net {
+    type Err = ParseNetError;
+
+    /// Parses `<ipv6>/len` and masks host bits (Go `net.ParseCIDR` semantics for IPv6; an
+    /// IPv4 address is refused).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ip, len) = s.split_once('/').ok_or(ParseNetError)?;
+        let ip = Ipv6Addr::from_str(ip).map_err(|_| ParseNetError)?;
+        if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ParseNetError);
+        }
+        let len: u8 = len.parse().map_err(|_| ParseNetError)?;
+        Ipv6Net::new(ip, len).ok_or(ParseNetError)
+    }
+}
+
 /// The subnets named by one lease key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// An IPv6-only lease (`EnableIPv4: false`) has the empty IPv4 net `0.0.0.0/0` as `v4`, as
+/// flannel writes it (`0.0.0.0-0&fc00:0:0:5::-64`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubnetKey {
     /// The IPv4 subnet.
     pub v4: Ipv4Net,
@@ -194,7 +283,7 @@ pub fn parse_subnet_key(key: &[u8]) -> Option<SubnetKey> {
             let addr = std::str::from_utf8(key.get(a..b)?).ok()?;
             let addr = Ipv6Addr::from_str(addr).ok()?;
             let prefix_len = parse_uint_bits(key.get(c..d)?, 7)?;
-            Some(Ipv6Net { addr, prefix_len })
+            Some(Ipv6Net::new_exact(addr, prefix_len)?)
         }
     };
     Some(SubnetKey { v4, v6 })
@@ -415,6 +504,70 @@ mod tests {
             })
         );
         assert_eq!(k.to_string(), "10.5.1.0-24&fc00::-64");
+    }
+
+    fn net6(s: &str) -> Ipv6Net {
+        s.parse().expect("test literal is a valid IPv6 CIDR")
+    }
+
+    #[test]
+    fn ipv6_net_parse_mask_contains_overlaps() {
+        assert_eq!(net6("fc00::1/64").to_string(), "fc00::/64");
+        assert_eq!(net6("fc00:0:0:5::/64").to_string(), "fc00:0:0:5::/64");
+        for bad in [
+            "",
+            "fc00::",
+            "fc00::/129",
+            "fc00::/",
+            "10.0.0.0/8",
+            "fc00::/+8",
+            "zz::/8",
+        ] {
+            assert!(bad.parse::<Ipv6Net>().is_err(), "{bad}");
+        }
+        let n = net6("fc00::/48");
+        assert!(n.contains("fc00:0:0:ffff::1".parse().expect("literal")));
+        assert!(!n.contains("fc00:0:1::".parse().expect("literal")));
+        assert!(n.overlaps(&net6("fc00:0:0:5::/64")));
+        assert!(net6("fc00:0:0:5::/64").overlaps(&n));
+        assert!(!net6("fc00:0:0:5::/64").overlaps(&net6("fc00:0:0:6::/64")));
+        assert_eq!(
+            net6("fc00:0:0:5::/64").nth(1),
+            "fc00:0:0:5::1".parse::<Ipv6Addr>().expect("literal")
+        );
+        assert_eq!(Ipv6Net::block_size(64), Some(1u128 << 64));
+        assert_eq!(Ipv6Net::block_size(0), None);
+        assert_eq!(
+            Ipv6Net::new_exact("fc00::1".parse().expect("literal"), 64),
+            None
+        );
+    }
+
+    #[test]
+    fn dual_stack_and_ipv6_only_keys_as_flannel_writes_them() {
+        // flannel's pkg/subnet/subnet_test.go vector.
+        let k = parse_subnet_key(b"/coreos.com/network/subnets/10.12.13.0-24&fd00:12:13::-56")
+            .expect("dual");
+        assert_eq!(
+            (k.v4, k.v6),
+            (net("10.12.13.0/24"), Some(net6("fd00:12:13::/56")))
+        );
+        assert_eq!(k.to_string(), "10.12.13.0-24&fd00:12:13::-56");
+        let k = parse_subnet_key(b"10.5.52.0-24&fc00:0:0:5::-64").expect("dual");
+        assert_eq!(k.to_string(), "10.5.52.0-24&fc00:0:0:5::-64");
+        // IPv6-only: the empty IPv4 net.
+        let k = parse_subnet_key(b"0.0.0.0-0&fc00:0:0:5::-64").expect("v6 only");
+        assert_eq!(
+            (k.v4, k.v6),
+            (Ipv4Net::EMPTY, Some(net6("fc00:0:0:5::/64")))
+        );
+        assert_eq!(k.to_string(), "0.0.0.0-0&fc00:0:0:5::-64");
+        // Upper case is outside the regex; host bits in the v6 part are refused (module doc).
+        assert_eq!(parse_subnet_key(b"10.5.52.0-24&FC00:0:0:5::-64"), None);
+        assert_eq!(parse_subnet_key(b"10.5.52.0-24&fc00:0:0:5::1-64"), None);
+        // 7-bit length: 127 parses, 128 does not.
+        assert!(parse_subnet_key(b"10.5.52.0-24&fc00::-127").is_some());
+        assert_eq!(parse_subnet_key(b"10.5.52.0-24&fc00::-128"), None);
     }
 
     #[test]

@@ -688,6 +688,7 @@ fn lost_create_race_is_retried() {
                 public_ip: Ipv4Addr::new(10, 0, 0, 1),
                 renew_margin: Duration::from_secs(3600),
                 previous_subnet: None,
+                previous_ipv6_subnet: None,
                 config_key: format!("{PREFIX}/config"),
             },
         );
@@ -891,4 +892,229 @@ fn start_returns_at_once_and_start_up_stops_promptly_at_every_stage() {
     stop_promptly(s, "while waiting for the answer");
     assert_eq!(subnets().trim(), "", "nothing leased after the stop");
     assert_eq!(peer_ips(&calls), None, "no lease set published");
+}
+
+const DUAL_CFG: &str = r#"{"Network": "10.1.0.0/16", "SubnetMin": "10.1.15.0", "SubnetMax": "10.1.20.0", "EnableIPv6": true, "IPv6Network": "fc00::/48", "IPv6SubnetMin": "fc00:0:0:5::", "IPv6SubnetMax": "fc00:0:0:9::", "Backend": {"Type": "vxlan"}}"#;
+
+/// A dual-stack vxlan host's preparation: both MACs, `PublicIPv6` = `v6`.
+fn vxlan_dual(opts: &ControlOptions, v6: &str, v4_mac: Option<[u8; 6]>) -> Prepare {
+    let ip = opts.public_ip;
+    let v6: std::net::Ipv6Addr = v6.parse().expect("literal");
+    Box::new(move |c| {
+        assert!(c.ipv6.is_some(), "config has IPv6");
+        Ok(LeaseAttrs::vxlan_dual(
+            ip,
+            v6,
+            1,
+            v4_mac,
+            [2, 0, 0, 0, 6, 6],
+        ))
+    })
+}
+
+fn key_names(etcd: &Etcd, prefix: &str) -> Vec<String> {
+    etcd.ctl(&[
+        "get",
+        "--prefix",
+        &format!("{prefix}/subnets/"),
+        "--keys-only",
+    ])
+    .lines()
+    .filter(|l| !l.is_empty())
+    .map(|l| l.rsplit('/').next().unwrap_or(l).to_owned())
+    .collect()
+}
+
+#[test]
+fn dual_stack_and_ipv6_only_leases_interoperate_with_flanneld_values() {
+    let Some(etcd) = etcd_for(
+        "dual_stack_and_ipv6_only_leases_interoperate_with_flanneld_values",
+        false,
+    ) else {
+        return;
+    };
+    etcd.ctl(&["put", &format!("{PREFIX}/config"), DUAL_CFG]);
+    // A flanneld dual-stack node's lease, exactly as the facts sheet shows it.
+    let flannel_key = format!("{PREFIX}/subnets/10.1.20.0-24&fc00:0:0:9::-64");
+    let flannel_value = r#"{"PublicIP":"10.0.0.6","PublicIPv6":"fc00::6","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"},"BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:00"}}"#;
+    etcd.ctl(&["put", &flannel_key, flannel_value]);
+
+    let opts = etcd.control_opts([10, 0, 0, 1], "a");
+    let (calls, cb) = recorder();
+    let a = start_with(
+        opts.clone(),
+        vxlan_dual(&opts, "fd00::1", Some([2, 0, 0, 0, 4, 4])),
+        cb,
+    )
+    .expect("dual-stack start");
+    let lease = a.lease();
+    let v6 = lease
+        .ipv6_subnet
+        .expect("a v6 subnet is leased with the v4 one");
+    assert!(a.config().is_compatible(&lease.subnet), "{}", lease.subnet);
+    assert!(a.config().is_ipv6_compatible(Some(&v6)), "{v6}");
+    assert_ne!(
+        lease.subnet.to_string(),
+        "10.1.20.0/24",
+        "flanneld's v4 subnet is taken"
+    );
+    assert_ne!(
+        v6.to_string(),
+        "fc00:0:0:9::/64",
+        "flanneld's v6 subnet is taken"
+    );
+    // One key with both halves, in flannel's form, holding flannel's value layout.
+    let key = format!("{}-24&{}-64", lease.subnet.addr(), v6.addr());
+    let mut names = key_names(&etcd, PREFIX);
+    names.sort();
+    let mut want = vec![key.clone(), "10.1.20.0-24&fc00:0:0:9::-64".to_owned()];
+    want.sort();
+    assert_eq!(names, want);
+    assert_eq!(
+        etcd.get(&format!("{PREFIX}/subnets/{key}")).as_deref(),
+        Some(
+            r#"{"PublicIP":"10.0.0.1","PublicIPv6":"fd00::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:04:04"},"BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:06:06"}}"#
+        )
+    );
+    // The flanneld lease is read with both halves and its value kept byte for byte, and weft
+    // never rewrites it.
+    let peers = calls
+        .lock()
+        .expect("m")
+        .last()
+        .cloned()
+        .expect("first listing");
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(peers[0].key(), "10.1.20.0-24&fc00:0:0:9::-64");
+    assert_eq!(peers[0].attrs.to_json(), flannel_value);
+    assert_eq!(
+        peers[0].attrs.vxlan_v6_data().expect("v6 data").vtep_mac,
+        [0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x00]
+    );
+    assert_eq!(etcd.get(&flannel_key).as_deref(), Some(flannel_value));
+
+    // subnet.env: the IPv4 pair, then the IPv6 pair, then MTU and IPMASQ.
+    a.data_plane_ready(1450).expect("subnet.env written");
+    let env = std::fs::read_to_string(etcd.dir.join("a/subnet.env")).expect("subnet.env");
+    assert_eq!(
+        env,
+        format!(
+            "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET={}/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET={}/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+            lease.subnet.nth(1),
+            v6.nth(1)
+        )
+    );
+
+    // A watch event for another dual-stack key arrives with its v6 half.
+    let late_key = format!("{PREFIX}/subnets/10.1.19.0-24&fc00:0:0:8::-64");
+    let late_value = r#"{"PublicIP":"10.0.0.7","PublicIPv6":"fc00::7","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:07"},"BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:08"}}"#;
+    if lease.subnet.to_string() != "10.1.19.0/24" && v6.to_string() != "fc00:0:0:8::/64" {
+        etcd.ctl(&["put", &late_key, late_value]);
+        wait_for("dual-stack put delivered", Duration::from_secs(2), || {
+            calls.lock().expect("m").last().is_some_and(|v| {
+                v.iter().any(|l| {
+                    l.key() == "10.1.19.0-24&fc00:0:0:8::-64" && l.attrs.to_json() == late_value
+                })
+            })
+        });
+        etcd.ctl(&["del", &late_key]);
+        wait_for(
+            "dual-stack delete delivered",
+            Duration::from_secs(2),
+            || {
+                calls
+                    .lock()
+                    .expect("m")
+                    .last()
+                    .is_some_and(|v| v.len() == 1)
+            },
+        );
+    }
+
+    // Restart with the lease in place: the same pair (found by PublicIP).
+    a.stop();
+    let (_c, cb) = recorder();
+    let a2 = start_with(
+        opts.clone(),
+        vxlan_dual(&opts, "fd00::1", Some([2, 0, 0, 0, 4, 4])),
+        cb,
+    )
+    .expect("restart");
+    assert_eq!(a2.lease().key(), lease.key());
+    a2.stop();
+    // Restart after the key is gone: the pair comes back from subnet.env.
+    etcd.ctl(&["del", &format!("{PREFIX}/subnets/{key}")]);
+    let (_c, cb) = recorder();
+    let a3 = start_with(
+        opts.clone(),
+        vxlan_dual(&opts, "fd00::1", Some([2, 0, 0, 0, 4, 4])),
+        cb,
+    )
+    .expect("restart from subnet.env");
+    assert_eq!(a3.lease().key(), lease.key());
+    a3.stop();
+
+    // An IPv4-only lease of ours is incompatible with a dual-stack config: replaced by a pair.
+    let v4only = format!("{PREFIX}/subnets/10.1.18.0-24");
+    etcd.ctl(&[
+        "put",
+        &v4only,
+        r#"{"PublicIP":"10.0.0.2","PublicIPv6":null}"#,
+    ]);
+    let ob = etcd.control_opts([10, 0, 0, 2], "b");
+    let (_c, cb) = recorder();
+    let b = start_with(
+        ob.clone(),
+        vxlan_dual(&ob, "fd00::2", Some([2, 0, 0, 0, 5, 5])),
+        cb,
+    )
+    .expect("b");
+    assert!(b.lease().ipv6_subnet.is_some());
+    assert_eq!(
+        etcd.get(&v4only),
+        None,
+        "incompatible v4-only lease deleted"
+    );
+    b.stop();
+
+    // IPv6-only under another prefix: two nodes with PublicIP 0.0.0.0 get two leases.
+    etcd.ctl(&[
+        "put",
+        "/v6only/config",
+        r#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fc00:1::/48", "Backend": {"Type": "vxlan"}}"#,
+    ]);
+    let mut handles = Vec::new();
+    for (n, v6) in [(1u8, "fd00::11"), (2, "fd00::12")] {
+        let mut o = etcd.control_opts([0, 0, 0, 0], &format!("v6-{n}"));
+        o.etcd.prefix = "/v6only".into();
+        let (_c, cb) = recorder();
+        let h = start_with(o.clone(), vxlan_dual(&o, v6, None), cb).expect("v6-only start");
+        let l = h.lease();
+        assert_eq!(l.subnet, control::Ipv4Net::EMPTY);
+        let k = l.key();
+        assert!(k.starts_with("0.0.0.0-0&fc00:1:0:"), "{k}");
+        assert_eq!(
+            etcd.get(&format!("/v6only/subnets/{k}")).as_deref(),
+            Some(
+                format!(
+                    r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{v6}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"02:00:00:00:06:06"}}}}"#
+                )
+                .as_str()
+            )
+        );
+        h.data_plane_ready(1450).expect("subnet.env");
+        let env = std::fs::read_to_string(etcd.dir.join(format!("v6-{n}/subnet.env")))
+            .expect("subnet.env");
+        assert!(
+            env.starts_with("FLANNEL_IPV6_NETWORK=fc00:1::/48\n"),
+            "{env}"
+        );
+        assert!(!env.contains("FLANNEL_NETWORK="), "{env}");
+        handles.push(h);
+    }
+    assert_eq!(key_names(&etcd, "/v6only").len(), 2, "two IPv6-only leases");
+    assert_ne!(handles[0].lease().key(), handles[1].lease().key());
+    for h in handles {
+        h.stop();
+    }
 }

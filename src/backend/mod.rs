@@ -158,6 +158,7 @@ pub(crate) fn kind(config: &NetworkConfig) -> &'static str {
 /// host (a backend switch across a restart).
 pub(crate) fn create(config: &NetworkConfig, host: &HostInfo) -> Result<Box<dyn Backend>> {
     let kind = kind(config);
+    check_families(config)?;
     cleanup_others(config).context("removing the state of another backend")?;
     let b: Box<dyn Backend> = match &config.backend {
         control::Backend::Udp { port } => Box::new(udp::new(host, *port)),
@@ -170,6 +171,17 @@ pub(crate) fn create(config: &NetworkConfig, host: &HostInfo) -> Result<Box<dyn 
     };
     tracing::info!(backend = b.name(), mtu = b.mtu(), "backend set up");
     Ok(b)
+}
+
+/// Refuses address families the selected backend cannot carry (docs/compatibility.md §11.1).
+fn check_families(config: &NetworkConfig) -> Result<()> {
+    if config.ipv6.is_some() || !config.enable_ipv4 {
+        anyhow::bail!(
+            "EnableIPv6/EnableIPv4 false: the {} backend carries IPv4 only",
+            kind(config)
+        );
+    }
+    Ok(())
 }
 
 /// Removes kernel state of backends other than the configured one: vxlan devices named
