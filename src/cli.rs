@@ -207,7 +207,6 @@ pub(crate) const REFUSED_FLAGS: &[(&str, &str)] = &[
         "set-node-network-unavailable",
         "the Kubernetes subnet manager is not supported; weft runs in etcd mode",
     ),
-    ("public-ipv6", "IPv6 is not supported yet"),
     (
         "vmodule",
         "per-module log levels are not supported; use -v=N or RUST_LOG",
@@ -391,6 +390,13 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "IP", env = "FLANNELD_PUBLIC_IP")]
     pub(crate) public_ip: Option<Ipv4Addr>,
 
+    /// IPv6 address other hosts reach this host at, published in the lease's `PublicIPv6` when
+    /// the network config has `EnableIPv6` [default: the interface's IPv6 address]. Without
+    /// --iface/--iface-regex/--iface-can-reach (and --public-ip), it selects the interface that
+    /// holds it, as with flanneld.
+    #[arg(long, value_name = "IPV6", env = "FLANNELD_PUBLIC_IPV6")]
+    pub(crate) public_ipv6: Option<std::net::Ipv6Addr>,
+
     /// etcd endpoints, comma-separated.
     #[arg(
         long,
@@ -566,6 +572,7 @@ pub(crate) const ETCD_ONLY: &[&str] = &[
     "etcd_password_file",
     "subnet_lease_renew_margin",
     "vxlan_dataplane",
+    "public_ipv6",
 ];
 
 /// Flags of static mode only: refused in etcd mode when given (there the network config decides).

@@ -2,14 +2,20 @@
 //! order of precedence (docs/compatibility.md, "Interface selection"):
 //!
 //! 1. With none of `--iface`, `--iface-regex`, `--iface-can-reach`: the interface holding
-//!    `--public-ip` when one does, else the interface of the IPv4 default route.
-//! 2. Otherwise each `--iface` in the order given, then each `--iface-regex`, then
-//!    `--iface-can-reach`; the first that matches wins.
+//!    `--public-ip` when one does, else the one holding `--public-ipv6`, else the interface of
+//!    the IPv4 default route.
+//! 2. Otherwise each `--iface` (a name, an IPv4 or an IPv6 address) in the order given, then each
+//!    `--iface-regex`, then `--iface-can-reach` (IPv4 or IPv6); the first that matches wins.
+//!
+//! The interface's IPv6 address (dual stack) is `--public-ipv6` when the interface holds it,
+//! else the IPv6 address `--iface`/`--iface-can-reach` found, else its best IPv6 address:
+//! global before unique-local before link-local, in the kernel's order. An interface selected
+//! by its IPv6 address still needs an IPv4 address (weft's networks have an IPv4 part).
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::ifaddrs::getifaddrs;
 use regex::Regex;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
 /// The interface the overlay runs over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +24,8 @@ pub(crate) struct Underlay {
     pub(crate) name: String,
     /// Its IPv4 address (UDP is bound here).
     pub(crate) addr: Ipv4Addr,
+    /// Its IPv6 address, if it has a usable one (see the module doc).
+    pub(crate) addr6: Option<Ipv6Addr>,
     /// Its MTU.
     pub(crate) mtu: u32,
 }
@@ -33,6 +41,8 @@ pub(crate) struct Selection<'a> {
     pub(crate) iface_can_reach: Option<IpAddr>,
     /// `--public-ip`.
     pub(crate) public_ip: Option<Ipv4Addr>,
+    /// `--public-ipv6`.
+    pub(crate) public_ipv6: Option<Ipv6Addr>,
 }
 
 /// One IPv4 address of an interface, in the kernel's interface order.
@@ -58,6 +68,55 @@ fn ipv4_addrs() -> Result<Vec<Addr>> {
         .collect();
     v.sort_by_key(|a| a.index); // stable: each interface's addresses keep their order
     Ok(v)
+}
+
+/// One IPv6 address of an interface, in the kernel's interface order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Addr6 {
+    name: String,
+    ip: Ipv6Addr,
+}
+
+fn ipv6_addrs() -> Result<Vec<Addr6>> {
+    let addrs = getifaddrs().context("listing interface addresses")?;
+    let mut v: Vec<(u32, Addr6)> = addrs
+        .filter_map(|ia| {
+            let ip = ia.address.as_ref()?.as_sockaddr_in6()?.ip();
+            let index = nix::net::if_::if_nametoindex(ia.interface_name.as_str()).unwrap_or(0);
+            Some((
+                index,
+                Addr6 {
+                    name: ia.interface_name,
+                    ip,
+                },
+            ))
+        })
+        .collect();
+    v.sort_by_key(|(i, _)| *i);
+    Ok(v.into_iter().map(|(_, a)| a).collect())
+}
+
+/// How good an IPv6 address is as the interface's: global unicast, then unique local
+/// (`fc00::/7`), then link-local; loopback, multicast and unspecified are never used.
+fn rank6(ip: Ipv6Addr) -> Option<u8> {
+    if ip.is_loopback() || ip.is_multicast() || ip.is_unspecified() {
+        None
+    } else if ip.is_unicast_link_local() {
+        Some(2)
+    } else if ip.is_unique_local() {
+        Some(1)
+    } else {
+        Some(0)
+    }
+}
+
+/// The best IPv6 address of interface `name` (see [`rank6`]).
+fn best_addr6(all: &[Addr6], name: &str) -> Option<Ipv6Addr> {
+    all.iter()
+        .filter(|a| a.name == name)
+        .filter_map(|a| rank6(a.ip).map(|r| (r, a.ip)))
+        .min_by_key(|(r, _)| *r)
+        .map(|(_, ip)| ip)
 }
 
 fn mtu_of(name: &str) -> Result<u32> {
@@ -104,7 +163,32 @@ fn best_addr(all: &[Addr], name: &str) -> Option<Ipv4Addr> {
         .map(|a| a.ip)
 }
 
-fn by_iface(all: &[Addr], s: &str) -> Result<(String, Ipv4Addr)> {
+/// A match: the interface, its IPv4 address and the IPv6 address the match named, if any.
+type Found = (String, Ipv4Addr, Option<Ipv6Addr>);
+
+/// The interface holding IPv6 address `ip`, with its best IPv4 address.
+fn by_addr6(all: &[Addr], all6: &[Addr6], ip: Ipv6Addr, what: &str) -> Result<Found> {
+    let a = all6
+        .iter()
+        .find(|a| a.ip == ip)
+        .ok_or_else(|| anyhow!("{what}: no interface has this address"))?;
+    let v4 = best_addr(all, &a.name).ok_or_else(|| {
+        anyhow!(
+            "{what}: interface {} has no IPv4 address (weft's networks have an IPv4 part)",
+            a.name
+        )
+    })?;
+    Ok((a.name.clone(), v4, Some(ip)))
+}
+
+fn by_iface(all: &[Addr], all6: &[Addr6], s: &str) -> Result<Found> {
+    if let Ok(ip) = s.parse::<Ipv6Addr>() {
+        return by_addr6(all, all6, ip, &format!("--iface {s}"));
+    }
+    by_iface4(all, s).map(|(n, ip)| (n, ip, None))
+}
+
+fn by_iface4(all: &[Addr], s: &str) -> Result<(String, Ipv4Addr)> {
     if let Ok(ip) = s.parse::<Ipv4Addr>() {
         return all
             .iter()
@@ -141,9 +225,27 @@ fn by_regex(all: &[Addr], re: &Regex) -> Result<(String, Ipv4Addr)> {
 
 /// `--iface-can-reach`: the interface and source address the kernel would use to send to `dst`
 /// (as `ip route get`): a connected UDP socket asks the routing table without sending anything.
-fn by_can_reach(all: &[Addr], dst: IpAddr) -> Result<(String, Ipv4Addr)> {
-    let IpAddr::V4(v4) = dst else {
-        bail!("--iface-can-reach {dst}: only IPv4 addresses are supported");
+fn by_can_reach(all: &[Addr], all6: &[Addr6], dst: IpAddr) -> Result<Found> {
+    let v4 = match dst {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(v6) => {
+            let sock = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))
+                .with_context(|| format!("--iface-can-reach {dst}: opening a UDP socket"))?;
+            sock.connect((v6, 9)).map_err(|e| {
+                anyhow!("--iface-can-reach {dst}: the kernel has no route to this address ({e})")
+            })?;
+            let src = match sock.local_addr() {
+                Ok(SocketAddr::V6(a)) => *a.ip(),
+                Ok(a) => bail!("--iface-can-reach {dst}: unexpected source address {a}"),
+                Err(e) => bail!("--iface-can-reach {dst}: reading the route's source address: {e}"),
+            };
+            return by_addr6(
+                all,
+                all6,
+                src,
+                &format!("--iface-can-reach {dst}: the route's source address {src}"),
+            );
+        }
     };
     let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
         .with_context(|| format!("--iface-can-reach {dst}: opening a UDP socket"))?;
@@ -157,7 +259,7 @@ fn by_can_reach(all: &[Addr], dst: IpAddr) -> Result<(String, Ipv4Addr)> {
     };
     all.iter()
         .find(|a| a.ip == src)
-        .map(|a| (a.name.clone(), src))
+        .map(|a| (a.name.clone(), src, None))
         .ok_or_else(|| {
             anyhow!("--iface-can-reach {dst}: the route's source address {src} is on no interface")
         })
@@ -177,26 +279,40 @@ pub(crate) fn compile_regexes(patterns: &[String]) -> Result<Vec<Regex>> {
 /// Picks the underlay as flanneld does (see the module comment).
 pub(crate) fn select(sel: &Selection<'_>) -> Result<Underlay> {
     let all = ipv4_addrs()?;
+    let all6 = ipv6_addrs()?;
     let explicit =
         !sel.iface.is_empty() || !sel.iface_regex.is_empty() || sel.iface_can_reach.is_some();
-    let (name, addr) = if !explicit {
+    let by_public6 = || {
+        sel.public_ipv6
+            .filter(|p| all6.iter().any(|a| a.ip == *p))
+            .map(|p| by_addr6(&all, &all6, p, &format!("--public-ipv6 {p}")))
+    };
+    let (name, addr, found6) = if !explicit {
         match sel.public_ip.and_then(|p| all.iter().find(|a| a.ip == p)) {
-            Some(a) => (a.name.clone(), a.ip),
-            None => {
-                let name = default_route_iface()?;
-                let ip = best_addr(&all, &name)
-                    .ok_or_else(|| anyhow!("default route interface {name} has no IPv4 address"))?;
-                (name, ip)
-            }
+            Some(a) => (a.name.clone(), a.ip, None),
+            None => match by_public6() {
+                Some(found) => found?,
+                None => {
+                    let name = default_route_iface()?;
+                    let ip = best_addr(&all, &name).ok_or_else(|| {
+                        anyhow!("default route interface {name} has no IPv4 address")
+                    })?;
+                    (name, ip, None)
+                }
+            },
         }
     } else {
         let mut errors = Vec::new();
         let tries = sel
             .iface
             .iter()
-            .map(|s| by_iface(&all, s))
-            .chain(sel.iface_regex.iter().map(|re| by_regex(&all, re)))
-            .chain(sel.iface_can_reach.map(|d| by_can_reach(&all, d)));
+            .map(|s| by_iface(&all, &all6, s))
+            .chain(
+                sel.iface_regex
+                    .iter()
+                    .map(|re| by_regex(&all, re).map(|(n, ip)| (n, ip, None))),
+            )
+            .chain(sel.iface_can_reach.map(|d| by_can_reach(&all, &all6, d)));
         let mut found = None;
         for t in tries {
             match t {
@@ -215,7 +331,18 @@ pub(crate) fn select(sel: &Selection<'_>) -> Result<Underlay> {
         })?
     };
     let mtu = mtu_of(&name)?;
-    Ok(Underlay { name, addr, mtu })
+    // --public-ipv6 on this interface wins, then the address the selection named, then the best.
+    let addr6 = sel
+        .public_ipv6
+        .filter(|p| all6.iter().any(|a| a.ip == *p && a.name == name))
+        .or(found6)
+        .or_else(|| best_addr6(&all6, &name));
+    Ok(Underlay {
+        name,
+        addr,
+        addr6,
+        mtu,
+    })
 }
 
 /// Picks the underlay for `weft run`'s flags.
@@ -226,6 +353,7 @@ pub(crate) fn from_args(args: &crate::cli::RunArgs) -> Result<Underlay> {
         iface_regex: &regexes,
         iface_can_reach: args.iface_can_reach,
         public_ip: args.public_ip,
+        public_ipv6: args.public_ipv6,
     })
 }
 
@@ -304,6 +432,7 @@ mod tests {
             iface_regex: &re,
             iface_can_reach: Some(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1))),
             public_ip: None,
+            public_ipv6: None,
         })
         .expect("lo wins");
         assert_eq!(u.name, "lo");
@@ -320,6 +449,48 @@ mod tests {
             e.contains("--iface nosuchif0") && e.contains("--iface-regex ^nosuchif$"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn ipv6_selection_on_loopback() {
+        // lo holds ::1, which is never an interface's IPv6 address (loopback).
+        let lo = by(&["lo"]).expect("lo");
+        assert_eq!(lo.addr6, None);
+        // --iface=::1 selects lo by that address, which is then its IPv6 address.
+        if ipv6_addrs()
+            .expect("list")
+            .iter()
+            .any(|a| a.ip == Ipv6Addr::LOCALHOST)
+        {
+            let u = by(&["::1"]).expect("::1 is on lo");
+            assert_eq!(
+                (u.name.as_str(), u.addr, u.addr6),
+                ("lo", Ipv4Addr::LOCALHOST, Some(Ipv6Addr::LOCALHOST))
+            );
+            let u = select(&Selection {
+                iface_can_reach: Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+                ..Selection::default()
+            })
+            .expect("::1 is reachable");
+            assert_eq!(
+                (u.name.as_str(), u.addr6),
+                ("lo", Some(Ipv6Addr::LOCALHOST))
+            );
+        }
+        let e = by(&["2001:db8::77"]).unwrap_err().to_string();
+        assert!(
+            e.contains("--iface 2001:db8::77: no interface has this address"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rank6_prefers_global_then_unique_local_then_link_local() {
+        let r = |s: &str| rank6(s.parse().expect("literal"));
+        assert!(r("2001:db8::1") < r("fd00::1"));
+        assert!(r("fd00::1") < r("fe80::1"));
+        assert_eq!(r("::1"), None);
+        assert_eq!(r("ff02::1"), None);
     }
 
     #[test]

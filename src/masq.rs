@@ -3,9 +3,13 @@
 //! every `--iptables-resync` seconds and installed again when any rule is missing. The rules of an
 //! old network or subnet (from the previous subnet.env) are removed at start. Rules stay in place
 //! when weft exits, as with flanneld, so containers keep their NAT across a restart.
+//!
+//! With `EnableIPv6` the same rules for the IPv6 network and subnet go into `ip6tables`
+//! (multicast exclusion `ff00::/8`), through `ip6tables-restore`, as flanneld writes them.
 
 use crate::periodic::Periodic;
 use anyhow::{anyhow, Context, Result};
+use control::subnet::Ipv6Net;
 use engine::Ipv4Net;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -19,16 +23,50 @@ const XTABLES_WAIT: &str = "5";
 /// kube-proxy's masquerade mark: such traffic is left alone (double NAT).
 const KUBE_PROXY_MARK: &str = "0x4000/0x4000";
 
-/// One rule: `-A <chain> <spec>` in `<table>`.
+/// Which iptables a rule belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Family {
+    /// `iptables`.
+    V4,
+    /// `ip6tables`.
+    V6,
+}
+
+impl Family {
+    fn iptables(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+
+    fn restore(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        }
+    }
+
+    fn multicast(self) -> &'static str {
+        match self {
+            Family::V4 => "224.0.0.0/4",
+            Family::V6 => "ff00::/8",
+        }
+    }
+}
+
+/// One rule: `-A <chain> <spec>` in `<table>` of `family`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Rule {
+    family: Family,
     table: &'static str,
     chain: &'static str,
     spec: Vec<String>,
 }
 
-fn rule(table: &'static str, chain: &'static str, spec: &[&str]) -> Rule {
+fn rule(family: Family, table: &'static str, chain: &'static str, spec: &[&str]) -> Rule {
     Rule {
+        family,
         table,
         chain,
         spec: spec.iter().map(|s| s.to_string()).collect(),
@@ -37,7 +75,26 @@ fn rule(table: &'static str, chain: &'static str, spec: &[&str]) -> Rule {
 
 /// flannel's masquerade rules for `cluster` (the network) and `pod` (our lease).
 pub(crate) fn masq_rules(cluster: Ipv4Net, pod: Ipv4Net, random_fully: bool) -> Vec<Rule> {
-    let (c, p) = (cluster.to_string(), pod.to_string());
+    masq_rules_of(
+        Family::V4,
+        &cluster.to_string(),
+        &pod.to_string(),
+        random_fully,
+    )
+}
+
+/// flannel's IPv6 masquerade rules (ip6tables) for `cluster` (IPv6Network) and `pod` (our IPv6
+/// subnet).
+pub(crate) fn masq6_rules(cluster: Ipv6Net, pod: Ipv6Net, random_fully: bool) -> Vec<Rule> {
+    masq_rules_of(
+        Family::V6,
+        &cluster.to_string(),
+        &pod.to_string(),
+        random_fully,
+    )
+}
+
+fn masq_rules_of(family: Family, c: &str, p: &str, random_fully: bool) -> Vec<Rule> {
     let m = ["-m", "comment", "--comment", MASQ_COMMENT];
     let with = |head: &[&str], tail: &[&str]| -> Vec<String> {
         head.iter()
@@ -54,11 +111,13 @@ pub(crate) fn masq_rules(cluster: Ipv4Net, pod: Ipv4Net, random_fully: bool) -> 
     let chain = "FLANNEL-POSTRTG";
     vec![
         Rule {
+            family,
             table: "nat",
             chain: "POSTROUTING",
             spec: with(&[], &["-j", chain]),
         },
         Rule {
+            family,
             table: "nat",
             chain,
             spec: with(
@@ -67,38 +126,52 @@ pub(crate) fn masq_rules(cluster: Ipv4Net, pod: Ipv4Net, random_fully: bool) -> 
             ),
         },
         Rule {
+            family,
             table: "nat",
             chain,
-            spec: with(&["-s", &p, "-d", &c], &["-j", "RETURN"]),
+            spec: with(&["-s", p, "-d", c], &["-j", "RETURN"]),
         },
         Rule {
+            family,
             table: "nat",
             chain,
-            spec: with(&["-s", &c, "-d", &p], &["-j", "RETURN"]),
+            spec: with(&["-s", c, "-d", p], &["-j", "RETURN"]),
         },
         Rule {
+            family,
             table: "nat",
             chain,
-            spec: with(&["!", "-s", &c, "-d", &p], &["-j", "RETURN"]),
+            spec: with(&["!", "-s", c, "-d", p], &["-j", "RETURN"]),
         },
         Rule {
+            family,
             table: "nat",
             chain,
-            spec: with(&["-s", &c, "!", "-d", "224.0.0.0/4"], masq),
+            spec: with(&["-s", c, "!", "-d", family.multicast()], masq),
         },
         Rule {
+            family,
             table: "nat",
             chain,
-            spec: with(&["!", "-s", &c, "-d", &c], masq),
+            spec: with(&["!", "-s", c, "-d", c], masq),
         },
     ]
 }
 
 /// flannel's FORWARD accept rules for `cluster`.
 pub(crate) fn forward_rules(cluster: Ipv4Net) -> Vec<Rule> {
-    let c = cluster.to_string();
+    forward_rules_of(Family::V4, &cluster.to_string())
+}
+
+/// flannel's IPv6 FORWARD accept rules (ip6tables) for `cluster` (IPv6Network).
+pub(crate) fn forward6_rules(cluster: Ipv6Net) -> Vec<Rule> {
+    forward_rules_of(Family::V6, &cluster.to_string())
+}
+
+fn forward_rules_of(family: Family, c: &str) -> Vec<Rule> {
     vec![
         rule(
+            family,
             "filter",
             "FORWARD",
             &[
@@ -111,11 +184,12 @@ pub(crate) fn forward_rules(cluster: Ipv4Net) -> Vec<Rule> {
             ],
         ),
         rule(
+            family,
             "filter",
             "FLANNEL-FWD",
             &[
                 "-s",
-                &c,
+                c,
                 "-m",
                 "comment",
                 "--comment",
@@ -125,11 +199,12 @@ pub(crate) fn forward_rules(cluster: Ipv4Net) -> Vec<Rule> {
             ],
         ),
         rule(
+            family,
             "filter",
             "FLANNEL-FWD",
             &[
                 "-d",
-                &c,
+                c,
                 "-m",
                 "comment",
                 "--comment",
@@ -141,19 +216,24 @@ pub(crate) fn forward_rules(cluster: Ipv4Net) -> Vec<Rule> {
     ]
 }
 
-fn iptables(args: &[&str]) -> Result<std::process::Output> {
-    Command::new("iptables")
+fn iptables(family: Family, args: &[&str]) -> Result<std::process::Output> {
+    Command::new(family.iptables())
         .args(["-w", XTABLES_WAIT])
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .context("running iptables (is the iptables package installed?)")
+        .with_context(|| {
+            format!(
+                "running {} (is the iptables package installed?)",
+                family.iptables()
+            )
+        })
 }
 
 fn exists(r: &Rule) -> Result<bool> {
     let mut args = vec!["-t", r.table, "-C", r.chain];
     args.extend(r.spec.iter().map(String::as_str));
-    Ok(iptables(&args)?.status.success())
+    Ok(iptables(r.family, &args)?.status.success())
 }
 
 /// Whether iptables can do `--random-fully` (1.6.2 and later).
@@ -211,26 +291,42 @@ fn restore_input(rules: &[Rule], present: &[bool]) -> String {
     out
 }
 
-/// Installs `rules` in one transaction.
+/// Installs `rules`: one transaction per family (`iptables-restore`, then `ip6tables-restore`).
 pub(crate) fn install(rules: &[Rule]) -> Result<()> {
+    for family in [Family::V4, Family::V6] {
+        let of: Vec<Rule> = rules
+            .iter()
+            .filter(|r| r.family == family)
+            .cloned()
+            .collect();
+        if !of.is_empty() {
+            install_family(family, &of)?;
+        }
+    }
+    Ok(())
+}
+
+/// Installs `rules`, all of `family`, in one transaction.
+fn install_family(family: Family, rules: &[Rule]) -> Result<()> {
     let present: Vec<bool> = rules.iter().map(exists).collect::<Result<_>>()?;
     let input = restore_input(rules, &present);
-    let mut child = Command::new("iptables-restore")
+    let restore = family.restore();
+    let mut child = Command::new(restore)
         .args(["--noflush", &format!("--wait={XTABLES_WAIT}")])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .context("running iptables-restore (is the iptables package installed?)")?;
+        .with_context(|| format!("running {restore} (is the iptables package installed?)"))?;
     child
         .stdin
         .take()
-        .ok_or_else(|| anyhow!("iptables-restore stdin"))?
+        .ok_or_else(|| anyhow!("{restore} stdin"))?
         .write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
         return Err(anyhow!(
-            "iptables-restore failed: {}\ninput:\n{input}",
+            "{restore} failed: {}\ninput:\n{input}",
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
@@ -254,10 +350,11 @@ pub(crate) fn delete(rules: &[Rule]) -> Result<usize> {
         while exists(r)? {
             let mut args = vec!["-t", r.table, "-D", r.chain];
             args.extend(r.spec.iter().map(String::as_str));
-            let out = iptables(&args)?;
+            let out = iptables(r.family, &args)?;
             if !out.status.success() {
                 return Err(anyhow!(
-                    "iptables -D {} failed: {}",
+                    "{} -D {} failed: {}",
+                    r.family.iptables(),
                     r.chain,
                     String::from_utf8_lossy(&out.stderr).trim()
                 ));
@@ -277,6 +374,16 @@ pub(crate) fn delete_flannel_rules(cluster: Ipv4Net, pod: Ipv4Net, forward: bool
     }
     if forward {
         n += delete(&forward_rules(cluster))?;
+    }
+    Ok(n)
+}
+
+/// Deletes flannel's IPv6 masquerade rules for `cluster` and `pod` (both `--random-fully`
+/// variants); returns how many existed.
+pub(crate) fn delete_flannel_rules6(cluster: Ipv6Net, pod: Ipv6Net) -> Result<usize> {
+    let mut n = 0;
+    for rf in [true, false] {
+        n += delete(&masq6_rules(cluster, pod, rf))?;
     }
     Ok(n)
 }
@@ -341,6 +448,36 @@ mod tests {
         assert_eq!(
             f[1].spec.join(" "),
             "-s 10.1.0.0/16 -m comment --comment flanneld forward -j ACCEPT"
+        );
+    }
+
+    #[test]
+    fn flannels_ipv6_rules() {
+        let c: Ipv6Net = "fc00::/48".parse().expect("valid");
+        let p: Ipv6Net = "fc00:0:0:5::/64".parse().expect("valid");
+        let r = masq6_rules(c, p, true);
+        assert!(r.iter().all(|r| r.family == Family::V6));
+        let lines: Vec<String> = r
+            .iter()
+            .map(|r| format!("-t {} -A {} {}", r.table, r.chain, r.spec.join(" ")))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "-t nat -A POSTROUTING -m comment --comment flanneld masq -j FLANNEL-POSTRTG",
+                "-t nat -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment flanneld masq -j RETURN",
+                "-t nat -A FLANNEL-POSTRTG -s fc00:0:0:5::/64 -d fc00::/48 -m comment --comment flanneld masq -j RETURN",
+                "-t nat -A FLANNEL-POSTRTG -s fc00::/48 -d fc00:0:0:5::/64 -m comment --comment flanneld masq -j RETURN",
+                "-t nat -A FLANNEL-POSTRTG ! -s fc00::/48 -d fc00:0:0:5::/64 -m comment --comment flanneld masq -j RETURN",
+                "-t nat -A FLANNEL-POSTRTG -s fc00::/48 ! -d ff00::/8 -m comment --comment flanneld masq -j MASQUERADE --random-fully",
+                "-t nat -A FLANNEL-POSTRTG ! -s fc00::/48 -d fc00::/48 -m comment --comment flanneld masq -j MASQUERADE --random-fully",
+            ]
+        );
+        let f = forward6_rules(c);
+        assert!(f.iter().all(|r| r.family == Family::V6));
+        assert_eq!(
+            f[2].spec.join(" "),
+            "-d fc00::/48 -m comment --comment flanneld forward -j ACCEPT"
         );
     }
 

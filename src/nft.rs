@@ -7,8 +7,9 @@
 //!
 //! Behaviour and where it differs from flanneld:
 //!
-//! - Both tables are created whatever is enabled, as flanneld does. The v6 table has no chains:
-//!   weft has no IPv6 network.
+//! - Both tables are created whatever is enabled, as flanneld does. With `EnableIPv6` the v6
+//!   table holds the same chains for the IPv6 network and subnet (`ip6 saddr ...`, multicast
+//!   `ff00::/8`); otherwise it has no chains.
 //! - Each install replaces the whole content of both tables in one atomic transaction (the table
 //!   is added, deleted and created again). flanneld adds and flushes each chain instead; the
 //!   resulting rules are the same, so a second start, or a start with a new subnet (previous
@@ -25,6 +26,7 @@
 
 use crate::periodic::Periodic;
 use anyhow::{anyhow, Context, Result};
+use control::subnet::Ipv6Net;
 use engine::Ipv4Net;
 use std::io::{ErrorKind, Write};
 use std::process::{Command, Stdio};
@@ -35,6 +37,7 @@ pub(crate) const TABLE_V4: &str = "flannel-ipv4";
 /// flannel's IPv6 table (family `ip6`).
 pub(crate) const TABLE_V6: &str = "flannel-ipv6";
 const MCAST_V4: &str = "224.0.0.0/4";
+const MCAST_V6: &str = "ff00::/8";
 /// kube-proxy's masquerade mark: such traffic is left alone (double NAT).
 const KUBE_PROXY_MARK: &str = "0x4000";
 
@@ -45,6 +48,8 @@ pub(crate) struct NftConfig {
     pub(crate) cluster: Ipv4Net,
     /// This node's lease subnet.
     pub(crate) pod: Ipv4Net,
+    /// `EnableIPv6`: the IPv6 network and this node's IPv6 subnet.
+    pub(crate) v6: Option<(Ipv6Net, Ipv6Net)>,
     /// `--ip-masq`: the `postrtg` chain.
     pub(crate) masq: bool,
     /// `--iptables-forward-rules`: the `forward` chain.
@@ -75,7 +80,6 @@ pub(crate) struct NftConfig {
 /// anything that reads `nft list table ip flannel-ipv4`, see the same rules and the same
 /// behaviour. Whoever needs the iptables mode's behaviour sets `EnableNFTables: false`.
 pub(crate) fn ruleset(cfg: &NftConfig, random_fully: bool) -> String {
-    let (c, p) = (cfg.cluster.to_string(), cfg.pod.to_string());
     let masquerade = if random_fully {
         "masquerade fully-random"
     } else {
@@ -90,33 +94,45 @@ pub(crate) fn ruleset(cfg: &NftConfig, random_fully: bool) -> String {
             "add table {family} {table} {{ comment \"rules for {table}\" ; }}\n"
         ));
     }
-    let v4 = format!("ip {TABLE_V4}");
-    if cfg.masq {
-        out.push_str(&format!(
-            "add chain {v4} postrtg {{ comment \"chain to manage traffic masquerading by flannel\" ; \
-             type nat hook postrouting priority srcnat ; policy accept ; }}\n"
-        ));
-        for rule in [
-            format!("meta mark {KUBE_PROXY_MARK} return"),
-            format!("ip saddr {p} ip daddr {c} return"),
-            format!("ip saddr {c} ip daddr {p} return"),
-            format!("ip saddr != {p} ip daddr {c} return"),
-            format!("ip saddr {c} ip daddr != {MCAST_V4} {masquerade}"),
-            format!("ip saddr != {c} ip daddr {c} {masquerade}"),
-        ] {
-            out.push_str(&format!("add rule {v4} postrtg {rule}\n"));
-        }
+    let mut families = vec![(
+        "ip",
+        TABLE_V4,
+        cfg.cluster.to_string(),
+        cfg.pod.to_string(),
+        MCAST_V4,
+    )];
+    if let Some((c6, p6)) = cfg.v6 {
+        families.push(("ip6", TABLE_V6, c6.to_string(), p6.to_string(), MCAST_V6));
     }
-    if cfg.forward {
-        out.push_str(&format!(
-            "add chain {v4} forward {{ comment \"chain to accept flannel traffic\" ; \
-             type filter hook forward priority filter ; policy accept ; }}\n"
-        ));
-        for rule in [
-            format!("ip saddr {c} accept"),
-            format!("ip daddr {c} accept"),
-        ] {
-            out.push_str(&format!("add rule {v4} forward {rule}\n"));
+    for (family, table, c, p, mcast) in &families {
+        let t = format!("{family} {table}");
+        if cfg.masq {
+            out.push_str(&format!(
+                "add chain {t} postrtg {{ comment \"chain to manage traffic masquerading by flannel\" ; \
+                 type nat hook postrouting priority srcnat ; policy accept ; }}\n"
+            ));
+            for rule in [
+                format!("meta mark {KUBE_PROXY_MARK} return"),
+                format!("{family} saddr {p} {family} daddr {c} return"),
+                format!("{family} saddr {c} {family} daddr {p} return"),
+                format!("{family} saddr != {p} {family} daddr {c} return"),
+                format!("{family} saddr {c} {family} daddr != {mcast} {masquerade}"),
+                format!("{family} saddr != {c} {family} daddr {c} {masquerade}"),
+            ] {
+                out.push_str(&format!("add rule {t} postrtg {rule}\n"));
+            }
+        }
+        if cfg.forward {
+            out.push_str(&format!(
+                "add chain {t} forward {{ comment \"chain to accept flannel traffic\" ; \
+                 type filter hook forward priority filter ; policy accept ; }}\n"
+            ));
+            for rule in [
+                format!("{family} saddr {c} accept"),
+                format!("{family} daddr {c} accept"),
+            ] {
+                out.push_str(&format!("add rule {t} forward {rule}\n"));
+            }
         }
     }
     out
@@ -385,10 +401,67 @@ mod tests {
         NftConfig {
             cluster: net("10.1.0.0/16"),
             pod: net("10.1.15.0/24"),
+            v6: None,
             masq,
             forward,
             random_fully_disabled: false,
         }
+    }
+
+    fn cfg6(masq: bool, forward: bool) -> NftConfig {
+        NftConfig {
+            v6: Some((
+                "fc00::/48".parse().expect("valid"),
+                "fc00:0:0:5::/64".parse().expect("valid"),
+            )),
+            ..cfg(masq, forward)
+        }
+    }
+
+    /// `nft list table ip6 flannel-ipv6` under a dual-stack flanneld (fc00::/48, fc00:0:0:5::/64).
+    fn flannel_listing_v6(masquerade: &str) -> String {
+        format!(
+            "table ip6 flannel-ipv6 {{\n\
+             \tcomment \"rules for flannel-ipv6\"\n\
+             \tchain postrtg {{\n\
+             \t\tcomment \"chain to manage traffic masquerading by flannel\"\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tmeta mark 0x00004000 return\n\
+             \t\tip6 saddr fc00:0:0:5::/64 ip6 daddr fc00::/48 return\n\
+             \t\tip6 saddr fc00::/48 ip6 daddr fc00:0:0:5::/64 return\n\
+             \t\tip6 saddr != fc00:0:0:5::/64 ip6 daddr fc00::/48 return\n\
+             \t\tip6 saddr fc00::/48 ip6 daddr != ff00::/8 {masquerade}\n\
+             \t\tip6 saddr != fc00::/48 ip6 daddr fc00::/48 {masquerade}\n\
+             \t}}\n\
+             \n\
+             \tchain forward {{\n\
+             \t\tcomment \"chain to accept flannel traffic\"\n\
+             \t\ttype filter hook forward priority filter; policy accept;\n\
+             \t\tip6 saddr fc00::/48 accept\n\
+             \t\tip6 daddr fc00::/48 accept\n\
+             \t}}\n\
+             }}\n"
+        )
+    }
+
+    #[test]
+    fn nft_ruleset_text_dual_stack_mirrors_v4_in_the_ip6_table() {
+        let text = ruleset(&cfg6(true, true), true);
+        let v4 = ruleset(&cfg(true, true), true);
+        assert!(text.starts_with(&v4), "the v4 part is unchanged");
+        assert_eq!(
+            &text[v4.len()..],
+            "add chain ip6 flannel-ipv6 postrtg { comment \"chain to manage traffic masquerading by flannel\" ; type nat hook postrouting priority srcnat ; policy accept ; }\n\
+             add rule ip6 flannel-ipv6 postrtg meta mark 0x4000 return\n\
+             add rule ip6 flannel-ipv6 postrtg ip6 saddr fc00:0:0:5::/64 ip6 daddr fc00::/48 return\n\
+             add rule ip6 flannel-ipv6 postrtg ip6 saddr fc00::/48 ip6 daddr fc00:0:0:5::/64 return\n\
+             add rule ip6 flannel-ipv6 postrtg ip6 saddr != fc00:0:0:5::/64 ip6 daddr fc00::/48 return\n\
+             add rule ip6 flannel-ipv6 postrtg ip6 saddr fc00::/48 ip6 daddr != ff00::/8 masquerade fully-random\n\
+             add rule ip6 flannel-ipv6 postrtg ip6 saddr != fc00::/48 ip6 daddr fc00::/48 masquerade fully-random\n\
+             add chain ip6 flannel-ipv6 forward { comment \"chain to accept flannel traffic\" ; type filter hook forward priority filter ; policy accept ; }\n\
+             add rule ip6 flannel-ipv6 forward ip6 saddr fc00::/48 accept\n\
+             add rule ip6 flannel-ipv6 forward ip6 daddr fc00::/48 accept\n"
+        );
     }
 
     const HEAD: &str = "add table ip flannel-ipv4\n\
@@ -563,6 +636,21 @@ mod tests {
             ns.nft_cmd(&["list", "table", "ip", TABLE_V4]),
             "table ip flannel-ipv4 {\n\tcomment \"rules for flannel-ipv4\"\n}\n"
         );
+
+        // Dual stack: the ip6 table gets the same chains for the IPv6 network; back to v4-only
+        // empties it again.
+        nft.install(&cfg6(true, true), rf)
+            .expect("dual-stack install");
+        assert_eq!(
+            ns.nft_cmd(&["list", "table", "ip6", TABLE_V6]),
+            flannel_listing_v6(masquerade)
+        );
+        assert_eq!(
+            ns.nft_cmd(&["list", "table", "ip", TABLE_V4]),
+            flannel_listing(masquerade)
+        );
+        nft.install(&cfg(true, true), rf).expect("v4-only again");
+        assert_eq!(ns.nft_cmd(&["list", "table", "ip6", TABLE_V6]), V6_LISTING);
 
         // A broken transaction reports nft's error and changes nothing.
         let err = nft

@@ -54,21 +54,27 @@ struct RuleKeepers {
 /// Installs the traffic rules asked for (`--ip-masq`, forward rules when `forward`), with
 /// iptables or, with `EnableNFTables` (`nftables`), nftables; the other manager's rules are
 /// removed first, as flanneld does. `previous` (network and subnet of the last run) has its
-/// masquerade rules removed first when they differ from the current ones.
+/// masquerade rules removed first when they differ from the current ones. `v6` (EnableIPv6) adds
+/// the same rules for the IPv6 network and subnet (ip6tables, or the `ip6 flannel-ipv6` table).
 fn setup_rules(
     args: &RunArgs,
     network: Ipv4Net,
     local: Ipv4Net,
     previous: Option<(Ipv4Net, Ipv4Net)>,
+    v6: Option<&RulesV6>,
     nftables: bool,
     forward: bool,
 ) -> Result<RuleKeepers> {
     let period = Duration::from_secs(args.iptables_resync);
     if nftables {
         remove_iptables_rules(network, local, previous);
+        if let Some(v6) = v6 {
+            remove_ip6tables_rules(v6);
+        }
         let cfg = nft::NftConfig {
             cluster: network,
             pod: local,
+            v6: v6.map(|v| (v.network, v.local)),
             masq: args.ip_masq,
             forward,
             random_fully_disabled: args.ip_masq_fully_random_disable,
@@ -98,9 +104,20 @@ fn setup_rules(
             tracing::info!(network = %net, subnet = %sub, removed, "removed the masquerade rules of the previous network/subnet");
         }
         rules.extend(masq::masq_rules(network, local, random_fully));
+        if let Some(v6) = v6 {
+            if let Some((net, sub)) = v6.previous.filter(|p| *p != (v6.network, v6.local)) {
+                let removed = masq::delete_flannel_rules6(net, sub)
+                    .context("removing the IPv6 masquerade rules of the previous subnet")?;
+                tracing::info!(network = %net, subnet = %sub, removed, "removed the IPv6 masquerade rules of the previous network/subnet");
+            }
+            rules.extend(masq::masq6_rules(v6.network, v6.local, random_fully));
+        }
     }
     if forward {
         rules.extend(masq::forward_rules(network));
+        if let Some(v6) = v6 {
+            rules.extend(masq::forward6_rules(v6.network));
+        }
     }
     if rules.is_empty() {
         return Ok(RuleKeepers::default());
@@ -144,6 +161,33 @@ fn remove_iptables_rules(network: Ipv4Net, local: Ipv4Net, previous: Option<(Ipv
     }
     if removed > 0 {
         tracing::info!(removed, "EnableNFTables: removed flannel's iptables rules");
+    }
+}
+
+/// The IPv6 half of the traffic rules: the IPv6 network, our IPv6 subnet and those of the last
+/// run (subnet.env's `FLANNEL_IPV6_NETWORK`/`FLANNEL_IPV6_SUBNET`).
+#[derive(Debug, Clone, Copy)]
+struct RulesV6 {
+    network: control::subnet::Ipv6Net,
+    local: control::subnet::Ipv6Net,
+    previous: Option<(control::subnet::Ipv6Net, control::subnet::Ipv6Net)>,
+}
+
+/// [`remove_iptables_rules`] for ip6tables.
+fn remove_ip6tables_rules(v6: &RulesV6) {
+    let mut removed = 0;
+    for (net, sub) in std::iter::once((v6.network, v6.local)).chain(v6.previous) {
+        let forward = masq::delete(&masq::forward6_rules(net));
+        match masq::delete_flannel_rules6(net, sub).and_then(|n| Ok(n + forward?)) {
+            Ok(n) => removed += n,
+            Err(e) => {
+                tracing::warn!("EnableNFTables: removing flannel's ip6tables rules: {e:#}");
+                return;
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, "EnableNFTables: removed flannel's ip6tables rules");
     }
 }
 
@@ -395,13 +439,13 @@ fn run_static(
         .replace(routes)
         .map_err(|e| usage(format!("--peer: {e}")))?;
 
-    let host = HostInfo::new(args, underlay, public_ip)?;
+    let host = HostInfo::new(args, underlay, public_ip, None)?;
     let cfg = backend::tunnel_config(&host, network, local, port, wire);
     let dp = backend::start_dataplane(&cfg, Arc::clone(&table))?;
     log_started("static peers", &cfg, &dp, public_ip);
     // Static mode has no network config: rules only when their flags are given, iptables only.
     let forward = args.iptables_forward_rules == Some(true);
-    let _rules = setup_rules(args, network, local, None, false, forward)?;
+    let _rules = setup_rules(args, network, local, None, None, false, forward)?;
     let mut blackhole = blackhole_route(args, local)?;
     let _ = status.dataplane.set(dp.stats_source());
     let written = match &args.subnet_file {
@@ -502,6 +546,12 @@ fn create_backend(
         }
     }
     let kind = backend::kind(&config);
+    if host.args.public_ipv6.is_some() && config.ipv6.is_none() {
+        anyhow::bail!(
+            "--public-ipv6: the network config has no EnableIPv6, so no IPv6 address is \
+             published; remove the flag or enable IPv6 in the config"
+        );
+    }
     if dataplane.is_some() && !matches!(config.backend, control::Backend::Vxlan(_)) {
         anyhow::bail!("--vxlan-dataplane: the network config's backend is {kind}, not vxlan");
     }
@@ -605,7 +655,9 @@ fn run_etcd(
         .network
         .zip(prev.subnet)
         .map(|(n, s)| (engine_net(n), engine_net(s)));
-    let host = HostInfo::new(args, underlay, public_ip)?;
+    let previous6 = prev.ipv6_network.zip(prev.ipv6_subnet);
+    let public_ipv6 = args.public_ipv6.or(underlay.addr6);
+    let host = HostInfo::new(args, underlay, public_ip, public_ipv6)?;
     let (lease_tx, lease_sets) = backend::lease_sets();
     let on_peers: control::OnPeers = Box::new(move |leases| lease_tx.send(leases.to_vec()));
 
@@ -619,6 +671,21 @@ fn run_etcd(
 
     let network = engine_net(handle.config().network);
     let local = engine_net(handle.lease().subnet);
+    // Dual stack: the IPv6 subnet leased with the IPv4 one.
+    let rules6 = match (handle.config().ipv6, handle.lease().ipv6_subnet) {
+        (None, _) => None,
+        (Some(c6), Some(local6)) => Some(RulesV6 {
+            network: c6.network,
+            local: local6,
+            previous: previous6,
+        }),
+        (Some(_), None) => anyhow::bail!("EnableIPv6: our lease has no IPv6 subnet"),
+    };
+    if let Some(v6) = &rules6 {
+        backend
+            .set_ipv6_subnet(v6.network, v6.local)
+            .with_context(|| format!("starting the {} backend", backend.name()))?;
+    }
     // The first lease set was sent before the lease was reported held: the backend applies it
     // as it starts.
     if let Ok(leases) = lease_sets.try_recv() {
@@ -634,6 +701,7 @@ fn run_etcd(
         network,
         local,
         previous,
+        rules6.as_ref(),
         nftables,
         args.forward_rules(),
     )?;
@@ -654,7 +722,7 @@ fn run_etcd(
             false
         }
     };
-    tracing::info!(backend = name, subnet = %local, network = %network, mtu, %public_ip, underlay = %underlay.name, file = %args.subnet_file().display(), subnet_file_written, "weft running (etcd): lease held");
+    tracing::info!(backend = name, subnet = %local, network = %network, subnet6 = ?rules6.map(|v| v.local.to_string()), public_ipv6 = ?host.public_ipv6.filter(|_| rules6.is_some()), mtu, %public_ip, underlay = %underlay.name, file = %args.subnet_file().display(), subnet_file_written, "weft running (etcd): lease held");
 
     let ticks = crossbeam_channel::tick(TICK);
     let result = loop {
@@ -670,12 +738,23 @@ fn run_etcd(
             }
             Wake::Reload => tracing::info!("SIGHUP: routes follow etcd; nothing to reload"),
             Wake::Tick => {
-                let now = handle.lease().subnet;
+                let lease = handle.lease();
+                let now = lease.subnet;
                 if engine_net(now) != local {
                     break Err(anyhow::anyhow!(
                         "our lease moved from {local} to {now} (the old subnet was taken while \
                          the lease was lost); exiting so that a restart uses the new subnet"
                     ));
+                }
+                if let Some(v6) = &rules6 {
+                    if lease.ipv6_subnet != Some(v6.local) {
+                        break Err(anyhow::anyhow!(
+                            "our IPv6 subnet moved from {} to {:?} (taken while the lease was \
+                             lost); exiting so that a restart uses the new subnet",
+                            v6.local,
+                            lease.ipv6_subnet.map(|s| s.to_string())
+                        ));
+                    }
                 }
                 if let Err(e) = backend.tick() {
                     break Err(e);

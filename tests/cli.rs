@@ -131,7 +131,6 @@ fn unimplemented_flanneld_flags_are_refused_in_one_line() {
             &["--set-node-network-unavailable=false"],
             "--set-node-network-unavailable: ",
         ),
-        (&["-public-ipv6=2001:db8::1"], "--public-ipv6: "),
     ] {
         let (code, err) = weft(args);
         assert_eq!(code, 2, "{args:?}: {err}");

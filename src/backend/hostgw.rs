@@ -1,23 +1,78 @@
 //! flannel's host-gw backend: a kernel route per peer subnet via the peer's public IP on the
 //! underlay interface. No encapsulation, so it needs every host on one L2 segment; a peer that
 //! is not on-link gets no route (logged, retried), as in flannel.
+//!
+//! Dual stack (`EnableIPv6`): also a route per peer IPv6 subnet via the peer's `PublicIPv6` on
+//! the same interface, kept by its own [`RouteKeeper`] (same 10 s repair); a lease without an
+//! IPv6 subnet or `PublicIPv6` gets no IPv6 route.
 
+use super::family::{self, Family};
 use super::routes::{self, RouteKeeper};
 use super::{Backend, HostInfo, SkipLog};
 use crate::netlink::Netlink;
 use anyhow::{bail, Context, Result};
+use control::subnet::Ipv6Net;
 use control::{Lease, LeaseAttrs};
 use engine::{Ipv4Net, StatsSource};
+
+/// The routes of one family: the keeper, our network and subnet.
+#[derive(Debug)]
+struct Side<N: Family> {
+    keeper: Option<RouteKeeper<N>>,
+    net: Option<(N, N)>,
+    skip: SkipLog,
+}
+
+impl<N: Family> Side<N> {
+    fn new() -> Self {
+        Side {
+            keeper: None,
+            net: None,
+            skip: SkipLog::default(),
+        }
+    }
+
+    fn apply(&mut self, nl: &mut Netlink, oif: u32, leases: &[Lease]) {
+        let (Some((network, local)), Some(keeper)) = (self.net, self.keeper.as_mut()) else {
+            return;
+        };
+        let (desired, skipped) = family::usable_of(leases, network, local, |l, ip| {
+            l.attrs.is_backend("host-gw").then_some(ip)
+        });
+        self.skip.report(
+            if N::NAME == "IPv6" {
+                "host-gw (IPv6)"
+            } else {
+                "host-gw"
+            },
+            skipped,
+        );
+        let desired = desired
+            .into_iter()
+            .map(|(n, ip)| (n, routes::via(n, ip, oif)))
+            .collect();
+        keeper.set(nl, desired);
+    }
+
+    fn start(&mut self, nl: &mut Netlink, network: N, local: N) -> Result<()> {
+        self.keeper = Some(RouteKeeper::adopt(nl, network).context("reading weft's routes")?);
+        self.net = Some((network, local));
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.keeper.as_ref().map_or(0, RouteKeeper::len)
+    }
+}
 
 /// The host-gw backend.
 #[derive(Debug)]
 pub(crate) struct HostGw {
     host: HostInfo,
     nl: Netlink,
-    keeper: Option<RouteKeeper>,
-    net: Option<(Ipv4Net, Ipv4Net)>,
+    v4: Side<Ipv4Net>,
+    v6: Option<Side<Ipv6Net>>,
     leases: Vec<Lease>,
-    skip: SkipLog,
 }
 
 impl HostGw {
@@ -36,27 +91,18 @@ impl HostGw {
         Ok(HostGw {
             host: host.clone(),
             nl,
-            keeper: None,
-            net: None,
+            v4: Side::new(),
+            v6: host.public_ipv6.map(|_| Side::new()),
             leases: Vec::new(),
-            skip: SkipLog::default(),
         })
     }
 
     fn apply(&mut self) {
-        let (Some((network, local)), Some(keeper)) = (self.net, self.keeper.as_mut()) else {
-            return;
-        };
         let oif = self.host.underlay_index;
-        let (desired, skipped) = super::usable(&self.leases, network, local, |l| {
-            l.attrs.is_backend("host-gw").then_some(l.attrs.public_ip)
-        });
-        self.skip.report("host-gw", skipped);
-        let desired = desired
-            .into_iter()
-            .map(|(n, ip)| (n, routes::via(n, ip, oif)))
-            .collect();
-        keeper.set(&mut self.nl, desired);
+        self.v4.apply(&mut self.nl, oif, &self.leases);
+        if let Some(v6) = self.v6.as_mut() {
+            v6.apply(&mut self.nl, oif, &self.leases);
+        }
     }
 }
 
@@ -66,21 +112,36 @@ impl Backend for HostGw {
     }
 
     fn lease_attrs(&self) -> LeaseAttrs {
-        LeaseAttrs::host_gw(self.host.public_ip)
+        LeaseAttrs::host_gw(self.host.public_ip).with_public_ipv6(self.host.public_ipv6)
     }
 
     fn mtu(&self) -> u32 {
         self.host.underlay.mtu
     }
 
+    fn set_ipv6_subnet(&mut self, network: Ipv6Net, local: Ipv6Net) -> Result<()> {
+        match self.v6.as_mut() {
+            Some(v6) => {
+                v6.net = Some((network, local));
+                Ok(())
+            }
+            None => bail!("host-gw: an IPv6 subnet ({local}) without a public IPv6 address"),
+        }
+    }
+
     fn start(&mut self, network: Ipv4Net, local: Ipv4Net) -> Result<()> {
-        self.keeper =
-            Some(RouteKeeper::adopt(&mut self.nl, network).context("reading weft's routes")?);
-        self.net = Some((network, local));
+        self.v4.start(&mut self.nl, network, local)?;
+        if let Some(v6) = self.v6.as_mut() {
+            let Some((network6, local6)) = v6.net else {
+                bail!("host-gw: no IPv6 subnet to route");
+            };
+            v6.start(&mut self.nl, network6, local6)?;
+        }
         self.apply();
         tracing::info!(
             underlay = %self.host.underlay.name,
-            routes = self.keeper.as_ref().map_or(0, RouteKeeper::len),
+            routes = self.v4.len(),
+            routes6 = self.v6.as_ref().map_or(0, Side::len),
             "host-gw routes programmed"
         );
         Ok(())
@@ -92,21 +153,33 @@ impl Backend for HostGw {
     }
 
     fn tick(&mut self) -> Result<()> {
-        if let Some(k) = self.keeper.as_mut() {
+        if let Some(k) = self.v4.keeper.as_mut() {
+            k.tick(&mut self.nl);
+        }
+        if let Some(k) = self.v6.as_mut().and_then(|v| v.keeper.as_mut()) {
             k.tick(&mut self.nl);
         }
         Ok(())
     }
 
     fn stats(&self) -> String {
-        self.keeper.as_ref().map_or_else(String::new, |k| {
+        let mut s = self.v4.keeper.as_ref().map_or_else(String::new, |k| {
             format!(
                 " routes={} routes_readded={} route_failures={}",
                 k.len(),
                 k.readded,
                 k.failures
             )
-        })
+        });
+        if let Some(k) = self.v6.as_ref().and_then(|v| v.keeper.as_ref()) {
+            s.push_str(&format!(
+                " routes6={} routes6_readded={} route6_failures={}",
+                k.len(),
+                k.readded,
+                k.failures
+            ));
+        }
+        s
     }
 
     fn dataplane(&self) -> Option<StatsSource> {

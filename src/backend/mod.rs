@@ -21,6 +21,7 @@
 
 pub(crate) mod alloc;
 pub(crate) mod extension;
+mod family;
 pub(crate) mod hostgw;
 use crate::netlink;
 mod routes;
@@ -102,10 +103,19 @@ pub(crate) struct HostInfo {
     pub(crate) underlay_index: u32,
     /// Our public IP (the lease's `PublicIP`).
     pub(crate) public_ip: Ipv4Addr,
+    /// Our public IPv6 address (the lease's `PublicIPv6`): `--public-ipv6`, else the underlay's
+    /// IPv6 address. [`create`] keeps it only with `EnableIPv6`, so a backend sees `Some` exactly
+    /// when it runs dual stack.
+    pub(crate) public_ipv6: Option<std::net::Ipv6Addr>,
 }
 
 impl HostInfo {
-    pub(crate) fn new(args: &RunArgs, underlay: &Underlay, public_ip: Ipv4Addr) -> Result<Self> {
+    pub(crate) fn new(
+        args: &RunArgs,
+        underlay: &Underlay,
+        public_ip: Ipv4Addr,
+        public_ipv6: Option<std::net::Ipv6Addr>,
+    ) -> Result<Self> {
         let underlay_index = nix::net::if_::if_nametoindex(underlay.name.as_str())
             .with_context(|| format!("index of interface {}", underlay.name))?;
         Ok(HostInfo {
@@ -113,6 +123,7 @@ impl HostInfo {
             underlay: underlay.clone(),
             underlay_index,
             public_ip,
+            public_ipv6,
         })
     }
 }
@@ -125,6 +136,20 @@ pub(crate) trait Backend {
     fn lease_attrs(&self) -> LeaseAttrs;
     /// The MTU containers should use (`FLANNEL_MTU`).
     fn mtu(&self) -> u32;
+    /// Dual stack: our lease's IPv6 subnet `local` in the IPv6 network, before
+    /// [`Backend::start`]. Only backends that carry IPv6 (kernel vxlan, host-gw) are created
+    /// for an IPv6 config ([`create`] refuses the others), so the rest keep this default, which
+    /// refuses.
+    fn set_ipv6_subnet(
+        &mut self,
+        _network: control::subnet::Ipv6Net,
+        local: control::subnet::Ipv6Net,
+    ) -> Result<()> {
+        anyhow::bail!(
+            "the {} backend carries IPv4 only (IPv6 subnet {local})",
+            self.name()
+        )
+    }
     /// Our lease for `local` in `network` is held: bring the data path up.
     fn start(&mut self, network: Ipv4Net, local: Ipv4Net) -> Result<()>;
     /// The newest complete set of the other hosts' leases (before [`Backend::start`] they are
@@ -159,6 +184,17 @@ pub(crate) fn kind(config: &NetworkConfig) -> &'static str {
 pub(crate) fn create(config: &NetworkConfig, host: &HostInfo) -> Result<Box<dyn Backend>> {
     let kind = kind(config);
     check_families(config)?;
+    let mut host = host.clone();
+    if config.ipv6.is_none() {
+        host.public_ipv6 = None;
+    } else if host.public_ipv6.is_none() {
+        anyhow::bail!(
+            "EnableIPv6: no public IPv6 address: {} has no global IPv6 address; give it one or \
+             set --public-ipv6",
+            host.underlay.name
+        );
+    }
+    let host = &host;
     cleanup_others(config).context("removing the state of another backend")?;
     let b: Box<dyn Backend> = match &config.backend {
         control::Backend::Udp { port } => Box::new(udp::new(host, *port)),
@@ -173,15 +209,36 @@ pub(crate) fn create(config: &NetworkConfig, host: &HostInfo) -> Result<Box<dyn 
     Ok(b)
 }
 
-/// Refuses address families the selected backend cannot carry (docs/compatibility.md §11.1).
+/// Refuses address families the selected backend cannot carry (docs/compatibility.md §11.1):
+/// IPv6 is carried by the kernel vxlan and host-gw backends; udp gets flannel's error; weft's
+/// own data plane (userspace vxlan) and alloc/extension are IPv4 only; an IPv6-only network
+/// (`EnableIPv4: false`) is not carried by any backend yet.
 fn check_families(config: &NetworkConfig) -> Result<()> {
-    if config.ipv6.is_some() || !config.enable_ipv4 {
+    if !config.enable_ipv4 {
         anyhow::bail!(
-            "EnableIPv6/EnableIPv4 false: the {} backend carries IPv4 only",
+            "EnableIPv4=false: IPv6-only networks are not carried by weft's backends yet (the \
+             {} backend needs an IPv4 network; use dual stack: EnableIPv4 true with EnableIPv6)",
             kind(config)
         );
     }
-    Ok(())
+    if config.ipv6.is_none() {
+        return Ok(());
+    }
+    match &config.backend {
+        control::Backend::Vxlan(v) if !v.userspace => Ok(()),
+        control::Backend::HostGw => Ok(()),
+        control::Backend::Udp { .. } => {
+            anyhow::bail!("EnableIPv6=true: IPv6 is not supported with the udp backend")
+        }
+        control::Backend::Vxlan(_) => anyhow::bail!(
+            "EnableIPv6=true: IPv6 is carried by the kernel vxlan backend; weft's own data plane \
+             (\"Userspace\": true or --vxlan-dataplane=userspace) is IPv4 only, not yet IPv6"
+        ),
+        _ => anyhow::bail!(
+            "EnableIPv6=true: the {} backend carries IPv4 only; IPv6 needs vxlan or host-gw",
+            kind(config)
+        ),
+    }
 }
 
 /// Removes kernel state of backends other than the configured one: vxlan devices named
@@ -210,14 +267,33 @@ fn cleanup_others(config: &NetworkConfig) -> Result<()> {
             .with_context(|| format!("deleting {}", link.name))?;
         tracing::info!(device = %link.name, "removed the vxlan device of another backend or VNI");
     }
+    for link in nl.links()? {
+        let Some(n) = link.name.strip_prefix("flannel-v6.") else {
+            continue;
+        };
+        if link.kind.as_deref() != Some("vxlan") || n.parse::<u32>().is_err() {
+            continue;
+        }
+        if config.ipv6.is_some() && keep_vni.map(|v| v.to_string()) == Some(n.to_string()) {
+            continue;
+        }
+        nl.delete_link(link.index)
+            .with_context(|| format!("deleting {}", link.name))?;
+        tracing::info!(device = %link.name, "removed the IPv6 vxlan device of another backend, VNI or stack");
+    }
     if !keep_routes {
         let stale = nl.routes(Some(netlink::RTPROT_WEFT))?;
         for r in &stale {
             nl.delete_route(r)?;
         }
-        if !stale.is_empty() {
+        let stale6 = nl.routes_of::<std::net::Ipv6Addr>(Some(netlink::RTPROT_WEFT))?;
+        for r in &stale6 {
+            nl.delete_route(r)?;
+        }
+        let stale = [stale.len(), stale6.len()].iter().sum::<usize>();
+        if stale > 0 {
             tracing::info!(
-                removed = stale.len(),
+                removed = stale,
                 "removed the routes of another backend (host-gw or DirectRouting)"
             );
         }

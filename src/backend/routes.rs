@@ -1,7 +1,9 @@
 //! Plain kernel routes to peers' subnets (host-gw, and vxlan's DirectRouting), kept equal to a
 //! desired set: routes are tagged with weft's route protocol so a restart finds its own, stale
 //! ones are removed, failed ones are retried and routes deleted from outside are re-added.
+//! One keeper per address family ([`Family`]): IPv4 routes, or with dual stack IPv6 routes.
 
+use super::family::Family;
 use crate::netlink::{Netlink, RouteSpec, RTPROT_WEFT};
 use engine::Ipv4Net;
 use std::collections::BTreeMap;
@@ -11,10 +13,10 @@ use std::time::{Duration, Instant};
 pub(crate) const RESYNC: Duration = Duration::from_secs(10);
 
 /// The route to `subnet` via `gateway` on interface `oif`.
-pub(crate) fn via(subnet: Ipv4Net, gateway: std::net::Ipv4Addr, oif: u32) -> RouteSpec {
+pub(crate) fn via<N: Family>(subnet: N, gateway: N::Addr, oif: u32) -> RouteSpec<N::Addr> {
     RouteSpec {
-        dst: subnet.addr(),
-        prefix: subnet.prefix(),
+        dst: subnet.net_addr(),
+        prefix: subnet.net_prefix(),
         gateway: Some(gateway),
         oif,
         onlink: false,
@@ -24,11 +26,11 @@ pub(crate) fn via(subnet: Ipv4Net, gateway: std::net::Ipv4Addr, oif: u32) -> Rou
 
 /// See the module doc.
 #[derive(Debug)]
-pub(crate) struct RouteKeeper {
+pub(crate) struct RouteKeeper<N: Family = Ipv4Net> {
     /// What should be installed.
-    desired: BTreeMap<Ipv4Net, RouteSpec>,
+    desired: BTreeMap<N, RouteSpec<N::Addr>>,
     /// What we installed (or found tagged as ours at start).
-    installed: BTreeMap<Ipv4Net, RouteSpec>,
+    installed: BTreeMap<N, RouteSpec<N::Addr>>,
     next_resync: Instant,
     /// Routes re-added because they went missing.
     pub(crate) readded: u64,
@@ -36,14 +38,15 @@ pub(crate) struct RouteKeeper {
     pub(crate) failures: u64,
 }
 
-impl RouteKeeper {
+impl<N: Family> RouteKeeper<N> {
     /// A keeper that adopts the routes weft left tagged inside `network` (they are removed at
     /// the first [`RouteKeeper::set`] unless still wanted, so a restart does not blip them).
-    pub(crate) fn adopt(nl: &mut Netlink, network: Ipv4Net) -> std::io::Result<Self> {
+    /// Tagged routes of the family outside `network` are deleted.
+    pub(crate) fn adopt(nl: &mut Netlink, network: N) -> std::io::Result<Self> {
         let mut installed = BTreeMap::new();
-        for r in nl.routes(Some(RTPROT_WEFT))? {
-            match Ipv4Net::new(r.dst, r.prefix) {
-                Some(n) if network.contains_net(&n) => {
+        for r in nl.routes_of::<N::Addr>(Some(RTPROT_WEFT))? {
+            match N::from_parts(r.dst, r.prefix) {
+                Some(n) if network.holds_net(&n) => {
                     installed.insert(n, r);
                 }
                 _ => nl.delete_route(&r)?,
@@ -65,8 +68,8 @@ impl RouteKeeper {
 
     /// Makes `desired` the routes: removes what is no longer wanted, adds or replaces the rest.
     /// Failures are logged and retried at the next resync.
-    pub(crate) fn set(&mut self, nl: &mut Netlink, desired: BTreeMap<Ipv4Net, RouteSpec>) {
-        let stale: Vec<Ipv4Net> = self
+    pub(crate) fn set(&mut self, nl: &mut Netlink, desired: BTreeMap<N, RouteSpec<N::Addr>>) {
+        let stale: Vec<N> = self
             .installed
             .iter()
             .filter(|(n, r)| desired.get(n) != Some(r))
@@ -90,7 +93,7 @@ impl RouteKeeper {
         self.desired = desired;
     }
 
-    fn install(&mut self, nl: &mut Netlink, n: Ipv4Net, r: &RouteSpec) -> bool {
+    fn install(&mut self, nl: &mut Netlink, n: N, r: &RouteSpec<N::Addr>) -> bool {
         match nl.replace_route(r) {
             Ok(()) => {
                 tracing::info!(subnet = %n, via = ?r.gateway, "route added");
@@ -120,14 +123,14 @@ impl RouteKeeper {
 
     /// Compares the kernel's table with the desired routes now.
     pub(crate) fn resync(&mut self, nl: &mut Netlink) {
-        let present = match nl.routes(Some(RTPROT_WEFT)) {
+        let present = match nl.routes_of::<N::Addr>(Some(RTPROT_WEFT)) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("listing routes: {e}");
                 return;
             }
         };
-        let missing: Vec<(Ipv4Net, RouteSpec)> = self
+        let missing: Vec<(N, RouteSpec<N::Addr>)> = self
             .desired
             .iter()
             .filter(|(_, r)| !present.iter().any(|p| same_route(p, r)))
@@ -143,6 +146,6 @@ impl RouteKeeper {
     }
 }
 
-fn same_route(a: &RouteSpec, b: &RouteSpec) -> bool {
+fn same_route<A: PartialEq>(a: &RouteSpec<A>, b: &RouteSpec<A>) -> bool {
     a.dst == b.dst && a.prefix == b.prefix && a.gateway == b.gateway && a.oif == b.oif
 }

@@ -15,16 +15,24 @@
 //!   down from outside is set up again (the kernel flushed its neighbours and routes) and
 //!   reprogrammed; every 10 s a peer whose neighbour, FDB entry or route went missing is
 //!   reprogrammed.
+//! * Dual stack (`EnableIPv6`): a second device `flannel-v6.<VNI>` with the same VNI, port and
+//!   options, our public IPv6 address as local, MTU as above, `accept_ra` 0, address = our IPv6
+//!   subnet's network address /128 (other addresses but link-local ones removed). Each lease
+//!   with an IPv6 subnet, a `PublicIPv6` and `BackendV6Data` gets the same neighbour, FDB entry
+//!   and onlink route on it (DirectRouting: `ip -6 route get`), and the device is checked and
+//!   repaired like the IPv4 one. Unlike flanneld, a deleted `flannel-v6.<VNI>` is recreated.
 
+use super::family::{self, Family};
 use super::routes::{self, RouteKeeper, RESYNC};
 use super::{Backend, HostInfo, SkipLog};
-use crate::netlink::{Netlink, RouteSpec, VxlanSpec};
+use crate::netlink::{Netlink, NlAddr, RouteSpec, VxlanSpec};
 use anyhow::{Context, Result};
 use control::lease::format_mac;
+use control::subnet::Ipv6Net;
 use control::{Lease, LeaseAttrs, VxlanConfig};
 use engine::{Ipv4Net, StatsSource};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Instant;
 
 /// Route protocol of the per-peer routes on the device (`boot`, what flannel's routes get).
@@ -34,11 +42,28 @@ const RTPROT_KERNEL: u8 = 2;
 
 /// How a peer is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Peer {
+enum Peer<A> {
     /// Through the vxlan device.
-    Vxlan { ip: Ipv4Addr, mac: [u8; 6] },
+    Vxlan { ip: A, mac: [u8; 6] },
     /// DirectRouting: a plain route via the on-link peer.
-    Direct { ip: Ipv4Addr },
+    Direct { ip: A },
+}
+
+/// One vxlan device and what it holds: `flannel.<VNI>` (IPv4) or `flannel-v6.<VNI>` (IPv6).
+#[derive(Debug)]
+struct Device<N: Family> {
+    spec: VxlanSpec,
+    index: u32,
+    mac: [u8; 6],
+    net: Option<(N, N)>,
+    programmed: BTreeMap<N, Peer<N::Addr>>,
+    direct: Option<RouteKeeper<N>>,
+    pruned: bool,
+    skip: SkipLog,
+    failures: u64,
+    recreated: u64,
+    /// Peers reprogrammed because an entry of theirs went missing.
+    repaired: u64,
 }
 
 /// The kernel vxlan backend.
@@ -47,19 +72,10 @@ pub(crate) struct Vxlan {
     host: HostInfo,
     cfg: VxlanConfig,
     nl: Netlink,
-    spec: VxlanSpec,
-    index: u32,
-    mac: [u8; 6],
-    net: Option<(Ipv4Net, Ipv4Net)>,
+    v4: Device<Ipv4Net>,
+    /// Dual stack: the IPv6 device.
+    v6: Option<Device<Ipv6Net>>,
     leases: Vec<Lease>,
-    programmed: BTreeMap<Ipv4Net, Peer>,
-    direct: Option<RouteKeeper>,
-    pruned: bool,
-    skip: SkipLog,
-    failures: u64,
-    recreated: u64,
-    /// Peers reprogrammed because an entry of theirs went missing.
-    repaired: u64,
     next_retry: Instant,
 }
 
@@ -79,32 +95,15 @@ fn random_mac() -> [u8; 6] {
     mac
 }
 
-impl Vxlan {
-    pub(crate) fn new(host: &HostInfo, cfg: &VxlanConfig) -> Result<Self> {
-        let mut nl = Netlink::new().context("opening a netlink socket")?;
-        nl.name_link(host.underlay_index, &host.underlay.name);
-        let underlay_mtu = cfg.mtu.unwrap_or(host.underlay.mtu);
-        let spec = VxlanSpec {
-            name: format!("flannel.{}", cfg.vni),
-            vni: cfg.vni,
-            local: host.public_ip,
-            underlay_index: host.underlay_index,
-            port: cfg.port_set.then_some(cfg.port),
-            gbp: cfg.gbp,
-            learning: cfg.learning,
-            mtu: underlay_mtu.saturating_sub(engine::dataplane::VXLAN_OVERHEAD),
-            mac: None,
-        };
-        let (index, mac) = ensure_device(&mut nl, &spec)?;
-        Ok(Vxlan {
-            host: host.clone(),
-            cfg: cfg.clone(),
-            nl,
+impl<N: Family> Device<N> {
+    /// Creates or reuses the device of `spec`.
+    fn new(nl: &mut Netlink, spec: VxlanSpec) -> Result<Self> {
+        let (index, mac) = ensure_device(nl, &spec)?;
+        Ok(Device {
             spec,
             index,
             mac,
             net: None,
-            leases: Vec::new(),
             programmed: BTreeMap::new(),
             direct: None,
             pruned: false,
@@ -112,31 +111,37 @@ impl Vxlan {
             failures: 0,
             recreated: 0,
             repaired: 0,
-            next_retry: Instant::now() + RESYNC,
         })
     }
 
-    /// Address and link state of the device: our subnet's network address /32 only.
-    fn configure_device(&mut self) -> Result<()> {
+    /// Address and link state of the device: our subnet's network address /32 (/128) only.
+    fn configure(&mut self, nl: &mut Netlink) -> Result<()> {
         let Some((network, local)) = self.net else {
             return Ok(());
         };
         let name = &self.spec.name;
-        for (addr, prefix) in self.nl.addresses(self.index)? {
-            if (addr, prefix) != (local.addr(), 32) && network.contains(addr) {
-                self.nl.delete_address(self.index, addr, prefix)?;
+        let host_len = <N::Addr as NlAddr>::BITS;
+        for (addr, prefix) in nl.addresses_of::<N::Addr>(self.index)? {
+            if network.stale_device_address(&local, addr, prefix) {
+                nl.delete_address(self.index, addr, prefix)?;
                 tracing::info!(device = %name, %addr, prefix, "removed an old address");
             }
         }
-        self.nl.add_address(self.index, local.addr(), 32)?;
-        self.nl.set_link_up(self.index)?;
-        // flannel sets accept_ra=0 on its device; without IPv6 the file does not exist.
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/accept_ra"), "0");
+        // flannel sets accept_ra=0 on its devices; on the IPv4 one the file exists only when the
+        // kernel has IPv6. Before the address, so that no router advertisement is taken.
+        let ra = format!("/proc/sys/net/ipv6/conf/{name}/accept_ra");
+        if let Err(e) = std::fs::write(&ra, "0") {
+            if N::Addr::FAMILY == netlink_packet_route::AddressFamily::Inet6 {
+                anyhow::bail!("setting {ra} to 0: {e}");
+            }
+        }
+        nl.add_address(self.index, local.net_addr(), host_len)?;
+        nl.set_link_up(self.index)?;
         Ok(())
     }
 
-    fn on_link(&mut self, ip: Ipv4Addr) -> bool {
-        match self.nl.route_get(ip) {
+    fn on_link(nl: &mut Netlink, ip: N::Addr) -> bool {
+        match nl.route_get(ip) {
             Ok(r) => r.gateway.is_none(),
             Err(e) => {
                 tracing::warn!(%ip, "route lookup: {e}");
@@ -145,31 +150,37 @@ impl Vxlan {
         }
     }
 
-    fn onlink_route(&self, subnet: Ipv4Net) -> RouteSpec {
+    fn onlink_route(&self, subnet: N) -> RouteSpec<N::Addr> {
         RouteSpec {
-            dst: subnet.addr(),
-            prefix: subnet.prefix(),
-            gateway: Some(subnet.addr()),
+            dst: subnet.net_addr(),
+            prefix: subnet.net_prefix(),
+            gateway: Some(subnet.net_addr()),
             oif: self.index,
             onlink: true,
             protocol: RTPROT_BOOT,
         }
     }
 
-    fn program(&mut self, subnet: Ipv4Net, ip: Ipv4Addr, mac: [u8; 6]) -> std::io::Result<()> {
-        let gw = subnet.addr();
-        self.nl.replace_neigh(self.index, gw, mac)?;
-        self.nl.replace_fdb(self.index, mac, ip)?;
+    fn program(
+        &mut self,
+        nl: &mut Netlink,
+        subnet: N,
+        ip: N::Addr,
+        mac: [u8; 6],
+    ) -> std::io::Result<()> {
+        let gw = subnet.net_addr();
+        nl.replace_neigh(self.index, gw, mac)?;
+        nl.replace_fdb(self.index, mac, ip)?;
         let r = self.onlink_route(subnet);
-        self.nl.replace_route(&r)
+        nl.replace_route(&r)
     }
 
-    fn unprogram(&mut self, subnet: Ipv4Net, ip: Ipv4Addr, mac: [u8; 6]) {
+    fn unprogram(&mut self, nl: &mut Netlink, subnet: N, ip: N::Addr, mac: [u8; 6]) {
         let r = self.onlink_route(subnet);
         let results = [
-            self.nl.delete_route(&r),
-            self.nl.delete_fdb(self.index, mac, ip),
-            self.nl.delete_neigh(self.index, subnet.addr()),
+            nl.delete_route(&r),
+            nl.delete_fdb(self.index, mac, ip),
+            nl.delete_neigh(self.index, subnet.net_addr()),
         ];
         for e in results.into_iter().filter_map(Result::err) {
             tracing::warn!(%subnet, "{e}");
@@ -177,8 +188,12 @@ impl Vxlan {
     }
 
     /// Removes device entries that no desired peer explains (once after a start).
-    fn prune(&mut self, desired: &BTreeMap<Ipv4Net, Peer>) -> std::io::Result<()> {
-        let want: Vec<(Ipv4Net, Ipv4Addr, [u8; 6])> = desired
+    fn prune(
+        &mut self,
+        nl: &mut Netlink,
+        desired: &BTreeMap<N, Peer<N::Addr>>,
+    ) -> std::io::Result<()> {
+        let want: Vec<(N, N::Addr, [u8; 6])> = desired
             .iter()
             .filter_map(|(n, p)| match p {
                 Peer::Vxlan { ip, mac } => Some((*n, *ip, *mac)),
@@ -186,27 +201,27 @@ impl Vxlan {
             })
             .collect();
         let mut removed = 0;
-        for r in self.nl.routes(None)? {
+        for r in nl.routes_of::<N::Addr>(None)? {
             if r.oif == self.index
                 && r.protocol != RTPROT_KERNEL
                 && !want
                     .iter()
-                    .any(|(n, _, _)| (n.addr(), n.prefix()) == (r.dst, r.prefix))
+                    .any(|(n, _, _)| (n.net_addr(), n.net_prefix()) == (r.dst, r.prefix))
             {
-                self.nl.delete_route(&r)?;
+                nl.delete_route(&r)?;
                 removed += 1;
             }
         }
-        for (mac, dst) in self.nl.fdb(self.index)? {
+        for (mac, dst) in nl.fdb_of::<N::Addr>(self.index)? {
             let Some(dst) = dst else { continue };
             if !want.iter().any(|(_, ip, m)| (*m, *ip) == (mac, dst)) {
-                self.nl.delete_fdb(self.index, mac, dst)?;
+                nl.delete_fdb(self.index, mac, dst)?;
                 removed += 1;
             }
         }
-        for (ip, mac) in self.nl.neighbours(self.index)? {
-            if !want.iter().any(|(n, _, m)| (n.addr(), *m) == (ip, mac)) {
-                self.nl.delete_neigh(self.index, ip)?;
+        for (ip, mac) in nl.neighbours_of::<N::Addr>(self.index)? {
+            if !want.iter().any(|(n, _, m)| (n.net_addr(), *m) == (ip, mac)) {
+                nl.delete_neigh(self.index, ip)?;
                 removed += 1;
             }
         }
@@ -216,18 +231,18 @@ impl Vxlan {
         Ok(())
     }
 
-    fn apply(&mut self) {
+    fn apply(&mut self, nl: &mut Netlink, cfg: &VxlanConfig, underlay: u32, leases: &[Lease]) {
         let Some((network, local)) = self.net else {
             return;
         };
-        let vni = self.cfg.vni;
-        let (usable, skipped) = super::usable(&self.leases, network, local, |l| {
-            super::vxlan_peer(l, vni).map(|mac| (l.attrs.public_ip, mac))
+        let vni = cfg.vni;
+        let (usable, skipped) = family::usable_of(leases, network, local, |l, ip| {
+            family::vxlan_peer_of::<N>(l, vni).map(|mac| (ip, mac))
         });
-        self.skip.report("vxlan", skipped);
+        self.skip.report(&self.spec.name, skipped);
         let mut desired = BTreeMap::new();
         for (subnet, (ip, mac)) in usable {
-            let peer = if self.cfg.direct_routing && self.on_link(ip) {
+            let peer = if cfg.direct_routing && Self::on_link(nl, ip) {
                 Peer::Direct { ip }
             } else {
                 Peer::Vxlan { ip, mac }
@@ -235,13 +250,13 @@ impl Vxlan {
             desired.insert(subnet, peer);
         }
         if !self.pruned {
-            match self.prune(&desired) {
+            match self.prune(nl, &desired) {
                 Ok(()) => self.pruned = true,
                 Err(e) => tracing::warn!(device = %self.spec.name, "removing stale entries: {e}"),
             }
         }
         // Gone or changed: take down what was programmed for the old value.
-        let old: Vec<(Ipv4Net, Peer)> = self
+        let old: Vec<(N, Peer<N::Addr>)> = self
             .programmed
             .iter()
             .filter(|(n, p)| desired.get(n) != Some(p))
@@ -250,26 +265,26 @@ impl Vxlan {
         for (subnet, peer) in old {
             self.programmed.remove(&subnet);
             if let Peer::Vxlan { ip, mac } = peer {
-                self.unprogram(subnet, ip, mac);
-                tracing::info!(%subnet, %ip, mac = %format_mac(&mac), "vxlan peer removed");
+                self.unprogram(nl, subnet, ip, mac);
+                tracing::info!(device = %self.spec.name, %subnet, %ip, mac = %format_mac(&mac), "vxlan peer removed");
             }
         }
         let mut direct = BTreeMap::new();
         for (subnet, peer) in &desired {
             match *peer {
                 Peer::Direct { ip } => {
-                    direct.insert(*subnet, routes::via(*subnet, ip, self.host.underlay_index));
+                    direct.insert(*subnet, routes::via(*subnet, ip, underlay));
                     self.programmed.insert(*subnet, *peer);
                 }
                 Peer::Vxlan { ip, mac } if !self.programmed.contains_key(subnet) => {
-                    match self.program(*subnet, ip, mac) {
+                    match self.program(nl, *subnet, ip, mac) {
                         Ok(()) => {
-                            tracing::info!(%subnet, %ip, mac = %format_mac(&mac), "vxlan peer added");
+                            tracing::info!(device = %self.spec.name, %subnet, %ip, mac = %format_mac(&mac), "vxlan peer added");
                             self.programmed.insert(*subnet, *peer);
                         }
                         Err(e) => {
                             self.failures += 1;
-                            tracing::error!(%subnet, "programming vxlan peer {ip}: {e}; retrying");
+                            tracing::error!(device = %self.spec.name, %subnet, "programming vxlan peer {ip}: {e}; retrying");
                         }
                     }
                 }
@@ -277,15 +292,15 @@ impl Vxlan {
             }
         }
         if let Some(k) = self.direct.as_mut() {
-            k.set(&mut self.nl, direct);
+            k.set(nl, direct);
         }
     }
 
     /// Forgets the vxlan peers whose neighbour, FDB entry or route is no longer on the device
     /// (flushed by the kernel when the device went down, or deleted from outside), so that the
-    /// next [`Vxlan::apply`] programs them again.
-    fn verify(&mut self) {
-        let peers: Vec<(Ipv4Net, Ipv4Addr, [u8; 6])> = self
+    /// next [`Device::apply`] programs them again.
+    fn verify(&mut self, nl: &mut Netlink) {
+        let peers: Vec<(N, N::Addr, [u8; 6])> = self
             .programmed
             .iter()
             .filter_map(|(n, p)| match p {
@@ -296,9 +311,9 @@ impl Vxlan {
         if peers.is_empty() {
             return;
         }
-        let listed = self.nl.routes(None).and_then(|r| {
-            let n = self.nl.neighbours(self.index)?;
-            Ok((r, n, self.nl.fdb(self.index)?))
+        let listed = nl.routes_of::<N::Addr>(None).and_then(|r| {
+            let n = nl.neighbours_of::<N::Addr>(self.index)?;
+            Ok((r, n, nl.fdb_of::<N::Addr>(self.index)?))
         });
         let (routes, neighbours, fdb) = match listed {
             Ok(l) => l,
@@ -308,16 +323,16 @@ impl Vxlan {
             }
         };
         for (subnet, ip, mac) in peers {
-            let gw = subnet.addr();
+            let gw = subnet.net_addr();
             let route = routes.iter().any(|r| {
                 r.oif == self.index
-                    && (r.dst, r.prefix) == (subnet.addr(), subnet.prefix())
+                    && (r.dst, r.prefix) == (subnet.net_addr(), subnet.net_prefix())
                     && r.gateway == Some(gw)
             });
             let neigh = neighbours.contains(&(gw, mac));
             let fdb = fdb.contains(&(mac, Some(ip)));
             if !(route && neigh && fdb) {
-                tracing::warn!(%subnet, %ip, route, neigh, fdb, "entries of a vxlan peer went missing; reprogramming it");
+                tracing::warn!(device = %self.spec.name, %subnet, %ip, route, neigh, fdb, "entries of a vxlan peer went missing; reprogramming it");
                 self.programmed.remove(&subnet);
                 self.repaired += 1;
             }
@@ -325,18 +340,136 @@ impl Vxlan {
     }
 
     /// The device vanished (deleted from outside): create it again with the same MAC.
-    fn recreate(&mut self) -> Result<()> {
+    fn recreate(&mut self, nl: &mut Netlink) -> Result<()> {
         let mut spec = self.spec.clone();
         spec.mac = Some(self.mac);
-        let (index, mac) = ensure_device(&mut self.nl, &spec)?;
+        let (index, mac) = ensure_device(nl, &spec)?;
         self.index = index;
         self.mac = mac;
-        self.configure_device()?;
+        self.configure(nl)?;
         self.programmed
             .retain(|_, p| matches!(p, Peer::Direct { .. }));
         self.recreated += 1;
-        self.apply();
         Ok(())
+    }
+
+    /// Our subnet is known: configure the device and program the peers.
+    fn start(
+        &mut self,
+        nl: &mut Netlink,
+        cfg: &VxlanConfig,
+        underlay: u32,
+        leases: &[Lease],
+        network: N,
+        local: N,
+    ) -> Result<()> {
+        self.net = Some((network, local));
+        self.configure(nl)
+            .with_context(|| format!("configuring {}", self.spec.name))?;
+        if cfg.direct_routing {
+            self.direct = Some(RouteKeeper::adopt(nl, network).context("reading weft's routes")?);
+        }
+        self.apply(nl, cfg, underlay, leases);
+        tracing::info!(device = %self.spec.name, address = %local.net_addr(), peers = self.programmed.len(), direct_routing = cfg.direct_routing, "vxlan device programmed");
+        Ok(())
+    }
+
+    /// The one-second check: link state (set up again, or recreated), and with `resync` the
+    /// peers' entries and the direct routes.
+    fn tick(
+        &mut self,
+        nl: &mut Netlink,
+        cfg: &VxlanConfig,
+        underlay: u32,
+        leases: &[Lease],
+        resync: bool,
+    ) -> Result<()> {
+        if self.net.is_none() {
+            return Ok(());
+        }
+        match nl.link_by_name(&self.spec.name) {
+            Ok(Some(l)) if l.index == self.index && l.up => {}
+            Ok(Some(l)) if l.index == self.index => {
+                // Going down flushed its neighbours and routes (permanent ones too).
+                tracing::warn!(device = %self.spec.name, "vxlan device was set down; setting it up and reprogramming it");
+                nl.set_link_up(self.index)
+                    .with_context(|| format!("setting {} up", self.spec.name))?;
+                self.verify(nl);
+                self.apply(nl, cfg, underlay, leases);
+            }
+            Ok(_) => {
+                tracing::warn!(device = %self.spec.name, "vxlan device vanished; recreating it");
+                self.recreate(nl)?;
+                self.apply(nl, cfg, underlay, leases);
+            }
+            Err(e) => tracing::warn!("looking up {}: {e}", self.spec.name),
+        }
+        if resync {
+            self.verify(nl);
+            self.apply(nl, cfg, underlay, leases);
+            if let Some(k) = self.direct.as_mut() {
+                k.resync(nl);
+            }
+        }
+        Ok(())
+    }
+
+    fn direct_count(&self) -> usize {
+        self.programmed
+            .values()
+            .filter(|p| matches!(p, Peer::Direct { .. }))
+            .count()
+    }
+}
+
+impl Vxlan {
+    /// Creates (or reuses) `flannel.<VNI>` and, when the host has a public IPv6 address
+    /// (dual stack, see [`super::create`]), `flannel-v6.<VNI>`.
+    pub(crate) fn new(host: &HostInfo, cfg: &VxlanConfig) -> Result<Self> {
+        let mut nl = Netlink::new().context("opening a netlink socket")?;
+        nl.name_link(host.underlay_index, &host.underlay.name);
+        let underlay_mtu = cfg.mtu.unwrap_or(host.underlay.mtu);
+        let spec = |name: String, local: IpAddr| VxlanSpec {
+            name,
+            vni: cfg.vni,
+            local,
+            underlay_index: host.underlay_index,
+            port: cfg.port_set.then_some(cfg.port),
+            gbp: cfg.gbp,
+            learning: cfg.learning,
+            // flannel takes 50 bytes off for both devices.
+            mtu: underlay_mtu.saturating_sub(engine::dataplane::VXLAN_OVERHEAD),
+            mac: None,
+        };
+        let v4 = Device::new(
+            &mut nl,
+            spec(format!("flannel.{}", cfg.vni), host.public_ip.into()),
+        )?;
+        let v6 = match host.public_ipv6 {
+            Some(ip6) => Some(Device::new(
+                &mut nl,
+                spec(format!("flannel-v6.{}", cfg.vni), ip6.into()),
+            )?),
+            None => None,
+        };
+        Ok(Vxlan {
+            host: host.clone(),
+            cfg: cfg.clone(),
+            nl,
+            v4,
+            v6,
+            leases: Vec::new(),
+            next_retry: Instant::now() + RESYNC,
+        })
+    }
+
+    fn apply(&mut self) {
+        let underlay = self.host.underlay_index;
+        self.v4
+            .apply(&mut self.nl, &self.cfg, underlay, &self.leases);
+        if let Some(v6) = self.v6.as_mut() {
+            v6.apply(&mut self.nl, &self.cfg, underlay, &self.leases);
+        }
     }
 }
 
@@ -383,23 +516,55 @@ impl Backend for Vxlan {
     }
 
     fn lease_attrs(&self) -> LeaseAttrs {
-        LeaseAttrs::vxlan(self.host.public_ip, self.cfg.vni, self.mac)
+        match (&self.v6, self.host.public_ipv6) {
+            (Some(v6), Some(ip6)) => LeaseAttrs::vxlan_dual(
+                self.host.public_ip,
+                ip6,
+                self.cfg.vni,
+                Some(self.v4.mac),
+                v6.mac,
+            ),
+            _ => LeaseAttrs::vxlan(self.host.public_ip, self.cfg.vni, self.v4.mac),
+        }
     }
 
     fn mtu(&self) -> u32 {
-        self.spec.mtu
+        self.v4.spec.mtu
+    }
+
+    fn set_ipv6_subnet(&mut self, network: Ipv6Net, local: Ipv6Net) -> Result<()> {
+        match self.v6.as_mut() {
+            Some(v6) => {
+                v6.net = Some((network, local));
+                Ok(())
+            }
+            None => anyhow::bail!("vxlan: an IPv6 subnet ({local}) without the IPv6 device"),
+        }
     }
 
     fn start(&mut self, network: Ipv4Net, local: Ipv4Net) -> Result<()> {
-        self.net = Some((network, local));
-        self.configure_device()
-            .with_context(|| format!("configuring {}", self.spec.name))?;
-        if self.cfg.direct_routing {
-            self.direct =
-                Some(RouteKeeper::adopt(&mut self.nl, network).context("reading weft's routes")?);
+        let underlay = self.host.underlay_index;
+        self.v4.start(
+            &mut self.nl,
+            &self.cfg,
+            underlay,
+            &self.leases,
+            network,
+            local,
+        )?;
+        if let Some(v6) = self.v6.as_mut() {
+            let Some((network6, local6)) = v6.net else {
+                anyhow::bail!("vxlan: {} has no IPv6 subnet to carry", v6.spec.name);
+            };
+            v6.start(
+                &mut self.nl,
+                &self.cfg,
+                underlay,
+                &self.leases,
+                network6,
+                local6,
+            )?;
         }
-        self.apply();
-        tracing::info!(device = %self.spec.name, address = %local.addr(), peers = self.programmed.len(), direct_routing = self.cfg.direct_routing, "vxlan device programmed");
         Ok(())
     }
 
@@ -409,52 +574,42 @@ impl Backend for Vxlan {
     }
 
     fn tick(&mut self) -> Result<()> {
-        if self.net.is_none() {
-            return Ok(());
-        }
-        match self.nl.link_by_name(&self.spec.name) {
-            Ok(Some(l)) if l.index == self.index && l.up => {}
-            Ok(Some(l)) if l.index == self.index => {
-                // Going down flushed its neighbours and routes (permanent ones too).
-                tracing::warn!(device = %self.spec.name, "vxlan device was set down; setting it up and reprogramming it");
-                self.nl
-                    .set_link_up(self.index)
-                    .with_context(|| format!("setting {} up", self.spec.name))?;
-                self.verify();
-                self.apply();
-            }
-            Ok(_) => {
-                tracing::warn!(device = %self.spec.name, "vxlan device vanished; recreating it");
-                self.recreate()?;
-            }
-            Err(e) => tracing::warn!("looking up {}: {e}", self.spec.name),
-        }
-        if Instant::now() >= self.next_retry {
+        let resync = Instant::now() >= self.next_retry;
+        if resync {
             self.next_retry = Instant::now() + RESYNC;
-            self.verify();
-            self.apply();
-            if let Some(k) = self.direct.as_mut() {
-                k.resync(&mut self.nl);
-            }
+        }
+        let underlay = self.host.underlay_index;
+        self.v4
+            .tick(&mut self.nl, &self.cfg, underlay, &self.leases, resync)?;
+        if let Some(v6) = self.v6.as_mut() {
+            v6.tick(&mut self.nl, &self.cfg, underlay, &self.leases, resync)?;
         }
         Ok(())
     }
 
     fn stats(&self) -> String {
-        let direct = self
-            .programmed
-            .values()
-            .filter(|p| matches!(p, Peer::Direct { .. }))
-            .count();
-        format!(
+        let d = &self.v4;
+        let mut s = format!(
             " device={} peers={} direct={} failures={} recreated={} repaired={}",
-            self.spec.name,
-            self.programmed.len(),
-            direct,
-            self.failures,
-            self.recreated,
-            self.repaired
-        )
+            d.spec.name,
+            d.programmed.len(),
+            d.direct_count(),
+            d.failures,
+            d.recreated,
+            d.repaired
+        );
+        if let Some(d) = &self.v6 {
+            s.push_str(&format!(
+                " device6={} peers6={} direct6={} failures6={} recreated6={} repaired6={}",
+                d.spec.name,
+                d.programmed.len(),
+                d.direct_count(),
+                d.failures,
+                d.recreated,
+                d.repaired
+            ));
+        }
+        s
     }
 
     fn dataplane(&self) -> Option<StatsSource> {

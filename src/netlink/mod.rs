@@ -26,7 +26,10 @@
 //!   `ifindex N`.
 //! * Deletes are idempotent: deleting what is already gone is `Ok` (`ENOENT`/`ESRCH`/
 //!   `EADDRNOTAVAIL`), and so is adding an address that is already there (`EEXIST`).
-//! * IPv4 only, main routing table only (docs/compatibility.md §7.2, §7.4).
+//! * Main routing table only (docs/compatibility.md §7.2, §7.4). Addresses, neighbours, FDB
+//!   destinations and routes are generic over the address family ([`NlAddr`]: `Ipv4Addr` or
+//!   `Ipv6Addr`); the family of every message follows from the address type, and the dumps list
+//!   only that family. A vxlan device's local address may be either (`flannel-v6.<VNI>`).
 
 mod ops;
 mod request;
@@ -35,7 +38,100 @@ mod tests;
 
 pub(crate) use request::Netlink;
 
-use std::net::Ipv4Addr;
+use netlink_packet_route::neighbour::NeighbourAddress;
+use netlink_packet_route::route::RouteAddress;
+use netlink_packet_route::AddressFamily;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// An address family the netlink layer speaks: `Ipv4Addr` (`AF_INET`) or `Ipv6Addr`
+/// (`AF_INET6`).
+pub(crate) trait NlAddr:
+    Copy + Eq + Ord + std::fmt::Display + std::fmt::Debug + Into<IpAddr> + Send + 'static
+{
+    /// The message family.
+    const FAMILY: AddressFamily;
+    /// The length of a host prefix (32 or 128).
+    const BITS: u8;
+    /// The address as a route attribute.
+    fn route_addr(self) -> RouteAddress;
+    /// The address of a route attribute of this family.
+    fn from_route_addr(a: &RouteAddress) -> Option<Self>;
+    /// The address of a neighbour attribute of this family (`AF_BRIDGE` messages carry raw
+    /// bytes: 4 or 16 of them).
+    fn from_neigh_addr(a: &NeighbourAddress) -> Option<Self>;
+    /// The address as a neighbour attribute.
+    fn neigh_addr(self) -> NeighbourAddress;
+    /// The address of this family in `ip`.
+    fn from_ip(ip: IpAddr) -> Option<Self>;
+    /// `0.0.0.0` or `::`.
+    fn unspecified() -> Self;
+}
+
+impl NlAddr for Ipv4Addr {
+    const FAMILY: AddressFamily = AddressFamily::Inet;
+    const BITS: u8 = 32;
+    fn route_addr(self) -> RouteAddress {
+        RouteAddress::Inet(self)
+    }
+    fn from_route_addr(a: &RouteAddress) -> Option<Self> {
+        match a {
+            RouteAddress::Inet(ip) => Some(*ip),
+            _ => None,
+        }
+    }
+    fn from_neigh_addr(a: &NeighbourAddress) -> Option<Self> {
+        match a {
+            NeighbourAddress::Inet(ip) => Some(*ip),
+            NeighbourAddress::Other(b) => <[u8; 4]>::try_from(b.as_slice()).ok().map(Self::from),
+            _ => None,
+        }
+    }
+    fn neigh_addr(self) -> NeighbourAddress {
+        NeighbourAddress::Inet(self)
+    }
+    fn from_ip(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        }
+    }
+    fn unspecified() -> Self {
+        Ipv4Addr::UNSPECIFIED
+    }
+}
+
+impl NlAddr for Ipv6Addr {
+    const FAMILY: AddressFamily = AddressFamily::Inet6;
+    const BITS: u8 = 128;
+    fn route_addr(self) -> RouteAddress {
+        RouteAddress::Inet6(self)
+    }
+    fn from_route_addr(a: &RouteAddress) -> Option<Self> {
+        match a {
+            RouteAddress::Inet6(ip) => Some(*ip),
+            _ => None,
+        }
+    }
+    fn from_neigh_addr(a: &NeighbourAddress) -> Option<Self> {
+        match a {
+            NeighbourAddress::Inet6(ip) => Some(*ip),
+            NeighbourAddress::Other(b) => <[u8; 16]>::try_from(b.as_slice()).ok().map(Self::from),
+            _ => None,
+        }
+    }
+    fn neigh_addr(self) -> NeighbourAddress {
+        NeighbourAddress::Inet6(self)
+    }
+    fn from_ip(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V6(v6) => Some(v6),
+            IpAddr::V4(_) => None,
+        }
+    }
+    fn unspecified() -> Self {
+        Ipv6Addr::UNSPECIFIED
+    }
+}
 
 /// Route protocol (`rtm_protocol`) weft tags its host-gw and `DirectRouting` routes with, so that a
 /// restarted daemon can find and remove the stale ones: 0x99 (153). The kernel interprets only
@@ -75,8 +171,9 @@ pub(crate) struct Link {
 pub(crate) struct VxlanAttrs {
     /// VXLAN network identifier (`IFLA_VXLAN_ID`).
     pub(crate) vni: u32,
-    /// Source address of encapsulated packets (`IFLA_VXLAN_LOCAL`); `None` when unset.
-    pub(crate) local: Option<Ipv4Addr>,
+    /// Source address of encapsulated packets (`IFLA_VXLAN_LOCAL` or `IFLA_VXLAN_LOCAL6`);
+    /// `None` when unset.
+    pub(crate) local: Option<IpAddr>,
     /// Underlay interface index (`IFLA_VXLAN_LINK`); `None` when unset (the kernel omits 0).
     pub(crate) link: Option<u32>,
     /// Destination UDP port (`IFLA_VXLAN_PORT`, host order).
@@ -102,12 +199,12 @@ impl VxlanAttrs {
 /// A vxlan device to create, as flannel creates `flannel.<VNI>` (docs/compatibility.md §7.2.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct VxlanSpec {
-    /// Device name, e.g. `flannel.1`.
+    /// Device name, e.g. `flannel.1` (`flannel-v6.1` for the IPv6 device).
     pub(crate) name: String,
     /// VXLAN network identifier.
     pub(crate) vni: u32,
-    /// Local (public) address used as the outer source.
-    pub(crate) local: Ipv4Addr,
+    /// Local (public) address used as the outer source; its family is the device's.
+    pub(crate) local: IpAddr,
     /// Interface index of the underlay (external) interface; 0 sends no `IFLA_VXLAN_LINK`.
     pub(crate) underlay_index: u32,
     /// Destination UDP port; `None` leaves it to the kernel default ([`VXLAN_DEFAULT_PORT`]).
@@ -122,15 +219,15 @@ pub(crate) struct VxlanSpec {
     pub(crate) mac: Option<[u8; 6]>,
 }
 
-/// An IPv4 unicast route in the main table.
+/// A unicast route in the main table (IPv4 unless `A` is `Ipv6Addr`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RouteSpec {
+pub(crate) struct RouteSpec<A = Ipv4Addr> {
     /// Destination network address.
-    pub(crate) dst: Ipv4Addr,
+    pub(crate) dst: A,
     /// Destination prefix length.
     pub(crate) prefix: u8,
     /// Next hop; `None` for a directly connected (scope link) route.
-    pub(crate) gateway: Option<Ipv4Addr>,
+    pub(crate) gateway: Option<A>,
     /// Output interface index; 0 = unspecified (lets a delete match any).
     pub(crate) oif: u32,
     /// `RTNH_F_ONLINK`: the gateway is on the link even though no prefix says so.

@@ -1,16 +1,16 @@
 //! The operations: links, addresses, neighbours, FDB entries and routes, each the equivalent of
 //! one `ip`/`bridge` command, with the builders of their requests and the parsers of the replies.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use control::lease::format_mac;
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+    NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
@@ -21,7 +21,7 @@ use nix::libc;
 use std::io;
 
 use super::request::{tolerate, Failure, Netlink};
-use super::{Link, RouteSpec, VxlanAttrs, VxlanSpec, VXLAN_DEFAULT_PORT};
+use super::{Link, NlAddr, RouteSpec, VxlanAttrs, VxlanSpec, VXLAN_DEFAULT_PORT};
 
 impl Netlink {
     // ---- links ----
@@ -63,7 +63,11 @@ impl Netlink {
 
     /// Creates a vxlan device as flannel does (docs/compatibility.md §7.2.1); `EEXIST` if the name is taken.
     pub(crate) fn add_vxlan(&mut self, spec: &VxlanSpec) -> io::Result<()> {
-        let mut data = vec![InfoVxlan::Id(spec.vni), InfoVxlan::Local(spec.local)];
+        let local = match spec.local {
+            IpAddr::V4(ip) => InfoVxlan::Local(ip),
+            IpAddr::V6(ip) => InfoVxlan::Local6(ip),
+        };
+        let mut data = vec![InfoVxlan::Id(spec.vni), local];
         if spec.underlay_index != 0 {
             data.push(InfoVxlan::Link(spec.underlay_index));
         }
@@ -129,9 +133,15 @@ impl Netlink {
     // ---- addresses ----
 
     /// The IPv4 addresses (with prefix length) of the link.
+    #[cfg(test)]
     pub(crate) fn addresses(&mut self, index: u32) -> io::Result<Vec<(Ipv4Addr, u8)>> {
+        self.addresses_of(index)
+    }
+
+    /// The addresses of family `A` (with prefix length) of the link.
+    pub(crate) fn addresses_of<A: NlAddr>(&mut self, index: u32) -> io::Result<Vec<(A, u8)>> {
         let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = A::FAMILY;
         let result = self.dump(RouteNetlinkMessage::GetAddress(msg));
         let messages = result
             .map_err(|f| f.into_io(format!("listing addresses of {}", self.dev_name(index))))?;
@@ -140,16 +150,16 @@ impl Netlink {
             let RouteNetlinkMessage::NewAddress(a) = m else {
                 continue;
             };
-            if a.header.index != index || a.header.family != AddressFamily::Inet {
+            if a.header.index != index || a.header.family != A::FAMILY {
                 continue;
             }
             // For IPv4, IFA_LOCAL is the interface's own address; IFA_ADDRESS differs from it
-            // only on point-to-point links, where it is the peer.
+            // only on point-to-point links, where it is the peer. IPv6 reports IFA_ADDRESS.
             let (mut local, mut address) = (None, None);
             for attr in &a.attributes {
                 match attr {
-                    AddressAttribute::Local(std::net::IpAddr::V4(ip)) => local = Some(*ip),
-                    AddressAttribute::Address(std::net::IpAddr::V4(ip)) => address = Some(*ip),
+                    AddressAttribute::Local(ip) => local = A::from_ip(*ip),
+                    AddressAttribute::Address(ip) => address = A::from_ip(*ip),
                     _ => {}
                 }
             }
@@ -160,8 +170,14 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Adds `addr/prefix` to the link; already present is `Ok`.
-    pub(crate) fn add_address(&mut self, index: u32, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+    /// Adds `addr/prefix` to the link; already present is `Ok`. An IPv6 address is added without
+    /// duplicate address detection (`nodad`), so that it is usable at once.
+    pub(crate) fn add_address<A: NlAddr>(
+        &mut self,
+        index: u32,
+        addr: A,
+        prefix: u8,
+    ) -> io::Result<()> {
         let msg = address_message(index, addr, prefix);
         let result = self.ack(
             RouteNetlinkMessage::NewAddress(msg),
@@ -176,10 +192,10 @@ impl Netlink {
     }
 
     /// Removes `addr/prefix` from the link; already absent is `Ok`.
-    pub(crate) fn delete_address(
+    pub(crate) fn delete_address<A: NlAddr>(
         &mut self,
         index: u32,
-        addr: Ipv4Addr,
+        addr: A,
         prefix: u8,
     ) -> io::Result<()> {
         let msg = address_message(index, addr, prefix);
@@ -196,13 +212,13 @@ impl Netlink {
 
     /// `ip neigh replace IP lladdr MAC dev X nud permanent` (docs/compatibility.md §7.2.2 step 1).
     /// The kernel flushes a device's neighbours, permanent ones too, when it goes down.
-    pub(crate) fn replace_neigh(
+    pub(crate) fn replace_neigh<A: NlAddr>(
         &mut self,
         index: u32,
-        ip: Ipv4Addr,
+        ip: A,
         mac: [u8; 6],
     ) -> io::Result<()> {
-        let mut msg = neigh_message(AddressFamily::Inet, index, ip);
+        let mut msg = neigh_message(A::FAMILY, index, ip);
         msg.header.state = NeighbourState::Permanent;
         msg.attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
@@ -220,8 +236,8 @@ impl Netlink {
     }
 
     /// `ip neigh del IP dev X`; already absent is `Ok`.
-    pub(crate) fn delete_neigh(&mut self, index: u32, ip: Ipv4Addr) -> io::Result<()> {
-        let msg = neigh_message(AddressFamily::Inet, index, ip);
+    pub(crate) fn delete_neigh<A: NlAddr>(&mut self, index: u32, ip: A) -> io::Result<()> {
+        let msg = neigh_message(A::FAMILY, index, ip);
         let result = self.ack(RouteNetlinkMessage::DelNeighbour(msg), 0);
         tolerate(result, &[libc::ENOENT]).map_err(|f| {
             f.into_io(format!(
@@ -234,11 +250,11 @@ impl Netlink {
     /// `bridge fdb replace MAC dev X dst DST self permanent` (docs/compatibility.md §7.2.2 step 2).
     /// The vxlan driver wants `NTF_SELF` (else `EOPNOTSUPP`), `NDA_DST` and a permanent or
     /// reachable state (else `EINVAL`); permanent entries survive the device going down.
-    pub(crate) fn replace_fdb(
+    pub(crate) fn replace_fdb<A: NlAddr>(
         &mut self,
         index: u32,
         mac: [u8; 6],
-        dst: Ipv4Addr,
+        dst: A,
     ) -> io::Result<()> {
         let mut msg = fdb_message(index, mac, dst);
         msg.header.state = NeighbourState::Permanent;
@@ -256,7 +272,12 @@ impl Netlink {
     }
 
     /// `bridge fdb del MAC dev X dst DST self`; already absent (or lacking that remote) is `Ok`.
-    pub(crate) fn delete_fdb(&mut self, index: u32, mac: [u8; 6], dst: Ipv4Addr) -> io::Result<()> {
+    pub(crate) fn delete_fdb<A: NlAddr>(
+        &mut self,
+        index: u32,
+        mac: [u8; 6],
+        dst: A,
+    ) -> io::Result<()> {
         let msg = fdb_message(index, mac, dst);
         let result = self.ack(RouteNetlinkMessage::DelNeighbour(msg), 0);
         tolerate(result, &[libc::ENOENT]).map_err(|f| {
@@ -269,9 +290,15 @@ impl Netlink {
     }
 
     /// The IPv4 neighbours of the link that have a hardware address.
+    #[cfg(test)]
     pub(crate) fn neighbours(&mut self, index: u32) -> io::Result<Vec<(Ipv4Addr, [u8; 6])>> {
+        self.neighbours_of(index)
+    }
+
+    /// The neighbours of family `A` of the link that have a hardware address.
+    pub(crate) fn neighbours_of<A: NlAddr>(&mut self, index: u32) -> io::Result<Vec<(A, [u8; 6])>> {
         let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = A::FAMILY;
         let result = self.dump(RouteNetlinkMessage::GetNeighbour(msg));
         let messages = result
             .map_err(|f| f.into_io(format!("listing neighbours of {}", self.dev_name(index))))?;
@@ -280,13 +307,13 @@ impl Netlink {
             let RouteNetlinkMessage::NewNeighbour(n) = m else {
                 continue;
             };
-            if n.header.ifindex != index || n.header.family != AddressFamily::Inet {
+            if n.header.ifindex != index || n.header.family != A::FAMILY {
                 continue;
             }
             let (mut ip, mut mac) = (None, None);
             for attr in &n.attributes {
                 match attr {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(*a),
+                    NeighbourAttribute::Destination(a) => ip = A::from_neigh_addr(a),
                     NeighbourAttribute::LinkLayerAddress(l) => mac = mac6(l),
                     _ => {}
                 }
@@ -299,7 +326,17 @@ impl Netlink {
     }
 
     /// The bridge FDB entries of the link: MAC and, for vxlan remotes, the IPv4 destination.
+    #[cfg(test)]
     pub(crate) fn fdb(&mut self, index: u32) -> io::Result<Vec<([u8; 6], Option<Ipv4Addr>)>> {
+        self.fdb_of(index)
+    }
+
+    /// The bridge FDB entries of the link: MAC and, for vxlan remotes, the destination when it
+    /// is of family `A`.
+    pub(crate) fn fdb_of<A: NlAddr>(
+        &mut self,
+        index: u32,
+    ) -> io::Result<Vec<([u8; 6], Option<A>)>> {
         // A bare ndmsg is the legacy form of the AF_BRIDGE dump request: the kernel dumps the
         // FDB of every device (it filters only on an ifinfomsg header), so filter here.
         let mut msg = NeighbourMessage::default();
@@ -318,7 +355,7 @@ impl Netlink {
             let (mut dst, mut mac) = (None, None);
             for attr in &n.attributes {
                 match attr {
-                    NeighbourAttribute::Destination(a) => dst = neighbour_ipv4(a),
+                    NeighbourAttribute::Destination(a) => dst = A::from_neigh_addr(a),
                     NeighbourAttribute::LinkLayerAddress(l) => mac = mac6(l),
                     _ => {}
                 }
@@ -332,8 +369,8 @@ impl Netlink {
 
     // ---- routes ----
 
-    /// `ip route replace` of an IPv4 unicast route in the main table.
-    pub(crate) fn replace_route(&mut self, r: &RouteSpec) -> io::Result<()> {
+    /// `ip route replace` of a unicast route in the main table.
+    pub(crate) fn replace_route<A: NlAddr>(&mut self, r: &RouteSpec<A>) -> io::Result<()> {
         let mut msg = route_message(r);
         msg.header.scope = if r.gateway.is_some() {
             RouteScope::Universe
@@ -350,7 +387,7 @@ impl Netlink {
     /// `ip route replace DST dev X proto static scope global`: the route of the whole overlay
     /// network through weft's TUN device as flannel's udp backend adds it (scope universe, where
     /// `ip` would default to scope link for a route without a gateway). `r.gateway` must be `None`.
-    pub(crate) fn replace_device_route(&mut self, r: &RouteSpec) -> io::Result<()> {
+    pub(crate) fn replace_device_route<A: NlAddr>(&mut self, r: &RouteSpec<A>) -> io::Result<()> {
         let mut msg = route_message(r);
         msg.header.scope = RouteScope::Universe;
         let result = self.ack(
@@ -362,7 +399,7 @@ impl Netlink {
 
     /// `ip route del`; matches on what `r` sets (protocol 0, oif 0, no gateway match any).
     /// Already absent is `Ok`.
-    pub(crate) fn delete_route(&mut self, r: &RouteSpec) -> io::Result<()> {
+    pub(crate) fn delete_route<A: NlAddr>(&mut self, r: &RouteSpec<A>) -> io::Result<()> {
         let mut msg = route_message(r);
         // RT_SCOPE_NOWHERE matches a route of any scope in fib_table_delete(), as `ip route del`.
         msg.header.scope = RouteScope::NoWhere;
@@ -374,8 +411,16 @@ impl Netlink {
     /// The IPv4 unicast routes of the main table, only those of `protocol` when it is `Some`.
     /// Multipath routes are listed with no gateway and oif 0.
     pub(crate) fn routes(&mut self, protocol: Option<u8>) -> io::Result<Vec<RouteSpec>> {
+        self.routes_of(protocol)
+    }
+
+    /// [`Netlink::routes`] of family `A`.
+    pub(crate) fn routes_of<A: NlAddr>(
+        &mut self,
+        protocol: Option<u8>,
+    ) -> io::Result<Vec<RouteSpec<A>>> {
         let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
+        msg.header.address_family = A::FAMILY;
         let messages = self
             .dump(RouteNetlinkMessage::GetRoute(msg))
             .map_err(|f| f.into_io("listing routes".to_string()))?;
@@ -386,7 +431,7 @@ impl Netlink {
                 _ => None,
             })
             .filter(|r| {
-                r.header.address_family == AddressFamily::Inet
+                r.header.address_family == A::FAMILY
                     && r.header.kind == RouteType::Unicast
                     && route_table(r) == u32::from(RouteHeader::RT_TABLE_MAIN)
                     && protocol.is_none_or(|p| u8::from(r.header.protocol) == p)
@@ -408,7 +453,7 @@ impl Netlink {
                     && r.header.kind == RouteType::BlackHole
                     && route_table(&r) == u32::from(RouteHeader::RT_TABLE_MAIN)
                     && r.header.destination_prefix_length == prefix
-                    && parse_route(&r).dst == dst
+                    && parse_route::<Ipv4Addr>(&r).dst == dst
             }
             _ => false,
         }))
@@ -439,12 +484,12 @@ impl Netlink {
     }
 
     /// `ip route get DST`: the route the kernel would use; `gateway` is `None` when on-link.
-    pub(crate) fn route_get(&mut self, dst: Ipv4Addr) -> io::Result<RouteSpec> {
+    pub(crate) fn route_get<A: NlAddr>(&mut self, dst: A) -> io::Result<RouteSpec<A>> {
         let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
-        msg.header.destination_prefix_length = 32;
+        msg.header.address_family = A::FAMILY;
+        msg.header.destination_prefix_length = A::BITS;
         msg.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+            .push(RouteAttribute::Destination(dst.route_addr()));
         let what = || format!("looking up route to {dst}");
         let replies = self
             .exec(RouteNetlinkMessage::GetRoute(msg), NLM_F_ACK)
@@ -485,7 +530,7 @@ impl Netlink {
     }
 
     /// `10.1.16.0/24 via 192.0.2.2 dev eth0 onlink proto 153`, as `ip route` prints it.
-    fn describe_route(&self, r: &RouteSpec) -> String {
+    fn describe_route<A: NlAddr>(&self, r: &RouteSpec<A>) -> String {
         let dev = (r.oif != 0).then(|| self.dev_name(r.oif));
         let mut s = format!("{}/{}", r.dst, r.prefix);
         if let Some(gw) = r.gateway {
@@ -554,7 +599,8 @@ fn parse_vxlan(data: &[InfoVxlan]) -> VxlanAttrs {
     for attr in data {
         match *attr {
             InfoVxlan::Id(vni) => attrs.vni = vni,
-            InfoVxlan::Local(ip) => attrs.local = Some(ip),
+            InfoVxlan::Local(ip) => attrs.local = Some(ip.into()),
+            InfoVxlan::Local6(ip) => attrs.local = Some(ip.into()),
             InfoVxlan::Link(index) => attrs.link = Some(index).filter(|&i| i != 0),
             InfoVxlan::Port(port) => attrs.port = port,
             InfoVxlan::Learning(on) => attrs.learning = on,
@@ -565,29 +611,33 @@ fn parse_vxlan(data: &[InfoVxlan]) -> VxlanAttrs {
     attrs
 }
 
-/// An `RTM_NEWADDR`/`RTM_DELADDR` body for an IPv4 address.
-fn address_message(index: u32, addr: Ipv4Addr, prefix: u8) -> AddressMessage {
+/// An `RTM_NEWADDR`/`RTM_DELADDR` body for an address (IPv6: `nodad`).
+fn address_message<A: NlAddr>(index: u32, addr: A, prefix: u8) -> AddressMessage {
     let mut msg = AddressMessage::default();
-    msg.header.family = AddressFamily::Inet;
+    msg.header.family = A::FAMILY;
     msg.header.prefix_len = prefix;
     msg.header.index = index;
     msg.attributes.push(AddressAttribute::Local(addr.into()));
     msg.attributes.push(AddressAttribute::Address(addr.into()));
+    if A::FAMILY == AddressFamily::Inet6 {
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
     msg
 }
 
 /// A neighbour message for `ip` on the link (state and lladdr left to the caller).
-fn neigh_message(family: AddressFamily, index: u32, ip: Ipv4Addr) -> NeighbourMessage {
+fn neigh_message<A: NlAddr>(family: AddressFamily, index: u32, ip: A) -> NeighbourMessage {
     let mut msg = NeighbourMessage::default();
     msg.header.family = family;
     msg.header.ifindex = index;
     msg.attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        .push(NeighbourAttribute::Destination(ip.neigh_addr()));
     msg
 }
 
 /// An `AF_BRIDGE`, `NTF_SELF` neighbour message: the vxlan driver's own FDB, not a bridge's.
-fn fdb_message(index: u32, mac: [u8; 6], dst: Ipv4Addr) -> NeighbourMessage {
+fn fdb_message<A: NlAddr>(index: u32, mac: [u8; 6], dst: A) -> NeighbourMessage {
     let mut msg = neigh_message(AddressFamily::Bridge, index, dst);
     msg.header.flags = NeighbourFlags::Own;
     msg.attributes
@@ -596,9 +646,9 @@ fn fdb_message(index: u32, mac: [u8; 6], dst: Ipv4Addr) -> NeighbourMessage {
 }
 
 /// An `RTM_NEWROUTE`/`RTM_DELROUTE` body for `r` in the main table (scope left to the caller).
-fn route_message(r: &RouteSpec) -> RouteMessage {
+fn route_message<A: NlAddr>(r: &RouteSpec<A>) -> RouteMessage {
     let mut msg = RouteMessage::default();
-    msg.header.address_family = AddressFamily::Inet;
+    msg.header.address_family = A::FAMILY;
     msg.header.destination_prefix_length = r.prefix;
     msg.header.table = RouteHeader::RT_TABLE_MAIN;
     msg.header.protocol = RouteProtocol::from(r.protocol);
@@ -607,10 +657,10 @@ fn route_message(r: &RouteSpec) -> RouteMessage {
         msg.header.flags = RouteFlags::Onlink;
     }
     msg.attributes
-        .push(RouteAttribute::Destination(RouteAddress::Inet(r.dst)));
+        .push(RouteAttribute::Destination(r.dst.route_addr()));
     if let Some(gw) = r.gateway {
         msg.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+            .push(RouteAttribute::Gateway(gw.route_addr()));
     }
     if r.oif != 0 {
         msg.attributes.push(RouteAttribute::Oif(r.oif));
@@ -629,10 +679,10 @@ fn route_table(r: &RouteMessage) -> u32 {
         .unwrap_or(u32::from(r.header.table))
 }
 
-/// The [`RouteSpec`] of an IPv4 `RTM_NEWROUTE`.
-fn parse_route(r: &RouteMessage) -> RouteSpec {
+/// The [`RouteSpec`] of an `RTM_NEWROUTE` of family `A`.
+fn parse_route<A: NlAddr>(r: &RouteMessage) -> RouteSpec<A> {
     let mut spec = RouteSpec {
-        dst: Ipv4Addr::UNSPECIFIED,
+        dst: A::unspecified(),
         prefix: r.header.destination_prefix_length,
         gateway: None,
         oif: 0,
@@ -641,8 +691,12 @@ fn parse_route(r: &RouteMessage) -> RouteSpec {
     };
     for attr in &r.attributes {
         match attr {
-            RouteAttribute::Destination(RouteAddress::Inet(ip)) => spec.dst = *ip,
-            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => spec.gateway = Some(*ip),
+            RouteAttribute::Destination(a) => {
+                if let Some(ip) = A::from_route_addr(a) {
+                    spec.dst = ip;
+                }
+            }
+            RouteAttribute::Gateway(a) => spec.gateway = A::from_route_addr(a).or(spec.gateway),
             RouteAttribute::Oif(index) => spec.oif = *index,
             _ => {}
         }
@@ -656,15 +710,4 @@ pub(crate) const BLACKHOLE_METRIC: u32 = u32::MAX;
 /// A 6-byte hardware address, `None` for any other length.
 fn mac6(bytes: &[u8]) -> Option<[u8; 6]> {
     <[u8; 6]>::try_from(bytes).ok()
-}
-
-/// An IPv4 `NDA_DST`, which `AF_BRIDGE` messages carry as raw bytes.
-fn neighbour_ipv4(a: &NeighbourAddress) -> Option<Ipv4Addr> {
-    match a {
-        NeighbourAddress::Inet(ip) => Some(*ip),
-        NeighbourAddress::Other(bytes) => <[u8; 4]>::try_from(bytes.as_slice())
-            .ok()
-            .map(Ipv4Addr::from),
-        _ => None,
-    }
 }

@@ -58,7 +58,7 @@ fn flannel_spec(underlay_index: u32) -> VxlanSpec {
     VxlanSpec {
         name: "flannel.1".to_string(),
         vni: 1,
-        local: UNDERLAY_IP,
+        local: UNDERLAY_IP.into(),
         underlay_index,
         port: None,
         gbp: false,
@@ -111,7 +111,7 @@ fn vxlan_device_is_created_and_read_back_as_flannel_does() {
         assert!(!link.up);
         let expected = VxlanAttrs {
             vni: 1,
-            local: Some(UNDERLAY_IP),
+            local: Some(UNDERLAY_IP.into()),
             link: Some(ul.index),
             port: VXLAN_DEFAULT_PORT,
             learning: false,
@@ -153,7 +153,7 @@ fn vxlan_device_is_created_and_read_back_as_flannel_does() {
             attrs2,
             VxlanAttrs {
                 vni: 2,
-                local: Some(UNDERLAY_IP),
+                local: Some(UNDERLAY_IP.into()),
                 link: Some(ul.index),
                 port: 4789,
                 learning: true,
@@ -632,7 +632,7 @@ fn vxlan_attrs_match_only_the_same_spec() {
     let spec = flannel_spec(7);
     let attrs = VxlanAttrs {
         vni: 1,
-        local: Some(UNDERLAY_IP),
+        local: Some(UNDERLAY_IP.into()),
         link: Some(7),
         port: VXLAN_DEFAULT_PORT,
         learning: false,
@@ -666,7 +666,7 @@ fn vxlan_attrs_match_only_the_same_spec() {
         ..spec.clone()
     }));
     assert!(!attrs.matches(&VxlanSpec {
-        local: Ipv4Addr::new(192, 0, 2, 9),
+        local: Ipv4Addr::new(192, 0, 2, 9).into(),
         ..spec
     }));
 }
@@ -697,4 +697,126 @@ fn blackhole_route_is_added_once_and_found() {
     ns.ip(&["addr", "add", "10.1.5.1/24", "dev", "br0"]);
     let got = ns.ip(&["route", "get", "10.1.5.2"]);
     assert!(got.contains("dev br0"), "{got}");
+}
+
+#[test]
+fn ipv6_vxlan_device_address_neighbour_fdb_and_onlink_route_as_flannel_does() {
+    let ns = Netns::with_underlay(
+        "ipv6_vxlan_device_address_neighbour_fdb_and_onlink_route_as_flannel_does",
+    );
+    let Some(ns) = ns else {
+        return;
+    };
+    ns.ip(&["-6", "addr", "add", "fd00:192::1/64", "dev", "ul0", "nodad"]);
+    let local6: std::net::Ipv6Addr = "fd00:192::1".parse().expect("literal");
+    let peer6: std::net::Ipv6Addr = "fd00:192::2".parse().expect("literal");
+    let own: std::net::Ipv6Addr = "fc00:0:0:5::".parse().expect("literal");
+    let subnet: std::net::Ipv6Addr = "fc00:0:0:6::".parse().expect("literal");
+    ns.run(|nl| {
+        let ul = nl.link_by_name("ul0").unwrap().expect("ul0").index;
+        let spec = VxlanSpec {
+            name: "flannel-v6.1".to_string(),
+            local: local6.into(),
+            ..flannel_spec(ul)
+        };
+        nl.add_vxlan(&spec).unwrap();
+        let link = nl.link_by_name("flannel-v6.1").unwrap().expect("created");
+        let attrs = link.vxlan.expect("vxlan attrs");
+        assert_eq!(attrs.local, Some(local6.into()));
+        assert!(attrs.matches(&spec), "{attrs:?} vs {spec:?}");
+        assert!(
+            !attrs.matches(&flannel_spec(ul)),
+            "an IPv4 local is another device"
+        );
+        let index = link.index;
+        nl.set_link_up(index).unwrap();
+
+        // The /128 address (nodad: usable at once), listed among the IPv6 addresses only.
+        nl.add_address(index, own, 128).unwrap();
+        nl.add_address(index, own, 128).unwrap();
+        let v6 = nl.addresses_of::<std::net::Ipv6Addr>(index).unwrap();
+        assert!(v6.contains(&(own, 128)), "{v6:?}");
+        assert!(nl.addresses(index).unwrap().is_empty(), "no IPv4 address");
+
+        // flannel's three entries per peer, in its order.
+        nl.replace_neigh(index, subnet, PEER_MAC).unwrap();
+        nl.replace_fdb(index, PEER_MAC, peer6).unwrap();
+        let route = RouteSpec {
+            dst: subnet,
+            prefix: 64,
+            gateway: Some(subnet),
+            oif: index,
+            onlink: true,
+            protocol: 3,
+        };
+        nl.replace_route(&route).unwrap();
+        nl.replace_route(&route).unwrap();
+        assert!(nl
+            .neighbours_of::<std::net::Ipv6Addr>(index)
+            .unwrap()
+            .contains(&(subnet, PEER_MAC)));
+        assert!(nl
+            .fdb_of::<std::net::Ipv6Addr>(index)
+            .unwrap()
+            .contains(&(PEER_MAC, Some(peer6))));
+        // The IPv4 view of the same FDB entry has no destination of its family.
+        assert!(nl.fdb(index).unwrap().contains(&(PEER_MAC, None)));
+        let routes = nl.routes_of::<std::net::Ipv6Addr>(Some(3)).unwrap();
+        assert_eq!(routes, vec![route]);
+        assert!(nl.routes(Some(3)).unwrap().is_empty(), "no IPv4 route");
+
+        // What iproute2 shows.
+        let neigh = ns.ip(&["-6", "neigh", "show", "dev", "flannel-v6.1"]);
+        assert!(
+            neigh.contains(&format!(
+                "fc00:0:0:6:: lladdr {} PERMANENT",
+                format_mac(&PEER_MAC)
+            )),
+            "{neigh}"
+        );
+        let fdb = ns.exec(&["bridge", "fdb", "show", "dev", "flannel-v6.1"]);
+        let want = format!("{} dst fd00:192::2 self permanent", format_mac(&PEER_MAC));
+        assert!(
+            fdb.lines().any(|l| l.trim() == want),
+            "{want:?} missing in {fdb}"
+        );
+        let shown = ns.ip(&[
+            "-6",
+            "route",
+            "show",
+            "dev",
+            "flannel-v6.1",
+            "proto",
+            "boot",
+        ]);
+        assert_eq!(
+            shown.trim(),
+            "fc00:0:0:6::/64 via fc00:0:0:6:: metric 1024 onlink pref medium",
+            "{shown}"
+        );
+
+        // ip -6 route get: the on-link peer has no gateway.
+        let got = nl.route_get(peer6).unwrap();
+        assert_eq!((got.gateway, got.oif), (None, ul));
+
+        // Removal, idempotent.
+        for _ in 0..2 {
+            nl.delete_route(&route).unwrap();
+            nl.delete_fdb(index, PEER_MAC, peer6).unwrap();
+            nl.delete_neigh(index, subnet).unwrap();
+            nl.delete_address(index, own, 128).unwrap();
+        }
+        assert!(nl
+            .routes_of::<std::net::Ipv6Addr>(Some(3))
+            .unwrap()
+            .is_empty());
+        assert!(!nl
+            .fdb_of::<std::net::Ipv6Addr>(index)
+            .unwrap()
+            .contains(&(PEER_MAC, Some(peer6))));
+        assert!(!nl
+            .addresses_of::<std::net::Ipv6Addr>(index)
+            .unwrap()
+            .contains(&(own, 128)));
+    });
 }
