@@ -9,7 +9,8 @@
 //!
 //! The interface's IPv6 address (dual stack) is `--public-ipv6` when the interface holds it,
 //! else the IPv6 address `--iface`/`--iface-can-reach` found, else its best IPv6 address:
-//! global before unique-local before link-local, in the kernel's order. An interface selected
+//! global before unique-local, in the kernel's order; never a link-local one (flanneld takes
+//! one when nothing else is there, which peers cannot reach without a scope). An interface selected
 //! by its IPv6 address still needs an IPv4 address (weft's networks have an IPv4 part).
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -97,12 +98,11 @@ fn ipv6_addrs() -> Result<Vec<Addr6>> {
 }
 
 /// How good an IPv6 address is as the interface's: global unicast, then unique local
-/// (`fc00::/7`), then link-local; loopback, multicast and unspecified are never used.
+/// (`fc00::/7`); link-local addresses (other hosts could not use them without a scope),
+/// loopback, multicast and unspecified are never used.
 fn rank6(ip: Ipv6Addr) -> Option<u8> {
-    if ip.is_loopback() || ip.is_multicast() || ip.is_unspecified() {
+    if ip.is_loopback() || ip.is_multicast() || ip.is_unspecified() || ip.is_unicast_link_local() {
         None
-    } else if ip.is_unicast_link_local() {
-        Some(2)
     } else if ip.is_unique_local() {
         Some(1)
     } else {
@@ -485,10 +485,10 @@ mod tests {
     }
 
     #[test]
-    fn rank6_prefers_global_then_unique_local_then_link_local() {
+    fn rank6_prefers_global_then_unique_local_never_link_local() {
         let r = |s: &str| rank6(s.parse().expect("literal"));
         assert!(r("2001:db8::1") < r("fd00::1"));
-        assert!(r("fd00::1") < r("fe80::1"));
+        assert_eq!(r("fe80::1"), None);
         assert_eq!(r("::1"), None);
         assert_eq!(r("ff02::1"), None);
     }

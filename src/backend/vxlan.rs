@@ -16,7 +16,8 @@
 //!   reprogrammed; every 10 s a peer whose neighbour, FDB entry or route went missing is
 //!   reprogrammed.
 //! * Dual stack (`EnableIPv6`): a second device `flannel-v6.<VNI>` with the same VNI, port and
-//!   options, our public IPv6 address as local, MTU as above, `accept_ra` 0, address = our IPv6
+//!   options, our public IPv6 address as local, MTU = underlay MTU (or `MTU`) − 70 (the kernel's
+//!   cap for VXLAN over IPv6; flanneld asks for − 50 and gets the same), `accept_ra` 0, address = our IPv6
 //!   subnet's network address /128 (other addresses but link-local ones removed). Each lease
 //!   with an IPv6 subnet, a `PublicIPv6` and `BackendV6Data` gets the same neighbour, FDB entry
 //!   and onlink route on it (DirectRouting: `ip -6 route get`), and the device is checked and
@@ -39,6 +40,9 @@ use std::time::Instant;
 const RTPROT_BOOT: u8 = 3;
 /// Route protocol the kernel gives routes it derives from addresses.
 const RTPROT_KERNEL: u8 = 2;
+/// Outer headers of VXLAN over IPv6 (40 + 8 + 8 + 14): the kernel caps a vxlan device with an
+/// IPv6 local address at the underlay MTU minus this, whatever MTU it is created with.
+const VXLAN6_OVERHEAD: u32 = 70;
 
 /// How a peer is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -437,8 +441,13 @@ impl Vxlan {
             port: cfg.port_set.then_some(cfg.port),
             gbp: cfg.gbp,
             learning: cfg.learning,
-            // flannel takes 50 bytes off for both devices.
-            mtu: underlay_mtu.saturating_sub(engine::dataplane::VXLAN_OVERHEAD),
+            // flannel asks for MTU − 50 for both devices; the kernel makes that MTU − 70 for the
+            // IPv6 one, which is what it gets here, so that a reused device is not "fixed".
+            mtu: underlay_mtu.saturating_sub(if local.is_ipv6() {
+                VXLAN6_OVERHEAD
+            } else {
+                engine::dataplane::VXLAN_OVERHEAD
+            }),
             mac: None,
         };
         let v4 = Device::new(

@@ -661,6 +661,101 @@ impl Cluster {
     }
 }
 
+/// The dual-stack additions: an IPv6 underlay (`fd00:192::<n>/64` on every host's `ul0`) and
+/// IPv6 containers addressed from `FLANNEL_IPV6_SUBNET`.
+impl Cluster {
+    /// Host `i`'s IPv6 underlay address, `fd00:192::<i + 1>`.
+    pub(crate) fn host_ip6(&self, i: usize) -> String {
+        format!("fd00:192::{}", i + 1)
+    }
+
+    /// Gives every host an IPv6 address on `ul0` (no duplicate address detection, so it is
+    /// usable at once) and turns IPv6 forwarding on.
+    pub(crate) fn enable_ipv6_underlay(&self) -> io::Result<()> {
+        for (i, h) in self.hosts.iter().enumerate() {
+            let addr = format!("{}/64", self.host_ip6(i));
+            h.ns.ip(&["-6", "addr", "add", &addr, "dev", "ul0", "nodad"])?;
+            h.ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        }
+        Ok(())
+    }
+
+    /// Host `i`'s leased IPv6 subnet, `fc00:…::/64`, from `FLANNEL_IPV6_SUBNET` of its
+    /// subnet.env.
+    pub(crate) fn subnet6(&self, i: usize) -> String {
+        let s = &self.subnet_env(i)["FLANNEL_IPV6_SUBNET"];
+        let n: control::subnet::Ipv6Net = s.parse().expect("FLANNEL_IPV6_SUBNET is a CIDR");
+        n.to_string()
+    }
+
+    /// `<prefix>/subnets/10.1.X.0-24&fc00:…::-64`, host `i`'s dual-stack lease key.
+    pub(crate) fn lease_key_dual(&self, i: usize) -> String {
+        let v6 = self.subnet6(i).replace('/', "-");
+        format!("{}&{v6}", self.lease_key(i))
+    }
+
+    /// Container `i`'s IPv6 address (`::2` of its IPv6 subnet).
+    pub(crate) fn ctr_ip6(&self, i: usize) -> String {
+        let n: control::subnet::Ipv6Net = self.subnet6(i).parse().expect("valid");
+        n.nth(2).to_string()
+    }
+
+    /// Addresses host `i`'s bridge (`::1`) and container (`::2`, default route via `::1`) from
+    /// `FLANNEL_IPV6_SUBNET`, next to the IPv4 addresses of [`Cluster::attach_container`].
+    pub(crate) fn attach_container6(&self, i: usize) {
+        let env = self.subnet_env(i);
+        let gw = env["FLANNEL_IPV6_SUBNET"].clone();
+        let h = &self.hosts[i];
+        h.ns.ip(&["-6", "addr", "flush", "dev", "br0", "scope", "global"])
+            .expect("flush br0");
+        h.ctr
+            .ip(&["-6", "addr", "flush", "dev", "eth0", "scope", "global"])
+            .expect("flush ctr");
+        h.ns.ip(&["-6", "addr", "add", &gw, "dev", "br0", "nodad"])
+            .expect("IPv6 gw address");
+        let prefix = gw.split('/').nth(1).expect("prefix").to_string();
+        let ctr = format!("{}/{prefix}", self.ctr_ip6(i));
+        h.ctr
+            .ip(&["-6", "addr", "add", &ctr, "dev", "eth0", "nodad"])
+            .expect("IPv6 ctr address");
+        let gw_ip = gw.split('/').next().expect("addr").to_string();
+        h.ctr
+            .ip(&["-6", "route", "replace", "default", "via", &gw_ip])
+            .expect("IPv6 ctr default route");
+    }
+
+    /// Pings (`ping -6`) from container `from` to container `to`'s IPv6 address until an answer
+    /// or `timeout`.
+    pub(crate) fn ping6(&self, from: usize, to: usize, timeout: Duration) -> io::Result<Duration> {
+        let start = Instant::now();
+        let dst = self.ctr_ip6(to);
+        loop {
+            let out = netns::output_timeout(
+                self.hosts[from]
+                    .ctr
+                    .cmd("ping")
+                    .args(["-6", "-n", "-c", "1", "-W", "1", &dst]),
+                Duration::from_secs(5),
+            )?;
+            if out.status.success() {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() >= timeout {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "ctr{} cannot reach ctr{} ({dst}) over IPv6 within {timeout:?}: {}",
+                        from + 1,
+                        to + 1,
+                        String::from_utf8_lossy(&out.stdout)
+                    ),
+                ));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// The first number after `"name":` in `json` (etcdctl's `-w json` output).
 fn json_number(json: &str, name: &str) -> Option<u64> {
     json.split(&format!("\"{name}\":"))

@@ -1,0 +1,483 @@
+//! End-to-end tests of dual stack (`EnableIPv6`) with the kernel backends: two weft hosts on a
+//! dual-stack underlay (IPv4 192.0.2.<n>/24 and IPv6 fd00:192::<n>/64 on one switch, see
+//! `support/cluster.rs`), a real etcd, and containers with an IPv4 and an IPv6 address each.
+//! Every container pings every other one over both families; lease changes must reach the IPv6
+//! entries; repairs and restarts keep both subnets. Root is required (namespaces, vxlan); `ping`
+//! is iputils' (`ping -6`).
+//!
+//! Every test builds its own [`Cluster`]; daemons are declared after it, so they stop before the
+//! namespaces go, also when a test panics. Every wait is bounded.
+
+mod support;
+
+use std::time::Duration;
+use support::cluster::{Cluster, PREFIX};
+use support::daemon::Daemon;
+use testkit::wait::within;
+
+const VXLAN6: &str = r#"{"Network":"10.1.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#;
+const HOST_GW6: &str = r#"{"Network":"10.1.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"host-gw"}}"#;
+/// Time a lease change may take to reach the kernel of another host.
+const PROPAGATION: Duration = Duration::from_secs(10);
+/// host-gw's repair period (10 s) plus margin.
+const REPAIR: Duration = Duration::from_secs(15);
+
+/// `ip <args>` in host `i`'s namespace.
+fn ip(c: &Cluster, i: usize, args: &[&str]) -> String {
+    c.hosts[i]
+        .ns
+        .ip(args)
+        .unwrap_or_else(|e| panic!("host{}: ip {args:?}: {e}", i + 1))
+}
+
+/// `bridge fdb show dev <dev>` in host `i`'s namespace.
+fn fdb(c: &Cluster, i: usize, dev: &str) -> String {
+    c.hosts[i]
+        .ns
+        .run(&["bridge", "fdb", "show", "dev", dev])
+        .unwrap_or_else(|e| panic!("host{}: bridge fdb: {e}", i + 1))
+}
+
+/// The MAC address of `dev` on host `i`.
+fn link_mac(c: &Cluster, i: usize, dev: &str) -> String {
+    let out = ip(c, i, &["link", "show", "dev", dev]);
+    out.split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no MAC in {out}"))
+        .to_string()
+}
+
+/// The network address of an IPv6 subnet `fc00:0:0:5::/64` → `fc00:0:0:5::`.
+fn addr_of(subnet: &str) -> &str {
+    subnet.split('/').next().expect("address")
+}
+
+/// What host `i` has on `flannel-v6.1` for subnet `s` at public IPv6 `pip` with VTEP MAC `mac`:
+/// neighbour, FDB entry and onlink route, each present or not.
+fn v6_entries(c: &Cluster, i: usize, s: &str, pip: &str, mac: &str) -> [bool; 3] {
+    let n = addr_of(s);
+    let neigh = ip(c, i, &["-6", "neigh", "show", "dev", "flannel-v6.1"]);
+    let fdb = fdb(c, i, "flannel-v6.1");
+    let routes = ip(c, i, &["-6", "route", "show", "dev", "flannel-v6.1"]);
+    [
+        neigh
+            .lines()
+            .any(|l| l.starts_with(&format!("{n} lladdr {mac} PERMANENT"))),
+        fdb.lines()
+            .any(|l| l.trim() == format!("{mac} dst {pip} self permanent")),
+        routes
+            .lines()
+            .any(|l| l.trim().starts_with(&format!("{s} via {n} ")) && l.contains(" onlink")),
+    ]
+}
+
+/// Waits until host `i` has the three `flannel-v6.1` entries given (or, with `want` false, none
+/// of them).
+fn wait_v6_entries(c: &Cluster, i: usize, s: &str, pip: &str, mac: &str, want: bool) {
+    let goal = [want; 3];
+    let mut last = [!want; 3];
+    let found = testkit::wait::poll(
+        PROPAGATION,
+        Duration::from_millis(100),
+        "IPv6 vxlan entries",
+        || {
+            last = v6_entries(c, i, s, pip, mac);
+            last == goal
+        },
+    );
+    eprintln!(
+        "host{}: flannel-v6.1 entries for {s} {}present after {found:?}",
+        i + 1,
+        if want { "" } else { "no longer " }
+    );
+}
+
+/// Every container pings every other one over IPv4 and IPv6 (first answer within 10 s).
+fn ping_both(c: &Cluster, hosts: &[usize]) {
+    for &a in hosts {
+        for &b in hosts {
+            if a != b {
+                let t4 = c
+                    .ping(a, b, Duration::from_secs(10))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let t6 = c
+                    .ping6(a, b, Duration::from_secs(10))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                eprintln!(
+                    "ctr{} -> ctr{}: IPv4 {} after {t4:?}, IPv6 {} after {t6:?}",
+                    a + 1,
+                    b + 1,
+                    c.hosts[b].ctr_ip(),
+                    c.ctr_ip6(b)
+                );
+            }
+        }
+    }
+}
+
+/// subnet.env of host `i` has flannel's lines in flannel's order, with the IPv6 pair.
+fn check_env_order(c: &Cluster, i: usize) {
+    let text = std::fs::read_to_string(c.subnet_file(i)).expect("subnet.env");
+    let keys: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "FLANNEL_NETWORK",
+            "FLANNEL_SUBNET",
+            "FLANNEL_IPV6_NETWORK",
+            "FLANNEL_IPV6_SUBNET",
+            "FLANNEL_MTU",
+            "FLANNEL_IPMASQ"
+        ],
+        "host{}: {text}",
+        i + 1
+    );
+    let env = c.subnet_env(i);
+    assert_eq!(env["FLANNEL_IPV6_NETWORK"], "fc00::/48");
+    let s6 = c.subnet6(i);
+    assert!(s6.starts_with("fc00:0:0:") && s6.ends_with("::/64"), "{s6}");
+    assert_eq!(
+        env["FLANNEL_IPV6_SUBNET"],
+        format!("{}1/64", addr_of(&s6)),
+        "the first address of the subnet"
+    );
+}
+
+/// A cluster of `n` hosts with the IPv6 underlay, etcd and `config`.
+fn dual_cluster(test: &str, n: usize, config: &str) -> Option<Cluster> {
+    let mut c = Cluster::for_test(test, n)?;
+    c.enable_ipv6_underlay().expect("IPv6 underlay");
+    c.start_etcd();
+    c.put_config(config);
+    Some(c)
+}
+
+/// `sysctl` value `key` inside host `i`.
+fn sysctl(c: &Cluster, i: usize, path: &str) -> String {
+    c.hosts[i]
+        .ns
+        .run(&["cat", path])
+        .unwrap_or_else(|e| panic!("host{}: cat {path}: {e}", i + 1))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn dual_stack_kernel_vxlan_two_hosts() {
+    const T: &str = "dual_stack_kernel_vxlan_two_hosts";
+    let Some(mut c) = dual_cluster(T, 2, VXLAN6) else {
+        return;
+    };
+    let mut d = c.start_weft_all(0..2, &["--ip-masq"]);
+    let mut macs6 = Vec::new();
+    for i in 0..2 {
+        check_env_order(&c, i);
+        assert_eq!(c.subnet_env(i)["FLANNEL_MTU"], "1450");
+        // The IPv6 device as flannel makes it.
+        let link = ip(&c, i, &["-d", "link", "show", "flannel-v6.1"]);
+        for want in [
+            format!("vxlan id 1 local {} dev ul0 ", c.host_ip6(i)),
+            " nolearning ".to_string(),
+            // 1500 − 70: the kernel's cap for VXLAN over IPv6.
+            " mtu 1430 ".to_string(),
+            ",UP,".to_string(),
+        ] {
+            assert!(
+                link.contains(&want),
+                "host{}: {want:?} missing:\n{link}",
+                i + 1
+            );
+        }
+        let addrs = ip(
+            &c,
+            i,
+            &[
+                "-6",
+                "addr",
+                "show",
+                "dev",
+                "flannel-v6.1",
+                "scope",
+                "global",
+            ],
+        );
+        let inet6: Vec<&str> = addrs
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("inet6 "))
+            .collect();
+        assert_eq!(inet6.len(), 1, "host{}: {addrs}", i + 1);
+        assert!(
+            inet6[0].starts_with(&format!("{}/128 ", addr_of(&c.subnet6(i)))),
+            "host{}: {addrs}",
+            i + 1
+        );
+        assert_eq!(
+            sysctl(&c, i, "/proc/sys/net/ipv6/conf/flannel-v6.1/accept_ra"),
+            "0"
+        );
+        // One key with both subnets, holding both MACs and our public IPv6 address.
+        let (mac4, mac6) = (
+            link_mac(&c, i, "flannel.1"),
+            link_mac(&c, i, "flannel-v6.1"),
+        );
+        assert_ne!(mac4, mac6);
+        assert_eq!(
+            c.get(&c.lease_key_dual(i)),
+            format!(
+                r#"{{"PublicIP":"{}","PublicIPv6":"{}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac4}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}}}"#,
+                c.hosts[i].ip,
+                c.host_ip6(i)
+            ),
+            "lease of host{}",
+            i + 1
+        );
+        assert_eq!(c.get(&c.lease_key(i)), "", "no IPv4-only key");
+        macs6.push(mac6);
+        // ip6tables: flannel's IPv6 masquerade rules for the IPv6 network and subnet.
+        let nat6 = c.hosts[i]
+            .ns
+            .run(&["ip6tables", "-t", "nat", "-S", "FLANNEL-POSTRTG"])
+            .expect("ip6tables");
+        let want = format!(
+            "-A FLANNEL-POSTRTG -s {} -d fc00::/48 -m comment --comment \"flanneld masq\" -j RETURN",
+            c.subnet6(i)
+        );
+        assert!(nat6.lines().any(|l| l == want), "{want:?} missing:\n{nat6}");
+        assert!(nat6.contains("! -d ff00::/8"), "{nat6}");
+    }
+    for (i, p) in [(0, 1), (1, 0)] {
+        wait_v6_entries(&c, i, &c.subnet6(p), &c.host_ip6(p), &macs6[p], true);
+    }
+    for i in 0..2 {
+        c.attach_container(i);
+        c.attach_container6(i);
+    }
+    ping_both(&c, &[0, 1]);
+
+    // A lease change reaches the IPv6 entries: a peer appears, moves, goes.
+    let key = format!("{PREFIX}/subnets/10.1.200.0-24&fc00:0:0:fff0::-64");
+    let value = |pip6: &str| {
+        format!(
+            r#"{{"PublicIP":"192.0.2.99","PublicIPv6":"{pip6}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:00:00:00:99:04"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"0e:00:00:00:99:06"}}}}"#
+        )
+    };
+    let s = "fc00:0:0:fff0::/64";
+    c.etcdctl(&["put", &key, &value("fd00:192::99")]);
+    wait_v6_entries(&c, 0, s, "fd00:192::99", "0e:00:00:00:99:06", true);
+    c.etcdctl(&["put", &key, &value("fd00:192::98")]);
+    wait_v6_entries(&c, 0, s, "fd00:192::98", "0e:00:00:00:99:06", true);
+    assert!(
+        !fdb(&c, 0, "flannel-v6.1").contains("dst fd00:192::99 "),
+        "the old remote is gone"
+    );
+    c.etcdctl(&["del", &key]);
+    wait_v6_entries(&c, 0, s, "fd00:192::98", "0e:00:00:00:99:06", false);
+
+    // The IPv6 device deleted from outside: recreated with its MAC and reprogrammed (flanneld
+    // would leave it gone).
+    ip(&c, 0, &["link", "del", "flannel-v6.1"]);
+    within(Duration::from_secs(5), "flannel-v6.1 recreated", || {
+        c.hosts[0].ns.ip(&["link", "show", "flannel-v6.1"]).is_ok()
+    });
+    assert_eq!(link_mac(&c, 0, "flannel-v6.1"), macs6[0]);
+    wait_v6_entries(&c, 0, &c.subnet6(1), &c.host_ip6(1), &macs6[1], true);
+    c.ping6(1, 0, Duration::from_secs(10))
+        .expect("IPv6 after the device was recreated");
+    within(Duration::from_secs(5), "recreated6 counted", || {
+        d[0].stat("recreated6") == 1.0
+    });
+    assert_eq!(
+        d[0].stat("recreated"),
+        0.0,
+        "the IPv4 device was not touched"
+    );
+
+    // Restart host 1: both subnets kept (the lease is found by PublicIP), same lease value.
+    let (env, lease) = (c.subnet_env(0), c.get(&c.lease_key_dual(0)));
+    assert!(d.remove(0).stop().success());
+    d.insert(0, c.start_weft(0, &["--ip-masq"]));
+    d[0].wait_running();
+    assert_eq!(c.subnet_env(0), env, "both subnets kept");
+    assert_eq!(c.get(&c.lease_key_dual(0)), lease);
+    ping_both(&c, &[0, 1]);
+    assert_eq!(d[0].stat("peers6"), 1.0);
+    assert_eq!(d[0].stat("failures6"), 0.0);
+    // Restart after the lease is gone: both subnets come back from subnet.env.
+    assert!(d.remove(1).stop().success());
+    let (env1, key1) = (c.subnet_env(1), c.lease_key_dual(1));
+    c.etcdctl(&["del", &key1]);
+    d.insert(1, c.start_weft(1, &["--ip-masq"]));
+    d[1].wait_running();
+    assert_eq!(c.subnet_env(1), env1, "previous pair reused");
+    ping_both(&c, &[0, 1]);
+}
+
+#[test]
+fn dual_stack_host_gw_two_hosts() {
+    const T: &str = "dual_stack_host_gw_two_hosts";
+    let Some(mut c) = dual_cluster(T, 2, HOST_GW6) else {
+        return;
+    };
+    let d = c.start_weft_all(0..2, &[]);
+    let route6 = |c: &Cluster, i: usize, s: &str, via: &str| -> bool {
+        ip(c, i, &["-6", "route", "show", "proto", "153"])
+            .lines()
+            .any(|l| l.trim().starts_with(&format!("{s} via {via} dev ul0 ")))
+    };
+    for i in 0..2 {
+        check_env_order(&c, i);
+        assert_eq!(c.subnet_env(i)["FLANNEL_MTU"], "1500");
+        assert_eq!(
+            c.get(&c.lease_key_dual(i)),
+            format!(
+                r#"{{"PublicIP":"{}","PublicIPv6":"{}","BackendType":"host-gw"}}"#,
+                c.hosts[i].ip,
+                c.host_ip6(i)
+            )
+        );
+    }
+    for (i, p) in [(0, 1), (1, 0)] {
+        let (s, via) = (c.subnet6(p), c.host_ip6(p));
+        within(PROPAGATION, "IPv6 host-gw route", || {
+            route6(&c, i, &s, &via)
+        });
+    }
+    for i in 0..2 {
+        c.attach_container(i);
+        c.attach_container6(i);
+    }
+    ping_both(&c, &[0, 1]);
+
+    // The IPv6 route deleted from outside: re-added by the 10 s repair.
+    let (s1, via1) = (c.subnet6(1), c.host_ip6(1));
+    ip(&c, 0, &["-6", "route", "del", &s1]);
+    assert!(!route6(&c, 0, &s1, &via1));
+    let took = within(REPAIR, "IPv6 route re-added", || route6(&c, 0, &s1, &via1));
+    eprintln!("{T}: deleted IPv6 route re-added after {took:?}");
+    within(Duration::from_secs(3), "routes6_readded counted", || {
+        d[0].stat("routes6_readded") >= 1.0
+    });
+    c.ping6(0, 1, Duration::from_secs(5))
+        .expect("IPv6 after the repair");
+
+    // A lease change reaches the IPv6 routes: a host-gw peer appears, moves, goes; a peer
+    // without PublicIPv6 gets only its IPv4 route.
+    let key = format!("{PREFIX}/subnets/10.1.200.0-24&fc00:0:0:fff0::-64");
+    let s = "fc00:0:0:fff0::/64";
+    let value = |pip6: &str| {
+        format!(r#"{{"PublicIP":"192.0.2.99","PublicIPv6":"{pip6}","BackendType":"host-gw"}}"#)
+    };
+    c.etcdctl(&["put", &key, &value("fd00:192::99")]);
+    within(PROPAGATION, "peer's IPv6 route", || {
+        route6(&c, 0, s, "fd00:192::99")
+    });
+    c.etcdctl(&["put", &key, &value("fd00:192::98")]);
+    within(PROPAGATION, "moved IPv6 route", || {
+        route6(&c, 0, s, "fd00:192::98") && !route6(&c, 0, s, "fd00:192::99")
+    });
+    c.etcdctl(&[
+        "put",
+        &key,
+        r#"{"PublicIP":"192.0.2.99","PublicIPv6":null,"BackendType":"host-gw"}"#,
+    ]);
+    within(PROPAGATION, "no IPv6 route without PublicIPv6", || {
+        !ip(&c, 0, &["-6", "route", "show", "proto", "153"]).contains(s)
+            && ip(&c, 0, &["route", "show", "proto", "153"])
+                .contains("10.1.200.0/24 via 192.0.2.99")
+    });
+    c.etcdctl(&["del", &key]);
+    within(PROPAGATION, "route gone", || {
+        !ip(&c, 0, &["route", "show", "proto", "153"]).contains("10.1.200.0/24")
+    });
+    assert_eq!(d[0].stat("routes6"), 1.0);
+    assert_eq!(d[0].stat("route6_failures"), 0.0);
+}
+
+/// Starts weft on host 0 with `config` and `extra` flags and returns its log once it exited
+/// with a failure.
+fn refused(c: &Cluster, config: &str, extra: &[&str]) -> String {
+    c.put_config(config);
+    let mut w: Daemon = c.start_weft(0, extra);
+    let st = w
+        .wait_exit(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("weft with {config} {extra:?} keeps running"));
+    let log = w.lines().join("\n");
+    assert!(!st.success(), "exit status {st}:\n{log}");
+    log
+}
+
+#[test]
+fn dual_stack_refusals_name_what_is_not_carried() {
+    const T: &str = "dual_stack_refusals_name_what_is_not_carried";
+    let Some(c) = dual_cluster(T, 1, VXLAN6) else {
+        return;
+    };
+    let v6 = r#""EnableIPv6":true,"IPv6Network":"fc00::/48""#;
+    for (config, extra, needle) in [
+        (
+            format!(r#"{{"Network":"10.1.0.0/16",{v6},"Backend":{{"Type":"udp"}}}}"#),
+            &[][..],
+            "IPv6 is not supported with the udp backend",
+        ),
+        (
+            format!(
+                r#"{{"Network":"10.1.0.0/16",{v6},"Backend":{{"Type":"vxlan","Userspace":true}}}}"#
+            ),
+            &[][..],
+            "IPv6 is carried by the kernel vxlan backend; weft's own data plane",
+        ),
+        (
+            format!(r#"{{"Network":"10.1.0.0/16",{v6},"Backend":{{"Type":"vxlan"}}}}"#),
+            &["--vxlan-dataplane=userspace"][..],
+            "IPv6 is carried by the kernel vxlan backend; weft's own data plane",
+        ),
+        (
+            format!(r#"{{"EnableIPv4":false,{v6},"Backend":{{"Type":"vxlan"}}}}"#),
+            &[][..],
+            "IPv6-only networks are not carried by weft's backends yet",
+        ),
+        (
+            r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#.to_string(),
+            &["--public-ipv6", "fd00:192::1"][..],
+            "--public-ipv6: the network config has no EnableIPv6",
+        ),
+        (
+            format!(
+                r#"{{"Network":"10.1.0.0/16",{v6},"IPv6SubnetLen":127,"Backend":{{"Type":"vxlan"}}}}"#
+            ),
+            &[][..],
+            "IPv6SubnetLen=127: SubnetLen must be less than /127",
+        ),
+    ] {
+        let log = refused(&c, &config, extra);
+        assert!(
+            log.contains(needle),
+            "{config} {extra:?}: {needle:?} missing:\n{log}"
+        );
+        assert_eq!(
+            c.etcdctl(&[
+                "get",
+                "--prefix",
+                &format!("{PREFIX}/subnets/"),
+                "--keys-only"
+            ])
+            .trim(),
+            "",
+            "{config}: nothing leased"
+        );
+    }
+    // No IPv6 address on the underlay and none given: refused, naming the interface.
+    c.hosts[0]
+        .ns
+        .ip(&["-6", "addr", "flush", "dev", "ul0", "scope", "global"])
+        .expect("flush");
+    let log = refused(&c, VXLAN6, &[]);
+    assert!(
+        log.contains("EnableIPv6: no public IPv6 address: ul0 has no global IPv6 address"),
+        "{log}"
+    );
+}
