@@ -481,3 +481,62 @@ fn dual_stack_refusals_name_what_is_not_carried() {
         "{log}"
     );
 }
+
+#[test]
+fn dual_stack_vxlan_direct_routing_for_on_link_ipv6_peers() {
+    const T: &str = "dual_stack_vxlan_direct_routing_for_on_link_ipv6_peers";
+    let config = r#"{"Network":"10.1.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan","DirectRouting":true}}"#;
+    let Some(mut c) = dual_cluster(T, 2, config) else {
+        return;
+    };
+    let d = c.start_weft_all(0..2, &[]);
+    let direct6 = |c: &Cluster, i: usize, p: usize| -> bool {
+        let want = format!("{} via {} dev ul0 ", c.subnet6(p), c.host_ip6(p));
+        ip(c, i, &["-6", "route", "show", "proto", "153"])
+            .lines()
+            .any(|l| l.trim().starts_with(&want))
+    };
+    for (i, p) in [(0, 1), (1, 0)] {
+        // `ip -6 route get` of the peer's PublicIPv6 has no gateway: a plain route, nothing on
+        // the device.
+        within(PROPAGATION, "direct IPv6 route", || direct6(&c, i, p));
+        let mac6 = link_mac(&c, p, "flannel-v6.1");
+        assert_eq!(
+            v6_entries(&c, i, &c.subnet6(p), &c.host_ip6(p), &mac6),
+            [false; 3],
+            "host{}: flannel-v6.1 entries for an on-link peer",
+            i + 1
+        );
+    }
+    for i in 0..2 {
+        c.attach_container(i);
+        c.attach_container6(i);
+    }
+    ping_both(&c, &[0, 1]);
+    // A peer whose PublicIPv6 is not on-link goes through flannel-v6.1.
+    let key = format!("{PREFIX}/subnets/10.1.200.0-24&fc00:0:0:fff0::-64");
+    c.etcdctl(&[
+        "put",
+        &key,
+        r#"{"PublicIP":"203.0.113.9","PublicIPv6":"2001:db8:ff::9","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:99:04"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:99:06"}}"#,
+    ]);
+    wait_v6_entries(
+        &c,
+        0,
+        "fc00:0:0:fff0::/64",
+        "2001:db8:ff::9",
+        "0e:00:00:00:99:06",
+        true,
+    );
+    assert_eq!(d[0].stat("direct6"), 1.0);
+    assert_eq!(d[0].stat("peers6"), 2.0);
+    c.etcdctl(&["del", &key]);
+    wait_v6_entries(
+        &c,
+        0,
+        "fc00:0:0:fff0::/64",
+        "2001:db8:ff::9",
+        "0e:00:00:00:99:06",
+        false,
+    );
+}
