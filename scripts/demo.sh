@@ -12,24 +12,36 @@
 # between host 1 and host 2, prints a summary, and removes everything it created (also on Ctrl-C
 # or failure). Exits 0 only if every ping succeeded. Run as root: scripts/demo.sh [BACKEND]
 # (as a user with sudo, it re-runs itself with sudo)
-# where BACKEND is udp (default), vxlan (the kernel's device), vxlan-userspace or host-gw.
+# where BACKEND is udp (default), vxlan (the kernel's device), vxlan-userspace, host-gw or
+# vxlan-dualstack (the kernel's vxlan with "EnableIPv6": every host also gets fd00:192::<n> on the
+# underlay, every container an IPv6 address from FLANNEL_IPV6_SUBNET, and a second ping matrix
+# runs over IPv6).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HOSTS=3
 ETCD_IP=192.0.2.250
 ETCD_URL="http://$ETCD_IP:2379"
+DUAL=0
 case "${1:-udp}" in
   udp) BACKEND='{"Type": "udp"}' ;;
   vxlan) BACKEND='{"Type": "vxlan"}' ;;
   vxlan-userspace) BACKEND='{"Type": "vxlan", "Userspace": true}' ;;
   host-gw) BACKEND='{"Type": "host-gw"}' ;;
+  vxlan-dualstack)
+    BACKEND='{"Type": "vxlan"}'
+    DUAL=1
+    ;;
   *)
-    echo "usage: $0 [udp|vxlan|vxlan-userspace|host-gw]" >&2
+    echo "usage: $0 [udp|vxlan|vxlan-userspace|host-gw|vxlan-dualstack]" >&2
     exit 2
     ;;
 esac
-CONFIG="{\"Network\": \"10.1.0.0/16\", \"SubnetLen\": 24, \"Backend\": $BACKEND}"
+if [ "$DUAL" = 1 ]; then
+  CONFIG="{\"Network\": \"10.1.0.0/16\", \"SubnetLen\": 24, \"EnableIPv6\": true, \"IPv6Network\": \"fc00::/48\", \"Backend\": $BACKEND}"
+else
+  CONFIG="{\"Network\": \"10.1.0.0/16\", \"SubnetLen\": 24, \"Backend\": $BACKEND}"
+fi
 START=$SECONDS
 
 say() { printf '==> %s\n' "$*"; }
@@ -223,6 +235,10 @@ for ((h = 1; h <= HOSTS; h++)); do
   # ip_forward on, rp_filter off (as on a Docker host); /proc/sys/net is per namespace.
   nsx "$hn" sh -c 'echo 1 >/proc/sys/net/ipv4/ip_forward
     echo 0 >/proc/sys/net/ipv4/conf/all/rp_filter; echo 0 >/proc/sys/net/ipv4/conf/default/rp_filter'
+  if [ "$DUAL" = 1 ]; then # the IPv6 underlay: no DAD, so the address is usable at once
+    ip -n "$hn" -6 addr add "fd00:192::$h/64" dev ul0 nodad
+    nsx "$hn" sh -c 'echo 1 >/proc/sys/net/ipv6/conf/all/forwarding'
+  fi
   ip -n "$hn" link add br0 type bridge
   ip -n "$hn" link set br0 up
   for c in a b; do
@@ -273,7 +289,7 @@ for ((h = 1; h <= HOSTS; h++)); do
   WEFT_PIDS+=("$!")
 done
 
-declare -A SUBNET MTU CIP
+declare -A SUBNET MTU CIP SUBNET6 CIP6 KEY6
 deadline=$((SECONDS + 30))
 for ((h = 1; h <= HOSTS; h++)); do
   until grep -q '^FLANNEL_MTU=' "$TMP/host$h.env" 2>/dev/null; do
@@ -307,9 +323,29 @@ for ((h = 1; h <= HOSTS; h++)); do
     ip -n "$cn" addr add "${CIP[$h$c]}/$plen" dev eth0
     ip -n "$cn" route add default via "$gw"
   done
+  if [ "$DUAL" = 1 ]; then # br0 gets FLANNEL_IPV6_SUBNET (::1), the containers ::2 and ::3
+    SUBNET6[$h]=$(sed -n 's/^FLANNEL_IPV6_SUBNET=//p' "$env_file")
+    [[ ${SUBNET6[$h]} =~ ^([0-9a-f:]+:)1/([0-9]+)$ ]] ||
+      die "host$h: unexpected FLANNEL_IPV6_SUBNET '${SUBNET6[$h]}'"
+    base6=${BASH_REMATCH[1]} plen6=${BASH_REMATCH[2]}
+    KEY6[$h]="${base6}-$plen6" # the network address ends in ':' before the final 1
+    [[ $base6 == *:: ]] || KEY6[$h]="${base6}0-$plen6"
+    ip -n "$hn" -6 addr add "${SUBNET6[$h]}" dev br0 nodad
+    n=2
+    for c in a b; do
+      cn=$(ctr_ns "$h" "$c")
+      CIP6["$h$c"]="${base6}$n"
+      n=$((n + 1))
+      ip -n "$cn" -6 addr add "${CIP6[$h$c]}/$plen6" dev eth0 nodad
+      ip -n "$cn" -6 route add default via "${SUBNET6[$h]%/*}"
+    done
+  fi
 done
 for ((h = 1; h <= HOSTS; h++)); do
   say "host$h: br0 ${SUBNET[$h]} mtu ${MTU[$h]}; ctr${h}a ${CIP[${h}a]}, ctr${h}b ${CIP[${h}b]}"
+  if [ "$DUAL" = 1 ]; then
+    say "host$h: br0 ${SUBNET6[$h]}; ctr${h}a ${CIP6[${h}a]}, ctr${h}b ${CIP6[${h}b]}"
+  fi
 done
 
 # Every host learns the others' leases through its etcd watch; wait (bounded) until each host's
@@ -368,6 +404,34 @@ done
     echo
   done
 }
+# Dual stack: the same pairs over IPv6 (after a bounded wait for the IPv6 entries).
+ok6=0 fail6=0
+if [ "$DUAL" = 1 ]; then
+  say "pinging every pair of containers on different hosts over IPv6 (ping -6 -c 1 -W 2)"
+  deadline=$((SECONDS + 20))
+  for ((i = 1; i <= HOSTS; i++)); do
+    for ((j = 1; j <= HOSTS; j++)); do
+      [ "$i" = "$j" ] && continue
+      until nsx "$(ctr_ns "$i" a)" ping -6 -n -q -c 1 -W 1 "${CIP6[${j}a]}" >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$deadline" ] || break 3
+        sleep 0.1
+      done
+    done
+  done
+  for src in "${CTRS[@]}"; do
+    read -r sh sc <<<"$src"
+    for dst in "${CTRS[@]}"; do
+      read -r dh dc <<<"$dst"
+      [ "$sh" = "$dh" ] && continue
+      if nsx "$(ctr_ns "$sh" "$sc")" ping -6 -n -c 1 -W 2 "${CIP6[$dh$dc]}" >/dev/null 2>&1; then
+        ok6=$((ok6 + 1))
+      else
+        echo "demo.sh: ctr$sh$sc cannot reach ctr$dh$dc at ${CIP6[$dh$dc]} over IPv6" >&2
+        fail6=$((fail6 + 1))
+      fi
+    done
+  done
+fi
 rtt_stats="-"
 if [ "${#rtts[@]}" -gt 0 ]; then
   rtt_stats=$(printf '%s\n' "${rtts[@]}" |
@@ -416,6 +480,7 @@ for ((h = 1; h <= HOSTS; h++)); do
   TX[$h]=$(field tx_packets) RX[$h]=$(field rx_packets) DROP[$h]=$(field dropped)
   # The public IP as leased in etcd (subnets/<net>-<len>), as other hosts see it.
   key="/coreos.com/network/subnets/$(sed 's/\.[0-9]*\//.0-/' <<<"${SUBNET[$h]}")"
+  [ "$DUAL" = 1 ] && key="$key&${KEY6[$h]}" # one key for both subnets
   PUB[$h]=$(etcdctl_ get --print-value-only "$key" 2>/dev/null |
     sed -n 's/.*"PublicIP":"\([0-9.]*\)".*/\1/p')
 done
@@ -424,17 +489,23 @@ total=$((ok + fail))
 echo
 say "summary (backend ${1:-udp})"
 NA='?'
-case "${1:-udp}" in vxlan | host-gw) NA='kernel' ;; esac # packets never pass through weft
+case "${1:-udp}" in vxlan | host-gw | vxlan-dualstack) NA='kernel' ;; esac # packets never pass through weft
 printf '    %-6s %-14s %-15s %-5s %10s %10s %6s\n' host "public IP" subnet MTU tx_packets rx_packets drops
 for ((h = 1; h <= HOSTS; h++)); do
   printf '    %-6s %-14s %-15s %-5s %10s %10s %6s\n' "host$h" "${PUB[$h]:-?}" "${SUBNET[$h]}" \
     "${MTU[$h]}" "${TX[$h]:-$NA}" "${RX[$h]:-$NA}" "${DROP[$h]:-$NA}"
 done
 printf '    %-14s %s\n' "ping matrix" "$ok/$total ok, $fail failed (rtt min/avg/max $rtt_stats ms)"
+if [ "$DUAL" = 1 ]; then
+  printf '    %-14s %s\n' "ping -6 matrix" "$ok6/$((ok6 + fail6)) ok, $fail6 failed"
+fi
 printf '    %-14s %s\n' "iperf3 TCP" "$gbps Gbit/s, 5 s, ctr$IPERF_SRC -> ctr$IPERF_DST (host1 -> host2)"
 printf '    %-14s %s\n' "time" "$((SECONDS - T0)) s after the build ($((SECONDS - START)) s in all)"
 
 if [ "$fail" != 0 ] || [ "$total" = 0 ]; then
   die "$fail of $total pings failed"
+fi
+if [ "$DUAL" = 1 ] && { [ "$fail6" != 0 ] || [ "$ok6" = 0 ]; }; then
+  die "$fail6 of $((ok6 + fail6)) IPv6 pings failed"
 fi
 say "all $total pings succeeded"
