@@ -5,10 +5,12 @@
 //!    `--public-ip` when one does, else the one holding `--public-ipv6`, else the interface of
 //!    the IPv4 default route.
 //! 2. Otherwise each `--iface` (a name, an IPv4 or an IPv6 address) in the order given, then each
-//!    `--iface-regex`, then `--iface-can-reach` (IPv4 or IPv6); the first that matches wins.
+//!    `--iface-regex` (IPv4 addresses, then IPv6 addresses, then names), then
+//!    `--iface-can-reach` (IPv4 or IPv6); the first that matches wins.
 //!
 //! The interface's IPv6 address (dual stack) is `--public-ipv6` when the interface holds it,
-//! else the IPv6 address `--iface`/`--iface-can-reach` found, else its best IPv6 address:
+//! else the IPv6 address `--iface`/`--iface-regex`/`--iface-can-reach` found, else its best
+//! IPv6 address:
 //! global before unique-local, in the kernel's order; never a link-local one (flanneld takes
 //! one when nothing else is there, which peers cannot reach without a scope). An interface selected
 //! by its IPv6 address still needs an IPv4 address (weft's networks have an IPv4 part).
@@ -206,18 +208,29 @@ fn by_iface4(all: &[Addr], s: &str) -> Result<(String, Ipv4Addr)> {
 
 /// `--iface-regex`: first any address (as text) the pattern matches, over all interfaces in the
 /// kernel's order; only then interface names, with the matching interface's best address.
-fn by_regex(all: &[Addr], re: &Regex) -> Result<(String, Ipv4Addr)> {
+/// Then, when no IPv4 address matches, the IPv6 addresses (the interface of the first match,
+/// with its best IPv4 address, and that IPv6 address), before the names.
+fn by_regex(all: &[Addr], all6: &[Addr6], re: &Regex) -> Result<Found> {
     if let Some(a) = all.iter().find(|a| re.is_match(&a.ip.to_string())) {
-        return Ok((a.name.clone(), a.ip));
+        return Ok((a.name.clone(), a.ip, None));
+    }
+    if let Some(a) = all6
+        .iter()
+        .find(|a| rank6(a.ip).is_some() && re.is_match(&a.ip.to_string()))
+    {
+        if let Some(v4) = best_addr(all, &a.name) {
+            return Ok((a.name.clone(), v4, Some(a.ip)));
+        }
     }
     if let Some(a) = all.iter().find(|a| re.is_match(&a.name)) {
         let ip = best_addr(all, &a.name).unwrap_or(a.ip);
-        return Ok((a.name.clone(), ip));
+        return Ok((a.name.clone(), ip, None));
     }
     let mut names: Vec<&str> = all.iter().map(|a| a.name.as_str()).collect();
     names.dedup();
     bail!(
-        "--iface-regex {}: matches no IPv4 address and no interface name ({})",
+        "--iface-regex {}: matches no IPv4 address, no IPv6 address (of an interface with an \
+         IPv4 address) and no interface name ({})",
         re.as_str(),
         names.join(", ")
     )
@@ -307,11 +320,7 @@ pub(crate) fn select(sel: &Selection<'_>) -> Result<Underlay> {
             .iface
             .iter()
             .map(|s| by_iface(&all, &all6, s))
-            .chain(
-                sel.iface_regex
-                    .iter()
-                    .map(|re| by_regex(&all, re).map(|(n, ip)| (n, ip, None))),
-            )
+            .chain(sel.iface_regex.iter().map(|re| by_regex(&all, &all6, re)))
             .chain(sel.iface_can_reach.map(|d| by_can_reach(&all, &all6, d)));
         let mut found = None;
         for t in tries {
@@ -477,6 +486,12 @@ mod tests {
                 ("lo", Some(Ipv6Addr::LOCALHOST))
             );
         }
+        // --iface-regex on IPv6 addresses: ::1 is loopback, never an interface's address.
+        let e = by_re(&[r"^::1$"]).unwrap_err().to_string();
+        assert!(
+            e.contains("matches no IPv4 address, no IPv6 address"),
+            "{e}"
+        );
         let e = by(&["2001:db8::77"]).unwrap_err().to_string();
         assert!(
             e.contains("--iface 2001:db8::77: no interface has this address"),
