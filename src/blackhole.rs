@@ -3,7 +3,8 @@
 //! every interval and added again when it is missing; never removed. Traffic to addresses of the
 //! subnet that no container holds is then dropped here instead of following the default route
 //! back out (setups without a bridge holding the subnet). Unlike flanneld's (metric 0), weft's
-//! route has the highest metric, so a bridge holding the subnet keeps its traffic.
+//! route has the highest metric, so a bridge holding the subnet keeps its traffic. Dual stack:
+//! the same for the IPv6 subnet, as flanneld.
 
 use crate::netlink::Netlink;
 use anyhow::{Context, Result};
@@ -15,6 +16,8 @@ use std::time::{Duration, Instant};
 pub(crate) struct BlackholeRoute {
     nl: Netlink,
     subnet: Ipv4Net,
+    /// Dual stack: the IPv6 subnet.
+    subnet6: Option<control::subnet::Ipv6Net>,
     period: Duration,
     next: Instant,
 }
@@ -26,9 +29,16 @@ impl BlackholeRoute {
         Ok(BlackholeRoute {
             nl,
             subnet,
+            subnet6: None,
             period,
             next: Instant::now() + period,
         })
+    }
+
+    /// Also keeps a blackhole route for the IPv6 subnet `subnet6`.
+    pub(crate) fn with_ipv6(mut self, subnet6: control::subnet::Ipv6Net) -> BlackholeRoute {
+        self.subnet6 = Some(subnet6);
+        self
     }
 
     /// Adds the route when its time has come and it is missing. Failures are logged and tried
@@ -40,13 +50,21 @@ impl BlackholeRoute {
         }
         self.next = now + self.period;
         let (dst, prefix) = (self.subnet.addr(), self.subnet.prefix());
-        match self.nl.has_blackhole_route(dst, prefix) {
-            Ok(true) => {}
-            Ok(false) => match self.nl.add_blackhole_route(dst, prefix) {
-                Ok(()) => tracing::info!(subnet = %self.subnet, "blackhole route added"),
-                Err(e) => tracing::warn!("--ip-blackhole-route: {e}"),
-            },
-            Err(e) => tracing::warn!("--ip-blackhole-route: {e}"),
+        keep(&mut self.nl, dst, prefix);
+        if let Some(s6) = self.subnet6 {
+            keep(&mut self.nl, s6.addr(), s6.prefix_len());
         }
+    }
+}
+
+/// Adds the blackhole route `dst/prefix` if it is missing; failures are logged.
+fn keep<A: crate::netlink::NlAddr>(nl: &mut Netlink, dst: A, prefix: u8) {
+    match nl.has_blackhole_route(dst, prefix) {
+        Ok(true) => {}
+        Ok(false) => match nl.add_blackhole_route(dst, prefix) {
+            Ok(()) => tracing::info!(subnet = %format!("{dst}/{prefix}"), "blackhole route added"),
+            Err(e) => tracing::warn!("--ip-blackhole-route: {e}"),
+        },
+        Err(e) => tracing::warn!("--ip-blackhole-route: {e}"),
     }
 }

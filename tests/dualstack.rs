@@ -172,7 +172,13 @@ fn dual_stack_kernel_vxlan_two_hosts() {
     let Some(mut c) = dual_cluster(T, 2, VXLAN6) else {
         return;
     };
-    let mut d = c.start_weft_all(0..2, &["--ip-masq"]);
+    let flags = [
+        "--ip-masq",
+        "--ip-blackhole-route",
+        "--iptables-resync",
+        "1",
+    ];
+    let mut d = c.start_weft_all(0..2, &flags);
     let mut macs6 = Vec::new();
     for i in 0..2 {
         check_env_order(&c, i);
@@ -248,6 +254,17 @@ fn dual_stack_kernel_vxlan_two_hosts() {
         );
         assert!(nat6.lines().any(|l| l == want), "{want:?} missing:\n{nat6}");
         assert!(nat6.contains("! -d ff00::/8"), "{nat6}");
+        // --ip-blackhole-route: both subnets, with the lowest priority metric.
+        let (s4, s6) = (c.subnet(i), c.subnet6(i));
+        let has = |args: &[&str], s: &str| {
+            ip(&c, i, args).lines().any(|l| {
+                l.starts_with(&format!("blackhole {s} ")) && l.contains(" metric 4294967295")
+            })
+        };
+        within(Duration::from_secs(5), "blackhole routes", || {
+            has(&["route", "show", "type", "blackhole"], &s4)
+                && has(&["-6", "route", "show", "type", "blackhole"], &s6)
+        });
     }
     for (i, p) in [(0, 1), (1, 0)] {
         wait_v6_entries(&c, i, &c.subnet6(p), &c.host_ip6(p), &macs6[p], true);
@@ -299,7 +316,7 @@ fn dual_stack_kernel_vxlan_two_hosts() {
     // Restart host 1: both subnets kept (the lease is found by PublicIP), same lease value.
     let (env, lease) = (c.subnet_env(0), c.get(&c.lease_key_dual(0)));
     assert!(d.remove(0).stop().success());
-    d.insert(0, c.start_weft(0, &["--ip-masq"]));
+    d.insert(0, c.start_weft(0, &flags));
     d[0].wait_running();
     assert_eq!(c.subnet_env(0), env, "both subnets kept");
     assert_eq!(c.get(&c.lease_key_dual(0)), lease);
@@ -310,7 +327,7 @@ fn dual_stack_kernel_vxlan_two_hosts() {
     assert!(d.remove(1).stop().success());
     let (env1, key1) = (c.subnet_env(1), c.lease_key_dual(1));
     c.etcdctl(&["del", &key1]);
-    d.insert(1, c.start_weft(1, &["--ip-masq"]));
+    d.insert(1, c.start_weft(1, &flags));
     d[1].wait_running();
     assert_eq!(c.subnet_env(1), env1, "previous pair reused");
     ping_both(&c, &[0, 1]);

@@ -1,7 +1,9 @@
 //! The operations: links, addresses, neighbours, FDB entries and routes, each the equivalent of
 //! one `ip`/`bridge` command, with the builders of their requests and the parsers of the replies.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
+#[cfg(test)]
+use std::net::Ipv4Addr;
 
 use control::lease::format_mac;
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
@@ -13,8 +15,7 @@ use netlink_packet_route::neighbour::{
     NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-    RouteType,
+    RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use nix::libc;
@@ -441,19 +442,23 @@ impl Netlink {
     }
 
     /// Whether the main table has a blackhole route for exactly `dst/prefix`.
-    pub(crate) fn has_blackhole_route(&mut self, dst: Ipv4Addr, prefix: u8) -> io::Result<bool> {
+    pub(crate) fn has_blackhole_route<A: NlAddr>(
+        &mut self,
+        dst: A,
+        prefix: u8,
+    ) -> io::Result<bool> {
         let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
+        msg.header.address_family = A::FAMILY;
         let messages = self
             .dump(RouteNetlinkMessage::GetRoute(msg))
             .map_err(|f| f.into_io("listing routes".to_string()))?;
         Ok(messages.into_iter().any(|m| match m {
             RouteNetlinkMessage::NewRoute(r) => {
-                r.header.address_family == AddressFamily::Inet
+                r.header.address_family == A::FAMILY
                     && r.header.kind == RouteType::BlackHole
                     && route_table(&r) == u32::from(RouteHeader::RT_TABLE_MAIN)
                     && r.header.destination_prefix_length == prefix
-                    && parse_route::<Ipv4Addr>(&r).dst == dst
+                    && parse_route::<A>(&r).dst == dst
             }
             _ => false,
         }))
@@ -463,16 +468,16 @@ impl Netlink {
     /// `--ip-blackhole-route`; flannel adds it with metric 0). The highest metric lets every other
     /// route for the same prefix win (a bridge holding the subnet), so the blackhole only takes
     /// what no interface claims. Already present is `Ok`.
-    pub(crate) fn add_blackhole_route(&mut self, dst: Ipv4Addr, prefix: u8) -> io::Result<()> {
+    pub(crate) fn add_blackhole_route<A: NlAddr>(&mut self, dst: A, prefix: u8) -> io::Result<()> {
         let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
+        msg.header.address_family = A::FAMILY;
         msg.header.destination_prefix_length = prefix;
         msg.header.table = RouteHeader::RT_TABLE_MAIN;
         msg.header.protocol = RouteProtocol::Boot;
         msg.header.scope = RouteScope::Universe;
         msg.header.kind = RouteType::BlackHole;
         msg.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+            .push(RouteAttribute::Destination(dst.route_addr()));
         msg.attributes
             .push(RouteAttribute::Priority(BLACKHOLE_METRIC));
         let result = self.ack(
