@@ -706,8 +706,8 @@ fn run_etcd(
         args.forward_rules(),
     )?;
     let mut blackhole = blackhole_route(args, local)?;
-    if let (Some(b), Some(v6)) = (blackhole.take(), &rules6) {
-        blackhole = Some(b.with_ipv6(v6.local));
+    if let Some(v6) = &rules6 {
+        blackhole = blackhole.map(|b| b.with_ipv6(v6.local));
     }
     if let Some(d) = backend.dataplane() {
         let _ = status.dataplane.set(d);
