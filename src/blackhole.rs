@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub(crate) struct BlackholeRoute {
     nl: Netlink,
-    subnet: Ipv4Net,
+    /// The IPv4 subnet (`None` on an IPv6-only network).
+    subnet: Option<Ipv4Net>,
     /// Dual stack: the IPv6 subnet.
     subnet6: Option<control::subnet::Ipv6Net>,
     period: Duration,
@@ -28,7 +29,7 @@ impl BlackholeRoute {
         let nl = Netlink::new().context("--ip-blackhole-route: opening a netlink socket")?;
         Ok(BlackholeRoute {
             nl,
-            subnet,
+            subnet: Some(subnet),
             subnet6: None,
             period,
             next: Instant::now() + period,
@@ -41,6 +42,12 @@ impl BlackholeRoute {
         self
     }
 
+    /// Keeps no IPv4 route (an IPv6-only network).
+    pub(crate) fn without_ipv4(mut self) -> BlackholeRoute {
+        self.subnet = None;
+        self
+    }
+
     /// Adds the route when its time has come and it is missing. Failures are logged and tried
     /// again next period; the route is an optimisation, the overlay works without it.
     pub(crate) fn tick(&mut self) {
@@ -49,8 +56,9 @@ impl BlackholeRoute {
             return;
         }
         self.next = now + self.period;
-        let (dst, prefix) = (self.subnet.addr(), self.subnet.prefix());
-        keep(&mut self.nl, dst, prefix);
+        if let Some(s) = self.subnet {
+            keep(&mut self.nl, s.addr(), s.prefix());
+        }
         if let Some(s6) = self.subnet6 {
             keep(&mut self.nl, s6.addr(), s6.prefix_len());
         }

@@ -48,6 +48,9 @@ pub(crate) struct NftConfig {
     pub(crate) cluster: Ipv4Net,
     /// This node's lease subnet.
     pub(crate) pod: Ipv4Net,
+    /// `EnableIPv4`: the chains of the `ip flannel-ipv4` table (false: an IPv6-only network,
+    /// whose IPv4 table stays empty, and `cluster`/`pod` mean nothing).
+    pub(crate) ipv4: bool,
     /// `EnableIPv6`: the IPv6 network and this node's IPv6 subnet.
     pub(crate) v6: Option<(Ipv6Net, Ipv6Net)>,
     /// `--ip-masq`: the `postrtg` chain.
@@ -94,13 +97,16 @@ pub(crate) fn ruleset(cfg: &NftConfig, random_fully: bool) -> String {
             "add table {family} {table} {{ comment \"rules for {table}\" ; }}\n"
         ));
     }
-    let mut families = vec![(
-        "ip",
-        TABLE_V4,
-        cfg.cluster.to_string(),
-        cfg.pod.to_string(),
-        MCAST_V4,
-    )];
+    let mut families = Vec::new();
+    if cfg.ipv4 {
+        families.push((
+            "ip",
+            TABLE_V4,
+            cfg.cluster.to_string(),
+            cfg.pod.to_string(),
+            MCAST_V4,
+        ));
+    }
     if let Some((c6, p6)) = cfg.v6 {
         families.push(("ip6", TABLE_V6, c6.to_string(), p6.to_string(), MCAST_V6));
     }
@@ -401,6 +407,7 @@ mod tests {
         NftConfig {
             cluster: net("10.1.0.0/16"),
             pod: net("10.1.15.0/24"),
+            ipv4: true,
             v6: None,
             masq,
             forward,

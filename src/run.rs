@@ -55,9 +55,12 @@ struct RuleKeepers {
 /// iptables or, with `EnableNFTables` (`nftables`), nftables; the other manager's rules are
 /// removed first, as flanneld does. `previous` (network and subnet of the last run) has its
 /// masquerade rules removed first when they differ from the current ones. `v6` (EnableIPv6) adds
-/// the same rules for the IPv6 network and subnet (ip6tables, or the `ip6 flannel-ipv6` table).
+/// the same rules for the IPv6 network and subnet (ip6tables, or the `ip6 flannel-ipv6` table);
+/// `ipv4` false (an IPv6-only network) leaves the IPv4 rules out.
+#[allow(clippy::too_many_arguments)] // one per rule input; a struct would only rename them
 fn setup_rules(
     args: &RunArgs,
+    ipv4: bool,
     network: Ipv4Net,
     local: Ipv4Net,
     previous: Option<(Ipv4Net, Ipv4Net)>,
@@ -67,13 +70,16 @@ fn setup_rules(
 ) -> Result<RuleKeepers> {
     let period = Duration::from_secs(args.iptables_resync);
     if nftables {
-        remove_iptables_rules(network, local, previous);
+        if ipv4 {
+            remove_iptables_rules(network, local, previous);
+        }
         if let Some(v6) = v6 {
             remove_ip6tables_rules(v6);
         }
         let cfg = nft::NftConfig {
             cluster: network,
             pod: local,
+            ipv4,
             v6: v6.map(|v| (v.network, v.local)),
             masq: args.ip_masq,
             forward,
@@ -98,12 +104,14 @@ fn setup_rules(
     let random_fully = !args.ip_masq_fully_random_disable && masq::supports_random_fully();
     let mut rules = Vec::new();
     if args.ip_masq {
-        if let Some((net, sub)) = previous.filter(|p| *p != (network, local)) {
+        if let Some((net, sub)) = previous.filter(|p| ipv4 && *p != (network, local)) {
             let removed = masq::delete_flannel_rules(net, sub, false)
                 .context("removing the masquerade rules of the previous subnet")?;
             tracing::info!(network = %net, subnet = %sub, removed, "removed the masquerade rules of the previous network/subnet");
         }
-        rules.extend(masq::masq_rules(network, local, random_fully));
+        if ipv4 {
+            rules.extend(masq::masq_rules(network, local, random_fully));
+        }
         if let Some(v6) = v6 {
             if let Some((net, sub)) = v6.previous.filter(|p| *p != (v6.network, v6.local)) {
                 let removed = masq::delete_flannel_rules6(net, sub)
@@ -114,7 +122,9 @@ fn setup_rules(
         }
     }
     if forward {
-        rules.extend(masq::forward_rules(network));
+        if ipv4 {
+            rules.extend(masq::forward_rules(network));
+        }
         if let Some(v6) = v6 {
             rules.extend(masq::forward6_rules(v6.network));
         }
@@ -445,7 +455,7 @@ fn run_static(
     log_started("static peers", &cfg, &dp, public_ip);
     // Static mode has no network config: rules only when their flags are given, iptables only.
     let forward = args.iptables_forward_rules == Some(true);
-    let _rules = setup_rules(args, network, local, None, None, false, forward)?;
+    let _rules = setup_rules(args, true, network, local, None, None, false, forward)?;
     let mut blackhole = blackhole_route(args, local)?;
     let _ = status.dataplane.set(dp.stats_source());
     let written = match &args.subnet_file {
@@ -696,8 +706,10 @@ fn run_etcd(
         .with_context(|| format!("starting the {} backend", backend.name()))?;
     let (name, mtu) = (backend.name(), backend.mtu());
     let nftables = handle.config().enable_nftables;
+    let ipv4 = handle.config().enable_ipv4;
     let _rules = setup_rules(
         args,
+        ipv4,
         network,
         local,
         previous,
@@ -708,6 +720,9 @@ fn run_etcd(
     let mut blackhole = blackhole_route(args, local)?;
     if let Some(v6) = &rules6 {
         blackhole = blackhole.map(|b| b.with_ipv6(v6.local));
+    }
+    if !ipv4 {
+        blackhole = blackhole.map(BlackholeRoute::without_ipv4);
     }
     if let Some(d) = backend.dataplane() {
         let _ = status.dataplane.set(d);

@@ -453,9 +453,9 @@ fn dual_stack_refusals_name_what_is_not_carried() {
             "IPv6 is carried by the kernel vxlan backend; weft's own data plane",
         ),
         (
-            format!(r#"{{"EnableIPv4":false,{v6},"Backend":{{"Type":"vxlan"}}}}"#),
+            format!(r#"{{"EnableIPv4":false,{v6},"Backend":{{"Type":"udp"}}}}"#),
             &[][..],
-            "IPv6-only networks are not carried by weft's backends yet",
+            "IPv6 is not supported with the udp backend",
         ),
         (
             r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#.to_string(),
@@ -556,4 +556,146 @@ fn dual_stack_vxlan_direct_routing_for_on_link_ipv6_peers() {
         "0e:00:00:00:99:06",
         false,
     );
+}
+
+const VXLAN6_ONLY: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#;
+const HOST_GW6_ONLY: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"host-gw"}}"#;
+
+/// `<prefix>/subnets/0.0.0.0-0&fc00:…::-64`, host `i`'s IPv6-only lease key.
+fn v6_only_key(c: &Cluster, i: usize) -> String {
+    format!(
+        "{PREFIX}/subnets/0.0.0.0-0&{}",
+        c.subnet6(i).replace('/', "-")
+    )
+}
+
+/// subnet.env of an IPv6-only host: the IPv6 pair, MTU and IPMASQ only.
+fn check_v6_only_env(c: &Cluster, i: usize) {
+    let text = std::fs::read_to_string(c.subnet_file(i)).expect("subnet.env");
+    let keys: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "FLANNEL_IPV6_NETWORK",
+            "FLANNEL_IPV6_SUBNET",
+            "FLANNEL_MTU",
+            "FLANNEL_IPMASQ"
+        ],
+        "host{}: {text}",
+        i + 1
+    );
+}
+
+#[test]
+fn ipv6_only_kernel_vxlan_two_hosts() {
+    const T: &str = "ipv6_only_kernel_vxlan_two_hosts";
+    let Some(c) = dual_cluster(T, 2, VXLAN6_ONLY) else {
+        return;
+    };
+    let mut d = c.start_weft_all(0..2, &["--ip-masq"]);
+    let mut macs6 = Vec::new();
+    for i in 0..2 {
+        check_v6_only_env(&c, i);
+        assert_eq!(
+            c.subnet_env(i)["FLANNEL_MTU"],
+            "1430",
+            "the IPv6 device's MTU"
+        );
+        assert!(
+            c.hosts[i].ns.ip(&["link", "show", "flannel.1"]).is_err(),
+            "host{}: no IPv4 device",
+            i + 1
+        );
+        let mac6 = link_mac(&c, i, "flannel-v6.1");
+        // PublicIP 0.0.0.0 and no BackendData, as flannel writes an IPv6-only lease.
+        assert_eq!(
+            c.get(&v6_only_key(&c, i)),
+            format!(
+                r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}}}"#,
+                c.host_ip6(i)
+            )
+        );
+        // No IPv4 rules, the IPv6 ones in place.
+        let nat4 = c.hosts[i]
+            .ns
+            .run(&["iptables", "-t", "nat", "-S"])
+            .expect("iptables");
+        assert!(!nat4.contains("FLANNEL-POSTRTG"), "{nat4}");
+        let nat6 = c.hosts[i]
+            .ns
+            .run(&["ip6tables", "-t", "nat", "-S"])
+            .expect("ip6tables");
+        assert!(
+            nat6.contains("-A FLANNEL-POSTRTG -s fc00::/48 ! -d ff00::/8"),
+            "{nat6}"
+        );
+        macs6.push(mac6);
+    }
+    // Two IPv6-only hosts: two leases (flannel's PublicIP match would make them share one).
+    assert_ne!(c.subnet6(0), c.subnet6(1));
+    for (i, p) in [(0, 1), (1, 0)] {
+        wait_v6_entries(&c, i, &c.subnet6(p), &c.host_ip6(p), &macs6[p], true);
+    }
+    for i in 0..2 {
+        c.attach_container6(i);
+    }
+    for (a, b) in [(0, 1), (1, 0)] {
+        c.ping6(a, b, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    // Restart: the same lease, found by PublicIPv6.
+    let (env, key) = (c.subnet_env(0), v6_only_key(&c, 0));
+    let lease = c.get(&key);
+    assert!(d.remove(0).stop().success());
+    d.insert(0, c.start_weft(0, &["--ip-masq"]));
+    d[0].wait_running();
+    assert_eq!(c.subnet_env(0), env);
+    assert_eq!(c.get(&key), lease);
+    c.ping6(1, 0, Duration::from_secs(10))
+        .expect("after the restart");
+    assert_eq!(d[0].stat("peers6"), 1.0);
+}
+
+#[test]
+fn ipv6_only_host_gw_two_hosts() {
+    const T: &str = "ipv6_only_host_gw_two_hosts";
+    let Some(c) = dual_cluster(T, 2, HOST_GW6_ONLY) else {
+        return;
+    };
+    let d = c.start_weft_all(0..2, &[]);
+    for i in 0..2 {
+        check_v6_only_env(&c, i);
+        assert_eq!(c.subnet_env(i)["FLANNEL_MTU"], "1500");
+        assert_eq!(
+            c.get(&v6_only_key(&c, i)),
+            format!(
+                r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{}","BackendType":"host-gw"}}"#,
+                c.host_ip6(i)
+            )
+        );
+        assert_eq!(
+            ip(&c, i, &["route", "show", "proto", "153"]).trim(),
+            "",
+            "no IPv4 route"
+        );
+    }
+    for (i, p) in [(0, 1), (1, 0)] {
+        let want = format!("{} via {} dev ul0 ", c.subnet6(p), c.host_ip6(p));
+        within(PROPAGATION, "IPv6-only host-gw route", || {
+            ip(&c, i, &["-6", "route", "show", "proto", "153"])
+                .lines()
+                .any(|l| l.trim().starts_with(&want))
+        });
+    }
+    for i in 0..2 {
+        c.attach_container6(i);
+    }
+    for (a, b) in [(0, 1), (1, 0)] {
+        c.ping6(a, b, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert_eq!(d[0].stat("routes6"), 1.0);
 }

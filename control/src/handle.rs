@@ -286,6 +286,8 @@ async fn startup(
             return None;
         }
     };
+    // An IPv6-only network publishes `PublicIP` 0.0.0.0, as flannel.
+    let ipv6_only = !config.enable_ipv4;
     if events.send(StartupEvent::Config(config)).is_err() {
         return None;
     }
@@ -294,7 +296,9 @@ async fn startup(
         () = stopped(stop) => return None,
     };
     match answer {
-        Ok(Ok(a)) if a.public_ip == opts.public_ip => {
+        Ok(Ok(a))
+            if a.public_ip == opts.public_ip || (ipv6_only && a.public_ip.is_unspecified()) =>
+        {
             mgr.set_attrs(a);
             Some(mgr)
         }

@@ -4,7 +4,8 @@
 //!
 //! Dual stack (`EnableIPv6`): also a route per peer IPv6 subnet via the peer's `PublicIPv6` on
 //! the same interface, kept by its own [`RouteKeeper`] (same 10 s repair); a lease without an
-//! IPv6 subnet or `PublicIPv6` gets no IPv6 route.
+//! IPv6 subnet or `PublicIPv6` gets no IPv6 route. IPv6 only: the IPv6 routes alone (and no NAT
+//! check, which compares IPv4 addresses).
 
 use super::family::{self, Family};
 use super::routes::{self, RouteKeeper};
@@ -70,14 +71,15 @@ impl<N: Family> Side<N> {
 pub(crate) struct HostGw {
     host: HostInfo,
     nl: Netlink,
-    v4: Side<Ipv4Net>,
+    /// The IPv4 routes (`None` on an IPv6-only network).
+    v4: Option<Side<Ipv4Net>>,
     v6: Option<Side<Ipv6Net>>,
     leases: Vec<Lease>,
 }
 
 impl HostGw {
     pub(crate) fn new(host: &HostInfo) -> Result<Self> {
-        if host.public_ip != host.underlay.addr {
+        if host.ipv4 && host.public_ip != host.underlay.addr {
             bail!(
                 "your PublicIP ({}) differs from interface IP ({} on {}), meaning that probably \
                  you're on a NAT, which is not supported by host-gw backend",
@@ -91,7 +93,7 @@ impl HostGw {
         Ok(HostGw {
             host: host.clone(),
             nl,
-            v4: Side::new(),
+            v4: host.ipv4.then(Side::new),
             v6: host.public_ipv6.map(|_| Side::new()),
             leases: Vec::new(),
         })
@@ -99,7 +101,9 @@ impl HostGw {
 
     fn apply(&mut self) {
         let oif = self.host.underlay_index;
-        self.v4.apply(&mut self.nl, oif, &self.leases);
+        if let Some(v4) = self.v4.as_mut() {
+            v4.apply(&mut self.nl, oif, &self.leases);
+        }
         if let Some(v6) = self.v6.as_mut() {
             v6.apply(&mut self.nl, oif, &self.leases);
         }
@@ -130,7 +134,9 @@ impl Backend for HostGw {
     }
 
     fn start(&mut self, network: Ipv4Net, local: Ipv4Net) -> Result<()> {
-        self.v4.start(&mut self.nl, network, local)?;
+        if let Some(v4) = self.v4.as_mut() {
+            v4.start(&mut self.nl, network, local)?;
+        }
         if let Some(v6) = self.v6.as_mut() {
             let Some((network6, local6)) = v6.net else {
                 bail!("host-gw: no IPv6 subnet to route");
@@ -140,7 +146,7 @@ impl Backend for HostGw {
         self.apply();
         tracing::info!(
             underlay = %self.host.underlay.name,
-            routes = self.v4.len(),
+            routes = self.v4.as_ref().map_or(0, Side::len),
             routes6 = self.v6.as_ref().map_or(0, Side::len),
             "host-gw routes programmed"
         );
@@ -153,7 +159,7 @@ impl Backend for HostGw {
     }
 
     fn tick(&mut self) -> Result<()> {
-        if let Some(k) = self.v4.keeper.as_mut() {
+        if let Some(k) = self.v4.as_mut().and_then(|v| v.keeper.as_mut()) {
             k.tick(&mut self.nl);
         }
         if let Some(k) = self.v6.as_mut().and_then(|v| v.keeper.as_mut()) {
@@ -163,14 +169,18 @@ impl Backend for HostGw {
     }
 
     fn stats(&self) -> String {
-        let mut s = self.v4.keeper.as_ref().map_or_else(String::new, |k| {
-            format!(
-                " routes={} routes_readded={} route_failures={}",
-                k.len(),
-                k.readded,
-                k.failures
-            )
-        });
+        let mut s = self
+            .v4
+            .as_ref()
+            .and_then(|v| v.keeper.as_ref())
+            .map_or_else(String::new, |k| {
+                format!(
+                    " routes={} routes_readded={} route_failures={}",
+                    k.len(),
+                    k.readded,
+                    k.failures
+                )
+            });
         if let Some(k) = self.v6.as_ref().and_then(|v| v.keeper.as_ref()) {
             s.push_str(&format!(
                 " routes6={} routes6_readded={} route6_failures={}",

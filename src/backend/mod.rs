@@ -107,6 +107,9 @@ pub(crate) struct HostInfo {
     /// IPv6 address. [`create`] keeps it only with `EnableIPv6`, so a backend sees `Some` exactly
     /// when it runs dual stack.
     pub(crate) public_ipv6: Option<std::net::Ipv6Addr>,
+    /// Whether the network has an IPv4 part (`EnableIPv4`); [`create`] clears it for an
+    /// IPv6-only network, whose backends then program IPv6 only.
+    pub(crate) ipv4: bool,
 }
 
 impl HostInfo {
@@ -124,6 +127,7 @@ impl HostInfo {
             underlay_index,
             public_ip,
             public_ipv6,
+            ipv4: true,
         })
     }
 }
@@ -136,7 +140,7 @@ pub(crate) trait Backend {
     fn lease_attrs(&self) -> LeaseAttrs;
     /// The MTU containers should use (`FLANNEL_MTU`).
     fn mtu(&self) -> u32;
-    /// Dual stack: our lease's IPv6 subnet `local` in the IPv6 network, before
+    /// Dual stack or IPv6 only: our lease's IPv6 subnet `local` in the IPv6 network, before
     /// [`Backend::start`]. Only backends that carry IPv6 (kernel vxlan, host-gw) are created
     /// for an IPv6 config ([`create`] refuses the others), so the rest keep this default, which
     /// refuses.
@@ -150,7 +154,8 @@ pub(crate) trait Backend {
             self.name()
         )
     }
-    /// Our lease for `local` in `network` is held: bring the data path up.
+    /// Our lease for `local` in `network` is held: bring the data path up. On an IPv6-only
+    /// network both are `0.0.0.0/0` and mean nothing (see [`HostInfo::ipv4`]).
     fn start(&mut self, network: Ipv4Net, local: Ipv4Net) -> Result<()>;
     /// The newest complete set of the other hosts' leases (before [`Backend::start`] they are
     /// kept and applied by it).
@@ -185,6 +190,11 @@ pub(crate) fn create(config: &NetworkConfig, host: &HostInfo) -> Result<Box<dyn 
     let kind = kind(config);
     check_families(config)?;
     let mut host = host.clone();
+    if !config.enable_ipv4 {
+        // IPv6 only: no IPv4 side; the lease's PublicIP is 0.0.0.0, as flannel writes it.
+        host.public_ip = Ipv4Addr::UNSPECIFIED;
+        host.ipv4 = false;
+    }
     if config.ipv6.is_none() {
         host.public_ipv6 = None;
     } else if host.public_ipv6.is_none() {
@@ -210,17 +220,9 @@ pub(crate) fn create(config: &NetworkConfig, host: &HostInfo) -> Result<Box<dyn 
 }
 
 /// Refuses address families the selected backend cannot carry (docs/compatibility.md §11.1):
-/// IPv6 is carried by the kernel vxlan and host-gw backends; udp gets flannel's error; weft's
-/// own data plane (userspace vxlan) and alloc/extension are IPv4 only; an IPv6-only network
-/// (`EnableIPv4: false`) is not carried by any backend yet.
+/// IPv6 (dual stack or IPv6 only) is carried by the kernel vxlan and host-gw backends; udp gets
+/// flannel's error; weft's own data plane (userspace vxlan) and alloc/extension are IPv4 only.
 fn check_families(config: &NetworkConfig) -> Result<()> {
-    if !config.enable_ipv4 {
-        anyhow::bail!(
-            "EnableIPv4=false: IPv6-only networks are not carried by weft's backends yet (the \
-             {} backend needs an IPv4 network; use dual stack: EnableIPv4 true with EnableIPv6)",
-            kind(config)
-        );
-    }
     if config.ipv6.is_none() {
         return Ok(());
     }
@@ -260,12 +262,12 @@ fn cleanup_others(config: &NetworkConfig) -> Result<()> {
         if link.kind.as_deref() != Some("vxlan") || n.parse::<u32>().is_err() {
             continue;
         }
-        if keep_vni.map(|v| v.to_string()) == Some(n.to_string()) {
+        if config.enable_ipv4 && keep_vni.map(|v| v.to_string()) == Some(n.to_string()) {
             continue;
         }
         nl.delete_link(link.index)
             .with_context(|| format!("deleting {}", link.name))?;
-        tracing::info!(device = %link.name, "removed the vxlan device of another backend or VNI");
+        tracing::info!(device = %link.name, "removed the vxlan device of another backend, VNI or stack");
     }
     for link in nl.links()? {
         let Some(n) = link.name.strip_prefix("flannel-v6.") else {

@@ -22,6 +22,7 @@
 //!   with an IPv6 subnet, a `PublicIPv6` and `BackendV6Data` gets the same neighbour, FDB entry
 //!   and onlink route on it (DirectRouting: `ip -6 route get`), and the device is checked and
 //!   repaired like the IPv4 one. Unlike flanneld, a deleted `flannel-v6.<VNI>` is recreated.
+//!   IPv6 only (`EnableIPv4: false`): `flannel-v6.<VNI>` alone, no `BackendData` in the lease.
 
 use super::family::{self, Family};
 use super::routes::{self, RouteKeeper, RESYNC};
@@ -76,8 +77,9 @@ pub(crate) struct Vxlan {
     host: HostInfo,
     cfg: VxlanConfig,
     nl: Netlink,
-    v4: Device<Ipv4Net>,
-    /// Dual stack: the IPv6 device.
+    /// The IPv4 device (`None` on an IPv6-only network).
+    v4: Option<Device<Ipv4Net>>,
+    /// Dual stack or IPv6 only: the IPv6 device.
     v6: Option<Device<Ipv6Net>>,
     leases: Vec<Lease>,
     next_retry: Instant,
@@ -427,8 +429,9 @@ impl<N: Family> Device<N> {
 }
 
 impl Vxlan {
-    /// Creates (or reuses) `flannel.<VNI>` and, when the host has a public IPv6 address
-    /// (dual stack, see [`super::create`]), `flannel-v6.<VNI>`.
+    /// Creates (or reuses) `flannel.<VNI>` (unless the network is IPv6 only) and, when the host
+    /// has a public IPv6 address (dual stack or IPv6 only, see [`super::create`]),
+    /// `flannel-v6.<VNI>`.
     pub(crate) fn new(host: &HostInfo, cfg: &VxlanConfig) -> Result<Self> {
         let mut nl = Netlink::new().context("opening a netlink socket")?;
         nl.name_link(host.underlay_index, &host.underlay.name);
@@ -450,10 +453,14 @@ impl Vxlan {
             }),
             mac: None,
         };
-        let v4 = Device::new(
-            &mut nl,
-            spec(format!("flannel.{}", cfg.vni), host.public_ip.into()),
-        )?;
+        let v4 = if host.ipv4 {
+            Some(Device::new(
+                &mut nl,
+                spec(format!("flannel.{}", cfg.vni), host.public_ip.into()),
+            )?)
+        } else {
+            None
+        };
         let v6 = match host.public_ipv6 {
             Some(ip6) => Some(Device::new(
                 &mut nl,
@@ -461,6 +468,9 @@ impl Vxlan {
             )?),
             None => None,
         };
+        if v4.is_none() && v6.is_none() {
+            anyhow::bail!("vxlan: an IPv6-only network without a public IPv6 address");
+        }
         Ok(Vxlan {
             host: host.clone(),
             cfg: cfg.clone(),
@@ -474,8 +484,9 @@ impl Vxlan {
 
     fn apply(&mut self) {
         let underlay = self.host.underlay_index;
-        self.v4
-            .apply(&mut self.nl, &self.cfg, underlay, &self.leases);
+        if let Some(v4) = self.v4.as_mut() {
+            v4.apply(&mut self.nl, &self.cfg, underlay, &self.leases);
+        }
         if let Some(v6) = self.v6.as_mut() {
             v6.apply(&mut self.nl, &self.cfg, underlay, &self.leases);
         }
@@ -525,20 +536,27 @@ impl Backend for Vxlan {
     }
 
     fn lease_attrs(&self) -> LeaseAttrs {
+        let v4_mac = self.v4.as_ref().map(|d| d.mac);
         match (&self.v6, self.host.public_ipv6) {
-            (Some(v6), Some(ip6)) => LeaseAttrs::vxlan_dual(
+            (Some(v6), Some(ip6)) => {
+                LeaseAttrs::vxlan_dual(self.host.public_ip, ip6, self.cfg.vni, v4_mac, v6.mac)
+            }
+            // Without IPv6 `new` made the IPv4 device.
+            _ => LeaseAttrs::vxlan(
                 self.host.public_ip,
-                ip6,
                 self.cfg.vni,
-                Some(self.v4.mac),
-                v6.mac,
+                v4_mac.unwrap_or_default(),
             ),
-            _ => LeaseAttrs::vxlan(self.host.public_ip, self.cfg.vni, self.v4.mac),
         }
     }
 
+    /// `FLANNEL_MTU`: the IPv4 device's, as flannel; IPv6 only: the IPv6 device's.
     fn mtu(&self) -> u32 {
-        self.v4.spec.mtu
+        match (&self.v4, &self.v6) {
+            (Some(d), _) => d.spec.mtu,
+            (None, Some(d)) => d.spec.mtu,
+            (None, None) => 0,
+        }
     }
 
     fn set_ipv6_subnet(&mut self, network: Ipv6Net, local: Ipv6Net) -> Result<()> {
@@ -553,14 +571,16 @@ impl Backend for Vxlan {
 
     fn start(&mut self, network: Ipv4Net, local: Ipv4Net) -> Result<()> {
         let underlay = self.host.underlay_index;
-        self.v4.start(
-            &mut self.nl,
-            &self.cfg,
-            underlay,
-            &self.leases,
-            network,
-            local,
-        )?;
+        if let Some(v4) = self.v4.as_mut() {
+            v4.start(
+                &mut self.nl,
+                &self.cfg,
+                underlay,
+                &self.leases,
+                network,
+                local,
+            )?;
+        }
         if let Some(v6) = self.v6.as_mut() {
             let Some((network6, local6)) = v6.net else {
                 anyhow::bail!("vxlan: {} has no IPv6 subnet to carry", v6.spec.name);
@@ -588,8 +608,9 @@ impl Backend for Vxlan {
             self.next_retry = Instant::now() + RESYNC;
         }
         let underlay = self.host.underlay_index;
-        self.v4
-            .tick(&mut self.nl, &self.cfg, underlay, &self.leases, resync)?;
+        if let Some(v4) = self.v4.as_mut() {
+            v4.tick(&mut self.nl, &self.cfg, underlay, &self.leases, resync)?;
+        }
         if let Some(v6) = self.v6.as_mut() {
             v6.tick(&mut self.nl, &self.cfg, underlay, &self.leases, resync)?;
         }
@@ -597,16 +618,18 @@ impl Backend for Vxlan {
     }
 
     fn stats(&self) -> String {
-        let d = &self.v4;
-        let mut s = format!(
-            " device={} peers={} direct={} failures={} recreated={} repaired={}",
-            d.spec.name,
-            d.programmed.len(),
-            d.direct_count(),
-            d.failures,
-            d.recreated,
-            d.repaired
-        );
+        let mut s = String::new();
+        if let Some(d) = &self.v4 {
+            s.push_str(&format!(
+                " device={} peers={} direct={} failures={} recreated={} repaired={}",
+                d.spec.name,
+                d.programmed.len(),
+                d.direct_count(),
+                d.failures,
+                d.recreated,
+                d.repaired
+            ));
+        }
         if let Some(d) = &self.v6 {
             s.push_str(&format!(
                 " device6={} peers6={} direct6={} failures6={} recreated6={} repaired6={}",
