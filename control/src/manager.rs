@@ -809,7 +809,17 @@ impl<R: Registry> SubnetManager<R> {
                 }
                 _ = sleep_until_opt(Some(retry_at)), if watch.is_none() => {}
                 res = next_or_pending(&mut watch) => match res {
-                    Ok(events) => {
+                    Ok(mut events) => {
+                        // Responses already received go into the same update: one lease set
+                        // (and one route swap) for a burst, not one per response.
+                        if let Some(w) = watch.as_mut() {
+                            if let Err(e) = drain_ready(w, &mut events).await {
+                                tracing::warn!(error = %e, "etcd watch broke; re-listing");
+                                watch = None;
+                                need_resync = true;
+                                retry_at = Instant::now();
+                            }
+                        }
                         if let Err(Interrupt::Lost) = self.apply(events, on_peers) {
                             if !self.reacquire(stop).await {
                                 return;
@@ -838,7 +848,53 @@ impl<R: Registry> SubnetManager<R> {
     }
 }
 
+/// Adds to `events` the watch responses that are ready without waiting. An error is returned
+/// after the events received before it were added.
+async fn drain_ready<W: RegistryWatch>(
+    w: &mut W,
+    events: &mut Vec<WatchEvent>,
+) -> Result<(), Error> {
+    loop {
+        let mut next = std::pin::pin!(w.next());
+        let ready = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(next.as_mut(), cx))
+        })
+        .await;
+        match ready {
+            std::task::Poll::Ready(Ok(more)) => events.extend(more),
+            std::task::Poll::Ready(Err(e)) => return Err(e),
+            std::task::Poll::Pending => return Ok(()),
+        }
+    }
+}
+
+/// Changes logged one by one at info level; a bigger batch (a first listing of a big cluster)
+/// is logged as a count, and one by one at debug level.
+const LOG_EACH: usize = 16;
+
 fn log_events(events: &[LeaseEvent]) {
+    if events.len() > LOG_EACH {
+        let added = events
+            .iter()
+            .filter(|e| matches!(e, LeaseEvent::Added(_)))
+            .count();
+        tracing::info!(
+            added,
+            removed = events.len() - added,
+            "leases changed (each one is logged at debug level)"
+        );
+        for e in events {
+            match e {
+                LeaseEvent::Added(l) => {
+                    tracing::debug!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "lease added")
+                }
+                LeaseEvent::Removed(l) => {
+                    tracing::debug!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "lease removed")
+                }
+            }
+        }
+        return;
+    }
     for e in events {
         match e {
             LeaseEvent::Added(l) => {

@@ -693,7 +693,9 @@ mod tests {
         assert_eq!(before.len(), 4096);
         assert!(before.lookup(Ipv4Addr::new(10, 0, 6, 1)).is_some());
         assert_eq!(
-            before.lookup(Ipv4Addr::new(10, 0, 5, 1)).map(|h| *h.peer.ip()),
+            before
+                .lookup(Ipv4Addr::new(10, 0, 5, 1))
+                .map(|h| *h.peer.ip()),
             Some(Ipv4Addr::from(0xc000_0005))
         );
         // Shards nobody changed are the same allocation in both snapshots.
@@ -719,13 +721,20 @@ mod tests {
         let t = RouteTable::new();
         let a = route("10.1.2.0/24", [1, 1, 1, 1]);
         let b = route("10.1.3.0/24", [1, 1, 1, 1]);
-        t.apply([RouteChange::Set(a), RouteChange::Set(b)]).expect("ok");
+        t.apply([RouteChange::Set(a), RouteChange::Set(b)])
+            .expect("ok");
         t.apply([RouteChange::Remove(a.subnet)]).expect("ok");
-        assert!(t.load().is_peer(Ipv4Addr::new(1, 1, 1, 1)), "b still points there");
+        assert!(
+            t.load().is_peer(Ipv4Addr::new(1, 1, 1, 1)),
+            "b still points there"
+        );
         t.apply([RouteChange::Set(route("10.1.3.0/24", [2, 2, 2, 2]))])
             .expect("ok");
         let s = t.load();
-        assert!(!s.is_peer(Ipv4Addr::new(1, 1, 1, 1)), "no route left to 1.1.1.1");
+        assert!(
+            !s.is_peer(Ipv4Addr::new(1, 1, 1, 1)),
+            "no route left to 1.1.1.1"
+        );
         assert!(s.is_peer(Ipv4Addr::new(2, 2, 2, 2)));
         t.apply([RouteChange::Remove(b.subnet)]).expect("ok");
         let s = t.load();
@@ -745,7 +754,10 @@ mod tests {
         let e = t
             .apply([RouteChange::Set(route("10.1.0.128/25", [2, 2, 2, 2]))])
             .expect_err("inside the /24");
-        assert_eq!(e.to_string(), "subnets 10.1.0.128/25 and 10.1.0.0/24 overlap");
+        assert_eq!(
+            e.to_string(),
+            "subnets 10.1.0.128/25 and 10.1.0.0/24 overlap"
+        );
         // A /8 around the /24 (16 more bits than 12: the longer group is scanned).
         let e = t
             .apply([RouteChange::Set(route("10.0.0.0/8", [2, 2, 2, 2]))])
@@ -759,7 +771,9 @@ mod tests {
         ])
         .expect("no overlap left");
         assert_eq!(
-            t.load().lookup(Ipv4Addr::new(10, 1, 0, 1)).map(|h| *h.peer.ip()),
+            t.load()
+                .lookup(Ipv4Addr::new(10, 1, 0, 1))
+                .map(|h| *h.peer.ip()),
             Some(Ipv4Addr::new(2, 2, 2, 2))
         );
         // Disjoint routes of other lengths are fine, and /0 works.

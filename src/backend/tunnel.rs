@@ -2,12 +2,20 @@
 //! ([`engine::Dataplane`]), the kernel route of the overlay network through their TUN device,
 //! and the route snapshots made from leases. Only the wire, the lease
 //! attributes and the per-lease route differ; each module supplies those.
+//!
+//! Lease sets arrive complete after every change; the route table is updated by the difference
+//! to the routes published before ([`RouteTable::apply`]), and a lease is turned into a route
+//! only when it is new or its content changed, so a change in a set of 65 536 leases costs one
+//! pass over the set plus the changed routes, not 65 536 lease decodings and a table rebuild.
 
 use super::{Backend, HostInfo, SkipLog};
 use crate::netlink::{Netlink, RouteSpec, RTPROT_STATIC};
 use anyhow::{Context, Result};
 use control::{Lease, LeaseAttrs};
-use engine::{Dataplane, DataplaneConfig, Ipv4Net, Route, RouteTable, StatsSource, Wire};
+use engine::{
+    Dataplane, DataplaneConfig, Ipv4Net, Route, RouteChange, RouteTable, StatsSource, Wire,
+};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 
@@ -32,7 +40,12 @@ pub(crate) struct Tunnel {
     to_route: ToRoute,
     table: Arc<RouteTable>,
     net: Option<(Ipv4Net, Ipv4Net)>,
-    leases: Vec<Lease>,
+    /// The lease set received before [`Backend::start`], applied by it.
+    pending: Vec<Lease>,
+    /// Per leased subnet: the lease as last received and the route it gave (`None`: refused).
+    seen: HashMap<control::Ipv4Net, (Lease, Option<Route>)>,
+    /// The routes in the table, to diff the next set against.
+    published: BTreeMap<Ipv4Net, Route>,
     dp: Option<Dataplane>,
     skip: SkipLog,
     name: &'static str,
@@ -117,26 +130,47 @@ impl Tunnel {
             to_route,
             table: Arc::new(RouteTable::new()),
             net: None,
-            leases: Vec::new(),
+            pending: Vec::new(),
+            seen: HashMap::new(),
+            published: BTreeMap::new(),
             dp: None,
             skip: SkipLog::default(),
             name,
         }
     }
 
-    fn publish(&mut self) {
+    fn publish(&mut self, leases: &[Lease]) {
         let Some((network, local)) = self.net else {
             return;
         };
-        let (to_route, params) = (self.to_route, self.params);
-        let (routes, skipped) = super::usable(&self.leases, network, local, |l| {
-            to_route(l, super::engine_net(l.subnet), &params)
+        let (to_route, params, seen) = (self.to_route, self.params, &mut self.seen);
+        let (routes, skipped) = super::usable(leases, network, local, |l| {
+            if let Some((old, route)) = seen.get(&l.subnet) {
+                if old == l {
+                    return *route;
+                }
+            }
+            let route = to_route(l, super::engine_net(l.subnet), &params);
+            seen.insert(l.subnet, (l.clone(), route));
+            route
         });
+        if self.seen.len() > leases.len() {
+            // Some leases went away: forget them (a set without removals skips this pass).
+            let current: std::collections::HashSet<control::Ipv4Net> =
+                leases.iter().map(|l| l.subnet).collect();
+            self.seen.retain(|subnet, _| current.contains(subnet));
+        }
         self.skip.report(self.name, skipped);
-        match self.table.replace(routes.into_values()) {
+        let changes = diff(&self.published, &routes);
+        if changes.is_empty() {
+            return;
+        }
+        match self.table.apply(changes.iter().copied()) {
             Ok(generation) => {
+                self.published = routes;
                 tracing::debug!(
                     generation,
+                    changes = changes.len(),
                     routes = self.table.load().len(),
                     "routes updated"
                 )
@@ -144,6 +178,43 @@ impl Tunnel {
             Err(e) => tracing::error!("keeping the current routes: {e}"),
         }
     }
+}
+
+/// The changes that turn the routes `old` into `new` (both ordered by subnet).
+fn diff(old: &BTreeMap<Ipv4Net, Route>, new: &BTreeMap<Ipv4Net, Route>) -> Vec<RouteChange> {
+    let mut changes = Vec::new();
+    let (mut o, mut n) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (o.peek(), n.peek()) {
+            (None, None) => break,
+            (Some((s, _)), None) => {
+                changes.push(RouteChange::Remove(**s));
+                o.next();
+            }
+            (None, Some((_, r))) => {
+                changes.push(RouteChange::Set(**r));
+                n.next();
+            }
+            (Some((os, or)), Some((ns, nr))) => match os.cmp(ns) {
+                std::cmp::Ordering::Less => {
+                    changes.push(RouteChange::Remove(**os));
+                    o.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    changes.push(RouteChange::Set(**nr));
+                    n.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if or != nr {
+                        changes.push(RouteChange::Set(**nr));
+                    }
+                    o.next();
+                    n.next();
+                }
+            },
+        }
+    }
+    changes
 }
 
 impl Backend for Tunnel {
@@ -188,13 +259,17 @@ impl Backend for Tunnel {
         );
         self.dp = Some(dp);
         self.net = Some((network, local));
-        self.publish();
+        let pending = std::mem::take(&mut self.pending);
+        self.publish(&pending);
         Ok(())
     }
 
     fn set_leases(&mut self, leases: &[Lease]) {
-        self.leases = leases.to_vec();
-        self.publish();
+        if self.net.is_none() {
+            self.pending = leases.to_vec();
+        } else {
+            self.publish(leases);
+        }
     }
 
     fn tick(&mut self) -> Result<()> {
@@ -221,4 +296,46 @@ impl Backend for Tunnel {
 /// route snapshot, worker health and heartbeat, and every counter.
 pub(crate) fn stats_line(dp: &Dataplane) -> String {
     crate::metrics::line(&crate::metrics::dataplane(&dp.stats_source()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn routes(list: &[(&str, u8)]) -> BTreeMap<Ipv4Net, Route> {
+        list.iter()
+            .map(|(net, peer)| {
+                let subnet: Ipv4Net = net.parse().expect("valid");
+                let peer = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, *peer), 8285);
+                (subnet, Route::udp(subnet, peer))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn diff_lists_what_changed_only() {
+        let old = routes(&[("10.1.1.0/24", 1), ("10.1.2.0/24", 2), ("10.1.4.0/24", 4)]);
+        let new = routes(&[("10.1.2.0/24", 9), ("10.1.3.0/24", 3), ("10.1.4.0/24", 4)]);
+        let got = diff(&old, &new);
+        assert_eq!(
+            got,
+            vec![
+                RouteChange::Remove("10.1.1.0/24".parse().expect("valid")),
+                RouteChange::Set(new[&"10.1.2.0/24".parse().expect("valid")]),
+                RouteChange::Set(new[&"10.1.3.0/24".parse().expect("valid")]),
+            ]
+        );
+        assert!(diff(&new, &new).is_empty());
+        // Applied to a table holding `old`, the changes give a table holding `new`.
+        let t = RouteTable::new();
+        t.replace(old.values().copied()).expect("disjoint");
+        t.apply(got).expect("disjoint");
+        let mut now: Vec<Route> = t.load().routes().collect();
+        now.sort_by_key(|r| r.subnet);
+        assert_eq!(now, new.values().copied().collect::<Vec<_>>());
+        let all_new = diff(&BTreeMap::new(), &new);
+        assert_eq!(all_new.len(), 3);
+        assert_eq!(diff(&new, &BTreeMap::new()).len(), 3);
+    }
 }
