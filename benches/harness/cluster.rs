@@ -177,7 +177,10 @@ fn run(args: &ClusterArgs) -> Result<bool> {
     ns.ip(&["addr", "add", &format!("{UNDERLAY_IP}/24"), "dev", "ul0"])?;
     ns.ip(&["link", "set", "ul0", "up"])?;
     ns.ip(&["link", "set", "ul1", "up"])?;
-    let dir = PathBuf::from(format!("/dev/shm/weft-bench-cluster-{}", std::process::id()));
+    let dir = PathBuf::from(format!(
+        "/dev/shm/weft-bench-cluster-{}",
+        std::process::id()
+    ));
     let mut cleanup = Cleanup {
         children: Vec::new(),
         dir: dir.clone(),
@@ -193,7 +196,10 @@ fn run(args: &ClusterArgs) -> Result<bool> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while etcdctl(&["endpoint", "health"]).is_err() {
         if Instant::now() > deadline {
-            bail!("etcd did not become healthy in 20 s; see its log in {}", args.out.display());
+            bail!(
+                "etcd did not become healthy in 20 s; see its log in {}",
+                args.out.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -228,9 +234,7 @@ fn run(args: &ClusterArgs) -> Result<bool> {
     let timeout = Duration::from_secs(args.timeout);
     let installed = wait_routes(&log_path, leases as usize, started, timeout)
         .context("waiting for all routes after start-up")?;
-    let install = installed
-        .duration_since(started)
-        .unwrap_or(Duration::ZERO);
+    let install = installed.duration_since(started).unwrap_or(Duration::ZERO);
     let rss_start = vm_kib(pid, "VmHWM")?;
     println!(
         "weft: {leases} routes {:.3} s after the start, VmHWM {} KiB",
@@ -452,7 +456,8 @@ fn wait_routes(log: &Path, n: usize, since: SystemTime, timeout: Duration) -> Re
 
 /// Every `routes updated` line of the daemon's log: (time, routes).
 fn route_lines(log: &Path) -> Result<Vec<(SystemTime, usize)>> {
-    let text = std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+    let text =
+        std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
     Ok(text
         .lines()
         .filter(|l| l.contains("routes updated"))

@@ -546,7 +546,10 @@ mod tests {
 
     #[test]
     fn prefix_range_end() {
-        assert_eq!(prefix_end(b"/coreos.com/network/subnets/"), b"/coreos.com/network/subnets0");
+        assert_eq!(
+            prefix_end(b"/coreos.com/network/subnets/"),
+            b"/coreos.com/network/subnets0"
+        );
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b"\xff"), b"\0");
     }

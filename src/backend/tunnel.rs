@@ -42,8 +42,9 @@ pub(crate) struct Tunnel {
     net: Option<(Ipv4Net, Ipv4Net)>,
     /// The lease set received before [`Backend::start`], applied by it.
     pending: Vec<Lease>,
-    /// Per leased subnet: the lease as last received and the route it gave (`None`: refused).
-    seen: HashMap<control::Ipv4Net, (Lease, Option<Route>)>,
+    /// Per leased subnet: the [`fingerprint`] of the lease as last received and the route it
+    /// gave (`None`: refused). 24 bytes a lease instead of a copy of it.
+    seen: HashMap<control::Ipv4Net, (u64, Option<Route>)>,
     /// The routes in the table, to diff the next set against.
     published: BTreeMap<Ipv4Net, Route>,
     dp: Option<Dataplane>,
@@ -145,13 +146,14 @@ impl Tunnel {
         };
         let (to_route, params, seen) = (self.to_route, self.params, &mut self.seen);
         let (routes, skipped) = super::usable(leases, network, local, |l| {
+            let print = fingerprint(l);
             if let Some((old, route)) = seen.get(&l.subnet) {
-                if old == l {
+                if *old == print {
                     return *route;
                 }
             }
             let route = to_route(l, super::engine_net(l.subnet), &params);
-            seen.insert(l.subnet, (l.clone(), route));
+            seen.insert(l.subnet, (print, route));
             route
         });
         if self.seen.len() > leases.len() {
@@ -178,6 +180,35 @@ impl Tunnel {
             Err(e) => tracing::error!("keeping the current routes: {e}"),
         }
     }
+}
+
+/// A 64-bit hash of everything in a lease a route can depend on (all of it but the expiry, which
+/// is unknown for other hosts' leases): equal fingerprints mean the route is the one computed
+/// before. Destructured field by field, so that a field added to [`Lease`] must be added here.
+fn fingerprint(l: &Lease) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let Lease {
+        subnet,
+        ipv6_subnet,
+        attrs,
+        expiration: _,
+    } = l;
+    let LeaseAttrs {
+        public_ip,
+        public_ipv6,
+        backend_type,
+        backend_data,
+        backend_v6_data,
+    } = attrs;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    subnet.hash(&mut h);
+    ipv6_subnet.hash(&mut h);
+    public_ip.hash(&mut h);
+    public_ipv6.hash(&mut h);
+    backend_type.hash(&mut h);
+    backend_data.as_ref().map(|d| d.as_str()).hash(&mut h);
+    backend_v6_data.as_ref().map(|d| d.as_str()).hash(&mut h);
+    h.finish()
 }
 
 /// The changes that turn the routes `old` into `new` (both ordered by subnet).
@@ -311,6 +342,36 @@ mod tests {
                 (subnet, Route::udp(subnet, peer))
             })
             .collect()
+    }
+
+    #[test]
+    fn fingerprints_follow_the_route_inputs() {
+        let mut a = Lease {
+            subnet: "10.1.2.0/24".parse().expect("valid"),
+            ipv6_subnet: None,
+            attrs: LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 2)),
+            expiration: None,
+        };
+        let b = a.clone();
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        a.expiration = Some(std::time::SystemTime::now());
+        assert_eq!(
+            fingerprint(&a),
+            fingerprint(&b),
+            "the expiry makes no route"
+        );
+        a.attrs.public_ip = Ipv4Addr::new(192, 0, 2, 3);
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+        let mut c = b.clone();
+        c.attrs.backend_type = Some("vxlan".into());
+        assert_ne!(fingerprint(&c), fingerprint(&b));
+        let mut d = c.clone();
+        d.attrs.backend_data = control::lease::RawJson::new(r#"{"VNI":1}"#);
+        assert!(d.attrs.backend_data.is_some());
+        assert_ne!(fingerprint(&d), fingerprint(&c));
+        let mut e = b.clone();
+        e.subnet = "10.1.3.0/24".parse().expect("valid");
+        assert_ne!(fingerprint(&e), fingerprint(&b));
     }
 
     #[test]
