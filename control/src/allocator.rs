@@ -103,7 +103,10 @@ pub fn free_candidates(config: &NetworkConfig, leases: &[Lease]) -> Vec<Ipv4Net>
         .iter()
         .map(|l| {
             let start = u64::from(u32::from(l.subnet.addr()));
-            (start, start + (1u64 << (32 - u32::from(l.subnet.prefix_len()))))
+            (
+                start,
+                start + (1u64 << (32 - u32::from(l.subnet.prefix_len()))),
+            )
         })
         .collect();
     ranges.sort_unstable();
@@ -195,7 +198,11 @@ mod tests {
                 .filter(|sn| !some.iter().any(|l| sn.overlaps(&l.subnet)))
                 .take(MAX_CANDIDATES)
                 .collect();
-            assert_eq!(free_candidates(&c, some), brute, "with the first {n} leases");
+            assert_eq!(
+                free_candidates(&c, some),
+                brute,
+                "with the first {n} leases"
+            );
         }
     }
 

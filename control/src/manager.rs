@@ -141,8 +141,8 @@ struct Own {
     renew_at: Option<Instant>,
 }
 
-/// A callback receiving the complete set of other hosts' leases.
-pub type PeersCallback<'a> = &'a mut (dyn FnMut(&[Lease]) + Send);
+/// A callback receiving the complete set of other hosts' leases (its own copy).
+pub type PeersCallback<'a> = &'a mut (dyn FnMut(Vec<Lease>) + Send);
 
 /// The subnet manager (see the module doc).
 pub struct SubnetManager<R: Registry> {
@@ -434,7 +434,9 @@ impl<R: Registry> SubnetManager<R> {
                     }
                 }
             }
-            let mut leases: Vec<Lease> = parsed.iter().map(|p| p.lease.clone()).collect();
+            // Moved out of `parsed`, not copied (a big cluster's leases are megabytes).
+            let ids: Vec<i64> = parsed.iter().map(|p| p.lease_id).collect();
+            let mut leases: Vec<Lease> = parsed.into_iter().map(|p| p.lease).collect();
             leases.extend(corrupted.iter().map(|(_, sn)| Lease {
                 subnet: *sn,
                 ipv6_subnet: None,
@@ -455,10 +457,11 @@ impl<R: Registry> SubnetManager<R> {
             let (subnet, created) = match plan.choice {
                 Choice::Reuse(l) => {
                     tracing::info!(subnet = %l.subnet, public_ip = %self.opts.public_ip, "found lease for current IP, reusing");
-                    let reservation = parsed
+                    let reservation = leases
                         .iter()
-                        .find(|p| p.lease.subnet == l.subnet)
-                        .is_some_and(|p| p.lease_id == 0);
+                        .zip(&ids)
+                        .find(|(p, _)| p.subnet == l.subnet)
+                        .is_some_and(|(_, id)| *id == 0);
                     let ttl = (!reservation).then_some(LEASE_TTL);
                     match self
                         .reg
@@ -537,18 +540,22 @@ impl<R: Registry> SubnetManager<R> {
         self.shared
             .leases_known
             .store(peers.len(), Ordering::Relaxed);
-        on_peers(&peers);
+        // By value: the daemon passes the set on without another copy.
+        on_peers(peers);
     }
 
     /// Lists all leases, checks ours is still there and diffs the rest into the cache. Calls
     /// `on_peers` if anything changed (or `always`).
     async fn resync(&mut self, on_peers: PeersCallback<'_>, always: bool) -> Result<(), Interrupt> {
         let listing = self.reg.list_subnets().await?;
-        let parsed = self.parse_listing(&listing, true);
         let own = self.own.as_ref().map(|o| o.lease.subnet);
-        let mut others = Vec::with_capacity(parsed.len());
+        let mut others = Vec::with_capacity(listing.entries.len());
         let mut own_seen = false;
-        for p in parsed {
+        // Entry by entry, each freed once parsed: a big listing is not held twice.
+        for e in listing.entries {
+            let Some(p) = self.parse_entry(&e, true) else {
+                continue;
+            };
             if Some(p.lease.subnet) == own {
                 own_seen = p.lease.attrs.public_ip == self.opts.public_ip;
             } else {
@@ -561,7 +568,9 @@ impl<R: Registry> SubnetManager<R> {
         }
         let events = self.cache.reset(others);
         log_events(&events);
-        if always || !events.is_empty() {
+        let changed = !events.is_empty();
+        drop(events);
+        if always || changed {
             self.publish(on_peers);
         }
         Ok(())
@@ -933,11 +942,11 @@ mod tests {
 
     type Calls = Arc<Mutex<Vec<Vec<Lease>>>>;
 
-    fn recorder() -> (Calls, impl FnMut(&[Lease]) + Send) {
+    fn recorder() -> (Calls, impl FnMut(Vec<Lease>) + Send) {
         let calls: Calls = Arc::default();
         let c = calls.clone();
-        (calls, move |l: &[Lease]| {
-            c.lock().expect("test mutex").push(l.to_vec())
+        (calls, move |l: Vec<Lease>| {
+            c.lock().expect("test mutex").push(l)
         })
     }
 
