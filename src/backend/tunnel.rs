@@ -4,9 +4,13 @@
 //! attributes and the per-lease route differ; each module supplies those.
 //!
 //! Lease sets arrive complete after every change; the route table is updated by the difference
-//! to the routes published before ([`RouteTable::apply`]), and a lease is turned into a route
-//! only when it is new or its content changed, so a change in a set of 65 536 leases costs one
-//! pass over the set plus the changed routes, not 65 536 lease decodings and a table rebuild.
+//! to the routes published before ([`RouteTable::apply`]). When every lease has the same prefix
+//! length (flannel's leases all have `SubnetLen`) and the set comes ordered by subnet (as the
+//! control plane sends it), no lease can hide another, so a lease's route depends on that lease
+//! alone: one pass compares the set with the previous one by subnet and [`fingerprint`], and
+//! only new or changed leases are decoded. A change in a set of 65 536 leases then costs that
+//! pass plus the changed routes, not 65 536 lease decodings and a table rebuild. Any other set
+//! takes [`super::usable`] (address order decides between overlapping leases) and a full diff.
 
 use super::{Backend, HostInfo, SkipLog};
 use crate::netlink::{Netlink, RouteSpec, RTPROT_STATIC};
@@ -15,7 +19,7 @@ use control::{Lease, LeaseAttrs};
 use engine::{
     Dataplane, DataplaneConfig, Ipv4Net, Route, RouteChange, RouteTable, StatsSource, Wire,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 
@@ -42,9 +46,11 @@ pub(crate) struct Tunnel {
     net: Option<(Ipv4Net, Ipv4Net)>,
     /// The lease set received before [`Backend::start`], applied by it.
     pending: Vec<Lease>,
-    /// Per leased subnet: the [`fingerprint`] of the lease as last received and the route it
-    /// gave (`None`: refused). 24 bytes a lease instead of a copy of it.
-    seen: HashMap<control::Ipv4Net, (u64, Option<Route>)>,
+    /// The previous lease set as (subnet, [`fingerprint`]), in the order received: 16 bytes a
+    /// lease instead of a copy of it.
+    prev: Vec<(control::Ipv4Net, u64)>,
+    /// The prefix length of every lease in `prev`, if [`one_length`] holds for it.
+    prev_len: Option<u8>,
     /// The routes in the table, to diff the next set against.
     published: BTreeMap<Ipv4Net, Route>,
     dp: Option<Dataplane>,
@@ -132,7 +138,8 @@ impl Tunnel {
             table: Arc::new(RouteTable::new()),
             net: None,
             pending: Vec::new(),
-            seen: HashMap::new(),
+            prev: Vec::new(),
+            prev_len: None,
             published: BTreeMap::new(),
             dp: None,
             skip: SkipLog::default(),
@@ -144,42 +151,102 @@ impl Tunnel {
         let Some((network, local)) = self.net else {
             return;
         };
-        let (to_route, params, seen) = (self.to_route, self.params, &mut self.seen);
-        let (routes, skipped) = super::usable(leases, network, local, |l| {
-            let print = fingerprint(l);
-            if let Some((old, route)) = seen.get(&l.subnet) {
-                if *old == print {
-                    return *route;
+        let (to_route, params) = (self.to_route, self.params);
+        let route_of = |l: &Lease| {
+            let subnet = super::engine_net(l.subnet);
+            if !network.contains_net(&subnet) || subnet.overlaps(&local) {
+                return None;
+            }
+            to_route(l, subnet, &params)
+        };
+        let len = one_length(leases);
+        // Incremental if this set and the previous one are of one length (or nothing was published).
+        let fresh = self.prev.is_empty() && self.published.is_empty();
+        let incremental = len.is_some() && (fresh || self.prev_len == len);
+        let mut next = Vec::with_capacity(leases.len());
+        let mut changes = Vec::new();
+        let skipped = if incremental {
+            // Merge by subnet with the previous set: removed, changed and new leases only.
+            let published = &mut self.published;
+            let mut old = self.prev.iter().peekable();
+            for l in leases {
+                let print = fingerprint(l);
+                while let Some((s, _)) = old.next_if(|(s, _)| *s < l.subnet) {
+                    forget(published, *s, &mut changes);
+                }
+                let unchanged = old
+                    .next_if(|(s, _)| *s == l.subnet)
+                    .is_some_and(|(_, p)| *p == print);
+                next.push((l.subnet, print));
+                if unchanged {
+                    continue;
+                }
+                match route_of(l) {
+                    Some(r) => {
+                        if published.insert(r.subnet, r) != Some(r) {
+                            changes.push(RouteChange::Set(r));
+                        }
+                    }
+                    None => forget(published, l.subnet, &mut changes),
                 }
             }
-            let route = to_route(l, super::engine_net(l.subnet), &params);
-            seen.insert(l.subnet, (print, route));
-            route
-        });
-        if self.seen.len() > leases.len() {
-            // Some leases went away: forget them (a set without removals skips this pass).
-            let current: std::collections::HashSet<control::Ipv4Net> =
-                leases.iter().map(|l| l.subnet).collect();
-            self.seen.retain(|subnet, _| current.contains(subnet));
-        }
+            for (s, _) in old {
+                forget(published, *s, &mut changes);
+            }
+            leases.len() - published.len()
+        } else {
+            let (routes, skipped) = super::usable(leases, network, local, route_of);
+            changes = diff(&self.published, &routes);
+            self.published = routes;
+            next.extend(leases.iter().map(|l| (l.subnet, fingerprint(l))));
+            skipped
+        };
+        self.prev = next;
+        self.prev_len = len;
         self.skip.report(self.name, skipped);
-        let changes = diff(&self.published, &routes);
         if changes.is_empty() {
             return;
         }
         match self.table.apply(changes.iter().copied()) {
             Ok(generation) => {
-                self.published = routes;
                 tracing::debug!(
                     generation,
                     changes = changes.len(),
                     routes = self.table.load().len(),
+                    incremental,
                     "routes updated"
                 )
             }
-            Err(e) => tracing::error!("keeping the current routes: {e}"),
+            Err(e) => {
+                tracing::error!("keeping the current routes: {e}");
+                // Diff the next set against what the table really holds.
+                self.published = self.table.load().routes().map(|r| (r.subnet, r)).collect();
+                self.prev.clear();
+                self.prev_len = None;
+            }
         }
     }
+}
+
+/// Removes the route of `s` from `published`, noting the change, if there is one.
+fn forget(
+    published: &mut BTreeMap<Ipv4Net, Route>,
+    s: control::Ipv4Net,
+    changes: &mut Vec<RouteChange>,
+) {
+    let subnet = super::engine_net(s);
+    if published.remove(&subnet).is_some() {
+        changes.push(RouteChange::Remove(subnet));
+    }
+}
+
+/// The prefix length of every lease in `leases` if they all have the same one and come in
+/// strictly increasing subnet order; `None` otherwise (also for no leases).
+fn one_length(leases: &[Lease]) -> Option<u8> {
+    let first = leases.first()?.subnet.prefix_len();
+    let same = leases.iter().all(|l| l.subnet.prefix_len() == first);
+    let ordered = leases.windows(2).all(|w| w[0].subnet < w[1].subnet);
+    (same && ordered).then_some(first)
 }
 
 /// A 64-bit hash of everything in a lease a route can depend on (all of it but the expiry, which
