@@ -1,6 +1,7 @@
 //! A big cluster against a real etcd: 40 000 peer leases (a listing of about 5 MB, more than one
 //! gRPC message of 4 MiB may hold, so start-up only works with the paged listing), then a burst
-//! of additions, rewrites and removals that must reach the route table as exactly those changes.
+//! of additions, rewrites and removals that must reach the route table as exactly those changes,
+//! and leases of another length, which take the full path through the overlap rules.
 //!
 //! Needs root (namespaces, TUN) and Debian's etcd; about 20 s.
 
@@ -145,4 +146,44 @@ fn forty_thousand_leases_paged_listing_and_incremental_routes() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(changes_logged(&d.lines()[quiet..]).1, 0);
     assert_eq!(d.counter("routes"), want);
+
+    // Leases of another length: the whole set goes through the overlap rules (address order
+    // wins) until it is of one length again. 10.0.200.0/24 is leased, 10.0.60.0/24 was removed.
+    let hidden = format!("{PREFIX}/subnets/10.0.200.128-25");
+    let free = format!("{PREFIX}/subnets/10.0.60.128-25");
+    let value = r#"{"PublicIP":"198.51.100.7","PublicIPv6":null}"#;
+    let from = d.line_count();
+    c.etcdctl(&["put", &hidden, value]);
+    assert!(
+        d.wait_line(from, "leases not usable", Duration::from_secs(5))
+            .is_some_and(|l| l.contains("skipped=1")),
+        "the /25 inside a leased /24 is skipped:\n{}",
+        d.lines()[from..].join("\n")
+    );
+    c.etcdctl(&["put", &free, value]);
+    within(Duration::from_secs(5), "the free /25 routed", || {
+        d.counter("routes") == want + 1
+    });
+    let mixed = d.lines()[from..]
+        .iter()
+        .filter(|l| l.contains("routes updated"))
+        .all(|l| l.contains("incremental=false"));
+    assert!(mixed, "sets of two lengths take the full path");
+    c.etcdctl(&["del", &hidden]);
+    c.etcdctl(&["del", &free]);
+    within(Duration::from_secs(5), "the /25s gone", || {
+        d.counter("routes") == want
+    });
+    // One length again: the next change is incremental.
+    let from = d.line_count();
+    let (key, value) = fake_lease(60, 0);
+    c.etcdctl(&["put", &key, &value]);
+    let line = d
+        .wait_line(from, "routes updated", Duration::from_secs(5))
+        .expect("the re-added /24 is routed");
+    assert!(
+        line.contains("changes=1") && line.contains("incremental=true"),
+        "{line}"
+    );
+    assert_eq!(d.counter("routes"), want + 1);
 }
