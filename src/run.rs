@@ -669,7 +669,7 @@ fn run_etcd(
     let public_ipv6 = args.public_ipv6.or(underlay.addr6);
     let host = HostInfo::new(args, underlay, public_ip, public_ipv6)?;
     let (lease_tx, lease_sets) = backend::lease_sets();
-    let on_peers: control::OnPeers = Box::new(move |leases| lease_tx.send(leases.to_vec()));
+    let on_peers: control::OnPeers = Box::new(move |leases| lease_tx.send(leases));
 
     // Start-up waits for etcd and the config as long as it takes; a signal ends the wait.
     tracing::info!(endpoints = ?opts.etcd.endpoints, prefix = %opts.etcd.prefix, %public_ip, "acquiring a subnet lease");

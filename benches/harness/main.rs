@@ -15,6 +15,7 @@
 #[path = "../../testkit/src/netns/mod.rs"]
 mod netns;
 
+mod cluster;
 mod measure;
 mod modes;
 mod report;
@@ -215,6 +216,9 @@ pub(crate) fn interrupted() -> bool {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("cluster") {
+        return cluster::main(std::env::args().skip(1));
+    }
     let args = Args::parse();
     match run(args) {
         Ok(code) => code,

@@ -196,11 +196,31 @@ pub fn free_candidates(config: &NetworkConfig, leases: &[Lease]) -> Vec<Ipv4Net>
     let step = 1u64 << (32 - u32::from(config.subnet_len));
     let max = u64::from(u32::from(config.subnet_max));
     let mut ip = u64::from(u32::from(config.subnet_min));
+    // The leases as address ranges [start, end), by start, with the largest end so far: a
+    // candidate [a, b) overlaps a lease iff among the leases starting before b the largest end
+    // is past a. One binary search per candidate instead of a pass over every lease.
+    let mut ranges: Vec<(u64, u64)> = leases
+        .iter()
+        .map(|l| {
+            let start = u64::from(u32::from(l.subnet.addr()));
+            (
+                start,
+                start + (1u64 << (32 - u32::from(l.subnet.prefix_len()))),
+            )
+        })
+        .collect();
+    ranges.sort_unstable();
+    let mut max_end = 0;
+    for r in &mut ranges {
+        max_end = max_end.max(r.1);
+        r.1 = max_end;
+    }
     // u64 so that walking past 255.255.255.0 ends the loop instead of wrapping.
     while ip <= max && bag.len() < MAX_CANDIDATES {
         let addr = Ipv4Addr::from(ip as u32);
         if let Some(sn) = Ipv4Net::new(addr, config.subnet_len) {
-            if !leases.iter().any(|l| sn.overlaps(&l.subnet)) {
+            let before = ranges.partition_point(|(start, _)| *start < ip + step);
+            if before == 0 || ranges[before - 1].1 <= ip {
                 bag.push(sn);
             }
         }
@@ -309,6 +329,38 @@ mod tests {
         Previous {
             v4: Some(n),
             v6: None,
+        }
+    }
+
+    #[test]
+    fn free_candidates_match_a_pass_over_every_lease() {
+        // Leases of other lengths too (etcd holds whatever anyone wrote), overlapping each other.
+        let c = cfg(r#"{"Network": "10.1.0.0/16", "SubnetLen": 24, "Backend": {"Type": "udp"}}"#);
+        let leases: Vec<Lease> = [
+            "10.1.3.0/24",
+            "10.1.8.0/22",
+            "10.1.9.0/24",
+            "10.1.20.128/25",
+            "10.1.64.0/18",
+            "10.1.200.0/24",
+            "10.1.255.0/24",
+            "10.0.0.0/8",
+        ]
+        .iter()
+        .map(|s| lease(s, [192, 0, 2, 1]))
+        .collect();
+        for n in 0..leases.len() {
+            let some = &leases[..n];
+            let brute: Vec<Ipv4Net> = (1..=254u32)
+                .filter_map(|i| Ipv4Net::new(Ipv4Addr::from(0x0a01_0000 | (i << 8)), 24))
+                .filter(|sn| !some.iter().any(|l| sn.overlaps(&l.subnet)))
+                .take(MAX_CANDIDATES)
+                .collect();
+            assert_eq!(
+                free_candidates(&c, some),
+                brute,
+                "with the first {n} leases"
+            );
         }
     }
 

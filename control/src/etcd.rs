@@ -10,6 +10,9 @@
 //!   comparing the key's value with ours, so a renewal can never overwrite a subnet another host
 //!   took after our key was deleted (flannel's unconditional put can). The superseded etcd lease
 //!   is revoked afterwards (flannel leaves it to expire; it has no keys left either way).
+//! * List: `Get(<prefix>/subnets/)` in pages of [`LIST_PAGE`] keys, every page at the first
+//!   page's revision (one snapshot); a single response for 65 536 leases (about 12 MB) would
+//!   exceed the client's 4 MiB message limit.
 //! * Watch: `Watch(<prefix>/subnets/, prefix, start_revision, prev_kv)` with `require_leader`;
 //!   a compacted start revision or server-side cancel ends the watch with
 //!   [`Error::Compacted`]/[`Error::WatchClosed`] and the manager re-lists.
@@ -38,6 +41,8 @@ pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Timeout for establishing a connection to an endpoint.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Keys per page of the lease listing (a page of ordinary leases is well under 1 MiB).
+pub const LIST_PAGE: i64 = 4096;
 /// HTTP/2 keep-alive ping interval (etcd refuses pings more often than every 5 s).
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a keep-alive ping may go unanswered.
@@ -123,6 +128,19 @@ pub fn join_key(prefix: &str, name: &str) -> String {
     } else {
         body
     }
+}
+
+/// The end of the key range of all keys starting with `prefix` (etcd's prefix range end).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff (or empty): every key from the prefix on.
+    vec![0]
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, Error> {
@@ -271,17 +289,34 @@ impl Registry for EtcdRegistry {
     }
 
     async fn list_subnets(&mut self) -> Result<Listing, Error> {
+        // In pages of LIST_PAGE keys, all at the revision of the first page: one response holding
+        // 65 536 leases (about 12 MB) exceeds the client's 4 MiB message limit.
         let prefix = self.subnets_prefix.clone();
-        let mut r = self
-            .client
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(Error::etcd("list subnets"))?;
-        let revision = r.header().map(|h| h.revision()).unwrap_or(0);
-        let entries = r
-            .take_kvs()
-            .into_iter()
-            .map(|kv| {
+        let end = prefix_end(prefix.as_bytes());
+        let mut start = prefix.into_bytes();
+        let mut revision = 0;
+        let mut entries = Vec::new();
+        loop {
+            let opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE)
+                .with_revision(revision);
+            let mut r = self
+                .client
+                .get(start.clone(), Some(opts))
+                .await
+                .map_err(Error::etcd("list subnets"))?;
+            if revision == 0 {
+                revision = r.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            let more = r.more();
+            let kvs = r.take_kvs();
+            if let Some(last) = kvs.last() {
+                start = last.key().to_vec();
+                start.push(0);
+            }
+            let page = kvs.len();
+            entries.extend(kvs.into_iter().map(|kv| {
                 let lease_id = kv.lease();
                 let (k, v) = kv.into_key_value();
                 KvEntry {
@@ -289,9 +324,11 @@ impl Registry for EtcdRegistry {
                     value: v,
                     lease_id,
                 }
-            })
-            .collect();
-        Ok(Listing { revision, entries })
+            }));
+            if !more || page == 0 {
+                return Ok(Listing { revision, entries });
+            }
+        }
     }
 
     async fn create_subnet(
@@ -505,6 +542,16 @@ mod tests {
         assert_eq!(join_key("//a//b/./c/../", "config"), "/a/b/config");
         assert_eq!(join_key("", "config"), "config");
         assert_eq!(join_key("/", "config"), "/config");
+    }
+
+    #[test]
+    fn prefix_range_end() {
+        assert_eq!(
+            prefix_end(b"/coreos.com/network/subnets/"),
+            b"/coreos.com/network/subnets0"
+        );
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), b"\0");
     }
 
     #[test]

@@ -60,7 +60,7 @@ impl ControlOptions {
 /// The callback receiving the complete set of other hosts' leases. It runs on the control
 /// thread, between etcd requests and lease renewals, so it must hand the set on without
 /// blocking (the daemon's keeps only the newest set for the backend's owner).
-pub type OnPeers = Box<dyn FnMut(&[Lease]) + Send>;
+pub type OnPeers = Box<dyn FnMut(Vec<Lease>) + Send>;
 
 /// What the control thread reports while it starts, on [`Startup::events`].
 #[derive(Debug)]

@@ -143,8 +143,8 @@ struct Own {
     renew_at: Option<Instant>,
 }
 
-/// A callback receiving the complete set of other hosts' leases.
-pub type PeersCallback<'a> = &'a mut (dyn FnMut(&[Lease]) + Send);
+/// A callback receiving the complete set of other hosts' leases (its own copy).
+pub type PeersCallback<'a> = &'a mut (dyn FnMut(Vec<Lease>) + Send);
 
 /// The subnet manager (see the module doc).
 pub struct SubnetManager<R: Registry> {
@@ -454,7 +454,9 @@ impl<R: Registry> SubnetManager<R> {
                     }
                 }
             }
-            let mut leases: Vec<Lease> = parsed.iter().map(|p| p.lease.clone()).collect();
+            // Moved out of `parsed`, not copied (a big cluster's leases are megabytes).
+            let ids: Vec<i64> = parsed.iter().map(|p| p.lease_id).collect();
+            let mut leases: Vec<Lease> = parsed.into_iter().map(|p| p.lease).collect();
             leases.extend(corrupted.iter().map(|(_, k)| Lease {
                 subnet: k.v4,
                 ipv6_subnet: k.v6,
@@ -470,10 +472,11 @@ impl<R: Registry> SubnetManager<R> {
             let (subnet, created) = match plan.choice {
                 Choice::Reuse(l) => {
                     tracing::info!(subnet = %l.subnet, public_ip = %self.opts.public_ip, "found lease for current IP, reusing");
-                    let reservation = parsed
+                    let reservation = leases
                         .iter()
-                        .find(|p| p.lease.subnet_key() == l.subnet_key())
-                        .is_some_and(|p| p.lease_id == 0);
+                        .zip(&ids)
+                        .find(|(p, _)| p.subnet_key() == l.subnet_key())
+                        .is_some_and(|(_, id)| *id == 0);
                     let ttl = (!reservation).then_some(LEASE_TTL);
                     match self
                         .reg
@@ -556,18 +559,22 @@ impl<R: Registry> SubnetManager<R> {
         self.shared
             .leases_known
             .store(peers.len(), Ordering::Relaxed);
-        on_peers(&peers);
+        // By value: the daemon passes the set on without another copy.
+        on_peers(peers);
     }
 
     /// Lists all leases, checks ours is still there and diffs the rest into the cache. Calls
     /// `on_peers` if anything changed (or `always`).
     async fn resync(&mut self, on_peers: PeersCallback<'_>, always: bool) -> Result<(), Interrupt> {
         let listing = self.reg.list_subnets().await?;
-        let parsed = self.parse_listing(&listing, true);
         let own = self.own_key();
-        let mut others = Vec::with_capacity(parsed.len());
+        let mut others = Vec::with_capacity(listing.entries.len());
         let mut own_seen = false;
-        for p in parsed {
+        // Entry by entry, each freed once parsed: a big listing is not held twice.
+        for e in listing.entries {
+            let Some(p) = self.parse_entry(&e, true) else {
+                continue;
+            };
             if Some(p.lease.subnet_key()) == own {
                 own_seen = self.owns(&p.lease.attrs);
             } else {
@@ -580,7 +587,9 @@ impl<R: Registry> SubnetManager<R> {
         }
         let events = self.cache.reset(others);
         log_events(&events);
-        if always || !events.is_empty() {
+        let changed = !events.is_empty();
+        drop(events);
+        if always || changed {
             self.publish(on_peers);
         }
         Ok(())
@@ -825,7 +834,17 @@ impl<R: Registry> SubnetManager<R> {
                 }
                 _ = sleep_until_opt(Some(retry_at)), if watch.is_none() => {}
                 res = next_or_pending(&mut watch) => match res {
-                    Ok(events) => {
+                    Ok(mut events) => {
+                        // Responses already received go into the same update: one lease set
+                        // (and one route swap) for a burst, not one per response.
+                        if let Some(w) = watch.as_mut() {
+                            if let Err(e) = drain_ready(w, &mut events).await {
+                                tracing::warn!(error = %e, "etcd watch broke; re-listing");
+                                watch = None;
+                                need_resync = true;
+                                retry_at = Instant::now();
+                            }
+                        }
                         if let Err(Interrupt::Lost) = self.apply(events, on_peers) {
                             if !self.reacquire(stop).await {
                                 return;
@@ -854,7 +873,53 @@ impl<R: Registry> SubnetManager<R> {
     }
 }
 
+/// Adds to `events` the watch responses that are ready without waiting. An error is returned
+/// after the events received before it were added.
+async fn drain_ready<W: RegistryWatch>(
+    w: &mut W,
+    events: &mut Vec<WatchEvent>,
+) -> Result<(), Error> {
+    loop {
+        let mut next = std::pin::pin!(w.next());
+        let ready = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(next.as_mut(), cx))
+        })
+        .await;
+        match ready {
+            std::task::Poll::Ready(Ok(more)) => events.extend(more),
+            std::task::Poll::Ready(Err(e)) => return Err(e),
+            std::task::Poll::Pending => return Ok(()),
+        }
+    }
+}
+
+/// Changes logged one by one at info level; a bigger batch (a first listing of a big cluster)
+/// is logged as a count, and one by one at debug level.
+const LOG_EACH: usize = 16;
+
 fn log_events(events: &[LeaseEvent]) {
+    if events.len() > LOG_EACH {
+        let added = events
+            .iter()
+            .filter(|e| matches!(e, LeaseEvent::Added(_)))
+            .count();
+        tracing::info!(
+            added,
+            removed = events.len() - added,
+            "leases changed (each one is logged at debug level)"
+        );
+        for e in events {
+            match e {
+                LeaseEvent::Added(l) => {
+                    tracing::debug!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "lease added")
+                }
+                LeaseEvent::Removed(l) => {
+                    tracing::debug!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "lease removed")
+                }
+            }
+        }
+        return;
+    }
     for e in events {
         match e {
             LeaseEvent::Added(l) => {
@@ -894,11 +959,11 @@ mod tests {
 
     type Calls = Arc<Mutex<Vec<Vec<Lease>>>>;
 
-    fn recorder() -> (Calls, impl FnMut(&[Lease]) + Send) {
+    fn recorder() -> (Calls, impl FnMut(Vec<Lease>) + Send) {
         let calls: Calls = Arc::default();
         let c = calls.clone();
-        (calls, move |l: &[Lease]| {
-            c.lock().expect("test mutex").push(l.to_vec())
+        (calls, move |l: Vec<Lease>| {
+            c.lock().expect("test mutex").push(l)
         })
     }
 

@@ -344,7 +344,7 @@ fn recorder() -> (Calls, control::OnPeers) {
     let c = calls.clone();
     (
         calls,
-        Box::new(move |l: &[Lease]| c.lock().expect("test mutex").push(l.to_vec())),
+        Box::new(move |l: Vec<Lease>| c.lock().expect("test mutex").push(l)),
     )
 }
 

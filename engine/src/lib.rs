@@ -46,6 +46,6 @@ pub use dataplane::{Dataplane, DataplaneConfig, StartError, StatsSource};
 pub use decap::{decapsulate_udp, DecapPolicy, DecapVerdict, Decapsulator};
 pub use encap::{encapsulate_udp, EncapVerdict, Encapsulator};
 pub use net::Ipv4Net;
-pub use route::{Hop, Route, RouteSnapshot, RouteTable};
+pub use route::{Hop, Route, RouteChange, RouteSnapshot, RouteTable};
 pub use stats::{Counter, DropReason, StatsSnapshot};
 pub use wire::Wire;

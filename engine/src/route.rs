@@ -11,11 +11,11 @@
 
 use crate::net::Ipv4Net;
 use arc_swap::{ArcSwap, Cache};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// One route: packets for `subnet` go to `peer`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,13 +83,129 @@ impl Hasher for U32Hasher {
 }
 
 type FastMap<V> = HashMap<u32, V, BuildHasherDefault<U32Hasher>>;
-type FastSet = HashSet<u32, BuildHasherDefault<U32Hasher>>;
 
-#[derive(Debug)]
+/// Shards per map. A change copies one shard (about 1/256 of the map) instead of the map.
+const SHARDS: usize = 256;
+
+/// A `u32`-keyed map split into [`SHARDS`] shards, each shared between snapshots until one of
+/// them changes it (copy on write through `Arc::make_mut`). Cloning the map clones 256 `Arc`s;
+/// a change then copies the one shard it touches, so a new snapshot built from the old one by a
+/// few changes costs microseconds whatever the size. The caller picks the shard (a function of
+/// the key); lookups index a fixed array, then probe one hash map.
+#[derive(Debug, Clone)]
+struct Sharded<V: Clone> {
+    shards: [Arc<FastMap<V>>; SHARDS],
+}
+
+impl<V: Clone> Default for Sharded<V> {
+    fn default() -> Self {
+        Sharded {
+            shards: std::array::from_fn(|_| Arc::new(FastMap::default())),
+        }
+    }
+}
+
+impl<V: Clone> Sharded<V> {
+    #[inline]
+    fn get(&self, shard: usize, key: u32) -> Option<&V> {
+        self.shards[shard & (SHARDS - 1)].get(&key)
+    }
+
+    /// The shard for writing: copied first if another snapshot shares it.
+    fn shard_mut(&mut self, shard: usize) -> &mut FastMap<V> {
+        Arc::make_mut(&mut self.shards[shard & (SHARDS - 1)])
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&u32, &V)> + '_ {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+}
+
+/// The shard of a peer address: the low byte, folded with the next ones.
+#[inline]
+fn peer_shard(ip: u32) -> usize {
+    (ip ^ (ip >> 8) ^ (ip >> 16)) as usize
+}
+
+/// Routes of one prefix length.
+#[derive(Debug, Clone)]
 struct Group {
     prefix: u8,
     mask: u32,
-    routes: FastMap<Hop>,
+    /// Right shift that turns a network address into its subnet number, whose low bits pick the
+    /// shard (31 for /0, whose only key is 0).
+    shift: u32,
+    len: usize,
+    routes: Sharded<Hop>,
+}
+
+impl Group {
+    fn new(prefix: u8, mask: u32) -> Group {
+        Group {
+            prefix,
+            mask,
+            shift: (32 - u32::from(prefix)).min(31),
+            len: 0,
+            routes: Sharded::default(),
+        }
+    }
+
+    #[inline]
+    fn shard(&self, net: u32) -> usize {
+        (net >> self.shift) as usize
+    }
+
+    #[inline]
+    fn get(&self, net: u32) -> Option<&Hop> {
+        self.routes.get(self.shard(net), net)
+    }
+
+    fn insert(&mut self, net: u32, hop: Hop) -> Option<Hop> {
+        let shard = self.shard(net);
+        let old = self.routes.shard_mut(shard).insert(net, hop);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    fn remove(&mut self, net: u32) -> Option<Hop> {
+        let shard = self.shard(net);
+        // Probe before writing, so that removing an absent route copies nothing.
+        self.get(net)?;
+        let old = self.routes.shard_mut(shard).remove(&net);
+        if old.is_some() {
+            self.len -= 1;
+        }
+        old
+    }
+
+    fn nets(&self) -> impl Iterator<Item = (u32, Hop)> + '_ {
+        self.routes.iter().map(|(n, h)| (*n, *h))
+    }
+
+    /// A route of this group inside `net`/`mask` (a shorter prefix than the group's).
+    fn inside(&self, net: u32, prefix: u8, mask: u32) -> Option<u32> {
+        let extra = u32::from(self.prefix - prefix);
+        if extra <= 12 {
+            // At most 4096 candidate networks: probe each.
+            let step = 1u32 << (32 - u32::from(self.prefix));
+            (0..1u32 << extra)
+                .map(|i| net | (i * step))
+                .find(|n| self.get(*n).is_some())
+        } else {
+            self.nets().map(|(n, _)| n).find(|n| n & mask == net)
+        }
+    }
+}
+
+/// A change to the route table ([`RouteTable::apply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteChange {
+    /// Adds the route, or replaces the route of the same subnet.
+    Set(Route),
+    /// Removes the route of this subnet (nothing if there is none).
+    Remove(Ipv4Net),
 }
 
 /// Why a set of routes cannot form a snapshot.
@@ -110,11 +226,16 @@ impl std::fmt::Display for RouteError {
 impl std::error::Error for RouteError {}
 
 /// An immutable set of routes, as the workers see it.
-#[derive(Debug)]
+///
+/// Snapshots made by [`RouteTable::apply`] share every shard they did not change with the
+/// snapshot they were made from.
+#[derive(Debug, Clone)]
 pub struct RouteSnapshot {
     generation: u64,
+    /// Longest prefix first.
     groups: Vec<Group>,
-    peers: FastSet,
+    /// Peer address → number of routes pointing at it.
+    peers: Sharded<u32>,
     len: usize,
 }
 
@@ -125,36 +246,12 @@ impl RouteSnapshot {
         generation: u64,
         routes: impl IntoIterator<Item = Route>,
     ) -> Result<RouteSnapshot, RouteError> {
-        let mut groups: Vec<Group> = Vec::new();
+        let mut snap = RouteSnapshot::empty();
+        snap.generation = generation;
         for r in routes {
-            let idx = match groups.iter().position(|g| g.prefix == r.subnet.prefix()) {
-                Some(i) => i,
-                None => {
-                    groups.push(Group {
-                        prefix: r.subnet.prefix(),
-                        mask: r.subnet.mask(),
-                        routes: FastMap::default(),
-                    });
-                    groups.len() - 1
-                }
-            };
-            groups[idx]
-                .routes
-                .insert(u32::from(r.subnet.addr()), r.hop());
+            snap.set(r);
         }
-        groups.sort_by_key(|g| std::cmp::Reverse(g.prefix));
-        let mut snap = RouteSnapshot {
-            generation,
-            groups,
-            peers: FastSet::default(),
-            len: 0,
-        };
         snap.check_overlaps()?;
-        for g in &snap.groups {
-            snap.len += g.routes.len();
-            snap.peers
-                .extend(g.routes.values().map(|h| u32::from(*h.peer.ip())));
-        }
         Ok(snap)
     }
 
@@ -163,9 +260,85 @@ impl RouteSnapshot {
         RouteSnapshot {
             generation: 0,
             groups: Vec::new(),
-            peers: FastSet::default(),
+            peers: Sharded::default(),
             len: 0,
         }
+    }
+
+    fn group_mut(&mut self, subnet: Ipv4Net) -> &mut Group {
+        let prefix = subnet.prefix();
+        // Longest prefix first: the group goes before the first shorter one.
+        let at = self.groups.partition_point(|g| g.prefix > prefix);
+        if self.groups.get(at).is_none_or(|g| g.prefix != prefix) {
+            self.groups.insert(at, Group::new(prefix, subnet.mask()));
+        }
+        &mut self.groups[at]
+    }
+
+    fn peer_add(&mut self, ip: u32) {
+        *self.peers.shard_mut(peer_shard(ip)).entry(ip).or_insert(0) += 1;
+    }
+
+    fn peer_remove(&mut self, ip: u32) {
+        let shard = self.peers.shard_mut(peer_shard(ip));
+        if let Some(n) = shard.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                shard.remove(&ip);
+            }
+        }
+    }
+
+    /// Adds or replaces a route, without checking overlaps.
+    fn set(&mut self, r: Route) {
+        let net = u32::from(r.subnet.addr());
+        let old = self.group_mut(r.subnet).insert(net, r.hop());
+        match old {
+            Some(old) => self.peer_remove(u32::from(*old.peer.ip())),
+            None => self.len += 1,
+        }
+        self.peer_add(u32::from(*r.peer.ip()));
+    }
+
+    /// Removes the route of `subnet`, if any.
+    fn remove(&mut self, subnet: Ipv4Net) {
+        let Some(at) = self.groups.iter().position(|g| g.prefix == subnet.prefix()) else {
+            return;
+        };
+        if let Some(old) = self.groups[at].remove(u32::from(subnet.addr())) {
+            self.len -= 1;
+            self.peer_remove(u32::from(*old.peer.ip()));
+            if self.groups[at].len == 0 {
+                self.groups.remove(at);
+            }
+        }
+    }
+
+    fn net(addr: u32, prefix: u8) -> Option<Ipv4Net> {
+        Ipv4Net::new(Ipv4Addr::from(addr), prefix)
+    }
+
+    /// A route of another length overlapping `subnet` (a route of this snapshot).
+    fn overlap_of(&self, subnet: Ipv4Net) -> Option<RouteError> {
+        let (net, prefix, mask) = (u32::from(subnet.addr()), subnet.prefix(), subnet.mask());
+        for g in &self.groups {
+            let other = if g.prefix < prefix {
+                let covering = net & g.mask;
+                g.get(covering).map(|_| covering)
+            } else if g.prefix > prefix {
+                g.inside(net, prefix, mask)
+            } else {
+                None
+            };
+            if let Some(o) = other.and_then(|o| Self::net(o, g.prefix)) {
+                return Some(if g.prefix < prefix {
+                    RouteError::Overlap(subnet, o)
+                } else {
+                    RouteError::Overlap(o, subnet)
+                });
+            }
+        }
+        None
     }
 
     fn check_overlaps(&self) -> Result<(), RouteError> {
@@ -173,11 +346,11 @@ impl RouteSnapshot {
         // for each shorter group, probe the longer groups' networks.
         for (i, long) in self.groups.iter().enumerate() {
             for short in &self.groups[i + 1..] {
-                for net in long.routes.keys() {
+                for (net, _) in long.nets() {
                     let covering = net & short.mask;
-                    if short.routes.contains_key(&covering) {
-                        let a = Ipv4Net::new(Ipv4Addr::from(*net), long.prefix);
-                        let b = Ipv4Net::new(Ipv4Addr::from(covering), short.prefix);
+                    if short.get(covering).is_some() {
+                        let a = Self::net(net, long.prefix);
+                        let b = Self::net(covering, short.prefix);
                         if let (Some(a), Some(b)) = (a, b) {
                             return Err(RouteError::Overlap(a, b));
                         }
@@ -193,7 +366,7 @@ impl RouteSnapshot {
     pub fn lookup(&self, dst: Ipv4Addr) -> Option<Hop> {
         let d = u32::from(dst);
         for g in &self.groups {
-            if let Some(p) = g.routes.get(&(d & g.mask)) {
+            if let Some(p) = g.get(d & g.mask) {
                 return Some(*p);
             }
         }
@@ -203,7 +376,8 @@ impl RouteSnapshot {
     /// Whether some route points at underlay address `ip`.
     #[inline]
     pub fn is_peer(&self, ip: Ipv4Addr) -> bool {
-        self.peers.contains(&u32::from(ip))
+        let ip = u32::from(ip);
+        self.peers.get(peer_shard(ip), ip).is_some()
     }
 
     /// Number of routes.
@@ -224,8 +398,8 @@ impl RouteSnapshot {
     /// All routes, in no particular order.
     pub fn routes(&self) -> impl Iterator<Item = Route> + '_ {
         self.groups.iter().flat_map(|g| {
-            g.routes.iter().filter_map(move |(net, hop)| {
-                Ipv4Net::new(Ipv4Addr::from(*net), g.prefix).map(|subnet| Route {
+            g.nets().filter_map(move |(net, hop)| {
+                Self::net(net, g.prefix).map(|subnet| Route {
                     subnet,
                     peer: hop.peer,
                     mac: hop.mac,
@@ -236,10 +410,15 @@ impl RouteSnapshot {
 }
 
 /// The published route snapshot, shared between the control side and the workers.
+///
+/// Writers ([`RouteTable::replace`], [`RouteTable::apply`]) take a mutex among themselves, so
+/// that an update built from the current snapshot is never lost to a concurrent one; readers
+/// never take it.
 #[derive(Debug)]
 pub struct RouteTable {
     current: Arc<ArcSwap<RouteSnapshot>>,
     next_generation: AtomicU64,
+    writer: Mutex<()>,
 }
 
 /// A worker's cached view of the table: `load` is a pointer comparison unless a swap happened.
@@ -257,13 +436,67 @@ impl RouteTable {
         RouteTable {
             current: Arc::new(ArcSwap::from_pointee(RouteSnapshot::empty())),
             next_generation: AtomicU64::new(1),
+            writer: Mutex::new(()),
         }
     }
 
-    /// Builds a snapshot from `routes` and swaps it in; returns its generation.
+    fn write_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guarded data is `()`: a writer that panicked left nothing half-done behind.
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Builds a snapshot from `routes` and swaps it in; returns its generation. Costs time in
+    /// proportion to the number of routes; [`RouteTable::apply`] costs time in proportion to
+    /// the number of changes.
     pub fn replace(&self, routes: impl IntoIterator<Item = Route>) -> Result<u64, RouteError> {
+        let _w = self.write_lock();
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let snap = RouteSnapshot::build(generation, routes)?;
+        self.current.store(Arc::new(snap));
+        Ok(generation)
+    }
+
+    /// Applies `changes` in order to a copy of the current snapshot and swaps the result in;
+    /// returns its generation. The copy shares every shard the changes do not touch, so a
+    /// change costs about the same at 65 536 routes as at 256. If a route set here overlaps
+    /// another route of the result, nothing is swapped in and the error says which. An empty
+    /// list publishes nothing and returns the current generation.
+    pub fn apply(&self, changes: impl IntoIterator<Item = RouteChange>) -> Result<u64, RouteError> {
+        let _w = self.write_lock();
+        let current = self.current.load_full();
+        let mut next: Option<RouteSnapshot> = None;
+        let mut set: Vec<Ipv4Net> = Vec::new();
+        for c in changes {
+            let snap = next.get_or_insert_with(|| (*current).clone());
+            match c {
+                RouteChange::Set(r) => {
+                    snap.set(r);
+                    set.push(r.subnet);
+                }
+                RouteChange::Remove(subnet) => snap.remove(subnet),
+            }
+        }
+        let Some(mut snap) = next else {
+            return Ok(current.generation());
+        };
+        // Only routes of different lengths can overlap; with one length there is nothing to do.
+        if snap.groups.len() > 1 {
+            for subnet in set {
+                let present = snap
+                    .groups
+                    .iter()
+                    .find(|g| g.prefix == subnet.prefix())
+                    .is_some_and(|g| g.get(u32::from(subnet.addr())).is_some());
+                if let Some(e) = present.then(|| snap.overlap_of(subnet)).flatten() {
+                    return Err(e);
+                }
+            }
+        }
+        snap.generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let generation = snap.generation;
+        drop(current);
         self.current.store(Arc::new(snap));
         Ok(generation)
     }
@@ -423,5 +656,130 @@ mod tests {
                 Some(0xc000_0000 | i)
             );
         }
+    }
+
+    #[test]
+    fn apply_changes_share_untouched_shards() {
+        let t = RouteTable::new();
+        let all = (0..4096u32).map(|i| {
+            RouteChange::Set(Route::udp(
+                Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).expect("valid"),
+                SocketAddrV4::new(Ipv4Addr::from(0xc000_0000 | (i % 100)), 8285),
+            ))
+        });
+        let g1 = t.apply(all).expect("disjoint");
+        let before = t.load();
+        assert_eq!(before.len(), 4096);
+        assert!(before.is_peer(Ipv4Addr::from(0xc000_0063)));
+        // Replace one route's peer, remove another, add a third.
+        let moved = route("10.0.5.0/24", [198, 51, 100, 1]);
+        let g2 = t
+            .apply([
+                RouteChange::Set(moved),
+                RouteChange::Remove("10.0.6.0/24".parse().expect("valid")),
+                RouteChange::Set(route("10.16.0.0/24", [198, 51, 100, 2])),
+                RouteChange::Remove("10.99.0.0/24".parse().expect("valid")),
+            ])
+            .expect("disjoint");
+        assert!(g2 > g1);
+        let after = t.load();
+        assert_eq!(after.generation(), g2);
+        assert_eq!(after.len(), 4096);
+        assert_eq!(after.lookup(Ipv4Addr::new(10, 0, 5, 1)), Some(moved.hop()));
+        assert_eq!(after.lookup(Ipv4Addr::new(10, 0, 6, 1)), None);
+        assert!(after.lookup(Ipv4Addr::new(10, 16, 0, 1)).is_some());
+        assert!(after.is_peer(Ipv4Addr::new(198, 51, 100, 1)));
+        // The old snapshot is unchanged.
+        assert_eq!(before.len(), 4096);
+        assert!(before.lookup(Ipv4Addr::new(10, 0, 6, 1)).is_some());
+        assert_eq!(
+            before
+                .lookup(Ipv4Addr::new(10, 0, 5, 1))
+                .map(|h| *h.peer.ip()),
+            Some(Ipv4Addr::from(0xc000_0005))
+        );
+        // Shards nobody changed are the same allocation in both snapshots.
+        let g_before = &before.groups[0].routes.shards;
+        let g_after = &after.groups[0].routes.shards;
+        let shared = (0..SHARDS)
+            .filter(|i| Arc::ptr_eq(&g_before[*i], &g_after[*i]))
+            .count();
+        assert!(shared >= SHARDS - 3, "only {shared} shards shared");
+        // A full build of the same routes gives the same table.
+        let rebuilt = RouteSnapshot::build(9, after.routes()).expect("disjoint");
+        let mut a: Vec<_> = after.routes().map(|r| (r.subnet, r.peer)).collect();
+        let mut b: Vec<_> = rebuilt.routes().map(|r| (r.subnet, r.peer)).collect();
+        a.sort_by_key(|(s, _)| u32::from(s.addr()));
+        b.sort_by_key(|(s, _)| u32::from(s.addr()));
+        assert_eq!(a, b);
+        // An empty list publishes nothing.
+        assert_eq!(t.apply([]).expect("nothing"), g2);
+    }
+
+    #[test]
+    fn apply_counts_peers_and_drops_empty_groups() {
+        let t = RouteTable::new();
+        let a = route("10.1.2.0/24", [1, 1, 1, 1]);
+        let b = route("10.1.3.0/24", [1, 1, 1, 1]);
+        t.apply([RouteChange::Set(a), RouteChange::Set(b)])
+            .expect("ok");
+        t.apply([RouteChange::Remove(a.subnet)]).expect("ok");
+        assert!(
+            t.load().is_peer(Ipv4Addr::new(1, 1, 1, 1)),
+            "b still points there"
+        );
+        t.apply([RouteChange::Set(route("10.1.3.0/24", [2, 2, 2, 2]))])
+            .expect("ok");
+        let s = t.load();
+        assert!(
+            !s.is_peer(Ipv4Addr::new(1, 1, 1, 1)),
+            "no route left to 1.1.1.1"
+        );
+        assert!(s.is_peer(Ipv4Addr::new(2, 2, 2, 2)));
+        t.apply([RouteChange::Remove(b.subnet)]).expect("ok");
+        let s = t.load();
+        assert!(s.is_empty() && s.groups.is_empty() && !s.is_peer(Ipv4Addr::new(2, 2, 2, 2)));
+    }
+
+    #[test]
+    fn apply_refuses_overlaps_and_keeps_the_current_snapshot() {
+        let t = RouteTable::new();
+        t.apply([RouteChange::Set(route("10.1.0.0/24", [1, 1, 1, 1]))])
+            .expect("ok");
+        let g = t.load().generation();
+        let e = t
+            .apply([RouteChange::Set(route("10.1.0.0/16", [2, 2, 2, 2]))])
+            .expect_err("covers the /24");
+        assert_eq!(e.to_string(), "subnets 10.1.0.0/24 and 10.1.0.0/16 overlap");
+        let e = t
+            .apply([RouteChange::Set(route("10.1.0.128/25", [2, 2, 2, 2]))])
+            .expect_err("inside the /24");
+        assert_eq!(
+            e.to_string(),
+            "subnets 10.1.0.128/25 and 10.1.0.0/24 overlap"
+        );
+        // A /8 around the /24 (16 more bits than 12: the longer group is scanned).
+        let e = t
+            .apply([RouteChange::Set(route("10.0.0.0/8", [2, 2, 2, 2]))])
+            .expect_err("covers the /24");
+        assert_eq!(e.to_string(), "subnets 10.1.0.0/24 and 10.0.0.0/8 overlap");
+        assert_eq!(t.load().generation(), g, "nothing swapped in");
+        // Removing the /24 in the same list makes room for the /16.
+        t.apply([
+            RouteChange::Set(route("10.1.0.0/16", [2, 2, 2, 2])),
+            RouteChange::Remove("10.1.0.0/24".parse().expect("valid")),
+        ])
+        .expect("no overlap left");
+        assert_eq!(
+            t.load()
+                .lookup(Ipv4Addr::new(10, 1, 0, 1))
+                .map(|h| *h.peer.ip()),
+            Some(Ipv4Addr::new(2, 2, 2, 2))
+        );
+        // Disjoint routes of other lengths are fine, and /0 works.
+        let t = RouteTable::new();
+        t.apply([RouteChange::Set(route("0.0.0.0/0", [3, 3, 3, 3]))])
+            .expect("alone");
+        assert!(t.load().lookup(Ipv4Addr::new(203, 0, 113, 9)).is_some());
     }
 }

@@ -2,12 +2,24 @@
 //! ([`engine::Dataplane`]), the kernel route of the overlay network through their TUN device,
 //! and the route snapshots made from leases. Only the wire, the lease
 //! attributes and the per-lease route differ; each module supplies those.
+//!
+//! Lease sets arrive complete after every change; the route table is updated by the difference
+//! to the routes published before ([`RouteTable::apply`]). When every lease has the same prefix
+//! length (flannel's leases all have `SubnetLen`) and the set comes ordered by subnet (as the
+//! control plane sends it), no lease can hide another, so a lease's route depends on that lease
+//! alone: one pass compares the set with the previous one by subnet and [`fingerprint`], and
+//! only new or changed leases are decoded. A change in a set of 65 536 leases then costs that
+//! pass plus the changed routes, not 65 536 lease decodings and a table rebuild. Any other set
+//! takes [`super::usable`] (address order decides between overlapping leases) and a full diff.
 
 use super::{Backend, HostInfo, SkipLog};
 use crate::netlink::{Netlink, RouteSpec, RTPROT_STATIC};
 use anyhow::{Context, Result};
 use control::{Lease, LeaseAttrs};
-use engine::{Dataplane, DataplaneConfig, Ipv4Net, Route, RouteTable, StatsSource, Wire};
+use engine::{
+    Dataplane, DataplaneConfig, Ipv4Net, Route, RouteChange, RouteTable, StatsSource, Wire,
+};
+use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 
@@ -32,7 +44,15 @@ pub(crate) struct Tunnel {
     to_route: ToRoute,
     table: Arc<RouteTable>,
     net: Option<(Ipv4Net, Ipv4Net)>,
-    leases: Vec<Lease>,
+    /// The lease set received before [`Backend::start`], applied by it.
+    pending: Vec<Lease>,
+    /// The previous lease set as (subnet, [`fingerprint`]), in the order received: 16 bytes a
+    /// lease instead of a copy of it.
+    prev: Vec<(control::Ipv4Net, u64)>,
+    /// The prefix length of every lease in `prev`, if [`one_length`] holds for it.
+    prev_len: Option<u8>,
+    /// The routes in the table, to diff the next set against.
+    published: BTreeMap<Ipv4Net, Route>,
     dp: Option<Dataplane>,
     skip: SkipLog,
     name: &'static str,
@@ -117,33 +137,182 @@ impl Tunnel {
             to_route,
             table: Arc::new(RouteTable::new()),
             net: None,
-            leases: Vec::new(),
+            pending: Vec::new(),
+            prev: Vec::new(),
+            prev_len: None,
+            published: BTreeMap::new(),
             dp: None,
             skip: SkipLog::default(),
             name,
         }
     }
 
-    fn publish(&mut self) {
+    fn publish(&mut self, leases: &[Lease]) {
         let Some((network, local)) = self.net else {
             return;
         };
         let (to_route, params) = (self.to_route, self.params);
-        let (routes, skipped) = super::usable(&self.leases, network, local, |l| {
-            to_route(l, super::engine_net(l.subnet), &params)
-        });
+        let route_of = |l: &Lease| {
+            let subnet = super::engine_net(l.subnet);
+            if !network.contains_net(&subnet) || subnet.overlaps(&local) {
+                return None;
+            }
+            to_route(l, subnet, &params)
+        };
+        let len = one_length(leases);
+        // Incremental if this set and the previous one are of one length (or nothing was published).
+        let fresh = self.prev.is_empty() && self.published.is_empty();
+        let incremental = len.is_some() && (fresh || self.prev_len == len);
+        let mut next = Vec::with_capacity(leases.len());
+        let mut changes = Vec::new();
+        let skipped = if incremental {
+            // Merge by subnet with the previous set: removed, changed and new leases only.
+            let published = &mut self.published;
+            let mut old = self.prev.iter().peekable();
+            for l in leases {
+                let print = fingerprint(l);
+                while let Some((s, _)) = old.next_if(|(s, _)| *s < l.subnet) {
+                    forget(published, *s, &mut changes);
+                }
+                let unchanged = old
+                    .next_if(|(s, _)| *s == l.subnet)
+                    .is_some_and(|(_, p)| *p == print);
+                next.push((l.subnet, print));
+                if unchanged {
+                    continue;
+                }
+                match route_of(l) {
+                    Some(r) => {
+                        if published.insert(r.subnet, r) != Some(r) {
+                            changes.push(RouteChange::Set(r));
+                        }
+                    }
+                    None => forget(published, l.subnet, &mut changes),
+                }
+            }
+            for (s, _) in old {
+                forget(published, *s, &mut changes);
+            }
+            leases.len() - published.len()
+        } else {
+            let (routes, skipped) = super::usable(leases, network, local, route_of);
+            changes = diff(&self.published, &routes);
+            self.published = routes;
+            next.extend(leases.iter().map(|l| (l.subnet, fingerprint(l))));
+            skipped
+        };
+        self.prev = next;
+        self.prev_len = len;
         self.skip.report(self.name, skipped);
-        match self.table.replace(routes.into_values()) {
+        if changes.is_empty() {
+            return;
+        }
+        match self.table.apply(changes.iter().copied()) {
             Ok(generation) => {
                 tracing::debug!(
                     generation,
+                    changes = changes.len(),
                     routes = self.table.load().len(),
+                    incremental,
                     "routes updated"
                 )
             }
-            Err(e) => tracing::error!("keeping the current routes: {e}"),
+            Err(e) => {
+                tracing::error!("keeping the current routes: {e}");
+                // Diff the next set against what the table really holds.
+                self.published = self.table.load().routes().map(|r| (r.subnet, r)).collect();
+                self.prev.clear();
+                self.prev_len = None;
+            }
         }
     }
+}
+
+/// Removes the route of `s` from `published`, noting the change, if there is one.
+fn forget(
+    published: &mut BTreeMap<Ipv4Net, Route>,
+    s: control::Ipv4Net,
+    changes: &mut Vec<RouteChange>,
+) {
+    let subnet = super::engine_net(s);
+    if published.remove(&subnet).is_some() {
+        changes.push(RouteChange::Remove(subnet));
+    }
+}
+
+/// The prefix length of every lease in `leases` if they all have the same one and come in
+/// strictly increasing subnet order; `None` otherwise (also for no leases).
+fn one_length(leases: &[Lease]) -> Option<u8> {
+    let first = leases.first()?.subnet.prefix_len();
+    let same = leases.iter().all(|l| l.subnet.prefix_len() == first);
+    let ordered = leases.windows(2).all(|w| w[0].subnet < w[1].subnet);
+    (same && ordered).then_some(first)
+}
+
+/// A 64-bit hash of everything in a lease a route can depend on (all of it but the expiry, which
+/// is unknown for other hosts' leases): equal fingerprints mean the route is the one computed
+/// before. Destructured field by field, so that a field added to [`Lease`] must be added here.
+fn fingerprint(l: &Lease) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let Lease {
+        subnet,
+        ipv6_subnet,
+        attrs,
+        expiration: _,
+    } = l;
+    let LeaseAttrs {
+        public_ip,
+        public_ipv6,
+        backend_type,
+        backend_data,
+        backend_v6_data,
+    } = attrs;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    subnet.hash(&mut h);
+    ipv6_subnet.hash(&mut h);
+    public_ip.hash(&mut h);
+    public_ipv6.hash(&mut h);
+    backend_type.hash(&mut h);
+    backend_data.as_ref().map(|d| d.as_str()).hash(&mut h);
+    backend_v6_data.as_ref().map(|d| d.as_str()).hash(&mut h);
+    h.finish()
+}
+
+/// The changes that turn the routes `old` into `new` (both ordered by subnet).
+fn diff(old: &BTreeMap<Ipv4Net, Route>, new: &BTreeMap<Ipv4Net, Route>) -> Vec<RouteChange> {
+    let mut changes = Vec::new();
+    let (mut o, mut n) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (o.peek(), n.peek()) {
+            (None, None) => break,
+            (Some((s, _)), None) => {
+                changes.push(RouteChange::Remove(**s));
+                o.next();
+            }
+            (None, Some((_, r))) => {
+                changes.push(RouteChange::Set(**r));
+                n.next();
+            }
+            (Some((os, or)), Some((ns, nr))) => match os.cmp(ns) {
+                std::cmp::Ordering::Less => {
+                    changes.push(RouteChange::Remove(**os));
+                    o.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    changes.push(RouteChange::Set(**nr));
+                    n.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if or != nr {
+                        changes.push(RouteChange::Set(**nr));
+                    }
+                    o.next();
+                    n.next();
+                }
+            },
+        }
+    }
+    changes
 }
 
 impl Backend for Tunnel {
@@ -188,13 +357,17 @@ impl Backend for Tunnel {
         );
         self.dp = Some(dp);
         self.net = Some((network, local));
-        self.publish();
+        let pending = std::mem::take(&mut self.pending);
+        self.publish(&pending);
         Ok(())
     }
 
     fn set_leases(&mut self, leases: &[Lease]) {
-        self.leases = leases.to_vec();
-        self.publish();
+        if self.net.is_none() {
+            self.pending = leases.to_vec();
+        } else {
+            self.publish(leases);
+        }
     }
 
     fn tick(&mut self) -> Result<()> {
@@ -221,4 +394,76 @@ impl Backend for Tunnel {
 /// route snapshot, worker health and heartbeat, and every counter.
 pub(crate) fn stats_line(dp: &Dataplane) -> String {
     crate::metrics::line(&crate::metrics::dataplane(&dp.stats_source()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn routes(list: &[(&str, u8)]) -> BTreeMap<Ipv4Net, Route> {
+        list.iter()
+            .map(|(net, peer)| {
+                let subnet: Ipv4Net = net.parse().expect("valid");
+                let peer = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, *peer), 8285);
+                (subnet, Route::udp(subnet, peer))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fingerprints_follow_the_route_inputs() {
+        let mut a = Lease {
+            subnet: "10.1.2.0/24".parse().expect("valid"),
+            ipv6_subnet: None,
+            attrs: LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 2)),
+            expiration: None,
+        };
+        let b = a.clone();
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        a.expiration = Some(std::time::SystemTime::now());
+        assert_eq!(
+            fingerprint(&a),
+            fingerprint(&b),
+            "the expiry makes no route"
+        );
+        a.attrs.public_ip = Ipv4Addr::new(192, 0, 2, 3);
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+        let mut c = b.clone();
+        c.attrs.backend_type = Some("vxlan".into());
+        assert_ne!(fingerprint(&c), fingerprint(&b));
+        let mut d = c.clone();
+        d.attrs.backend_data = control::lease::RawJson::new(r#"{"VNI":1}"#);
+        assert!(d.attrs.backend_data.is_some());
+        assert_ne!(fingerprint(&d), fingerprint(&c));
+        let mut e = b.clone();
+        e.subnet = "10.1.3.0/24".parse().expect("valid");
+        assert_ne!(fingerprint(&e), fingerprint(&b));
+    }
+
+    #[test]
+    fn diff_lists_what_changed_only() {
+        let old = routes(&[("10.1.1.0/24", 1), ("10.1.2.0/24", 2), ("10.1.4.0/24", 4)]);
+        let new = routes(&[("10.1.2.0/24", 9), ("10.1.3.0/24", 3), ("10.1.4.0/24", 4)]);
+        let got = diff(&old, &new);
+        assert_eq!(
+            got,
+            vec![
+                RouteChange::Remove("10.1.1.0/24".parse().expect("valid")),
+                RouteChange::Set(new[&"10.1.2.0/24".parse().expect("valid")]),
+                RouteChange::Set(new[&"10.1.3.0/24".parse().expect("valid")]),
+            ]
+        );
+        assert!(diff(&new, &new).is_empty());
+        // Applied to a table holding `old`, the changes give a table holding `new`.
+        let t = RouteTable::new();
+        t.replace(old.values().copied()).expect("disjoint");
+        t.apply(got).expect("disjoint");
+        let mut now: Vec<Route> = t.load().routes().collect();
+        now.sort_by_key(|r| r.subnet);
+        assert_eq!(now, new.values().copied().collect::<Vec<_>>());
+        let all_new = diff(&BTreeMap::new(), &new);
+        assert_eq!(all_new.len(), 3);
+        assert_eq!(diff(&new, &BTreeMap::new()).len(), 3);
+    }
 }
