@@ -6,4 +6,6 @@ mod sockopt;
 
 pub(crate) use mmsg::{recv_batch, send_batch};
 pub use mmsg::{RecvMeta, SendMsg, MAX_BATCH};
-pub(crate) use sockopt::{enable_rxq_ovfl, enable_udp_gro, probe_udp_gso, set_buffer_sizes};
+pub(crate) use sockopt::{
+    attach_reuseport_cbpf, enable_rxq_ovfl, enable_udp_gro, probe_udp_gso, set_buffer_sizes,
+};
