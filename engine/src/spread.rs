@@ -227,29 +227,35 @@ fn be16(d: &[u8], at: usize) -> Option<u16> {
 /// The worker (`0..workers`) the program of [`program`] picks for a datagram whose UDP payload is
 /// `payload` (0 for what it does not hash, see the module documentation).
 pub fn flow_index(payload: &[u8], wire: Wire, workers: u32) -> u32 {
-    hash_index(payload, inner_offset(wire) as usize, wire, workers).unwrap_or(0)
+    let b = inner_offset(wire) as usize;
+    if matches!(wire, Wire::Vxlan { .. }) && be16(payload, b - 2) != Some(0x0800) {
+        return 0;
+    }
+    flow_key(payload.get(b..).unwrap_or_default()) % workers.max(1)
 }
 
-fn hash_index(d: &[u8], b: usize, wire: Wire, workers: u32) -> Option<u32> {
-    if matches!(wire, Wire::Vxlan { .. }) && be16(d, b - 2)? != 0x0800 {
+/// The 32-bit hash the program takes modulo the number of workers, of the IPv4 packet `ip` (from
+/// its first header byte): of its addresses and, for TCP and UDP, its ports. 0 for what is not
+/// hashed (not IPv4, a fragment, too short). Packets of one flow have one key, so a sender that
+/// never mixes keys in one UDP GSO message keeps each message to one receiving worker.
+#[inline]
+pub fn flow_key(ip: &[u8]) -> u32 {
+    key(ip).unwrap_or(0)
+}
+
+#[inline]
+fn key(d: &[u8]) -> Option<u32> {
+    let ver = *d.first()?;
+    if ver & 0xf0 != 0x40 || be16(d, 6)? & 0x3fff != 0 {
         return Some(0);
     }
-    let ver = *d.get(b)?;
-    if ver & 0xf0 != 0x40 {
-        return Some(0);
-    }
-    if be16(d, b + 6)? & 0x3fff != 0 {
-        return Some(0);
-    }
-    let mut h = be32(d, b + 16)? ^ be32(d, b + 12)?;
-    let proto = *d.get(b + 9)?;
+    let mut h = be32(d, 16)? ^ be32(d, 12)?;
+    let proto = *d.get(9)?;
     if proto == 6 || proto == 17 {
-        let ihl = usize::from(ver & 0x0f) * 4;
-        h ^= be32(d, b + ihl)?;
+        h ^= be32(d, usize::from(ver & 0x0f) * 4)?;
     }
-    let mut a = h.wrapping_mul(MIX);
-    a ^= a >> 16;
-    Some(a % workers.max(1))
+    let a = h.wrapping_mul(MIX);
+    Some(a ^ (a >> 16))
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ use crate::batch::{Meta, PacketBatch, HEADROOM};
 use crate::decap::{DecapPolicy, DecapVerdict, Decapsulator};
 use crate::encap::{EncapVerdict, Encapsulator};
 use crate::route::RouteCache;
+use crate::spread;
 use crate::stats::{Counter, DropReason, WorkerStats};
 use crate::tun::TunQueue;
 use crate::udp::{BatchSocket, RecvMeta, SendMsg, MAX_BATCH, MAX_GSO_BYTES, MAX_GSO_SEGMENTS};
@@ -202,8 +203,8 @@ const GSO_LIMITS: GsoLimits = GsoLimits {
 
 /// Groups the packets `packets[from..]` (each `header` bytes of wire header plus `len` bytes of
 /// packet, to `addr`) into messages written to `msgs`; returns how many were written. With `gso`,
-/// each run of packets to the same peer whose sizes equal the run's first (the last may be
-/// shorter) becomes one message, within the limits; without, every packet is its own message.
+/// each run of packets of one inner flow (one [`Meta::flow`]) to the same peer whose sizes equal the
+/// run's first (the last may be shorter) becomes one message, within the limits; without, every packet is its own message.
 /// Every datagram is the wire header plus one packet, so equal packets make equal segments.
 fn plan_messages(
     packets: &[Meta],
@@ -221,7 +222,10 @@ fn plan_messages(
         if let Some(limits) = gso {
             while j < packets.len() && j - i < limits.segments {
                 let m = packets[j];
-                if m.addr != head.addr || m.len > head.len || bytes + header + m.len > limits.bytes
+                if m.addr != head.addr
+                    || m.flow != head.flow
+                    || m.len > head.len
+                    || bytes + header + m.len > limits.bytes
                 {
                     break;
                 }
@@ -425,9 +429,17 @@ impl Worker {
                 let len = self.read_sizes[k];
                 match encap.encapsulate(self.tx.frame_mut(k, self.header, len), &routes) {
                     EncapVerdict::Forward(peer) => {
+                        let flow = spread::flow_key(self.tx.filled(k, len));
                         // Keep the forwarded packets contiguous: move this one down over drops.
                         self.tx.slots_mut().swap(queued, k);
-                        self.tx.set_meta(queued, Meta { len, addr: peer });
+                        self.tx.set_meta(
+                            queued,
+                            Meta {
+                                len,
+                                addr: peer,
+                                flow,
+                            },
+                        );
                         queued += 1;
                     }
                     EncapVerdict::Drop { reason, reply } => {
@@ -602,7 +614,9 @@ mod tests {
     const OTHER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 3), 8285);
 
     fn metas(lens: &[(usize, SocketAddrV4)]) -> Vec<Meta> {
-        lens.iter().map(|&(len, addr)| Meta { len, addr }).collect()
+        lens.iter()
+            .map(|&(len, addr)| Meta { len, addr, flow: 0 })
+            .collect()
     }
 
     /// Plans `packets` from `from` with room for `room` messages; returns (first, count,
@@ -672,6 +686,18 @@ mod tests {
         );
         assert_eq!(plan(&p, 0, 0, Some(GSO_LIMITS), 1), [(0, 2, 1000)]);
         assert_eq!(plan(&p, 4, 0, Some(GSO_LIMITS), 8), []);
+    }
+
+    #[test]
+    fn plan_another_inner_flow_ends_a_message() {
+        let mut p = metas(&[(1000, PEER); 5]);
+        for (m, flow) in p.iter_mut().zip([7, 7, 9, 9, 7]) {
+            m.flow = flow;
+        }
+        assert_eq!(
+            plan(&p, 0, 0, Some(GSO_LIMITS), 8),
+            [(0, 2, 1000), (2, 2, 1000), (4, 1, 1000)]
+        );
     }
 
     #[test]
