@@ -57,6 +57,7 @@ fn counter_help(c: Counter) -> &'static str {
         Counter::TxBytes => "Bytes of inner packets sent to peers.",
         Counter::TxBatches => "sendmmsg calls.",
         Counter::TxGsoSends => "UDP GSO sends carrying several datagrams.",
+        Counter::TxSuperCuts => "TSO/USO super-packets from the TUN device sent cut in place.",
         Counter::RxPackets => "Packets received from peers and written into the TUN device.",
         Counter::RxBytes => "Bytes of inner packets written into the TUN device.",
         Counter::RxBatches => "recvmmsg calls that returned datagrams.",

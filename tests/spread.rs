@@ -197,7 +197,7 @@ fn spread_test(test: &str, wire: WireKind) {
         WireKind::Vxlan => netns::VXLAN_MTU,
     };
     t.set_container_mtu(mtu).expect("set container MTU");
-    let (_a, b) = start(&t, wire);
+    let (a, b) = start(&t, wire);
     assert!(
         b.logged("receive spread by inner flow"),
         "weft-b does not spread by inner flow:\n{}",
@@ -224,6 +224,9 @@ fn spread_test(test: &str, wire: WireKind) {
             share * 100.0
         );
     }
+
+    // The flows' TSO super-packets left host A cut in place (headers apart, payload gathered).
+    assert!(a.stat("tx_super_cuts") > 0.0, "{:?}", a.stats());
 
     // All four flows hashed to worker 1: worker 1 (the second socket bound) gets them, so the
     // program runs in the kernel and the group's socket order is the workers' order.

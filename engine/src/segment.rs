@@ -26,7 +26,7 @@ pub const GSO_UDP_L4: u8 = 5;
 /// The fields of a virtio_net_hdr that cutting uses (host byte order, as tun-rs decodes them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VnetHdr {
-    /// GSO type (without the ECN bit).
+    /// GSO type (TCPv4 may carry the ECN bit, 0x80).
     pub gso_type: u8,
     /// Bytes of IPv4 + TCP/UDP header.
     pub hdr_len: u16,
@@ -73,8 +73,9 @@ impl Cut {
     /// Checks `hdr` against the super-packet `pkt` (IPv4 header first) and plans its cut into at
     /// most `max_segments` segments.
     pub fn plan(hdr: VnetHdr, pkt: &[u8], max_segments: usize) -> Result<Cut, CutError> {
-        let tcp = match hdr.gso_type & 0x7f {
-            GSO_TCPV4 => true,
+        // The ECN bit (0x80) is only valid with TCP, as tun-rs and the kernel have it.
+        let tcp = match hdr.gso_type {
+            t if t & 0x7f == GSO_TCPV4 => true,
             GSO_UDP_L4 => false,
             _ => return Err(CutError::Unsupported),
         };
@@ -361,10 +362,12 @@ mod tests {
         ] {
             assert_eq!(Cut::plan(bad, &p, 64), Err(CutError::Malformed), "{bad:?}");
         }
-        assert_eq!(
-            Cut::plan(VnetHdr { gso_type: 4, ..hdr }, &p, 64),
-            Err(CutError::Unsupported)
-        );
+        for t in [0, 4, GSO_UDP_L4 | 0x80] {
+            assert_eq!(
+                Cut::plan(VnetHdr { gso_type: t, ..hdr }, &p, 64),
+                Err(CutError::Unsupported)
+            );
+        }
         let mut v6 = p.clone();
         v6[0] = 0x65;
         assert_eq!(Cut::plan(hdr, &v6, 64), Err(CutError::Malformed));

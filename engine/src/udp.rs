@@ -107,6 +107,18 @@ impl BatchSocket {
         sys::send_batch(self.sock.as_fd(), msgs, packet)
     }
 
+    /// Like [`BatchSocket::send_batch`], but packet `p` is gathered from the two slices
+    /// `parts(p)` (for a cut super-packet: the segment's headers and its payload inside the read
+    /// buffer), so nothing is copied in user space.
+    #[inline]
+    pub fn send_batch_gathered<'a>(
+        &self,
+        msgs: &[SendMsg],
+        parts: impl Fn(usize) -> [&'a [u8]; 2],
+    ) -> io::Result<usize> {
+        sys::send_batch_gathered(self.sock.as_fd(), msgs, parts)
+    }
+
     /// Attaches the receive-spread program of [`crate::spread::program`] to this socket's
     /// `SO_REUSEPORT` group (every socket bound to the same address and port): from then on the
     /// program picks which socket of the group receives each datagram.
