@@ -65,6 +65,11 @@ pub struct Cut {
     pseudo: u64,
 }
 
+/// Longest TCP header (data offset 15); a virtio header claiming more is refused.
+pub const MAX_L4_HEADER: usize = 60;
+/// Longest IPv4 + TCP/UDP header [`Cut::header_len`] can be.
+pub const MAX_HEADER: usize = 60 + MAX_L4_HEADER;
+
 const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
@@ -90,6 +95,7 @@ impl Cut {
             || usize::from(hdr.csum_offset) != csum_offset
             || ip_len < 20
             || hdr_len < ip_len + l4_min
+            || hdr_len > ip_len + MAX_L4_HEADER
             || pkt.len() < hdr_len
             || pkt[0] >> 4 != 4
             || usize::from(pkt[0] & 0x0f) * 4 != ip_len;

@@ -64,7 +64,7 @@ const SCRATCH_HEAD: usize = 32;
 const _: () = assert!(SCRATCH_HEAD >= tun_rs::VIRTIO_NET_HDR_LEN + crate::wire::vxlan::HEADER_LEN);
 
 /// Room for one cut segment's headers: the wire header, an IPv4 and a TCP header with options.
-const SEG_HDR_MAX: usize = crate::wire::vxlan::HEADER_LEN + 60 + 60;
+const SEG_HDR_MAX: usize = crate::wire::vxlan::HEADER_LEN + crate::segment::MAX_HEADER;
 
 /// virtio_net_hdr flag: the packet's TCP/UDP checksum holds only the pseudo-header sum.
 const VNET_NEEDS_CSUM: u8 = 1;
