@@ -20,6 +20,8 @@ use std::ops::Range;
 
 /// virtio_net_hdr `gso_type` of IPv4 TCP (TSO).
 pub const GSO_TCPV4: u8 = 1;
+/// virtio_net_hdr `gso_type` of IPv6 TCP (not cut here; tun-rs cuts it).
+pub const GSO_TCPV6: u8 = 4;
 /// virtio_net_hdr `gso_type` of UDP (USO, IPv4 and IPv6; weft's overlay is IPv4).
 pub const GSO_UDP_L4: u8 = 5;
 
@@ -36,6 +38,32 @@ pub struct VnetHdr {
     pub csum_start: u16,
     /// Offset of the checksum field inside the TCP/UDP header.
     pub csum_offset: u16,
+}
+
+impl VnetHdr {
+    /// This header with `hdr_len` taken from the packet rather than from the kernel: the IPv4
+    /// header length (`csum_start`) plus 8 for UDP, plus the TCP header's data offset (20 to 60
+    /// bytes, else `None`) for TCP. On the forward path the kernel can report the length of the
+    /// whole first segment as `hdr_len` (wireguard-go and tun-rs distrust it for that reason);
+    /// other GSO types are returned unchanged.
+    pub fn with_packet_header_len(self, pkt: &[u8]) -> Option<VnetHdr> {
+        let start = usize::from(self.csum_start);
+        let l4 = match self.gso_type & 0x7f {
+            GSO_UDP_L4 => 8,
+            GSO_TCPV4 | GSO_TCPV6 => {
+                let len = usize::from(*pkt.get(start + 12)? >> 4) * 4;
+                if !(20..=MAX_L4_HEADER).contains(&len) {
+                    return None;
+                }
+                len
+            }
+            _ => return Some(self),
+        };
+        Some(VnetHdr {
+            hdr_len: u16::try_from(start + l4).ok()?,
+            ..self
+        })
+    }
 }
 
 /// Why a super-packet cannot be cut.
@@ -338,6 +366,33 @@ mod tests {
             }
             assert_eq!(payload, p[usize::from(hdr.hdr_len)..]);
         }
+    }
+
+    #[test]
+    fn the_header_length_comes_from_the_packet() {
+        let mut rng = Rng(11);
+        let (hdr, p) = super_packet(&mut rng, true, 4, 12, 5000, 1448);
+        // The kernel's forward path may report the whole first segment as header.
+        let claimed = VnetHdr {
+            hdr_len: 24 + 32 + 1448,
+            ..hdr
+        };
+        assert_eq!(claimed.with_packet_header_len(&p), Some(hdr));
+        let mut bad = p.clone();
+        bad[24 + 12] = 4 << 4;
+        assert_eq!(claimed.with_packet_header_len(&bad), None);
+        assert_eq!(claimed.with_packet_header_len(&p[..30]), None);
+        let (uhdr, up) = super_packet(&mut rng, false, 0, 0, 3000, 1000);
+        let claimed = VnetHdr {
+            hdr_len: 1028,
+            ..uhdr
+        };
+        assert_eq!(claimed.with_packet_header_len(&up), Some(uhdr));
+        let other = VnetHdr {
+            gso_type: 3,
+            ..uhdr
+        };
+        assert_eq!(other.with_packet_header_len(&up), Some(other));
     }
 
     #[test]

@@ -441,12 +441,17 @@ impl Worker {
             self.read_sizes[at] = len;
             return Ok(TunRead::Slots(1));
         }
-        let hdr = VnetHdr {
+        let Some(hdr) = (VnetHdr {
             gso_type: vnet.gso_type,
             hdr_len: vnet.hdr_len,
             gso_size: vnet.gso_size,
             csum_start: vnet.csum_start,
             csum_offset: vnet.csum_offset,
+        })
+        .with_packet_header_len(pkt) else {
+            return Err(io::Error::other(
+                "super-packet with a TCP header length outside 20..=60",
+            ));
         };
         match Cut::plan(hdr, pkt, TUN_SPLIT_MAX) {
             Ok(cut) => Ok(TunRead::Super { cut, len }),
@@ -456,7 +461,10 @@ impl Worker {
                 let is_v6 = pkt[0] >> 4 == 6;
                 let n = tun_rs::gso_split(
                     pkt,
-                    vnet,
+                    tun_rs::VirtioNetHdr {
+                        hdr_len: hdr.hdr_len,
+                        ..vnet
+                    },
                     &mut self.tx.slots_mut()[at..],
                     &mut self.read_sizes[at..],
                     HEADROOM,
