@@ -11,9 +11,11 @@
 //! read from the TUN device, and sends from there; its [`Decapsulator`] checks that header on each
 //! received datagram (each segment of a UDP GRO run) and hands back the inner packet's range.
 //!
-//! Sending: each TUN read (with TUN offloads, a super-packet tun-rs cuts into packets) fills tx
-//! slots; forwarded packets are grouped by [`plan_messages`] into messages (with UDP GSO, runs of
-//! equal-size datagrams to one peer) and go out with one `sendmmsg`.
+//! Sending: each TUN read fills a tx slot; forwarded packets are grouped by [`plan_messages`] into
+//! messages (with UDP GSO, runs of equal-size datagrams of one inner flow to one peer) and go out
+//! with one `sendmmsg`. With TUN offloads a TSO/USO super-packet stays in the read buffer and is
+//! cut in place ([`crate::segment`]): its segments' headers are written apart and each datagram
+//! is gathered from its header and its payload in the read buffer.
 //!
 //! Receiving is one straight pipeline: receive a batch, split each message into its datagrams
 //! (a UDP GRO run holds several), decapsulate each, and push the inner packet into the pass's
