@@ -124,6 +124,9 @@ impl Cut {
             || ip_len < 20
             || hdr_len < ip_len + l4_min
             || hdr_len > ip_len + MAX_L4_HEADER
+            // An odd header length would put each payload at an odd offset of its segment's
+            // checksummed bytes (no TCP or UDP header has one).
+            || hdr_len % 2 != 0
             || pkt.len() < hdr_len
             || pkt[0] >> 4 != 4
             || usize::from(pkt[0] & 0x0f) * 4 != ip_len;
