@@ -57,6 +57,7 @@ fn counter_help(c: Counter) -> &'static str {
         Counter::TxBytes => "Bytes of inner packets sent to peers.",
         Counter::TxBatches => "sendmmsg calls.",
         Counter::TxGsoSends => "UDP GSO sends carrying several datagrams.",
+        Counter::TxSuperCuts => "TSO/USO super-packets from the TUN device sent cut in place.",
         Counter::RxPackets => "Packets received from peers and written into the TUN device.",
         Counter::RxBytes => "Bytes of inner packets written into the TUN device.",
         Counter::RxBatches => "recvmmsg calls that returned datagrams.",
@@ -133,6 +134,23 @@ pub(crate) fn dataplane(dp: &StatsSource) -> Vec<Figure> {
         "1 while every worker thread runs.",
         f64::from(u8::from(dp.healthy())),
     ));
+    let spread = dp.rx_spread();
+    v.push(fig(
+        "rx_spread_inner_flow",
+        Kind::Gauge,
+        "1 while the receive-spread program picks each datagram's worker by inner flow (0: the kernel's hash of the outer 4-tuple, or one worker).",
+        f64::from(u8::from(spread == engine::spread::RxSpread::InnerFlow)),
+    ));
+    for (i, w) in dp.per_worker().iter().enumerate() {
+        v.push(Figure {
+            family: "worker_rx_datagrams",
+            kind: Kind::Counter,
+            help: "Datagrams each worker received from peers (before checks).",
+            label: Some(("worker", i.to_string())),
+            value: w.get(Counter::RxDatagrams) as f64,
+            line: Line::NonZero(format!("worker{i}_rx_datagrams")),
+        });
+    }
     let ages = dp.heartbeat_ages();
     v.push(fig(
         "heartbeat_max_age_ms",

@@ -23,6 +23,9 @@ pub struct Meta {
     pub len: usize,
     /// Peer address (destination when sending, source when received).
     pub addr: SocketAddrV4,
+    /// When sending: the inner packet's flow key ([`crate::spread::flow_key`]); one UDP GSO
+    /// message carries one key only, so a peer spreading by inner flow hands it to one worker.
+    pub flow: u32,
 }
 
 impl Default for Meta {
@@ -30,6 +33,7 @@ impl Default for Meta {
         Meta {
             len: 0,
             addr: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            flow: 0,
         }
     }
 }
@@ -133,6 +137,7 @@ mod tests {
                 Meta {
                     len: 4,
                     addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, i as u16),
+                    flow: 0,
                 },
             );
         }

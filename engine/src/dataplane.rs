@@ -3,6 +3,7 @@
 use crate::decap::DecapPolicy;
 use crate::net::Ipv4Net;
 use crate::route::RouteTable;
+use crate::spread::{self, RxSpread};
 use crate::stats::{DropReason, StatsSnapshot, WorkerStats};
 use crate::tun::{self, TunConfig};
 use crate::udp::{BatchSocket, Offload};
@@ -157,6 +158,7 @@ pub struct StatsSource {
     routes: Arc<RouteTable>,
     live: Arc<AtomicUsize>,
     workers: usize,
+    rx_spread: RxSpread,
 }
 
 impl StatsSource {
@@ -168,6 +170,19 @@ impl StatsSource {
     /// The route table.
     pub fn routes(&self) -> &Arc<RouteTable> {
         &self.routes
+    }
+
+    /// Each worker's own counters, in worker order.
+    pub fn per_worker(&self) -> Vec<StatsSnapshot> {
+        self.stats
+            .iter()
+            .map(|s| StatsSnapshot::sum(std::iter::once(&**s)))
+            .collect()
+    }
+
+    /// How received datagrams are spread over the workers.
+    pub fn rx_spread(&self) -> RxSpread {
+        self.rx_spread
     }
 
     /// Time since each worker last went round its loop (workers wake at least every second, so
@@ -210,6 +225,7 @@ pub struct Dataplane {
     routes: Arc<RouteTable>,
     pinned: bool,
     live: Arc<AtomicUsize>,
+    rx_spread: RxSpread,
 }
 
 /// Why the data plane could not start.
@@ -237,6 +253,38 @@ fn ctx(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> StartError {
     move |source| StartError {
         what: what(),
         source,
+    }
+}
+
+/// Attaches the receive-spread program to the group of the workers' sockets (bound in worker
+/// order, so socket index = worker index); says which spread applies, with one warning if the
+/// program could not be attached.
+fn attach_spread(setups: &[WorkerSetup], wire: Wire) -> RxSpread {
+    let n = setups.len();
+    let (Some(first), true) = (setups.first(), n > 1) else {
+        return RxSpread::OneWorker;
+    };
+    let n32 = u32::try_from(n).unwrap_or(u32::MAX);
+    match first
+        .sock
+        .attach_reuseport_program(&spread::program(wire, n32))
+    {
+        Ok(()) => {
+            tracing::info!(
+                workers = n,
+                "receive spread by inner flow (reuseport cBPF: hash of inner addresses and ports mod {n})"
+            );
+            RxSpread::InnerFlow
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "cannot attach the receive-spread program (SO_ATTACH_REUSEPORT_CBPF); the kernel's \
+                 hash of the outer addresses and ports picks the worker, so one peer host's \
+                 traffic reaches one worker"
+            );
+            RxSpread::OuterHash
+        }
     }
 }
 
@@ -329,6 +377,7 @@ impl Dataplane {
                 poll,
             });
         }
+        let rx_spread = attach_spread(&setups, cfg.wire);
         let gso = setups.iter().all(|s| s.sock.gso());
         let gro = setups.iter().all(|s| s.sock.gro());
         let pinned = cores.len() >= 2 || workers == 1;
@@ -347,6 +396,7 @@ impl Dataplane {
             routes,
             pinned,
             live: Arc::new(AtomicUsize::new(0)),
+            rx_spread,
         };
         for s in setups {
             let core = if pinned && !cores.is_empty() {
@@ -368,6 +418,7 @@ impl Dataplane {
             routes: Arc::clone(&self.routes),
             live: Arc::clone(&self.live),
             workers: self.threads.len(),
+            rx_spread: self.rx_spread,
         }
     }
 
@@ -399,6 +450,11 @@ impl Dataplane {
     /// Whether the TUN device runs with offloads (vnet_hdr, TSO/USO, GRO on write).
     pub fn tun_offload(&self) -> bool {
         self.tun_offload
+    }
+
+    /// How received datagrams are spread over the workers.
+    pub fn rx_spread(&self) -> RxSpread {
+        self.rx_spread
     }
 
     /// Whether every worker thread is still running.

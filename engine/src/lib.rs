@@ -35,6 +35,8 @@ pub mod encap;
 pub mod net;
 mod offload;
 pub mod route;
+pub mod segment;
+pub mod spread;
 pub mod stats;
 mod sys;
 pub mod tun;

@@ -127,6 +127,9 @@ pub enum Counter {
     TxBatches,
     /// Messages sent as one UDP GSO run of several datagrams.
     TxGsoSends,
+    /// TSO/USO super-packets read from the TUN device and sent cut in place (each segment's
+    /// headers written apart, its payload gathered from the read buffer).
+    TxSuperCuts,
     /// Datagrams received from peers and written to the TUN device.
     RxPackets,
     /// Bytes of those packets.
@@ -151,7 +154,7 @@ pub enum Counter {
     IcmpRateLimited,
 }
 
-const NAMED: usize = 13;
+const NAMED: usize = 14;
 const COUNTERS: usize = NAMED + DropReason::ALL.len();
 
 impl Counter {
@@ -161,6 +164,7 @@ impl Counter {
         Counter::TxBytes,
         Counter::TxBatches,
         Counter::TxGsoSends,
+        Counter::TxSuperCuts,
         Counter::RxPackets,
         Counter::RxBytes,
         Counter::RxBatches,
@@ -179,6 +183,7 @@ impl Counter {
             Counter::TxBytes => "tx_bytes",
             Counter::TxBatches => "tx_batches",
             Counter::TxGsoSends => "tx_gso_sends",
+            Counter::TxSuperCuts => "tx_super_cuts",
             Counter::RxPackets => "rx_packets",
             Counter::RxBytes => "rx_bytes",
             Counter::RxBatches => "rx_batches",

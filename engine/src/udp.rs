@@ -107,6 +107,25 @@ impl BatchSocket {
         sys::send_batch(self.sock.as_fd(), msgs, packet)
     }
 
+    /// Like [`BatchSocket::send_batch`], but packet `p` is gathered from the two slices
+    /// `parts(p)` (for a cut super-packet: the segment's headers and its payload inside the read
+    /// buffer), so nothing is copied in user space.
+    #[inline]
+    pub fn send_batch_gathered<'a>(
+        &self,
+        msgs: &[SendMsg],
+        parts: impl Fn(usize) -> [&'a [u8]; 2],
+    ) -> io::Result<usize> {
+        sys::send_batch_gathered(self.sock.as_fd(), msgs, parts)
+    }
+
+    /// Attaches the receive-spread program of [`crate::spread::program`] to this socket's
+    /// `SO_REUSEPORT` group (every socket bound to the same address and port): from then on the
+    /// program picks which socket of the group receives each datagram.
+    pub fn attach_reuseport_program(&self, prog: &[libc::sock_filter]) -> io::Result<()> {
+        sys::attach_reuseport_cbpf(self.sock.as_fd(), prog)
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddrV4> {
         self.sock
@@ -225,6 +244,81 @@ mod tests {
                 payloads,
                 "receiver offload {rx_offload:?}"
             );
+        }
+    }
+
+    /// The kernel accepts the receive-spread program, and each datagram reaches the socket of the
+    /// group whose bind order equals the index [`crate::spread::flow_index`] predicts.
+    #[test]
+    fn the_spread_program_picks_the_socket_flow_index_predicts() {
+        use crate::spread::{flow_index, program};
+        use crate::wire::Wire;
+        const N: usize = 3;
+        for wire in [
+            Wire::Udp,
+            Wire::Vxlan {
+                vni: 1,
+                mac: [2, 0, 0, 0, 0, 1],
+            },
+        ] {
+            let first = BatchSocket::bind(
+                SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
+                1 << 20,
+                Offload::Off,
+            )
+            .expect("bind");
+            let addr = first.local_addr().expect("addr");
+            let mut group = vec![first];
+            for _ in 1..N {
+                group.push(BatchSocket::bind(addr, 1 << 20, Offload::Off).expect("bind group"));
+            }
+            group[0]
+                .attach_reuseport_program(&program(wire, N as u32))
+                .expect("attach the program");
+            let tx = BatchSocket::bind(
+                SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
+                1 << 20,
+                Offload::Off,
+            )
+            .expect("bind tx");
+            let b = wire.header_len();
+            let mut payloads = Vec::new();
+            for port in 0..60u16 {
+                let mut d = vec![0u8; b + 40];
+                if b > 0 {
+                    d[0] = 0x08;
+                    d[b - 2] = 0x08;
+                }
+                d[b..b + 12].copy_from_slice(&[0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0]);
+                d[b + 12..b + 20].copy_from_slice(&[10, 1, 1, 2, 10, 1, 2, 2]);
+                d[b + 20..b + 22].copy_from_slice(&(40_000 + port).to_be_bytes());
+                d[b + 22..b + 24].copy_from_slice(&5201u16.to_be_bytes());
+                payloads.push(d);
+            }
+            payloads.push(vec![0x60; b + 40]); // not IPv4: worker 0
+            let msgs: Vec<SendMsg> = (0..payloads.len())
+                .map(|i| SendMsg {
+                    first: i,
+                    count: 1,
+                    dst: addr,
+                    segment: 0,
+                })
+                .collect();
+            let mut want = vec![Vec::new(); N];
+            for p in &payloads {
+                want[flow_index(p, wire, N as u32) as usize].push(p.clone());
+            }
+            assert!(want.iter().all(|w| !w.is_empty()), "60 flows miss a worker");
+            let mut sent = 0;
+            while sent < msgs.len() {
+                sent += tx
+                    .send_batch(&msgs[sent..], |i| &payloads[i][..])
+                    .expect("send");
+            }
+            for (k, sock) in group.iter().enumerate() {
+                let got = recv_all(sock, want[k].len());
+                assert_eq!(got, want[k], "{wire:?}: socket {k}");
+            }
         }
     }
 

@@ -11,9 +11,11 @@
 //! read from the TUN device, and sends from there; its [`Decapsulator`] checks that header on each
 //! received datagram (each segment of a UDP GRO run) and hands back the inner packet's range.
 //!
-//! Sending: each TUN read (with TUN offloads, a super-packet tun-rs cuts into packets) fills tx
-//! slots; forwarded packets are grouped by [`plan_messages`] into messages (with UDP GSO, runs of
-//! equal-size datagrams to one peer) and go out with one `sendmmsg`.
+//! Sending: each TUN read fills a tx slot; forwarded packets are grouped by [`plan_messages`] into
+//! messages (with UDP GSO, runs of equal-size datagrams of one inner flow to one peer) and go out
+//! with one `sendmmsg`. With TUN offloads a TSO/USO super-packet stays in the read buffer and is
+//! cut in place ([`crate::segment`]): its segments' headers are written apart and each datagram
+//! is gathered from its header and its payload in the read buffer.
 //!
 //! Receiving is one straight pipeline: receive a batch, split each message into its datagrams
 //! (a UDP GRO run holds several), decapsulate each, and push the inner packet into the pass's
@@ -34,10 +36,12 @@ use crate::batch::{Meta, PacketBatch, HEADROOM};
 use crate::decap::{DecapPolicy, DecapVerdict, Decapsulator};
 use crate::encap::{EncapVerdict, Encapsulator};
 use crate::route::RouteCache;
+use crate::segment::{Cut, VnetHdr};
+use crate::spread;
 use crate::stats::{Counter, DropReason, WorkerStats};
 use crate::tun::TunQueue;
 use crate::udp::{BatchSocket, RecvMeta, SendMsg, MAX_BATCH, MAX_GSO_BYTES, MAX_GSO_SEGMENTS};
-use crate::wire::{icmp, Wire};
+use crate::wire::{checksum, icmp, Wire};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use sink::TunSink;
@@ -54,6 +58,28 @@ pub(crate) const WAKE: Token = Token(2);
 
 /// Most packets one TUN offload read may be cut into (64 KiB at the smallest MSS worth allowing).
 const TUN_SPLIT_MAX: usize = 128;
+
+/// With TUN offloads: where in `tun_scratch` a read super-packet starts. The virtio header is
+/// read into the bytes just before it; once decoded, they and the ones before take the wire
+/// header, so the super-packet is encapsulated in place like a packet in a tx slot.
+const SCRATCH_HEAD: usize = 32;
+const _: () = assert!(SCRATCH_HEAD >= tun_rs::VIRTIO_NET_HDR_LEN + crate::wire::vxlan::HEADER_LEN);
+
+/// Room for one cut segment's headers: the wire header, an IPv4 and a TCP header with options.
+const SEG_HDR_MAX: usize = crate::wire::vxlan::HEADER_LEN + crate::segment::MAX_HEADER;
+
+/// virtio_net_hdr flag: the packet's TCP/UDP checksum holds only the pseudo-header sum.
+const VNET_NEEDS_CSUM: u8 = 1;
+
+/// What one TUN read produced.
+#[derive(Debug, Clone, Copy)]
+enum TunRead {
+    /// This many packets in consecutive tx slots.
+    Slots(usize),
+    /// A TSO/USO super-packet of `len` bytes at `SCRATCH_HEAD` in `tun_scratch`, to be sent cut
+    /// in place as `cut` plans.
+    Super { cut: Cut, len: usize },
+}
 
 /// ICMP errors a worker may originate per second (and its burst).
 const ICMP_PER_SEC: u32 = 100;
@@ -159,8 +185,13 @@ pub(crate) struct Worker {
     rx: PacketBatch,
     rx_meta: Box<[RecvMeta]>,
     msgs: Box<[SendMsg]>,
-    /// With TUN offloads: the raw read of one super-packet (virtio header + up to 64 KiB).
+    /// With TUN offloads: the raw read of one super-packet (virtio header + up to 64 KiB) at
+    /// `SCRATCH_HEAD`, with room for the wire header in front.
     tun_scratch: Vec<u8>,
+    /// With TUN offloads: each cut segment's headers (wire, IPv4, TCP/UDP), and the segments'
+    /// sizes for planning the GSO messages.
+    seg_hdrs: Box<[[u8; SEG_HDR_MAX]]>,
+    seg_metas: Box<[Meta]>,
     /// By tx slot: the size of the packet the last TUN read put there (one packet per read, or
     /// with TUN offloads up to `TUN_SPLIT_MAX`).
     read_sizes: Box<[usize]>,
@@ -200,10 +231,26 @@ const GSO_LIMITS: GsoLimits = GsoLimits {
     bytes: MAX_GSO_BYTES,
 };
 
+/// Completes the TCP/UDP checksum of a packet the kernel handed over with only the pseudo-header
+/// sum in it (virtio `NEEDS_CSUM`): the sum from `start` on, the field at `start + offset`.
+fn complete_checksum(packet: &mut [u8], start: u16, offset: u16) -> io::Result<()> {
+    let (start, at) = (usize::from(start), usize::from(start) + usize::from(offset));
+    if at + 2 > packet.len() {
+        return Err(io::Error::other(
+            "virtio checksum offsets beyond the packet",
+        ));
+    }
+    let initial = u16::from_be_bytes([packet[at], packet[at + 1]]);
+    packet[at..at + 2].fill(0);
+    let sum = checksum::fold(checksum::accumulate(&packet[start..], u64::from(initial)));
+    packet[at..at + 2].copy_from_slice(&(!sum).to_be_bytes());
+    Ok(())
+}
+
 /// Groups the packets `packets[from..]` (each `header` bytes of wire header plus `len` bytes of
 /// packet, to `addr`) into messages written to `msgs`; returns how many were written. With `gso`,
-/// each run of packets to the same peer whose sizes equal the run's first (the last may be
-/// shorter) becomes one message, within the limits; without, every packet is its own message.
+/// each run of packets of one inner flow (one [`Meta::flow`]) to the same peer whose sizes equal the
+/// run's first (the last may be shorter) becomes one message, within the limits; without, every packet is its own message.
 /// Every datagram is the wire header plus one packet, so equal packets make equal segments.
 fn plan_messages(
     packets: &[Meta],
@@ -221,7 +268,10 @@ fn plan_messages(
         if let Some(limits) = gso {
             while j < packets.len() && j - i < limits.segments {
                 let m = packets[j];
-                if m.addr != head.addr || m.len > head.len || bytes + header + m.len > limits.bytes
+                if m.addr != head.addr
+                    || m.flow != head.flow
+                    || m.len > head.len
+                    || bytes + header + m.len > limits.bytes
                 {
                     break;
                 }
@@ -284,14 +334,11 @@ impl Worker {
             decap: Decapsulator::new(setup.wire, setup.policy),
             header: encap.header_len(),
             tx: PacketBatch::new(tx_slots),
-            tun_scratch: vec![
-                0u8;
-                if offload {
-                    tun_rs::VIRTIO_NET_HDR_LEN + 65_535
-                } else {
-                    0
-                }
-            ],
+            tun_scratch: vec![0u8; if offload { SCRATCH_HEAD + 65_535 } else { 0 }],
+            seg_hdrs: vec![[0u8; SEG_HDR_MAX]; if offload { TUN_SPLIT_MAX } else { 0 }]
+                .into_boxed_slice(),
+            seg_metas: vec![Meta::default(); if offload { TUN_SPLIT_MAX } else { 0 }]
+                .into_boxed_slice(),
             read_sizes: vec![0usize; tx_slots].into_boxed_slice(),
             sink: TunSink::new(offload, setup.tso_writes, batch),
             rx: PacketBatch::new(batch),
@@ -365,21 +412,68 @@ impl Worker {
         }
     }
 
-    /// Reads from the TUN queue into tx slots from `at` on: one packet, or with TUN offloads one
-    /// super-packet cut into packets with their checksums. Returns how many slots were filled
-    /// (their sizes in `self.read_sizes`).
+    /// Reads one packet from the TUN queue into tx slot `at` (its size in `self.read_sizes`); with
+    /// TUN offloads a TSO/USO super-packet stays in `tun_scratch` to be cut in place
+    /// ([`TunRead::Super`]), a super-packet of another kind is cut into tx slots from `at` on by
+    /// tun-rs, and a single packet is copied into slot `at` with its checksum completed.
     #[inline]
-    fn read_tun(&mut self, at: usize) -> io::Result<usize> {
-        if self.setup.tun.offload() {
-            self.setup.tun.recv_multiple(
-                &mut self.tun_scratch,
-                &mut self.tx.slots_mut()[at..],
-                &mut self.read_sizes[at..],
-                HEADROOM,
-            )
-        } else {
+    fn read_tun(&mut self, at: usize) -> io::Result<TunRead> {
+        if !self.setup.tun.offload() {
             self.read_sizes[at] = self.setup.tun.read(self.tx.packet_area_mut(at))?;
-            Ok(1)
+            return Ok(TunRead::Slots(1));
+        }
+        let vnet_at = SCRATCH_HEAD - tun_rs::VIRTIO_NET_HDR_LEN;
+        let n = self.setup.tun.read(&mut self.tun_scratch[vnet_at..])?;
+        let Some(len) = n.checked_sub(tun_rs::VIRTIO_NET_HDR_LEN).filter(|&l| l > 0) else {
+            return Err(io::Error::other(format!(
+                "TUN read of {n} bytes: no packet after the virtio header"
+            )));
+        };
+        let vnet = tun_rs::VirtioNetHdr::decode(&self.tun_scratch[vnet_at..SCRATCH_HEAD])?;
+        let pkt = &mut self.tun_scratch[SCRATCH_HEAD..SCRATCH_HEAD + len];
+        if vnet.gso_type == 0 {
+            let area = self.tx.packet_area_mut(at);
+            let Some(dst) = area.get_mut(..len) else {
+                return Err(io::Error::other("TUN packet larger than a slot"));
+            };
+            dst.copy_from_slice(pkt);
+            if vnet.flags & VNET_NEEDS_CSUM != 0 {
+                complete_checksum(dst, vnet.csum_start, vnet.csum_offset)?;
+            }
+            self.read_sizes[at] = len;
+            return Ok(TunRead::Slots(1));
+        }
+        let Some(hdr) = (VnetHdr {
+            gso_type: vnet.gso_type,
+            hdr_len: vnet.hdr_len,
+            gso_size: vnet.gso_size,
+            csum_start: vnet.csum_start,
+            csum_offset: vnet.csum_offset,
+        })
+        .with_packet_header_len(pkt) else {
+            return Err(io::Error::other(
+                "super-packet with a TCP header length outside 20..=60",
+            ));
+        };
+        match Cut::plan(hdr, pkt, TUN_SPLIT_MAX) {
+            Ok(cut) => Ok(TunRead::Super { cut, len }),
+            Err(_) => {
+                // Not ours to cut (IPv6, an unexpected header): tun-rs cuts it into slots or
+                // says why not.
+                let is_v6 = pkt[0] >> 4 == 6;
+                let n = tun_rs::gso_split(
+                    pkt,
+                    tun_rs::VirtioNetHdr {
+                        hdr_len: hdr.hdr_len,
+                        ..vnet
+                    },
+                    &mut self.tx.slots_mut()[at..],
+                    &mut self.read_sizes[at..],
+                    HEADROOM,
+                    is_v6,
+                )?;
+                Ok(TunRead::Slots(n))
+            }
         }
     }
 
@@ -398,7 +492,17 @@ impl Worker {
         let mut more = true;
         while reads < self.setup.batch_size && queued + per_read <= self.tx.capacity() {
             let n = match self.read_tun(queued) {
-                Ok(n) => n,
+                Ok(TunRead::Slots(n)) => n,
+                Ok(TunRead::Super { cut, len }) => {
+                    reads += 1;
+                    // Packets read before it go first: nothing of one flow overtakes.
+                    if queued > 0 {
+                        self.send_queued(queued);
+                        queued = 0;
+                    }
+                    self.forward_super(&cut, len, &routes);
+                    continue;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     more = false;
                     break;
@@ -425,9 +529,17 @@ impl Worker {
                 let len = self.read_sizes[k];
                 match encap.encapsulate(self.tx.frame_mut(k, self.header, len), &routes) {
                     EncapVerdict::Forward(peer) => {
+                        let flow = spread::flow_key(self.tx.filled(k, len));
                         // Keep the forwarded packets contiguous: move this one down over drops.
                         self.tx.slots_mut().swap(queued, k);
-                        self.tx.set_meta(queued, Meta { len, addr: peer });
+                        self.tx.set_meta(
+                            queued,
+                            Meta {
+                                len,
+                                addr: peer,
+                                flow,
+                            },
+                        );
                         queued += 1;
                     }
                     EncapVerdict::Drop { reason, reply } => {
@@ -441,6 +553,109 @@ impl Worker {
         }
         self.send_queued(queued);
         more
+    }
+
+    /// Routes the super-packet in `tun_scratch` (as one packet: one route lookup and TTL decrement
+    /// for all its segments) and sends it cut in place, or counts each of its segments as dropped
+    /// (answering with an ICMP error about its first segment where one is due).
+    fn forward_super(&mut self, cut: &Cut, len: usize, routes: &crate::route::RouteSnapshot) {
+        let h = self.header;
+        if cut.segments() == 0 {
+            self.setup.stats.drop_packets(DropReason::TxMalformed, 1);
+            return;
+        }
+        let frame = &mut self.tun_scratch[SCRATCH_HEAD - h..SCRATCH_HEAD + len];
+        match self.encap.encapsulate(frame, routes) {
+            EncapVerdict::Forward(peer) => {
+                self.setup.stats.add(Counter::TxSuperCuts, 1);
+                self.send_cut(cut, len, peer);
+            }
+            EncapVerdict::Drop { reason, reply } => {
+                self.setup.stats.drop_packets(reason, cut.segments() as u64);
+                if let Some(kind) = reply {
+                    let pkt = &self.tun_scratch[SCRATCH_HEAD..SCRATCH_HEAD + len];
+                    let (hl, payload) = (cut.header_len(), cut.payload(0));
+                    let area = self.tx.packet_area_mut(0);
+                    cut.write_header(pkt, 0, &mut area[..hl]);
+                    area[hl..hl + payload.len()].copy_from_slice(&pkt[payload.clone()]);
+                    self.reply_icmp(kind, 0, hl + payload.len());
+                }
+            }
+        }
+    }
+
+    /// Sends the encapsulated super-packet in `tun_scratch` as its segments: each segment's
+    /// headers (the wire header, then [`Cut::write_header`]'s) are written into `seg_hdrs`, and
+    /// every datagram is gathered from its header slot and its payload in the read buffer, so the
+    /// payload is read once (for its checksum) and copied only by the kernel. With UDP GSO runs of
+    /// equal segments go as one message each, as in [`Worker::send_queued`].
+    fn send_cut(&mut self, cut: &Cut, len: usize, peer: SocketAddrV4) {
+        let h = self.header;
+        let hl = cut.header_len();
+        let n = cut.segments();
+        let (wire, pkt) = self.tun_scratch[SCRATCH_HEAD - h..SCRATCH_HEAD + len].split_at(h);
+        for i in 0..n {
+            let hdr = &mut self.seg_hdrs[i];
+            hdr[..h].copy_from_slice(wire);
+            cut.write_header(pkt, i, &mut hdr[h..h + hl]);
+            self.seg_metas[i] = Meta {
+                len: hl + cut.payload(i).len(),
+                addr: peer,
+                flow: 0,
+            };
+        }
+        let seg_hdrs = &self.seg_hdrs;
+        let parts = |p: usize| -> [&[u8]; 2] { [&seg_hdrs[p][..h + hl], &pkt[cut.payload(p)]] };
+        let mut sent = 0;
+        while sent < n {
+            let gso = self.setup.sock.gso().then_some(GSO_LIMITS);
+            let planned = plan_messages(&self.seg_metas[..n], sent, h, gso, &mut self.msgs);
+            match self
+                .setup
+                .sock
+                .send_batch_gathered(&self.msgs[..planned], parts)
+            {
+                Ok(0) => {
+                    self.setup
+                        .stats
+                        .drop_packets(DropReason::SendFailed, (n - sent) as u64);
+                    break;
+                }
+                Ok(k) => {
+                    let msgs = &self.msgs[..k];
+                    let packets: usize = msgs.iter().map(|m| m.count).sum();
+                    let bytes: usize = self.seg_metas[sent..sent + packets]
+                        .iter()
+                        .map(|m| m.len)
+                        .sum();
+                    let stats = &self.setup.stats;
+                    stats.add(Counter::TxBatches, 1);
+                    stats.add(Counter::TxPackets, packets as u64);
+                    stats.add(Counter::TxBytes, bytes as u64);
+                    stats.add(
+                        Counter::TxGsoSends,
+                        msgs.iter().filter(|m| m.count > 1).count() as u64,
+                    );
+                    sent += packets;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if self.msgs[0].count > 1
+                        && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) =>
+                {
+                    tracing::warn!(worker = self.setup.id, error = %e, "UDP GSO refused by the kernel; sending without it");
+                    self.setup.sock.disable_gso();
+                }
+                Err(e) => {
+                    let lost = self.msgs[0].count;
+                    self.setup
+                        .stats
+                        .drop_packets(DropReason::SendFailed, lost as u64);
+                    self.send_errors.report(self.setup.id, &e);
+                    sent += lost;
+                }
+            }
+        }
     }
 
     /// Writes an ICMP error about the packet in tx slot `slot` back into the TUN device.
@@ -602,7 +817,9 @@ mod tests {
     const OTHER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 3), 8285);
 
     fn metas(lens: &[(usize, SocketAddrV4)]) -> Vec<Meta> {
-        lens.iter().map(|&(len, addr)| Meta { len, addr }).collect()
+        lens.iter()
+            .map(|&(len, addr)| Meta { len, addr, flow: 0 })
+            .collect()
     }
 
     /// Plans `packets` from `from` with room for `room` messages; returns (first, count,
@@ -672,6 +889,18 @@ mod tests {
         );
         assert_eq!(plan(&p, 0, 0, Some(GSO_LIMITS), 1), [(0, 2, 1000)]);
         assert_eq!(plan(&p, 4, 0, Some(GSO_LIMITS), 8), []);
+    }
+
+    #[test]
+    fn plan_another_inner_flow_ends_a_message() {
+        let mut p = metas(&[(1000, PEER); 5]);
+        for (m, flow) in p.iter_mut().zip([7, 7, 9, 9, 7]) {
+            m.flow = flow;
+        }
+        assert_eq!(
+            plan(&p, 0, 0, Some(GSO_LIMITS), 8),
+            [(0, 2, 1000), (2, 2, 1000), (4, 1, 1000)]
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ macro_rules! syscall {
 mod imp;
 
 pub(crate) use imp::{
-    enable_rxq_ovfl, enable_udp_gro, probe_udp_gso, recv_batch, send_batch, set_buffer_sizes,
+    attach_reuseport_cbpf, enable_rxq_ovfl, enable_udp_gro, probe_udp_gso, recv_batch, send_batch,
+    send_batch_gathered, set_buffer_sizes,
 };
 pub use imp::{RecvMeta, SendMsg, MAX_BATCH};

@@ -154,33 +154,59 @@ pub(crate) fn send_batch<'a>(
     msgs: &[SendMsg],
     packet: impl Fn(usize) -> &'a [u8],
 ) -> io::Result<usize> {
+    send_parts(fd, msgs, |p| [packet(p), &[]], 1)
+}
+
+/// Like [`send_batch`], but packet `p` is gathered from the two slices `parts(p)` (a header and
+/// a payload, say), so neither is copied in user space; at most [`MAX_BATCH`] packets in all.
+pub(crate) fn send_batch_gathered<'a>(
+    fd: BorrowedFd<'_>,
+    msgs: &[SendMsg],
+    parts: impl Fn(usize) -> [&'a [u8]; 2],
+) -> io::Result<usize> {
+    send_parts(fd, msgs, parts, 2)
+}
+
+/// Iovecs of one call: two per packet at most.
+const MAX_IOVS: usize = 2 * MAX_BATCH;
+
+/// The common part of the sends: the first `per` slices of `parts(p)` make packet `p`.
+fn send_parts<'a>(
+    fd: BorrowedFd<'_>,
+    msgs: &[SendMsg],
+    parts: impl Fn(usize) -> [&'a [u8]; 2],
+    per: usize,
+) -> io::Result<usize> {
     // SAFETY: all-zero bytes are a valid value of these plain C structs (integers, null pointers).
     let mut names: [libc::sockaddr_in; MAX_BATCH] = unsafe { mem::zeroed() };
     // SAFETY: as above.
-    let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { mem::zeroed() };
+    let mut iovs: [libc::iovec; MAX_IOVS] = unsafe { mem::zeroed() };
     // SAFETY: as above.
     let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { mem::zeroed() };
     let mut controls = [Control::new(); MAX_BATCH];
     let mut iov_used = 0;
+    let mut packets = 0;
     let mut count = 0;
     for (k, m) in msgs.iter().take(MAX_BATCH).enumerate() {
-        if m.count == 0 || iov_used + m.count > MAX_BATCH {
+        if m.count == 0 || packets + m.count > MAX_BATCH {
             break;
         }
         let iov_first = iov_used;
         for p in m.first..m.first + m.count {
-            let data = packet(p);
-            // The kernel only reads through iov_base on send; iovec requires *mut.
-            iovs[iov_used].iov_base = data.as_ptr() as *mut libc::c_void;
-            iovs[iov_used].iov_len = data.len();
-            iov_used += 1;
+            for data in &parts(p)[..per] {
+                // The kernel only reads through iov_base on send; iovec requires *mut.
+                iovs[iov_used].iov_base = data.as_ptr() as *mut libc::c_void;
+                iovs[iov_used].iov_len = data.len();
+                iov_used += 1;
+            }
         }
+        packets += m.count;
         names[k] = to_sockaddr(m.dst);
         let h = &mut hdrs[k].msg_hdr;
         h.msg_name = (&mut names[k] as *mut libc::sockaddr_in).cast();
         h.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
         h.msg_iov = &mut iovs[iov_first];
-        h.msg_iovlen = m.count;
+        h.msg_iovlen = iov_used - iov_first;
         if m.count > 1 {
             let mut enc = cmsg::Encoder::new(h, &mut controls[k]);
             let pushed = enc.push(libc::SOL_UDP, libc::UDP_SEGMENT, m.segment);

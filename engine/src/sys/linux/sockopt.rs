@@ -53,3 +53,33 @@ pub(crate) fn enable_rxq_ovfl(fd: BorrowedFd<'_>) -> io::Result<()> {
 pub(crate) fn probe_udp_gso(fd: BorrowedFd<'_>) -> bool {
     set_int(fd, libc::SOL_UDP, libc::UDP_SEGMENT, 0).is_ok()
 }
+
+/// `SO_ATTACH_REUSEPORT_CBPF` (asm-generic/socket.h; the libc crate defines it for Android only).
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+
+/// Attaches the classic-BPF program `prog` to the `SO_REUSEPORT` group of the bound socket `fd`:
+/// from then on the program's return value picks the socket of the group that receives each
+/// datagram (a value not below the group's size leaves the choice to the kernel's hash). The
+/// kernel checks and copies the program.
+pub(crate) fn attach_reuseport_cbpf(
+    fd: BorrowedFd<'_>,
+    prog: &[libc::sock_filter],
+) -> io::Result<()> {
+    let len = libc::c_ushort::try_from(prog.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "cBPF program too long"))?;
+    let fprog = libc::sock_fprog {
+        len,
+        // The kernel only reads through this pointer (it copies the program).
+        filter: prog.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fprog` is a live sock_fprog whose `filter` points at `len` instructions of `prog`,
+    // borrowed for the call; the length passed is its size; the fd is borrowed, so open.
+    syscall!(setsockopt(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        SO_ATTACH_REUSEPORT_CBPF,
+        (&fprog as *const libc::sock_fprog).cast(),
+        mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+    ))
+    .map(drop)
+}
