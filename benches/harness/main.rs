@@ -5,6 +5,7 @@
 //! (rotated order) with iperf3 from ctr_a to ctr_b, and tears it down. Output: a markdown table on stdout,
 //! and in `--out`: `results.jsonl`, `report.md`, `tcp.svg`, `logs/`. Needs root, iperf3, iproute2, ping.
 //! Run: `cargo build --release --bin weft --bin weft-bench && sudo target/release/weft-bench`.
+//! `weft-bench cluster` measures one daemon against an etcd holding many leases instead (`cluster.rs`).
 #![forbid(unsafe_code)]
 // Cargo also auto-discovers this file as a libtest bench target, where `main` is unused.
 #![cfg_attr(test, allow(dead_code))]
