@@ -39,6 +39,7 @@ pub mod stats;
 mod sys;
 pub mod tun;
 pub mod udp;
+pub mod wg;
 pub mod wire;
 mod worker;
 
