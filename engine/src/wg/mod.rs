@@ -537,6 +537,11 @@ impl WgCore {
             TunnResult::WriteToTunnelV4(p, inner_src) => {
                 // Authenticated: the peer may have roamed.
                 peer.endpoint.store(pack(src), Ordering::Relaxed);
+                // boringtun cuts the plaintext to the IPv4 total length it finds there, which may
+                // be shorter than a header (found by fuzz/fuzz_targets/wg_decap.rs).
+                if let Err(e) = crate::wire::ipv4::Packet::new_checked(&*p) {
+                    return RxVerdict::Drop(DropReason::from(e));
+                }
                 if peer.allowed().contains(inner_src) {
                     RxVerdict::Deliver(p)
                 } else {
@@ -693,6 +698,25 @@ mod tests {
         bad[last] ^= 1;
         match p.a.decapsulate(&p.a.table(), p.b_ep, &bad, &mut out2) {
             RxVerdict::Drop(r) => assert_eq!(r, DropReason::WgAuthFailed),
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn inner_packet_shorter_than_its_header_is_dropped() {
+        let p = pair(None);
+        handshake(&p);
+        let mut out = vec![0u8; 2048];
+        let mut out2 = vec![0u8; 2048];
+        // Total length 5: boringtun would deliver 5 bytes.
+        let mut short = ipv4([10, 1, 2, 7], [10, 1, 1, 5], b"abc");
+        short[2..4].copy_from_slice(&5u16.to_be_bytes());
+        let d = match p.b.encapsulate(&p.b.table(), &short, &mut out) {
+            TxVerdict::Send { packet, .. } => packet.to_vec(),
+            v => panic!("{v:?}"),
+        };
+        match p.a.decapsulate(&p.a.table(), p.b_ep, &d, &mut out2) {
+            RxVerdict::Drop(r) => assert_eq!(r, DropReason::Truncated),
             v => panic!("{v:?}"),
         }
     }
