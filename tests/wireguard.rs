@@ -178,6 +178,13 @@ fn wireguard_two_weft_hosts() {
         );
         assert!(!s.contains_key("drop_wg_auth_failed"), "{s:?}");
         assert!(!s.contains_key("drop_wg_allowed_ips"), "{s:?}");
+        // Per-peer lock waits against the packets that took the lock (one per packet).
+        let locks = s.get("tx_packets").copied().unwrap_or(0.0)
+            + s.get("rx_datagrams").copied().unwrap_or(0.0);
+        eprintln!(
+            "{T}: wg_lock_contended={} of about {locks} lockings",
+            s.get("wg_lock_contended").copied().unwrap_or(-1.0)
+        );
     }
 
     // Restart host 1: the key file is read back (same lease), and a new handshake brings traffic
@@ -411,4 +418,21 @@ fn wireguard_interop_with_wireguard_go_and_hostile_input() {
     c.ping(1, 0, Duration::from_secs(5)).expect("still working");
     transfer(&c, 1, 0);
     assert!(d.logged("data plane running"));
+
+    // Peers follow the leases live: the lease goes, the peer goes; it comes back, so does the peer.
+    let go_key = format!("{PREFIX}/subnets/10.1.99.0-24");
+    c.etcdctl(&["del", &go_key]);
+    within(Duration::from_secs(10), "peer removed", || {
+        d.stat("wg_peers") == 0.0
+    });
+    assert!(
+        c.ping(1, 0, Duration::from_secs(2)).is_err(),
+        "no peer, no traffic"
+    );
+    c.etcdctl(&["put", &go_key, &wg_lease("192.0.2.2", &go_public, 51_820)]);
+    within(Duration::from_secs(10), "peer added again", || {
+        d.stat("wg_peers") == 1.0
+    });
+    c.ping(1, 0, Duration::from_secs(15)).expect("peer back");
+    c.ping(0, 1, Duration::from_secs(5)).expect("peer back");
 }

@@ -1,7 +1,7 @@
 //! flannel's `wireguard` backend, control-plane side: the `Backend` section of the network config,
 //! the private key file, and the lease `BackendData` (`{"PublicKey":"..","Port":51820}`).
 //!
-//! Keys and defaults follow flannel's `pkg/backend/wireguard` (docs/compatibility.md §11):
+//! Keys and defaults follow flannel's `pkg/backend/wireguard` (docs/compatibility.md §2.4, §7.8):
 //! `ListenPort` 51820, `PSK` (base64, one preshared key for every peer),
 //! `PersistentKeepaliveInterval` (integer seconds), `Mode` (`separate`, `ipv4`; `auto` and
 //! `ipv6` need IPv6 and are refused for now, as is `ListenPortV6`), `MTU` (base MTU; the device

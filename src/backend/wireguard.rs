@@ -211,8 +211,9 @@ impl Backend for Wireguard {
             .iter()
             .filter(|p| p.last_handshake().is_some())
             .count();
+        let contended: u64 = table.peers().iter().map(|p| p.lock_contended()).sum();
         format!(
-            " wg_peers={} wg_peers_with_session={handshaken} {}",
+            " wg_peers={} wg_peers_with_session={handshaken} wg_lock_contended={contended} {}",
             table.peers().len(),
             dp.stats()
         )

@@ -105,6 +105,8 @@ pub struct Peer {
     configured: AtomicU64,
     /// Allowed IPs, packed `addr << 8 | prefix`.
     allowed: AtomicU64,
+    /// See [`Peer::lock_contended`].
+    contended: AtomicU64,
 }
 
 impl std::fmt::Debug for Peer {
@@ -143,8 +145,22 @@ impl Peer {
     }
 
     fn lock(&self) -> MutexGuard<'_, Tunn> {
-        // A panic inside Tunn (none is known) must not take the peer down with it for good.
-        self.tunn.lock().unwrap_or_else(|p| p.into_inner())
+        match self.tunn.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::WouldBlock) => {
+                // Another worker holds this peer: count it (the contention figure in
+                // docs/backends.md), then wait.
+                self.contended.fetch_add(1, Ordering::Relaxed);
+                self.tunn.lock().unwrap_or_else(|p| p.into_inner())
+            }
+            // A panic inside Tunn (none is known) must not take the peer down with it for good.
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        }
+    }
+
+    /// Times a worker found this peer's lock held by another worker and had to wait.
+    pub fn lock_contended(&self) -> u64 {
+        self.contended.load(Ordering::Relaxed)
     }
 
     /// Sends what the peer's tunnel queued while it had no session (after a handshake
@@ -381,6 +397,7 @@ impl WgCore {
                         endpoint: AtomicU64::new(pack(c.endpoint)),
                         configured: AtomicU64::new(pack(c.endpoint)),
                         allowed: AtomicU64::new(0),
+                        contended: AtomicU64::new(0),
                     };
                     p.set_allowed(c.allowed);
                     Arc::new(p)
