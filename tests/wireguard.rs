@@ -234,6 +234,65 @@ fn send_from(c: &Cluster, i: usize, to: &str, datagrams: &[Vec<u8>]) {
         .expect("send datagrams");
 }
 
+/// Captures, in host `i`'s namespace, the UDP payloads of up to `n` WireGuard data messages
+/// (type 4) that leave for `to_ip:51820` within `limit`, while `traffic` runs.
+fn capture_data_messages(
+    c: &Cluster,
+    i: usize,
+    to_ip: [u8; 4],
+    n: usize,
+    limit: Duration,
+    traffic: impl FnOnce() + Send,
+) -> Vec<Vec<u8>> {
+    use nix::sys::socket::{recv, setsockopt, socket, sockopt, AddressFamily, MsgFlags};
+    use nix::sys::socket::{SockFlag, SockProtocol, SockType};
+    use std::os::fd::AsRawFd;
+    c.hosts[i]
+        .ns
+        .in_thread(|| {
+            // SOCK_DGRAM packet socket: frames without the link header, outgoing ones included.
+            let fd = socket(
+                AddressFamily::Packet,
+                SockType::Datagram,
+                SockFlag::empty(),
+                SockProtocol::EthAll,
+            )
+            .map_err(std::io::Error::from)?;
+            setsockopt(
+                &fd,
+                sockopt::ReceiveTimeout,
+                &nix::sys::time::TimeVal::new(0, 200_000),
+            )
+            .map_err(std::io::Error::from)?;
+            let mut got = Vec::new();
+            std::thread::scope(|s| {
+                s.spawn(traffic);
+                let deadline = std::time::Instant::now() + limit;
+                let mut buf = vec![0u8; 65_536];
+                while got.len() < n && std::time::Instant::now() < deadline {
+                    let Ok(len) = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) else {
+                        continue;
+                    };
+                    let p = &buf[..len];
+                    if len < 28 || p[0] >> 4 != 4 || p[9] != 17 || p[16..20] != to_ip {
+                        continue;
+                    }
+                    let ihl = usize::from(p[0] & 15) * 4;
+                    let udp = &p[ihl..];
+                    if udp.len() < 8 + 32 || udp[2..4] != 51_820u16.to_be_bytes() {
+                        continue;
+                    }
+                    let payload = &udp[8..];
+                    if payload[..4] == [4, 0, 0, 0] && payload.len() > 32 {
+                        got.push(payload.to_vec());
+                    }
+                }
+            });
+            Ok(got)
+        })
+        .expect("capture in the namespace")
+}
+
 /// Deterministic filler bytes (not cryptographically random: only to be garbage).
 fn filler(seed: u64, n: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -362,6 +421,23 @@ fn wireguard_interop_with_wireguard_go_and_hostile_input() {
         Some(&1.0),
         "{before:?}"
     );
+
+    // Replayed data: real data messages wireguard-go sent, captured and sent again from another
+    // port. weft's replay window refuses each one, and does not move the endpoint to the sender.
+    let replay_from = d.stats();
+    let captured = capture_data_messages(&c, 1, [192, 0, 2, 1], 5, Duration::from_secs(10), || {
+        let _ = c.ping(1, 0, Duration::from_secs(5));
+    });
+    assert!(!captured.is_empty(), "no data message captured");
+    send_from(&c, 1, "192.0.2.1:51820", &captured);
+    within(Duration::from_secs(5), "replays counted", || {
+        let s = d.stats();
+        s.get("drop_wg_replay").copied().unwrap_or(0.0)
+            - replay_from.get("drop_wg_replay").copied().unwrap_or(0.0)
+            >= captured.len() as f64
+    });
+    c.ping(0, 1, Duration::from_secs(5))
+        .expect("endpoint unchanged by replays");
 
     // Hostile input at weft's port: garbage, initiations with bad MACs, data for sessions that
     // do not exist. Every one is counted under its reason, and traffic goes on.
