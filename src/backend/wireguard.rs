@@ -179,6 +179,7 @@ impl Backend for Wireguard {
             bind = %cfg.bind,
             workers = dp.workers(),
             udp_gso = dp.gso(),
+            tun_offload = dp.tun_offload(),
             "data plane running"
         );
         self.dp = Some(dp);

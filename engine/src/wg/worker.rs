@@ -36,6 +36,13 @@ const RATE_LIMIT_RESET: Duration = Duration::from_secs(1);
 const IDLE_WAKEUP: Duration = Duration::from_secs(1);
 /// Largest datagram one receive slot holds (a GRO run is one UDP datagram at most).
 const RX_SLOT: usize = 65_536;
+/// Packets one TUN read may yield with offloads (a TSO super-packet cut into segments).
+const TUN_SPLIT_MAX: usize = 128;
+/// Where packets start in the TUN buffers with offloads (room for the virtio header that
+/// tun-rs writes in front when coalescing).
+const TUN_OFFSET: usize = 16;
+/// Decrypted packets staged for one coalescing TUN write.
+const RX_STAGE: usize = 128;
 /// Least time between two log lines about the same kind of I/O error.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -56,7 +63,9 @@ pub struct WgDataplaneConfig {
     pub batch_size: usize,
     /// Socket buffer size in bytes.
     pub socket_buffer: usize,
-    /// UDP GSO/GRO use (the TUN device runs without offloads).
+    /// Kernel offloads: UDP GSO/GRO on the sockets, and vnet_hdr TSO/USO on the TUN device
+    /// (reads return super-packets cut into packets, writes coalesce TCP segments). `Auto` falls
+    /// back to a plain device where the kernel refuses.
     pub offload: Offload,
 }
 
@@ -70,6 +79,7 @@ pub struct WgDataplane {
     live: Arc<AtomicUsize>,
     core: Arc<WgCore>,
     gso: bool,
+    tun_offload: bool,
 }
 
 struct LiveGuard(Arc<AtomicUsize>);
@@ -93,14 +103,23 @@ impl WgDataplane {
     pub fn start(cfg: &WgDataplaneConfig, core: Arc<WgCore>) -> Result<WgDataplane, StartError> {
         let workers = cfg.workers.clamp(1, 64);
         let mtu = u16::try_from(cfg.mtu).unwrap_or(u16::MAX);
-        let queues = tun::create(&TunConfig {
+        let mut tun_cfg = TunConfig {
             name: cfg.tun_name.clone(),
             addr: cfg.local.addr(),
             mtu,
             queues: workers,
-            offload: false,
-        })
+            offload: cfg.offload != Offload::Off,
+        };
+        let queues = match tun::create(&tun_cfg) {
+            Err(e) if cfg.offload == Offload::Auto && e.kind() != io::ErrorKind::AlreadyExists => {
+                tracing::warn!(error = %e, "TUN offloads unavailable; using plain TUN reads and writes");
+                tun_cfg.offload = false;
+                tun::create(&tun_cfg)
+            }
+            r => r,
+        }
         .map_err(ctx(|| format!("creating TUN device {}", cfg.tun_name)))?;
+        let tun_offload = tun_cfg.offload;
         let stop = Arc::new(AtomicBool::new(false));
         let live = Arc::new(AtomicUsize::new(0));
         let mut dp = WgDataplane {
@@ -111,6 +130,7 @@ impl WgDataplane {
             live: Arc::clone(&live),
             core: Arc::clone(&core),
             gso: true,
+            tun_offload,
         };
         let mut setups = Vec::with_capacity(workers);
         for (id, tun) in queues.into_iter().enumerate() {
@@ -169,6 +189,11 @@ impl WgDataplane {
     /// Whether the sockets use UDP GSO.
     pub fn gso(&self) -> bool {
         self.gso
+    }
+
+    /// Whether the TUN device runs with offloads.
+    pub fn tun_offload(&self) -> bool {
+        self.tun_offload
     }
 
     /// Whether every worker still runs.
@@ -243,8 +268,15 @@ struct Worker {
     stats: Arc<WorkerStats>,
     stop: Arc<AtomicBool>,
     batch: usize,
-    /// Plaintext packets read from the TUN device.
+    /// Plaintext packets of one TUN read (with offloads, a super-packet's segments at
+    /// `TUN_OFFSET`; without, one packet at 0).
     tx_in: Vec<Vec<u8>>,
+    tx_in_len: Box<[usize]>,
+    /// The raw super-packet of a read with offloads.
+    tun_scratch: Vec<u8>,
+    /// With offloads: decrypted packets at `TUN_OFFSET`, written with one coalescing call.
+    rx_stage: Vec<Vec<u8>>,
+    gro: tun_rs::GROTable,
     /// Their datagrams, and each one's length and destination.
     tx_out: Vec<Vec<u8>>,
     tx_len: Box<[usize]>,
@@ -282,10 +314,14 @@ impl Worker {
         poll.registry()
             .register(&mut SourceFd(&udp_fd), UDP, Interest::READABLE)?;
         let batch = cfg.batch_size.clamp(1, MAX_BATCH);
-        // The device never hands us more than its MTU without offloads.
-        let packet = (cfg.mtu as usize).max(1500) + 64;
+        let offload = tun.offload();
+        // The device hands us packets of at most its MTU (with offloads: segments of at most
+        // the MTU, cut from the super-packet).
+        let packet = (cfg.mtu as usize).max(1500) + 64 + TUN_OFFSET;
         let sealed = (packet + SEAL_OVERHEAD).max(MIN_OUT);
         let unspec = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+        let split = if offload { TUN_SPLIT_MAX } else { 1 };
+        let tx_slots = batch + split;
         Ok(Worker {
             id,
             tun,
@@ -295,11 +331,28 @@ impl Worker {
             stats,
             stop,
             batch,
-            tx_in: vec![vec![0u8; packet]; batch],
-            tx_out: vec![vec![0u8; sealed]; batch],
-            tx_len: vec![0; batch].into_boxed_slice(),
-            tx_dst: vec![unspec; batch].into_boxed_slice(),
-            msgs: Vec::with_capacity(batch),
+            tx_in: vec![vec![0u8; packet]; split],
+            tx_in_len: vec![0; split].into_boxed_slice(),
+            tun_scratch: vec![
+                0u8;
+                if offload {
+                    tun_rs::VIRTIO_NET_HDR_LEN + 65_535
+                } else {
+                    0
+                }
+            ],
+            rx_stage: if offload {
+                (0..RX_STAGE)
+                    .map(|_| Vec::with_capacity(2 * TUN_OFFSET + RX_SLOT))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            gro: tun_rs::GROTable::new(),
+            tx_out: vec![vec![0u8; sealed]; tx_slots],
+            tx_len: vec![0; tx_slots].into_boxed_slice(),
+            tx_dst: vec![unspec; tx_slots].into_boxed_slice(),
+            msgs: Vec::with_capacity(tx_slots),
             rx: vec![vec![0u8; RX_SLOT]; batch],
             rx_meta: vec![RecvMeta::default(); batch].into_boxed_slice(),
             plain: vec![0u8; RX_SLOT],
@@ -388,20 +441,47 @@ impl Worker {
         }
     }
 
-    /// Reads, encrypts and sends up to one batch. Returns whether the TUN queue may hold more.
+    /// Reads, encrypts and sends up to one batch of reads. Returns whether the TUN queue may
+    /// hold more.
     fn tun_to_udp(&mut self) -> bool {
         let table = self.core.table();
+        let offload = self.tun.offload();
+        let (split, at) = if offload {
+            (TUN_SPLIT_MAX, TUN_OFFSET)
+        } else {
+            (1, 0)
+        };
         let mut n = 0;
         let mut reads = 0;
         let mut more = true;
-        while reads < self.batch && n < self.batch {
-            let len = match self.tun.read(&mut self.tx_in[n]) {
-                Ok(len) => len,
+        while reads < self.batch && n + split <= self.tx_out.len() {
+            let read = if offload {
+                self.tun.recv_multiple(
+                    &mut self.tun_scratch,
+                    &mut self.tx_in,
+                    &mut self.tx_in_len,
+                    TUN_OFFSET,
+                )
+            } else {
+                self.tun.read(&mut self.tx_in[0]).map(|len| {
+                    self.tx_in_len[0] = len;
+                    1
+                })
+            };
+            let k = match read {
+                Ok(k) => k,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     more = false;
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.raw_os_error().is_none() => {
+                    // A super-packet tun-rs could not cut (more segments than slots, a bad
+                    // virtio header): it was read, so drop it and go on.
+                    self.stats.drop_packets(DropReason::TxMalformed, 1);
+                    self.tun_errors.report(self.id, &e);
+                    continue;
+                }
                 Err(e) => {
                     self.tun_errors.report(self.id, &e);
                     self.tun_gone |= e.raw_os_error() == Some(libc::EBADFD);
@@ -410,21 +490,25 @@ impl Worker {
                 }
             };
             reads += 1;
-            match self
-                .core
-                .encapsulate(&table, &self.tx_in[n][..len], &mut self.tx_out[n])
-            {
-                TxVerdict::Send { to, packet, data } => {
-                    self.tx_len[n] = packet.len();
-                    self.tx_dst[n] = to;
-                    if data {
-                        self.stats.add(Counter::TxPackets, 1);
-                        self.stats.add(Counter::TxBytes, len as u64);
+            for j in 0..k {
+                let len = self.tx_in_len[j];
+                let Some(packet) = self.tx_in[j].get(at..at + len) else {
+                    self.stats.drop_packets(DropReason::TxMalformed, 1);
+                    continue;
+                };
+                match self.core.encapsulate(&table, packet, &mut self.tx_out[n]) {
+                    TxVerdict::Send { to, packet, data } => {
+                        self.tx_len[n] = packet.len();
+                        self.tx_dst[n] = to;
+                        if data {
+                            self.stats.add(Counter::TxPackets, 1);
+                            self.stats.add(Counter::TxBytes, len as u64);
+                        }
+                        n += 1;
                     }
-                    n += 1;
+                    TxVerdict::Queued => {}
+                    TxVerdict::Drop(r) => self.stats.drop_packets(r, 1),
                 }
-                TxVerdict::Queued => {}
-                TxVerdict::Drop(r) => self.stats.drop_packets(r, 1),
             }
         }
         drop(table);
@@ -498,6 +582,7 @@ impl Worker {
         };
         self.stats.add(Counter::RxBatches, 1);
         let table = self.core.table();
+        let mut staged = 0;
         for i in 0..k {
             let m = self.rx_meta[i];
             if let Some(d) = m.rxq_drops {
@@ -522,6 +607,65 @@ impl Worker {
             }
             for d in self.rx[i][..m.len].chunks(seg) {
                 self.stats.add(Counter::RxDatagrams, 1);
+                if !self.rx_stage.is_empty() {
+                    if staged == self.rx_stage.len() {
+                        self.tun_gone |= flush_stage(
+                            &self.tun,
+                            &mut self.gro,
+                            &mut self.rx_stage[..staged],
+                            &self.stats,
+                            &mut self.tun_errors,
+                            self.id,
+                        );
+                        staged = 0;
+                    }
+                    let buf = &mut self.rx_stage[staged];
+                    buf.clear();
+                    buf.resize(TUN_OFFSET + d.len().max(MIN_OUT), 0);
+                    let base = buf[TUN_OFFSET..].as_ptr() as usize;
+                    match self
+                        .core
+                        .decapsulate(&table, m.src, d, &mut buf[TUN_OFFSET..])
+                    {
+                        RxVerdict::Deliver(p) => {
+                            let (start, len) = (p.as_ptr() as usize - base, p.len());
+                            if start != 0 {
+                                buf.copy_within(
+                                    TUN_OFFSET + start..TUN_OFFSET + start + len,
+                                    TUN_OFFSET,
+                                );
+                            }
+                            buf.truncate(TUN_OFFSET + len);
+                            staged += 1;
+                        }
+                        RxVerdict::Reply { to, packet, peer } => {
+                            send_one(
+                                &self.sock,
+                                &self.stats,
+                                &mut self.send_errors,
+                                self.id,
+                                to,
+                                packet,
+                            );
+                            if let Some(peer) = peer {
+                                while let Some(q) = peer.drain_queued(&mut self.control) {
+                                    let to = peer.endpoint();
+                                    send_one(
+                                        &self.sock,
+                                        &self.stats,
+                                        &mut self.send_errors,
+                                        self.id,
+                                        to,
+                                        q,
+                                    );
+                                }
+                            }
+                        }
+                        RxVerdict::Done(_) => {}
+                        RxVerdict::Drop(r) => self.stats.drop_packets(r, 1),
+                    }
+                    continue;
+                }
                 match self.core.decapsulate(&table, m.src, d, &mut self.plain) {
                     RxVerdict::Deliver(p) => match self.tun.write(p) {
                         Ok(_) => {
@@ -562,7 +706,44 @@ impl Worker {
                 }
             }
         }
+        drop(table);
+        if staged > 0 {
+            self.tun_gone |= flush_stage(
+                &self.tun,
+                &mut self.gro,
+                &mut self.rx_stage[..staged],
+                &self.stats,
+                &mut self.tun_errors,
+                self.id,
+            );
+        }
         k == self.batch
+    }
+}
+
+/// Writes the staged packets `bufs` with one coalescing call (TCP segments of a flow become one
+/// super-packet). Returns whether the TUN queue is gone.
+fn flush_stage(
+    tun: &TunQueue,
+    gro: &mut tun_rs::GROTable,
+    bufs: &mut [Vec<u8>],
+    stats: &WorkerStats,
+    log: &mut ErrorLog,
+    id: usize,
+) -> bool {
+    let bytes: usize = bufs.iter().map(|b| b.len() - TUN_OFFSET).sum();
+    match tun.send_multiple(gro, bufs, TUN_OFFSET) {
+        Ok(_) => {
+            stats.add(Counter::RxPackets, bufs.len() as u64);
+            stats.add(Counter::RxBytes, bytes as u64);
+            false
+        }
+        Err(e) => {
+            // Which of them went is unknown: count the batch.
+            stats.drop_packets(DropReason::TunWriteFailed, bufs.len() as u64);
+            log.report(id, &e);
+            e.raw_os_error() == Some(libc::EBADFD)
+        }
     }
 }
 
