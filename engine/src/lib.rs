@@ -9,6 +9,8 @@
 //!
 //! Both use the same workers, batching, UDP GSO/GRO, TUN offloads and route snapshots; the wire
 //! format only decides the header written into each packet's headroom and checked on receipt.
+//! WireGuard ([`wg`], flannel's wireguard backend) has workers of its own built the same way,
+//! around boringtun's per-peer protocol state.
 //!
 //! ```text
 //!             ┌──────────── worker 0 (pinned to core 0) ────────────┐
