@@ -628,7 +628,16 @@ impl Worker {
                         .decapsulate(&table, m.src, d, &mut buf[TUN_OFFSET..])
                     {
                         RxVerdict::Deliver(p) => {
-                            let (start, len) = (p.as_ptr() as usize - base, p.len());
+                            // boringtun writes the plaintext at the start of the buffer it
+                            // is given; should that change, move it there.
+                            let (start, len) = ((p.as_ptr() as usize).wrapping_sub(base), p.len());
+                            if start
+                                .checked_add(len)
+                                .is_none_or(|end| end > buf.len() - TUN_OFFSET)
+                            {
+                                self.stats.drop_packets(DropReason::WgBadPacket, 1);
+                                continue;
+                            }
                             if start != 0 {
                                 buf.copy_within(
                                     TUN_OFFSET + start..TUN_OFFSET + start + len,
