@@ -248,14 +248,6 @@ fn spawn_worker(
     live: &Arc<AtomicUsize>,
 ) -> Result<JoinHandle<()>, StartError> {
     let id = s.id;
-    if let Some(c) = core {
-        // What the kernel processes on this core goes to this worker's socket, so the worker is
-        // woken on its own core instead of across cores (docs/performance.md, Latency). Without it
-        // the group's hash still delivers everything, so a refusal costs only that.
-        if let Err(e) = s.sock.prefer_cpu(c.id) {
-            tracing::warn!(worker = id, core = c.id, error = %e, "could not set SO_INCOMING_CPU");
-        }
-    }
     #[cfg(test)]
     fault::check(id).map_err(ctx(|| format!("registering worker {id}")))?;
     let w = Worker::new(s).map_err(ctx(|| format!("registering worker {id}")))?;

@@ -80,14 +80,6 @@ impl BatchSocket {
         self.gro
     }
 
-    /// Asks the kernel to give this socket the datagrams for its SO_REUSEPORT group that it
-    /// processes on `cpu` (`SO_INCOMING_CPU`; datagrams processed on a CPU no socket of the group
-    /// asked for go by the group's hash as before). A worker pinned to `cpu` then reads what arrives
-    /// on its own core, woken there rather than across cores.
-    pub fn prefer_cpu(&self, cpu: usize) -> io::Result<()> {
-        self.sock.set_cpu_affinity(cpu)
-    }
-
     /// Stops using GSO (after the kernel refused a GSO send).
     pub fn disable_gso(&mut self) {
         self.gso = false;
@@ -180,60 +172,6 @@ mod tests {
             }
         }
         got
-    }
-
-    /// What the socket holds now: the first byte of every queued datagram.
-    fn drain_markers(rx: &BatchSocket) -> Vec<u8> {
-        let mut slots = vec![vec![0u8; SLOT]; 8];
-        let mut meta = [RecvMeta::default(); 8];
-        let mut got = Vec::new();
-        loop {
-            match rx.recv_batch(&mut slots, 16, &mut meta) {
-                Ok(n) => got.extend((0..n).map(|i| slots[i][16])),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return got,
-                Err(e) => panic!("recv: {e}"),
-            }
-        }
-    }
-
-    #[test]
-    fn a_datagram_goes_to_the_socket_of_the_core_that_processed_it() {
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
-        assert!(
-            cores.len() >= 2,
-            "this test needs two CPUs to run on, the process may use {}",
-            cores.len()
-        );
-        let (c0, c1) = (cores[0], cores[1]);
-        let first = BatchSocket::bind(
-            SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
-            1 << 20,
-            Offload::Off,
-        )
-        .expect("bind");
-        let addr = first.local_addr().expect("addr");
-        let second = BatchSocket::bind(addr, 1 << 20, Offload::Off).expect("bind the same port");
-        first.prefer_cpu(c0.id).expect("SO_INCOMING_CPU");
-        second.prefer_cpu(c1.id).expect("SO_INCOMING_CPU");
-        // Loopback processes a datagram on the sending core, so a sender pinned to a core picks
-        // the socket. One sender socket (one 4-tuple, one hash) for both cores: only the core
-        // can tell the two apart.
-        let sender = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind sender");
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    for (core, marker) in [(c0, 0u8), (c1, 1), (c0, 0), (c1, 1)] {
-                        assert!(core_affinity::set_for_current(core), "pin to {core:?}");
-                        for _ in 0..10 {
-                            sender.send_to(&[marker; 32], addr).expect("send");
-                        }
-                    }
-                })
-                .join()
-                .expect("sender");
-        });
-        assert_eq!(drain_markers(&first), vec![0u8; 20]);
-        assert_eq!(drain_markers(&second), vec![1u8; 20]);
     }
 
     #[test]
