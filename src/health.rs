@@ -24,6 +24,8 @@ pub(crate) struct Status {
     pub(crate) ready: AtomicBool,
     /// The data plane's counters (set once it runs).
     pub(crate) dataplane: OnceLock<StatsSource>,
+    /// The wireguard backend's counters and peers (set once it runs).
+    pub(crate) wireguard: OnceLock<engine::wg::WgStatsSource>,
     /// The control plane's counters (etcd mode).
     pub(crate) control: OnceLock<Box<dyn Fn() -> control::ControlStats + Send + Sync>>,
 }
@@ -41,6 +43,9 @@ pub(crate) fn render_metrics(status: &Status) -> String {
     let mut figures = vec![metrics::ready(status.ready.load(Ordering::Acquire))];
     if let Some(dp) = status.dataplane.get() {
         figures.extend(metrics::dataplane(dp));
+    }
+    if let Some(wg) = status.wireguard.get() {
+        figures.extend(metrics::wireguard(wg));
     }
     if let Some(f) = status.control.get() {
         figures.extend(metrics::control(&f()));

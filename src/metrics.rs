@@ -6,7 +6,8 @@
 //! maximum). docs/operations.md lists them.
 
 use control::ControlStats;
-use engine::stats::{Counter, DropReason};
+use engine::stats::{Counter, DropReason, StatsSnapshot};
+use engine::wg::{PeerStats, WgStatsSource};
 use engine::StatsSource;
 use std::fmt::Write as _;
 
@@ -76,39 +77,7 @@ fn counter_help(c: Counter) -> &'static str {
 
 /// The figures of weft's data plane (udp and userspace-vxlan backends, static mode).
 pub(crate) fn dataplane(dp: &StatsSource) -> Vec<Figure> {
-    let s = dp.snapshot();
-    let mut v: Vec<Figure> = Counter::ALL
-        .iter()
-        .map(|&c| fig(c.name(), Kind::Counter, counter_help(c), s.get(c) as f64))
-        .collect();
-    v.push(fig(
-        "mean_tx_batch",
-        Kind::Gauge,
-        "Mean packets per sendmmsg call since start.",
-        s.mean_tx_batch(),
-    ));
-    v.push(fig(
-        "mean_rx_batch",
-        Kind::Gauge,
-        "Mean datagrams per recvmmsg call since start.",
-        s.mean_rx_batch(),
-    ));
-    v.push(fig(
-        "dropped",
-        Kind::Counter,
-        "Packets dropped, all reasons.",
-        s.dropped_total() as f64,
-    ));
-    for r in DropReason::ALL {
-        v.push(Figure {
-            family: "drops",
-            kind: Kind::Counter,
-            help: "Packets dropped, by reason (docs/operations.md).",
-            label: Some(("reason", r.name().to_string())),
-            value: s.dropped(r) as f64,
-            line: Line::NonZero(format!("drop_{}", r.name())),
-        });
-    }
+    let mut v = counters(&dp.snapshot());
     let routes = dp.routes().load();
     v.push(fig(
         "routes",
@@ -151,13 +120,55 @@ pub(crate) fn dataplane(dp: &StatsSource) -> Vec<Figure> {
             line: Line::NonZero(format!("worker{i}_rx_datagrams")),
         });
     }
-    let ages = dp.heartbeat_ages();
+    v.extend(heartbeats(&dp.heartbeat_ages()));
+    v
+}
+
+/// The counters, mean batch sizes and drops by reason of a snapshot.
+fn counters(s: &StatsSnapshot) -> Vec<Figure> {
+    let mut v: Vec<Figure> = Counter::ALL
+        .iter()
+        .map(|&c| fig(c.name(), Kind::Counter, counter_help(c), s.get(c) as f64))
+        .collect();
     v.push(fig(
+        "mean_tx_batch",
+        Kind::Gauge,
+        "Mean packets per sendmmsg call since start.",
+        s.mean_tx_batch(),
+    ));
+    v.push(fig(
+        "mean_rx_batch",
+        Kind::Gauge,
+        "Mean datagrams per recvmmsg call since start.",
+        s.mean_rx_batch(),
+    ));
+    v.push(fig(
+        "dropped",
+        Kind::Counter,
+        "Packets dropped, all reasons.",
+        s.dropped_total() as f64,
+    ));
+    for r in DropReason::ALL {
+        v.push(Figure {
+            family: "drops",
+            kind: Kind::Counter,
+            help: "Packets dropped, by reason (docs/operations.md).",
+            label: Some(("reason", r.name().to_string())),
+            value: s.dropped(r) as f64,
+            line: Line::NonZero(format!("drop_{}", r.name())),
+        });
+    }
+    v
+}
+
+/// The workers' heartbeats: the slowest (also in the line) and each one (`/metrics` only).
+fn heartbeats(ages: &[std::time::Duration]) -> Vec<Figure> {
+    let mut v = vec![fig(
         "heartbeat_max_age_ms",
         Kind::Gauge,
         "Milliseconds since the slowest worker last went round its loop.",
         ages.iter().max().copied().unwrap_or_default().as_millis() as f64,
-    ));
+    )];
     for (i, a) in ages.iter().enumerate() {
         v.push(Figure {
             family: "worker_heartbeat_age_seconds",
@@ -167,6 +178,93 @@ pub(crate) fn dataplane(dp: &StatsSource) -> Vec<Figure> {
             value: a.as_secs_f64(),
             line: Line::No,
         });
+    }
+    v
+}
+
+/// The figures of the wireguard backend's data plane: its counters and drops, its workers, and
+/// per peer (labelled by the peer's subnet, `/metrics` only) the tunnel's own figures. Each
+/// peer's lock is taken once here, never on the workers' behalf.
+pub(crate) fn wireguard(wg: &WgStatsSource) -> Vec<Figure> {
+    let mut v = counters(&wg.snapshot());
+    v.push(fig(
+        "workers_running",
+        Kind::Gauge,
+        "Worker threads running.",
+        wg.live_workers() as f64,
+    ));
+    v.push(fig(
+        "healthy",
+        Kind::Gauge,
+        "1 while every worker thread runs.",
+        f64::from(u8::from(wg.healthy())),
+    ));
+    v.extend(heartbeats(&wg.heartbeat_ages()));
+    let table = wg.peers();
+    let peers: Vec<(String, PeerStats, u64)> = table
+        .peers()
+        .iter()
+        .map(|p| (p.allowed().to_string(), p.stats(), p.lock_contended()))
+        .collect();
+    v.push(fig(
+        "wg_peers",
+        Kind::Gauge,
+        "WireGuard peers (one per other host's lease).",
+        peers.len() as f64,
+    ));
+    v.push(fig(
+        "wg_peers_with_session",
+        Kind::Gauge,
+        "WireGuard peers with a completed handshake.",
+        peers
+            .iter()
+            .filter(|p| p.1.last_handshake.is_some())
+            .count() as f64,
+    ));
+    v.push(fig(
+        "wg_lock_contended",
+        Kind::Counter,
+        "Times a worker found a peer's lock held by another worker and waited (current peers).",
+        peers.iter().map(|p| p.2).sum::<u64>() as f64,
+    ));
+    type Get = fn(&PeerStats) -> f64;
+    let per_peer: [(&'static str, Kind, &'static str, Get); 4] = [
+        (
+            "wg_peer_last_handshake_seconds",
+            Kind::Gauge,
+            "Seconds since each peer's last completed handshake (-1 before the first).",
+            |s| s.last_handshake.map_or(-1.0, |d| d.as_secs_f64()),
+        ),
+        (
+            "wg_peer_rx_bytes",
+            Kind::Counter,
+            "Bytes of inner packets received from each peer that decrypted.",
+            |s| s.rx_bytes as f64,
+        ),
+        (
+            "wg_peer_tx_bytes",
+            Kind::Counter,
+            "Bytes of inner packets encrypted for each peer.",
+            |s| s.tx_bytes as f64,
+        ),
+        (
+            "wg_peer_loss_ratio",
+            Kind::Gauge,
+            "Estimated share of each peer's data messages lost (0 to 1), from gaps in their counters.",
+            |s| s.loss,
+        ),
+    ];
+    for (family, kind, help, get) in per_peer {
+        for (subnet, st, _) in &peers {
+            v.push(Figure {
+                family,
+                kind,
+                help,
+                label: Some(("subnet", subnet.clone())),
+                value: get(st),
+                line: Line::No,
+            });
+        }
     }
     v
 }

@@ -728,6 +728,9 @@ fn run_etcd(
     if let Some(d) = backend.dataplane() {
         let _ = status.dataplane.set(d);
     }
+    if let Some(w) = backend.wireguard() {
+        let _ = status.wireguard.set(w);
+    }
     let _ = status.control.set(Box::new(handle.stats_fn()));
     let subnet_file_written = match handle.data_plane_ready(mtu) {
         Ok(()) => {

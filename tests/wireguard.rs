@@ -44,9 +44,14 @@ fn key_file(c: &Cluster, i: usize) -> String {
 
 /// Starts weft on host `i` (etcd mode) with its own key file, and waits until it runs.
 fn start_weft(c: &Cluster, i: usize) -> Daemon {
+    start_weft_with(c, i, &[])
+}
+
+/// [`start_weft`] with `extra` arguments.
+fn start_weft_with(c: &Cluster, i: usize, extra: &[&str]) -> Daemon {
     let file = c.subnet_file(i).to_string_lossy().to_string();
     let key = key_file(c, i);
-    let args = [
+    let mut args = vec![
         "run",
         "--iface",
         "ul0",
@@ -55,6 +60,7 @@ fn start_weft(c: &Cluster, i: usize) -> Daemon {
         "--subnet-file",
         &file,
     ];
+    args.extend_from_slice(extra);
     let d = Daemon::start_program(
         c.hosts[i].ns.name(),
         &format!("weft-host{}", i + 1),
@@ -158,16 +164,58 @@ fn wireguard_two_weft_hosts() {
     let Some(mut c) = Cluster::with_etcd(T, 2, &config()) else {
         return;
     };
-    let mut d = vec![start_weft(&c, 0), start_weft(&c, 1)];
+    let mut d = vec![
+        start_weft_with(
+            &c,
+            0,
+            &["--healthz-port", "9102", "--healthz-ip", "127.0.0.1"],
+        ),
+        start_weft(&c, 1),
+    ];
     let keys = [check_host(&c, 0), check_host(&c, 1)];
     assert_ne!(keys[0], keys[1]);
     for i in 0..2 {
         c.attach_container(i);
     }
+    // Per-peer figures in /metrics, labelled by the peer's subnet, move with the traffic.
+    let peer = format!("{{subnet=\"{}\"}}", c.subnet(1));
+    within(Duration::from_secs(10), "host 1 a peer in /metrics", || {
+        metrics(&c, 0, 9102).get("weft_wg_peers") == Some(&1.0)
+    });
+    let m0 = metrics(&c, 0, 9102);
+    let metric = |m: &std::collections::HashMap<String, f64>, k: &str| {
+        *m.get(k)
+            .unwrap_or_else(|| panic!("{k} not in /metrics: {m:?}"))
+    };
+    assert_eq!(metric(&m0, "weft_wg_peers"), 1.0);
+    assert_eq!(metric(&m0, "weft_healthy"), 1.0);
+    assert_eq!(
+        metric(&m0, "weft_drops_total{reason=\"wg_under_load\"}"),
+        0.0
+    );
     c.ping(0, 1, Duration::from_secs(10)).expect("ctr1 → ctr2");
     c.ping(1, 0, Duration::from_secs(10)).expect("ctr2 → ctr1");
     transfer(&c, 0, 1);
     transfer(&c, 1, 0);
+    let m1 = metrics(&c, 0, 9102);
+    for dir in ["rx", "tx"] {
+        let k = format!("weft_wg_peer_{dir}_bytes_total{peer}");
+        assert!(
+            metric(&m1, &k) - metric(&m0, &k) >= TRANSFER_BYTES as f64,
+            "{k}: {} then {}",
+            metric(&m0, &k),
+            metric(&m1, &k)
+        );
+    }
+    let age = metric(&m1, &format!("weft_wg_peer_last_handshake_seconds{peer}"));
+    assert!((0.0..60.0).contains(&age), "handshake age {age}");
+    assert_eq!(metric(&m1, "weft_wg_peers_with_session"), 1.0);
+    assert!(
+        metric(&m1, "weft_tx_packets_total") - metric(&m0, "weft_tx_packets_total") > 1000.0,
+        "{m1:?}"
+    );
+    let loss = metric(&m1, &format!("weft_wg_peer_loss_ratio{peer}"));
+    assert!((0.0..=1.0).contains(&loss), "loss {loss}");
     for x in &d {
         let s = x.stats();
         assert_eq!(s.get("wg_peers"), Some(&1.0), "{s:?}");
@@ -198,6 +246,37 @@ fn wireguard_two_weft_hosts() {
     c.ping(1, 0, Duration::from_secs(10))
         .expect("after restart");
     transfer(&c, 1, 0);
+}
+
+/// `GET /metrics` on 127.0.0.1:`port` in host `i`'s namespace: each sample as `name{labels}` →
+/// value.
+fn metrics(c: &Cluster, i: usize, port: u16) -> std::collections::HashMap<String, f64> {
+    let text = c.hosts[i]
+        .ns
+        .in_thread(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        })
+        .expect("GET /metrics");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (k, v) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad sample {l}"));
+            (
+                k.to_string(),
+                v.parse().unwrap_or_else(|_| panic!("bad value {l}")),
+            )
+        })
+        .collect()
 }
 
 /// wireguard-go in a host namespace, stopped (SIGTERM, then SIGKILL) on drop.

@@ -168,6 +168,10 @@ pub(crate) trait Backend {
     fn stats(&self) -> String;
     /// The data plane's counters, for backends that run weft's workers.
     fn dataplane(&self) -> Option<StatsSource>;
+    /// The wireguard data plane's counters and peers (the wireguard backend only).
+    fn wireguard(&self) -> Option<engine::wg::WgStatsSource> {
+        None
+    }
     /// Stops the data path; returns the final counters for the log. Kernel state (vxlan device,
     /// routes) is left in place, as flannel does, so traffic keeps flowing across a restart.
     fn stop(self: Box<Self>) -> String;

@@ -203,25 +203,18 @@ impl Backend for Wireguard {
     }
 
     fn stats(&self) -> String {
-        let Some(dp) = &self.dp else {
-            return String::new();
-        };
-        let table = self.core.table();
-        let handshaken = table
-            .peers()
-            .iter()
-            .filter(|p| p.last_handshake().is_some())
-            .count();
-        let contended: u64 = table.peers().iter().map(|p| p.lock_contended()).sum();
-        format!(
-            " wg_peers={} wg_peers_with_session={handshaken} wg_lock_contended={contended} {}",
-            table.peers().len(),
-            dp.stats()
-        )
+        self.dp
+            .as_ref()
+            .map(|dp| crate::metrics::line(&crate::metrics::wireguard(&dp.stats_source())))
+            .unwrap_or_default()
     }
 
     fn dataplane(&self) -> Option<StatsSource> {
         None
+    }
+
+    fn wireguard(&self) -> Option<engine::wg::WgStatsSource> {
+        self.dp.as_ref().map(WgDataplane::stats_source)
     }
 
     fn stop(self: Box<Self>) -> String {

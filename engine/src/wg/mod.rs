@@ -24,7 +24,7 @@
 
 mod worker;
 
-pub use worker::{WgDataplane, WgDataplaneConfig};
+pub use worker::{WgDataplane, WgDataplaneConfig, WgStatsSource};
 
 use crate::net::Ipv4Net;
 use crate::route::U32Hasher;
@@ -192,6 +192,31 @@ impl Peer {
     pub fn last_handshake(&self) -> Option<std::time::Duration> {
         self.lock().time_since_last_handshake()
     }
+
+    /// The tunnel's own figures, read under the peer's lock (for a metrics scrape, not per
+    /// packet).
+    pub fn stats(&self) -> PeerStats {
+        let (last_handshake, tx_bytes, rx_bytes, loss, _rtt) = self.lock().stats();
+        PeerStats {
+            last_handshake,
+            tx_bytes: tx_bytes as u64,
+            rx_bytes: rx_bytes as u64,
+            loss: f64::from(loss),
+        }
+    }
+}
+
+/// One peer's figures as its tunnel keeps them (boringtun's `Tunn::stats`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeerStats {
+    /// Time since the last completed handshake (`None` before the first).
+    pub last_handshake: Option<std::time::Duration>,
+    /// Bytes of inner packets encrypted for the peer (plaintext lengths; keepalives add 0).
+    pub tx_bytes: u64,
+    /// Bytes of inner packets the peer sent that decrypted (before weft's own checks).
+    pub rx_bytes: u64,
+    /// Estimated share of data messages lost (0 to 1), from gaps in the received counters.
+    pub loss: f64,
 }
 
 type FastMap<V> = HashMap<u32, V, BuildHasherDefault<U32Hasher>>;

@@ -82,6 +82,44 @@ pub struct WgDataplane {
     tun_offload: bool,
 }
 
+/// A cheap, shareable view of a running WireGuard data plane: its counters, its workers'
+/// health and its peers. Reading it never touches the workers' hot path except for each peer's
+/// lock, taken once per peer by [`Peer::stats`](super::Peer::stats).
+#[derive(Debug, Clone)]
+pub struct WgStatsSource {
+    stats: Vec<Arc<WorkerStats>>,
+    live: Arc<AtomicUsize>,
+    workers: usize,
+    core: Arc<WgCore>,
+}
+
+impl WgStatsSource {
+    /// Counters summed over all workers.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot::sum(self.stats.iter().map(|s| &**s))
+    }
+
+    /// Workers still running.
+    pub fn live_workers(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Whether every worker is still running.
+    pub fn healthy(&self) -> bool {
+        self.live_workers() == self.workers
+    }
+
+    /// Time since each worker last went round its loop.
+    pub fn heartbeat_ages(&self) -> Vec<std::time::Duration> {
+        self.stats.iter().map(|s| s.heartbeat_age()).collect()
+    }
+
+    /// The current peer table.
+    pub fn peers(&self) -> Arc<super::PeerTable> {
+        self.core.table().clone()
+    }
+}
+
 struct LiveGuard(Arc<AtomicUsize>);
 
 impl Drop for LiveGuard {
@@ -179,6 +217,17 @@ impl WgDataplane {
     /// Counters summed over all workers.
     pub fn stats(&self) -> StatsSnapshot {
         StatsSnapshot::sum(self.stats.iter().map(|s| &**s))
+    }
+
+    /// A shareable view of the counters, the workers' health and the peers (for a metrics
+    /// server on another thread).
+    pub fn stats_source(&self) -> WgStatsSource {
+        WgStatsSource {
+            stats: self.stats.clone(),
+            live: Arc::clone(&self.live),
+            workers: self.threads.len(),
+            core: Arc::clone(&self.core),
+        }
     }
 
     /// Number of workers.
