@@ -271,7 +271,8 @@ pub enum RxVerdict<'a> {
         to: SocketAddrV4,
         /// The datagram.
         packet: &'a [u8],
-        /// The peer whose queue may now drain (`None` for a cookie reply to an unknown sender).
+        /// The peer whose queue may now drain (`None` for a cookie reply: the initiation was
+        /// refused under load and counts as a `wg_under_load` drop).
         peer: Option<Arc<Peer>>,
     },
     /// Nothing to do (a keepalive, or a handshake response that completed a session with

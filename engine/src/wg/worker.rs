@@ -705,6 +705,10 @@ impl Worker {
                                 to,
                                 packet,
                             );
+                            if peer.is_none() {
+                                // A cookie reply: the initiation itself is refused under load.
+                                self.stats.drop_packets(DropReason::WgUnderLoad, 1);
+                            }
                             if let Some(peer) = peer {
                                 while let Some(q) = peer.drain_queued(&mut self.control) {
                                     let to = peer.endpoint();
@@ -745,6 +749,10 @@ impl Worker {
                             to,
                             packet,
                         );
+                        if peer.is_none() {
+                            // A cookie reply: the initiation itself is refused under load.
+                            self.stats.drop_packets(DropReason::WgUnderLoad, 1);
+                        }
                         if let Some(peer) = peer {
                             while let Some(q) = peer.drain_queued(&mut self.control) {
                                 let to = peer.endpoint();
