@@ -284,8 +284,39 @@ struct WireguardGo {
     child: Child,
 }
 
+impl WireguardGo {
+    /// Starts wireguard-go in host 2's namespace and waits for its device `dev`.
+    fn start(c: &Cluster, dev: &str) -> WireguardGo {
+        let child = c.hosts[1]
+            .ns
+            .cmd("wireguard-go")
+            .args(["-f", dev])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start wireguard-go");
+        let go = WireguardGo { child };
+        within(
+            Duration::from_secs(10),
+            "wireguard-go creates its device",
+            || c.hosts[1].ns.ip(&["link", "show", dev]).is_ok(),
+        );
+        go
+    }
+
+    /// SIGKILL: no clean shutdown.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for WireguardGo {
     fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            // Already reaped (killed): its pid may belong to another process by now.
+            return;
+        }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         if netns::wait_timeout(&mut self.child, Duration::from_secs(3))
@@ -408,67 +439,18 @@ fn wireguard_interop_with_wireguard_go_and_hostile_input() {
         &format!("{PREFIX}/subnets/10.1.99.0-24"),
         &wg_lease("192.0.2.2", &go_public, 51_820),
     ]);
-    let child = c.hosts[1]
-        .ns
-        .cmd("wireguard-go")
-        .args(["-f", &dev])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start wireguard-go");
-    let _go = WireguardGo { child };
-    within(
-        Duration::from_secs(10),
-        "wireguard-go creates its device",
-        || c.hosts[1].ns.ip(&["link", "show", &dev]).is_ok(),
-    );
-
+    let mut go = WireguardGo::start(&c, &dev);
     let d = start_weft(&c, 0);
     let weft_public = check_host(&c, 0);
     let weft_subnet = c.subnet(0);
-    let h = &c.hosts[1].ns;
-    let ok = |r: std::io::Result<String>, what: &str| {
-        r.unwrap_or_else(|e| panic!("{what}: {e}"));
+    let go_cfg = GoConfig {
+        dev: &dev,
+        key_file: &go_key_file.to_string_lossy(),
+        psk_file: &psk_file.to_string_lossy(),
+        weft_public: &weft_public,
+        weft_subnet: &weft_subnet,
     };
-    ok(
-        h.run(&[
-            "wg",
-            "set",
-            &dev,
-            "private-key",
-            &go_key_file.to_string_lossy(),
-            "listen-port",
-            "51820",
-            "peer",
-            &weft_public,
-            "preshared-key",
-            &psk_file.to_string_lossy(),
-            "endpoint",
-            "192.0.2.1:51820",
-            "persistent-keepalive",
-            "5",
-            "allowed-ips",
-            &weft_subnet,
-        ]),
-        "wg set",
-    );
-    ok(
-        h.ip(&["addr", "add", "10.1.99.0/32", "dev", &dev]),
-        "address",
-    );
-    ok(h.ip(&["link", "set", &dev, "mtu", "1420", "up"]), "link up");
-    ok(
-        h.ip(&[
-            "route",
-            "replace",
-            "10.1.0.0/16",
-            "dev",
-            &dev,
-            "scope",
-            "link",
-        ]),
-        "route",
-    );
+    go_cfg.apply(&c);
     std::fs::write(
         c.subnet_file(1),
         "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.99.1/24\nFLANNEL_MTU=1420\nFLANNEL_IPMASQ=false\n",
@@ -590,6 +572,88 @@ fn wireguard_interop_with_wireguard_go_and_hostile_input() {
     });
     c.ping(1, 0, Duration::from_secs(15)).expect("peer back");
     c.ping(0, 1, Duration::from_secs(5)).expect("peer back");
+
+    // wireguard-go killed and started again with the same key (its device and sessions gone,
+    // weft still holds the old session): configured again as flannel would, traffic resumes
+    // both ways over a new handshake.
+    go.kill();
+    within(
+        Duration::from_secs(10),
+        "wireguard-go's device gone",
+        || c.hosts[1].ns.ip(&["link", "show", &dev]).is_err(),
+    );
+    let sessions = d.stat("wg_peers_with_session");
+    assert_eq!(sessions, 1.0, "weft keeps the old session");
+    go = WireguardGo::start(&c, &dev);
+    go_cfg.apply(&c);
+    c.ping(1, 0, Duration::from_secs(15))
+        .expect("wireguard-go → weft after its restart");
+    c.ping(0, 1, Duration::from_secs(15))
+        .expect("weft → wireguard-go after its restart");
+    transfer(&c, 0, 1);
+    drop(go);
+}
+
+/// How flannel's kernel peer is set up, applied to wireguard-go's device.
+struct GoConfig<'a> {
+    dev: &'a str,
+    key_file: &'a str,
+    psk_file: &'a str,
+    weft_public: &'a str,
+    weft_subnet: &'a str,
+}
+
+impl GoConfig<'_> {
+    /// `wg set` (key, port, the weft peer with PSK, endpoint, keepalive, allowed IPs), the
+    /// device's address, MTU and the overlay route, in host 2's namespace.
+    fn apply(&self, c: &Cluster) {
+        let h = &c.hosts[1].ns;
+        let ok = |r: std::io::Result<String>, what: &str| {
+            r.unwrap_or_else(|e| panic!("{what}: {e}"));
+        };
+        ok(
+            h.run(&[
+                "wg",
+                "set",
+                self.dev,
+                "private-key",
+                self.key_file,
+                "listen-port",
+                "51820",
+                "peer",
+                self.weft_public,
+                "preshared-key",
+                self.psk_file,
+                "endpoint",
+                "192.0.2.1:51820",
+                "persistent-keepalive",
+                "5",
+                "allowed-ips",
+                self.weft_subnet,
+            ]),
+            "wg set",
+        );
+        ok(
+            h.ip(&["addr", "add", "10.1.99.0/32", "dev", self.dev]),
+            "address",
+        );
+        ok(
+            h.ip(&["link", "set", self.dev, "mtu", "1420", "up"]),
+            "link up",
+        );
+        ok(
+            h.ip(&[
+                "route",
+                "replace",
+                "10.1.0.0/16",
+                "dev",
+                self.dev,
+                "scope",
+                "link",
+            ]),
+            "route",
+        );
+    }
 }
 
 /// A handshake initiation (148 bytes) from no known peer whose MAC1 is valid for `responder`'s
