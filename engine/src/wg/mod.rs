@@ -713,6 +713,16 @@ mod tests {
         let p = pair(Some([9; 32]));
         let first = handshake(&p);
         assert_eq!(first, ipv4([10, 1, 1, 5], [10, 1, 2, 7], b"hello"));
+        // The tunnels' own figures: the queued packet counted once each side.
+        let a_peer = Arc::clone(&p.a.table().peers()[0]);
+        let b_peer = Arc::clone(&p.b.table().peers()[0]);
+        let (sa, sb) = (a_peer.stats(), b_peer.stats());
+        assert!(sa.last_handshake.is_some() && sb.last_handshake.is_some());
+        assert_eq!(
+            (sa.tx_bytes, sb.rx_bytes),
+            (first.len() as u64, first.len() as u64)
+        );
+        assert_eq!((sa.rx_bytes, sb.tx_bytes), (0, 0));
         let mut out = vec![0u8; 2048];
         let mut out2 = vec![0u8; 2048];
         let back = ipv4([10, 1, 2, 7], [10, 1, 1, 5], b"world");
