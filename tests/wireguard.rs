@@ -694,11 +694,15 @@ fn cpu_time(pid: i32) -> Duration {
 /// A flood of handshake initiations with a valid MAC1 (so they pass the cheap check and reach
 /// the rate limiter) at about 10 000 a second, far above the limit of 100 a second: weft answers
 /// with cookie replies instead of doing the Diffie-Hellman of each, counts `wg_under_load`, its
-/// CPU time over the flood stays bounded, and the real peer's pings go on during the flood.
+/// CPU time over the flood stays bounded, and the real peer's pings go on during the flood. Then,
+/// the flood going on, the peer restarts: its new handshake is answered with a cookie, and it gets
+/// through by proving its address with that cookie (MAC2), so traffic comes back.
 #[test]
 fn wireguard_handshake_flood_gets_cookies() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
     const T: &str = "wireguard_handshake_flood_gets_cookies";
-    /// Flood length.
+    /// Length of the measured part of the flood.
     const FLOOD: Duration = Duration::from_secs(4);
     if !tools(T) {
         return;
@@ -706,7 +710,7 @@ fn wireguard_handshake_flood_gets_cookies() {
     let Some(mut c) = Cluster::with_etcd(T, 2, &config()) else {
         return;
     };
-    let d = [start_weft(&c, 0), start_weft(&c, 1)];
+    let mut d = vec![start_weft(&c, 0), start_weft(&c, 1)];
     let public = check_host(&c, 0);
     let public: [u8; 32] = {
         use base64::Engine as _;
@@ -722,7 +726,8 @@ fn wireguard_handshake_flood_gets_cookies() {
     c.ping(1, 0, Duration::from_secs(10)).expect("ctr2 → ctr1");
     let before = d[0].stats();
 
-    // The flooder: a socket in host 2's namespace, and a thread counting what comes back.
+    // The flooder: a socket in host 2's namespace, a thread sending at about 10 000 a second
+    // until told to stop, and a thread counting what comes back.
     let sock = c.hosts[1]
         .ns
         .in_thread(|| UdpSocket::bind("0.0.0.0:0"))
@@ -742,6 +747,33 @@ fn wireguard_handshake_flood_gets_cookies() {
         }
         (cookies, other)
     });
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let flooder = {
+        let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..100 {
+                    let m = initiation_with_mac1(&public, n);
+                    if sock.send_to(&m, "192.0.2.1:51820").is_ok() {
+                        n += 1;
+                    }
+                }
+                sent.store(n, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    // Stops the flood also when an assertion fails first.
+    struct StopFlood(Arc<AtomicBool>);
+    impl Drop for StopFlood {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let stop_guard = StopFlood(Arc::clone(&stop));
+
     let ping = c.hosts[1]
         .ctr
         .cmd("ping")
@@ -760,47 +792,22 @@ fn wireguard_handshake_flood_gets_cookies() {
         .spawn()
         .expect("start ping");
     let cpu0 = cpu_time(d[0].pid());
-    let start = std::time::Instant::now();
-    let mut sent = 0u64;
-    while start.elapsed() < FLOOD {
-        for _ in 0..100 {
-            let m = initiation_with_mac1(&public, sent);
-            if sock.send_to(&m, "192.0.2.1:51820").is_ok() {
-                sent += 1;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (start, sent0) = (std::time::Instant::now(), sent.load(Ordering::Relaxed));
+    std::thread::sleep(FLOOD);
     let wall = start.elapsed();
     let cpu = cpu_time(d[0].pid()).saturating_sub(cpu0);
+    let flooded = sent.load(Ordering::Relaxed) - sent0;
     let out = ping.wait_with_output().expect("ping output");
-    let (cookies, other) = counter.join().expect("counter thread");
     let text = String::from_utf8_lossy(&out.stdout);
     let received: u32 = text
         .split(", ")
         .find_map(|p| p.strip_suffix(" received"))
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    let after = d[0].stats();
-    let count =
-        |s: &std::collections::HashMap<String, f64>, k: &str| s.get(k).copied().unwrap_or(0.0);
-    let under_load = count(&after, "drop_wg_under_load") - count(&before, "drop_wg_under_load");
     let share = cpu.as_secs_f64() / wall.as_secs_f64();
     eprintln!(
-        "{T}: {sent} initiations in {wall:?}; {cookies} cookie replies received ({other} other), \
-         wg_under_load +{under_load}; weft's CPU {cpu:?} ({share:.2} of a core); ping {received}/20"
-    );
-    // At most 100 a second (and the first second's) get past the limiter to the DH.
-    let limit = 100.0 * (wall.as_secs_f64() + 2.0);
-    assert!(
-        under_load >= sent as f64 - limit,
-        "wg_under_load +{under_load} for {sent} initiations"
-    );
-    // Each reply is one datagram back to the flooder; its socket buffer may overflow, so only
-    // most must arrive.
-    assert!(
-        cookies as f64 >= (sent as f64 - limit) / 2.0,
-        "{cookies} cookie replies for {sent} initiations"
+        "{T}: {flooded} initiations in {wall:?}; weft's CPU {cpu:?} ({share:.2} of a core); \
+         ping {received}/20"
     );
     // A Diffie-Hellman per initiation (tens of microseconds each) would take more than a quarter
     // of a core at this rate; a MAC check and a cookie reply take a few microseconds.
@@ -812,8 +819,40 @@ fn wireguard_handshake_flood_gets_cookies() {
         received >= 18,
         "the real peer's pings during the flood: {text}"
     );
+
+    // Host 2 restarts during the flood: it has no session, and weft is under load.
+    assert!(d.remove(1).stop().success());
+    d.push(start_weft(&c, 1));
+    let back = c
+        .ping(1, 0, Duration::from_secs(30))
+        .expect("a new handshake through the cookie during the flood");
     c.ping(0, 1, Duration::from_secs(5))
-        .expect("after the flood");
+        .expect("ctr1 → ctr2 during the flood");
+    drop(stop_guard);
+    flooder.join().expect("flooder thread");
+    let sent = sent.load(Ordering::Relaxed);
+    let total = start.elapsed();
+    let (cookies, other) = counter.join().expect("counter thread");
+    let after = d[0].stats();
+    let count =
+        |s: &std::collections::HashMap<String, f64>, k: &str| s.get(k).copied().unwrap_or(0.0);
+    let under_load = count(&after, "drop_wg_under_load") - count(&before, "drop_wg_under_load");
+    eprintln!(
+        "{T}: restarted peer back after {back:?}; {sent} initiations in all, {cookies} cookie \
+         replies received ({other} other), wg_under_load +{under_load}"
+    );
+    // At most 100 a second (and those of the second under way) get past the limiter.
+    let limit = 100.0 * (total.as_secs_f64() + 2.0);
+    assert!(
+        under_load >= sent as f64 - limit,
+        "wg_under_load +{under_load} for {sent} initiations"
+    );
+    // Each reply is one datagram back to the flooder; its socket buffer may overflow, so only
+    // most must arrive.
+    assert!(
+        cookies as f64 >= (sent as f64 - limit) / 2.0,
+        "{cookies} cookie replies for {sent} initiations"
+    );
 }
 
 /// Rekeying during steady traffic: boringtun starts a new handshake once a session is older than
