@@ -40,6 +40,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// WireGuard message types (the first byte of every message).
+const MSG_HANDSHAKE_RESPONSE: u8 = 2;
+/// A cookie reply.
+const MSG_COOKIE_REPLY: u8 = 3;
+/// A transport data message (a keepalive is one with no payload).
+const MSG_DATA: u8 = 4;
+
 /// Bytes WireGuard adds to an IPv4 inner packet on an IPv4 underlay at most: 20 IP + 8 UDP +
 /// 16 header + 16 tag + up to 15 padding. flannel subtracts 80 (room for an IPv6 underlay).
 pub const MTU_OVERHEAD: u32 = 80;
@@ -563,14 +570,22 @@ impl WgCore {
             let mut t = peer.lock();
             t.decapsulate(Some(IpAddr::V4(*src.ip())), datagram, out)
         };
+        // Roaming follows only what authenticates the peer: a data message (a keepalive ends in
+        // `Done`), a handshake response, or an initiation we answer with a response. A cookie
+        // reply (message type 3, ours or the peer's) proves nothing about who sent the datagram:
+        // an off-path sender could otherwise move the endpoint.
         match verdict {
             TunnResult::Err(e) => RxVerdict::Drop(drop_reason(&e)),
             TunnResult::Done => {
-                peer.endpoint.store(pack(src), Ordering::Relaxed);
+                if matches!(datagram.first(), Some(&(MSG_HANDSHAKE_RESPONSE | MSG_DATA))) {
+                    peer.endpoint.store(pack(src), Ordering::Relaxed);
+                }
                 RxVerdict::Done(Some(Arc::clone(peer)))
             }
             TunnResult::WriteToNetwork(p) => {
-                peer.endpoint.store(pack(src), Ordering::Relaxed);
+                if p.first() != Some(&MSG_COOKIE_REPLY) {
+                    peer.endpoint.store(pack(src), Ordering::Relaxed);
+                }
                 RxVerdict::Reply {
                     to: src,
                     packet: p,

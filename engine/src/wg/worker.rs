@@ -329,6 +329,9 @@ struct Worker {
     /// Their datagrams, and each one's length and destination.
     tx_out: Vec<Vec<u8>>,
     tx_len: Box<[usize]>,
+    /// Per tx datagram: the inner packet's length if it carries one (0 for handshakes,
+    /// keepalives and cookies), counted once the kernel took it.
+    tx_data_len: Box<[usize]>,
     tx_dst: Box<[SocketAddrV4]>,
     msgs: Vec<SendMsg>,
     rx: Vec<Vec<u8>>,
@@ -400,6 +403,7 @@ impl Worker {
             gro: tun_rs::GROTable::new(),
             tx_out: vec![vec![0u8; sealed]; tx_slots],
             tx_len: vec![0; tx_slots].into_boxed_slice(),
+            tx_data_len: vec![0; tx_slots].into_boxed_slice(),
             tx_dst: vec![unspec; tx_slots].into_boxed_slice(),
             msgs: Vec::with_capacity(tx_slots),
             rx: vec![vec![0u8; RX_SLOT]; batch],
@@ -549,10 +553,7 @@ impl Worker {
                     TxVerdict::Send { to, packet, data } => {
                         self.tx_len[n] = packet.len();
                         self.tx_dst[n] = to;
-                        if data {
-                            self.stats.add(Counter::TxPackets, 1);
-                            self.stats.add(Counter::TxBytes, len as u64);
-                        }
+                        self.tx_data_len[n] = if data { len } else { 0 };
                         n += 1;
                     }
                     TxVerdict::Queued => {}
@@ -583,14 +584,29 @@ impl Worker {
                 .sock
                 .send_batch(&self.msgs[at..], |i| &out[i][..lens[i]])
             {
+                Ok(0) => {
+                    // Should not happen for UDP; never spin on it.
+                    let lost: usize = self.msgs[at..].iter().map(|m| m.count).sum();
+                    self.stats.drop_packets(DropReason::SendFailed, lost as u64);
+                    break;
+                }
                 Ok(k) => {
                     self.stats.add(Counter::TxBatches, 1);
+                    let (mut packets, mut bytes) = (0u64, 0u64);
                     for m in &self.msgs[at..at + k] {
                         if m.count > 1 {
                             self.stats.add(Counter::TxGsoSends, 1);
                         }
+                        for &len in &self.tx_data_len[m.first..m.first + m.count] {
+                            if len > 0 {
+                                packets += 1;
+                                bytes += len as u64;
+                            }
+                        }
                     }
-                    at += k.max(1);
+                    self.stats.add(Counter::TxPackets, packets);
+                    self.stats.add(Counter::TxBytes, bytes);
+                    at += k;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
