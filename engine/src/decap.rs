@@ -66,6 +66,10 @@ impl From<wire::Error> for DropReason {
             wire::Error::LengthMismatch => DropReason::LengthMismatch,
             wire::Error::BadChecksum => DropReason::BadChecksum,
             wire::Error::BadFlags => DropReason::VxlanBadHeader,
+            wire::Error::NotIpv6 => DropReason::NotIpv6,
+            wire::Error::Jumbo => DropReason::Ipv6Jumbo,
+            wire::Error::ExtChainTooLong => DropReason::Ipv6ExtChainTooLong,
+            wire::Error::BadExtHeader => DropReason::Ipv6BadExtHeader,
         }
     }
 }

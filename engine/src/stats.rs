@@ -59,11 +59,21 @@ pub enum DropReason {
     /// time). Device-wide, not per worker: read from the device's statistics when the counters are
     /// read, since the data plane started.
     TunTxDropped,
+    /// Inner packet carried as IPv6 (ethertype 0x86DD) whose version nibble is not 6.
+    NotIpv6,
+    /// IPv6 jumbogram (RFC 2675): payload length 0 with a hop-by-hop header, or a jumbo payload
+    /// option; weft forwards no packet above 65 535 bytes.
+    Ipv6Jumbo,
+    /// IPv6 extension-header chain longer than `wire::ipv6::MAX_EXT_HEADERS`.
+    Ipv6ExtChainTooLong,
+    /// IPv6 extension header malformed: running past the packet is `Truncated`; this is a
+    /// hop-by-hop header anywhere but first.
+    Ipv6BadExtHeader,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 21] = [
+    pub const ALL: [DropReason; 25] = [
         DropReason::Truncated,
         DropReason::NotIpv4,
         DropReason::BadHeaderLen,
@@ -85,6 +95,10 @@ impl DropReason {
         DropReason::RecvTruncated,
         DropReason::SocketRxOverflow,
         DropReason::TunTxDropped,
+        DropReason::NotIpv6,
+        DropReason::Ipv6Jumbo,
+        DropReason::Ipv6ExtChainTooLong,
+        DropReason::Ipv6BadExtHeader,
     ];
 
     /// Stable snake_case name used in logs and metrics.
@@ -111,6 +125,10 @@ impl DropReason {
             DropReason::RecvTruncated => "recv_truncated",
             DropReason::SocketRxOverflow => "udp_rcvbuf_overflow",
             DropReason::TunTxDropped => "tun_tx_dropped",
+            DropReason::NotIpv6 => "not_ipv6",
+            DropReason::Ipv6Jumbo => "ipv6_jumbo",
+            DropReason::Ipv6ExtChainTooLong => "ipv6_ext_chain_too_long",
+            DropReason::Ipv6BadExtHeader => "ipv6_bad_ext_header",
         }
     }
 }
