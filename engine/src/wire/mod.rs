@@ -11,6 +11,7 @@
 //! at all) and VXLAN as Linux's vxlan driver speaks it ([`vxlan`]).
 
 pub mod icmp;
+pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
 pub mod l4;
