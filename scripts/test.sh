@@ -17,12 +17,13 @@ fi
 # Debian packages the tests use: ip/bridge (iproute2), ping, iperf3, etcd + etcdctl, iptables,
 # nft (nftables, for EnableNFTables), openssl (test certificates), ethtool (veth offload
 # settings), dockerd + docker CLI (docker.io) and a static busybox for the offline container
-# image (busybox-static); and what the build needs (protoc and protobuf's .proto includes for
+# image (busybox-static), wireguard-go and wg (wireguard-tools) for the wireguard interop tests;
+# and what the build needs (protoc and protobuf's .proto includes for
 # etcd-client's build, cc).
 . scripts/lib/packages.sh
 # shellcheck disable=SC2207
 packages=(iproute2 iputils-ping iperf3 etcd-server etcd-client iptables nftables openssl ethtool
-  docker.io busybox-static $(build_packages))
+  docker.io busybox-static wireguard-go wireguard-tools $(build_packages))
 ensure_packages "$(mktemp)" "${packages[@]}"
 # Debian's etcd-server and docker.io start services on hosts with systemd; the tests start their
 # own etcd on free ports and their own dockerd in test namespaces (own sockets and directories).

@@ -568,6 +568,7 @@ fn create_backend(
     let uses_engine = match &config.backend {
         control::Backend::Udp { .. } => true,
         control::Backend::Vxlan(v) => v.userspace,
+        control::Backend::Wireguard(_) => true,
         _ => false,
     };
     if let Some(flag) = host

@@ -53,6 +53,17 @@ pub(crate) enum Mode {
     /// MTU 1450).
     #[value(name = "weft-vxlan")]
     WeftVxlan,
+    /// WireGuard on both hosts in userspace with Debian's `wireguard-go`, peers set with `wg set`
+    /// as flannel's wireguard backend sets them (MTU 1420).
+    #[value(name = "wireguard-go")]
+    WireguardGo,
+    /// WireGuard on both hosts with `boringtun-cli` (`cargo install boringtun-cli`), set up as
+    /// for wireguard-go (MTU 1420).
+    #[value(name = "boringtun")]
+    Boringtun,
+    /// `weft run` with the wireguard backend on both hosts, with an etcd in host_a (MTU 1420).
+    #[value(name = "weft-wg")]
+    WeftWg,
 }
 
 impl fmt::Display for Mode {
@@ -259,10 +270,12 @@ fn run(mut args: Args) -> Result<ExitCode> {
             bail!("`{tool}` not found; apt-get install -y {pkg}");
         }
     }
-    let needs_weft = args
-        .modes
-        .iter()
-        .any(|m| matches!(m, Mode::Weft | Mode::Weft1w | Mode::WeftVxlan));
+    let needs_weft = args.modes.iter().any(|m| {
+        matches!(
+            m,
+            Mode::Weft | Mode::Weft1w | Mode::WeftVxlan | Mode::WeftWg
+        )
+    });
     let weft = if needs_weft {
         Some(find_weft(args.weft.as_deref())?)
     } else {

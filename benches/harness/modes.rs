@@ -19,6 +19,12 @@ use crate::Mode;
 
 /// How long the containers may take to reach each other after setup.
 const PING_WAIT: Duration = Duration::from_secs(20);
+/// Container MTU over WireGuard (flannel: base MTU − 80).
+const WG_MTU: u32 = 1420;
+/// WireGuard's port as flannel's wireguard backend uses it.
+const WG_PORT: &str = "51820";
+/// etcd's client URL in the weft-wg mode (etcd runs in host_a).
+const WG_ETCD_URL: &str = "http://192.0.2.1:2379";
 /// How long weft may take to exit after SIGTERM.
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
@@ -132,12 +138,242 @@ impl Setup {
                     });
                 }
             }
+            Mode::WireguardGo | Mode::Boringtun => {
+                s.topo.set_container_mtu(WG_MTU)?;
+                let bin = if mode == Mode::WireguardGo {
+                    "wireguard-go"
+                } else {
+                    "boringtun-cli"
+                };
+                s.start_userspace_wireguard(bin, ctx)?;
+            }
+            Mode::WeftWg => {
+                s.topo.set_container_mtu(WG_MTU)?;
+                let bin = ctx
+                    .weft
+                    .context("weft modes need the weft binary (--weft PATH)")?;
+                s.start_weft_wg(bin, ctx)?;
+            }
         }
         if let Err(e) = s.topo.wait_ping(PING_WAIT) {
             s.check_alive()?;
             return Err(e).context(format!("{mode} set up, but ctr_a cannot ping ctr_b"));
         }
         Ok(s)
+    }
+
+    /// Starts `bin` (wireguard-go or boringtun-cli) in the foreground on both hosts and programs
+    /// each as flannel programs its peer: `wg set` with key, listen port, the other host's key,
+    /// endpoint and subnet as allowed IPs; the subnet's network address /32, MTU 1420, and the
+    /// overlay network routed through the device (scope link).
+    fn start_userspace_wireguard(&mut self, bin: &str, ctx: &Ctx<'_>) -> Result<()> {
+        let keys: Vec<(String, String)> = (0..2)
+            .map(|_| {
+                let private = wg_tool(&["genkey"], "")?;
+                let public = wg_tool(&["pubkey"], &private)?;
+                Ok((private, public))
+            })
+            .collect::<Result<_>>()?;
+        let hosts = [
+            ("a", netns::SUBNET_A, netns::HOST_B_UL, netns::SUBNET_B),
+            ("b", netns::SUBNET_B, netns::HOST_A_UL, netns::SUBNET_A),
+        ];
+        for (i, (host, subnet, peer_ip, peer_subnet)) in hosts.into_iter().enumerate() {
+            let ns = if host == "a" {
+                &self.topo.host_a
+            } else {
+                &self.topo.host_b
+            };
+            // UAPI sockets live in /var/run/wireguard/<dev>.sock, shared by all namespaces.
+            let dev = format!("wgb{host}{}", std::process::id() % 100_000);
+            let log = ctx
+                .log_dir
+                .join(format!("{}-{bin}-host{host}.log", ctx.tag));
+            let f = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+            let mut cmd = ns.cmd(bin);
+            if bin == "boringtun-cli" {
+                cmd.args(["--disable-drop-privileges", "--threads", "2"]);
+            }
+            cmd.args(["-f", &dev])
+                .env("WG_PROCESS_FOREGROUND", "1")
+                .stdin(Stdio::null())
+                .stdout(f.try_clone()?)
+                .stderr(f)
+                .process_group(0);
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("spawn {bin} (not installed?)"))?;
+            self.daemons.push(Daemon {
+                host: if host == "a" { "host_a" } else { "host_b" },
+                child,
+                log,
+            });
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while ns.ip(&["link", "show", &dev]).is_err() {
+                if let Some(d) = self.daemons.last_mut() {
+                    if let Some(st) = d.child.try_wait()? {
+                        bail!(
+                            "{bin} exited early ({st}); log {}:\n{}",
+                            d.log.display(),
+                            tail(&d.log)
+                        );
+                    }
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!("{bin} did not create {dev} within 10 s");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let key_file = ctx
+                .log_dir
+                .join(format!("{}-{bin}-host{host}.key", ctx.tag));
+            std::fs::write(&key_file, &keys[i].0)?;
+            let endpoint = format!("{peer_ip}:{WG_PORT}");
+            run(ns.cmd("wg").args([
+                "set",
+                &dev,
+                "private-key",
+                &key_file.to_string_lossy(),
+                "listen-port",
+                WG_PORT,
+                "peer",
+                &keys[1 - i].1,
+                "endpoint",
+                &endpoint,
+                "allowed-ips",
+                peer_subnet,
+            ]))?;
+            let addr = subnet.replace("0/24", "0/32");
+            ns.ip(&["addr", "add", &addr, "dev", &dev])?;
+            ns.ip(&["link", "set", &dev, "mtu", &WG_MTU.to_string(), "up"])?;
+            ns.ip(&[
+                "route",
+                "replace",
+                netns::OVERLAY_NET,
+                "dev",
+                &dev,
+                "scope",
+                "link",
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Starts an etcd in host_a (client URL [`WG_ETCD_URL`]), writes a wireguard network config
+    /// and both hosts' leases (so that each weft takes the subnet the topology's containers use:
+    /// a daemon reuses a lease with its public IP), then `weft run` on both hosts.
+    fn start_weft_wg(&mut self, bin: &Path, ctx: &Ctx<'_>) -> Result<()> {
+        let data = ctx.log_dir.join(format!("{}-etcd-data", ctx.tag));
+        let _ = std::fs::remove_dir_all(&data);
+        let log = ctx.log_dir.join(format!("{}-etcd.log", ctx.tag));
+        let f = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let peer_url = "http://192.0.2.1:2380";
+        let child = self
+            .topo
+            .host_a
+            .cmd("etcd")
+            .args([
+                "--name",
+                "bench",
+                "--data-dir",
+                &data.to_string_lossy(),
+                "--listen-client-urls",
+                WG_ETCD_URL,
+                "--advertise-client-urls",
+                WG_ETCD_URL,
+                "--listen-peer-urls",
+                peer_url,
+                "--initial-advertise-peer-urls",
+                peer_url,
+                "--initial-cluster",
+                &format!("bench={peer_url}"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .process_group(0)
+            .spawn()
+            .context("spawn etcd (apt-get install etcd-server etcd-client)")?;
+        self.daemons.push(Daemon {
+            host: "host_a (etcd)",
+            child,
+            log,
+        });
+        let etcdctl = |args: &[&str]| {
+            run(self
+                .topo
+                .host_a
+                .cmd("etcdctl")
+                .args(["--endpoints", WG_ETCD_URL, "--dial-timeout=1s"])
+                .args(args))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while etcdctl(&["endpoint", "health"]).is_err() {
+            if std::time::Instant::now() > deadline {
+                bail!("etcd in host_a not healthy within 15 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        etcdctl(&[
+            "put",
+            "/coreos.com/network/config",
+            r#"{"Network":"10.1.0.0/16","SubnetLen":24,"Backend":{"Type":"wireguard"}}"#,
+        ])?;
+        for (subnet, ip) in [
+            (netns::SUBNET_A, netns::HOST_A_UL),
+            (netns::SUBNET_B, netns::HOST_B_UL),
+        ] {
+            etcdctl(&[
+                "put",
+                &format!("/coreos.com/network/subnets/{}", subnet.replace('/', "-")),
+                &format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"wireguard"}}"#),
+            ])?;
+        }
+        for host in ["a", "b"] {
+            let ns = if host == "a" {
+                &self.topo.host_a
+            } else {
+                &self.topo.host_b
+            };
+            let log = ctx
+                .log_dir
+                .join(format!("{}-weft-wg-host{host}.log", ctx.tag));
+            let env_file = ctx
+                .log_dir
+                .join(format!("{}-weft-wg-host{host}.env", ctx.tag));
+            let key_file = ctx
+                .log_dir
+                .join(format!("{}-weft-wg-host{host}.key", ctx.tag));
+            let _ = std::fs::remove_file(&key_file);
+            let f = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+            let mut cmd = ns.cmd(&bin.to_string_lossy());
+            cmd.args([
+                "run",
+                "--iface",
+                "ul0",
+                "--etcd-endpoints",
+                WG_ETCD_URL,
+                "--subnet-file",
+                &env_file.to_string_lossy(),
+            ])
+            .args(ctx.weft_args)
+            .env("WIREGUARD_KEY_FILE", &key_file)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .process_group(0);
+            let child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
+            self.daemons.push(Daemon {
+                host: if host == "a" { "host_a" } else { "host_b" },
+                child,
+                log,
+            });
+        }
+        Ok(())
     }
 
     /// Fails (with the end of its log) if a daemon has exited.
@@ -170,6 +406,8 @@ impl Setup {
         for d in &mut self.daemons {
             match netns::wait_timeout(&mut d.child, STOP_WAIT) {
                 Ok(Some(st)) if st.success() => {}
+                // etcd ends on SIGTERM by the signal's default action, not with status 0.
+                Ok(Some(_)) if d.host.contains("etcd") => {}
                 Ok(Some(st)) => warnings.push(format!(
                     "weft in {} exited with {st} after SIGTERM; log {}",
                     d.host,
@@ -202,4 +440,40 @@ fn tail(p: &Path) -> String {
     let s = std::fs::read_to_string(p).unwrap_or_default();
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(5)..].join("\n")
+}
+
+/// Runs `cmd` to completion within ten seconds; its stdout, or an error with its stderr.
+fn run(cmd: &mut std::process::Command) -> Result<String> {
+    let out = netns::output_timeout(cmd, Duration::from_secs(10))
+        .with_context(|| format!("run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `wg <args>` with `input` on its stdin.
+fn wg_tool(args: &[&str], input: &str) -> Result<String> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("wg")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run wg (apt-get install wireguard-tools)")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "wg {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }

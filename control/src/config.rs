@@ -48,6 +48,8 @@ pub enum Backend {
     Alloc,
     /// flannel's extension backend: runs the configured commands.
     Extension(ExtensionConfig),
+    /// flannel's wireguard backend, carried by weft's engine (`crate::wireguard`).
+    Wireguard(crate::wireguard::WireguardConfig),
 }
 
 /// The `extension` backend section (flannel's anonymous config struct, keys matched
@@ -522,6 +524,7 @@ impl NetworkConfig {
         match &self.backend {
             Backend::Udp { port } => Some(*port),
             Backend::Vxlan(v) => Some(v.port),
+            Backend::Wireguard(w) => Some(w.listen_port),
             Backend::HostGw | Backend::Alloc | Backend::Extension(_) => None,
         }
     }
@@ -595,6 +598,7 @@ fn parse_backend(v: Option<&Value>) -> Result<Backend, Error> {
         // flannel's alloc backend reads no options.
         "alloc" => Ok(Backend::Alloc),
         "extension" => parse_extension(&obj).map(Backend::Extension),
+        "wireguard" => crate::wireguard::parse(&obj).map(Backend::Wireguard),
         _ => Err(Error::UnsupportedBackend { backend_type }),
     }
 }
@@ -1305,8 +1309,8 @@ mod tests {
     fn unsupported_backends_named() {
         for (text, ty) in [
             (
-                r#"{"Network":"10.1.0.0/16","Backend":{"Type":"wireguard"}}"#,
-                "wireguard",
+                r#"{"Network":"10.1.0.0/16","Backend":{"Type":"ipsec"}}"#,
+                "ipsec",
             ),
             (
                 r#"{"Network":"10.1.0.0/16","Backend":{"Type":"IPIP"}}"#,

@@ -30,7 +30,7 @@ pub enum Error {
         reason: String,
     },
     /// The config names a backend weft does not implement.
-    #[error("invalid network config: Backend.Type={backend_type:?}: backend type not supported by weft (supported: \"udp\", \"vxlan\", \"host-gw\", \"alloc\", \"extension\")")]
+    #[error("invalid network config: Backend.Type={backend_type:?}: backend type not supported by weft (supported: \"udp\", \"vxlan\", \"host-gw\", \"alloc\", \"extension\", \"wireguard\")")]
     UnsupportedBackend {
         /// The `Backend.Type` as written.
         backend_type: String,

@@ -28,6 +28,7 @@ pub mod registry;
 pub mod subnet;
 #[cfg(test)]
 mod testing;
+pub mod wireguard;
 
 pub use config::{Backend, ExtensionConfig, NetworkConfig, VxlanConfig};
 pub use error::Error;

@@ -1106,12 +1106,12 @@ mod tests {
             assert_eq!(cfg.expect("config appears").subnet_len, 24);
 
             let bad = MemRegistry::new();
-            bad.set_config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"wireguard"}}"#);
+            bad.set_config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"ipsec"}}"#);
             let mut m = SubnetManager::new(bad, opts(ME));
             let e = m
                 .wait_for_config(&mut stop)
                 .await
-                .expect_err("wireguard refused");
+                .expect_err("ipsec refused");
             assert!(matches!(e, Error::UnsupportedBackend { .. }));
         });
     }

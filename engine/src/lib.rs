@@ -9,6 +9,8 @@
 //!
 //! Both use the same workers, batching, UDP GSO/GRO, TUN offloads and route snapshots; the wire
 //! format only decides the header written into each packet's headroom and checked on receipt.
+//! WireGuard ([`wg`], flannel's wireguard backend) has workers of its own built the same way,
+//! around boringtun's per-peer protocol state.
 //!
 //! ```text
 //!             ┌──────────── worker 0 (pinned to core 0) ────────────┐
@@ -41,6 +43,7 @@ pub mod stats;
 mod sys;
 pub mod tun;
 pub mod udp;
+pub mod wg;
 pub mod wire;
 mod worker;
 

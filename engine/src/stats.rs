@@ -60,6 +60,26 @@ pub enum DropReason {
     /// time). Device-wide, not per worker: read from the device's statistics when the counters are
     /// read, since the data plane started.
     TunTxDropped,
+    /// WireGuard: not a WireGuard message (unknown type, wrong length).
+    WgBadPacket,
+    /// WireGuard: handshake message whose MAC does not verify against our public key.
+    WgBadMac,
+    /// WireGuard: message whose authentication tag does not verify (forged, corrupted, or a
+    /// mismatched preshared key).
+    WgAuthFailed,
+    /// WireGuard: data packet already received or behind the replay window, or a replayed
+    /// handshake initiation (timestamp not newer).
+    WgReplay,
+    /// WireGuard: data for a session we do not have (expired, or never established).
+    WgNoSession,
+    /// WireGuard: handshake from a public key no lease names, or for an index we never issued.
+    WgUnknownPeer,
+    /// WireGuard: decrypted packet whose inner source is outside the sending peer's subnet.
+    WgAllowedIps,
+    /// WireGuard: handshake message refused by the protocol (wrong key, bad timestamp, unexpected).
+    WgHandshakeRejected,
+    /// WireGuard: handshake refused under load (a cookie reply was sent or due).
+    WgUnderLoad,
     /// Inner packet carried as IPv6 (ethertype 0x86DD) whose version nibble is not 6.
     NotIpv6,
     /// IPv6 jumbogram (RFC 2675): payload length 0 with a hop-by-hop header, or a jumbo payload
@@ -86,7 +106,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 29] = [
+    pub const ALL: [DropReason; 38] = [
         DropReason::Truncated,
         DropReason::NotIpv4,
         DropReason::BadHeaderLen,
@@ -108,6 +128,15 @@ impl DropReason {
         DropReason::RecvTruncated,
         DropReason::SocketRxOverflow,
         DropReason::TunTxDropped,
+        DropReason::WgBadPacket,
+        DropReason::WgBadMac,
+        DropReason::WgAuthFailed,
+        DropReason::WgReplay,
+        DropReason::WgNoSession,
+        DropReason::WgUnknownPeer,
+        DropReason::WgAllowedIps,
+        DropReason::WgHandshakeRejected,
+        DropReason::WgUnderLoad,
         DropReason::NotIpv6,
         DropReason::Ipv6Jumbo,
         DropReason::Ipv6ExtChainTooLong,
@@ -142,6 +171,15 @@ impl DropReason {
             DropReason::RecvTruncated => "recv_truncated",
             DropReason::SocketRxOverflow => "udp_rcvbuf_overflow",
             DropReason::TunTxDropped => "tun_tx_dropped",
+            DropReason::WgBadPacket => "wg_bad_packet",
+            DropReason::WgBadMac => "wg_bad_mac",
+            DropReason::WgAuthFailed => "wg_auth_failed",
+            DropReason::WgReplay => "wg_replay",
+            DropReason::WgNoSession => "wg_no_session",
+            DropReason::WgUnknownPeer => "wg_unknown_peer",
+            DropReason::WgAllowedIps => "wg_allowed_ips",
+            DropReason::WgHandshakeRejected => "wg_handshake_rejected",
+            DropReason::WgUnderLoad => "wg_under_load",
             DropReason::NotIpv6 => "not_ipv6",
             DropReason::Ipv6Jumbo => "ipv6_jumbo",
             DropReason::Ipv6ExtChainTooLong => "ipv6_ext_chain_too_long",

@@ -18,6 +18,7 @@
 //! | [`hostgw`] | `{"Type":"host-gw"}` | plain kernel routes via each peer's public IP |
 //! | [`alloc`] | `{"Type":"alloc"}` | none: only the lease |
 //! | [`extension`] | `{"Type":"extension",...}` | whatever the configured commands set up |
+//! | [`wireguard`] | `{"Type":"wireguard"}` | weft's WireGuard workers (`engine::wg`), device `flannel-wg`, interoperable with kernel WireGuard peers |
 
 pub(crate) mod alloc;
 pub(crate) mod extension;
@@ -29,6 +30,7 @@ mod tunnel;
 pub(crate) mod udp;
 pub(crate) mod vxlan;
 pub(crate) mod vxlan_user;
+pub(crate) mod wireguard;
 
 pub(crate) use tunnel::{dataplane_config as tunnel_config, start_dataplane, stats_line};
 
@@ -180,6 +182,7 @@ pub(crate) fn kind(config: &NetworkConfig) -> &'static str {
         control::Backend::HostGw => "host-gw",
         control::Backend::Alloc => "alloc",
         control::Backend::Extension(_) => "extension",
+        control::Backend::Wireguard(_) => "wireguard",
         _ => "unknown",
     }
 }
@@ -213,6 +216,7 @@ pub(crate) fn create(config: &NetworkConfig, host: &HostInfo) -> Result<Box<dyn 
         control::Backend::HostGw => Box::new(hostgw::HostGw::new(host)?),
         control::Backend::Alloc => Box::new(alloc::Alloc::new(host)),
         control::Backend::Extension(e) => Box::new(extension::Extension::new(host, e)?),
+        control::Backend::Wireguard(w) => Box::new(wireguard::Wireguard::new(host, w)?),
         _ => anyhow::bail!("backend {kind} is not supported"),
     };
     tracing::info!(backend = b.name(), mtu = b.mtu(), "backend set up");

@@ -177,6 +177,8 @@ fn package_of(tool: &str) -> &'static str {
         "ping" => "apt-get install iputils-ping",
         "iperf3" => "apt-get install iperf3",
         "openssl" => "apt-get install openssl",
+        "wireguard-go" => "apt-get install wireguard-go",
+        "wg" => "apt-get install wireguard-tools",
         _ => "install it",
     }
 }
