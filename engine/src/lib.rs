@@ -47,7 +47,7 @@ pub mod wg;
 pub mod wire;
 mod worker;
 
-pub use dataplane::{Dataplane, DataplaneConfig, StartError, StatsSource};
+pub use dataplane::{Dataplane, DataplaneConfig, DataplaneV6, StartError, StatsSource};
 pub use decap::{
     decapsulate_udp, DecapPolicy, DecapPolicy6, DecapVerdict, Decapsulator, Decapsulator6,
 };
