@@ -14,7 +14,8 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-# Debian packages the tests use: ip/bridge (iproute2), ping, iperf3, etcd + etcdctl, iptables,
+# Debian packages the tests use: ip/bridge (iproute2), ping, iperf3 and sockperf (the benchmark
+# harness's throughput and request/response tests), etcd + etcdctl, iptables,
 # nft (nftables, for EnableNFTables), openssl (test certificates), ethtool (veth offload
 # settings), dockerd + docker CLI (docker.io) and a static busybox for the offline container
 # image (busybox-static), wireguard-go and wg (wireguard-tools) for the wireguard interop tests;
@@ -22,8 +23,8 @@ fi
 # etcd-client's build, cc).
 . scripts/lib/packages.sh
 # shellcheck disable=SC2207
-packages=(iproute2 iputils-ping iperf3 etcd-server etcd-client iptables nftables openssl ethtool
-  docker.io busybox-static wireguard-go wireguard-tools $(build_packages))
+packages=(iproute2 iputils-ping iperf3 sockperf etcd-server etcd-client iptables nftables openssl
+  ethtool docker.io busybox-static wireguard-go wireguard-tools $(build_packages))
 ensure_packages "$(mktemp)" "${packages[@]}"
 # Debian's etcd-server and docker.io start services on hosts with systemd; the tests start their
 # own etcd on free ports and their own dockerd in test namespaces (own sockets and directories).

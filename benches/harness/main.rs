@@ -2,8 +2,9 @@
 //! container across two namespaced hosts (docs/performance.md; method of performance-anchors.md).
 //!
 //! Each round builds a fresh topology per mode (rotated order), checks it with ping, runs every test
-//! (rotated order) with iperf3 from ctr_a to ctr_b, and tears it down. Output: a markdown table on stdout,
-//! and in `--out`: `results.jsonl`, `report.md`, `tcp.svg`, `logs/`. Needs root, iperf3, iproute2, ping.
+//! (rotated order) from ctr_a to ctr_b — throughput with iperf3, request/response latency with sockperf
+//! ping-pong — and tears it down. Output: markdown tables on stdout, and in `--out`: `results.jsonl`,
+//! `report.md`, `tcp.svg`, `latency.svg`, `logs/`. Needs root, iperf3, sockperf, iproute2, ping.
 //! Run: `cargo build --release --bin weft --bin weft-bench && sudo target/release/weft-bench`.
 //! `weft-bench cluster` measures one daemon against an etcd holding many leases instead (`cluster.rs`).
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@
 mod netns;
 
 mod cluster;
+mod latency;
 mod measure;
 mod modes;
 mod report;
@@ -64,6 +66,19 @@ pub(crate) enum Mode {
     /// `weft run` with the wireguard backend on both hosts, with an etcd in host_a (MTU 1420).
     #[value(name = "weft-wg")]
     WeftWg,
+    /// `weft run` as `weft`, but the binary given with `--weft-before`: two builds in one run.
+    #[value(name = "weft-before")]
+    WeftBefore,
+}
+
+impl Mode {
+    /// Whether the mode runs weft daemons.
+    pub(crate) fn is_weft(self) -> bool {
+        matches!(
+            self,
+            Mode::Weft | Mode::Weft1w | Mode::WeftVxlan | Mode::WeftBefore | Mode::WeftWg
+        )
+    }
 }
 
 impl fmt::Display for Mode {
@@ -88,6 +103,18 @@ pub(crate) enum Test {
     Udp64,
     /// UDP, 1400-byte payloads, unlimited rate.
     Udp1400,
+    /// Request/response (sockperf ping-pong), UDP, 64-byte messages.
+    #[value(name = "udp-rr64")]
+    UdpRr64,
+    /// Request/response, UDP, 1 KiB messages.
+    #[value(name = "udp-rr1k")]
+    UdpRr1k,
+    /// Request/response, TCP, 64-byte messages.
+    #[value(name = "tcp-rr64")]
+    TcpRr64,
+    /// Request/response, TCP, 1 KiB messages.
+    #[value(name = "tcp-rr1k")]
+    TcpRr1k,
 }
 
 impl Test {
@@ -97,6 +124,17 @@ impl Test {
             Test::Tcp4 => &["-P", "4"],
             Test::Udp64 => &["-u", "-b", "0", "-l", "64"],
             Test::Udp1400 => &["-u", "-b", "0", "-l", "1400"],
+            _ => &[],
+        }
+    }
+    /// Request/response tests: (TCP?, message bytes).
+    pub(crate) fn request_response(self) -> Option<(bool, u32)> {
+        match self {
+            Test::UdpRr64 => Some((false, 64)),
+            Test::UdpRr1k => Some((false, 1024)),
+            Test::TcpRr64 => Some((true, 64)),
+            Test::TcpRr1k => Some((true, 1024)),
+            _ => None,
         }
     }
     fn udp_len(self) -> Option<u32> {
@@ -107,7 +145,9 @@ impl Test {
         }
     }
     fn unit(self) -> &'static str {
-        if self.udp_len().is_some() {
+        if self.request_response().is_some() {
+            "us"
+        } else if self.udp_len().is_some() {
             "pps"
         } else {
             "Gbit/s"
@@ -119,6 +159,10 @@ impl Test {
             Test::Tcp4 => "TCP 4 streams Gbit/s",
             Test::Udp64 => "UDP 64 B kpps rx",
             Test::Udp1400 => "UDP 1400 B kpps rx",
+            Test::UdpRr64 => "UDP 64 B",
+            Test::UdpRr1k => "UDP 1 KiB",
+            Test::TcpRr64 => "TCP 64 B",
+            Test::TcpRr1k => "TCP 1 KiB",
         }
     }
 }
@@ -163,7 +207,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "tcp1,tcp4,udp64,udp1400"
+        default_value = "tcp1,tcp4,udp64,udp1400,udp-rr64,udp-rr1k,tcp-rr64,tcp-rr1k"
     )]
     tests: Vec<Test>,
     /// Rounds; each runs every mode once, order rotated between rounds.
@@ -181,6 +225,10 @@ struct Args {
     /// The weft binary (default: target/release/weft, then next to this binary).
     #[arg(long, env = "WEFT_BIN")]
     weft: Option<PathBuf>,
+    /// A second weft binary, run as mode `weft-before` (e.g. a build of the base branch), so two
+    /// builds are compared in one run.
+    #[arg(long, value_name = "PATH")]
+    weft_before: Option<PathBuf>,
     /// Extra argument passed to every `weft run` (repeatable).
     #[arg(long = "weft-arg", allow_hyphen_values = true)]
     weft_args: Vec<String>,
@@ -262,6 +310,7 @@ fn run(mut args: Args) -> Result<ExitCode> {
     }
     for (tool, pkg) in [
         ("iperf3", "iperf3"),
+        ("sockperf", "sockperf"),
         ("ping", "iputils-ping"),
         ("ss", "iproute2"),
         ("bridge", "iproute2"),
@@ -270,16 +319,22 @@ fn run(mut args: Args) -> Result<ExitCode> {
             bail!("`{tool}` not found; apt-get install -y {pkg}");
         }
     }
-    let needs_weft = args.modes.iter().any(|m| {
-        matches!(
-            m,
-            Mode::Weft | Mode::Weft1w | Mode::WeftVxlan | Mode::WeftWg
-        )
-    });
+    let needs_weft = args
+        .modes
+        .iter()
+        .any(|&m| m.is_weft() && m != Mode::WeftBefore);
     let weft = if needs_weft {
         Some(find_weft(args.weft.as_deref())?)
     } else {
         None
+    };
+    let weft_before = match (&args.weft_before, args.modes.contains(&Mode::WeftBefore)) {
+        (Some(p), true) => Some(
+            std::fs::canonicalize(p).with_context(|| format!("--weft-before {}", p.display()))?,
+        ),
+        (None, true) => bail!("mode weft-before needs --weft-before PATH (the other weft binary)"),
+        (Some(_), false) => bail!("--weft-before is given but mode weft-before is not in --modes"),
+        (None, false) => None,
     };
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -323,7 +378,8 @@ fn run(mut args: Args) -> Result<ExitCode> {
         serde_json::json!({"type": "run", "started": now(), "machine": machine, "rounds": args.rounds, "duration_s": args.duration,
             "modes": args.modes.iter().map(Mode::to_string).collect::<Vec<_>>(), "tests": args.tests.iter().map(Test::to_string).collect::<Vec<_>>(),
             "attach": format!("{:?}", args.attach), "underlay": format!("{:?}", args.underlay),
-            "weft": weft.as_ref().map(|p| p.display().to_string()), "weft_args": args.weft_args})
+            "weft": weft.as_ref().map(|p| p.display().to_string()), "weft_args": args.weft_args,
+            "weft_before": weft_before.as_ref().map(|p| p.display().to_string())})
     )?;
 
     let mut records: Vec<Record> = Vec::new();
@@ -344,7 +400,11 @@ fn run(mut args: Args) -> Result<ExitCode> {
                     } else {
                         netns::Underlay::Direct
                     },
-                    weft: weft.as_deref(),
+                    weft: if mode == Mode::WeftBefore {
+                        weft_before.as_deref()
+                    } else {
+                        weft.as_deref()
+                    },
                     weft_args: &args.weft_args,
                     log_dir: &log_dir,
                     tag,
@@ -386,11 +446,14 @@ fn run(mut args: Args) -> Result<ExitCode> {
                             hz,
                         )?;
                         check_stop()?;
+                        let drops0 = setup.drop_counts();
                         let r = measure::run_test(&setup.topo, test, args.duration, hz).and_then(
                             |mut s| {
                                 setup.check_alive()?;
                                 s.pre_busy_cores = pre;
                                 s.attempt = attempt;
+                                s.weft_drops =
+                                    modes::drops_between(&drops0?, &setup.drop_counts()?);
                                 Ok(s)
                             },
                         );
@@ -431,8 +494,23 @@ fn run(mut args: Args) -> Result<ExitCode> {
                             Err(format!("{e:#}"))
                         }
                         Ok(s) => {
-                            eprintln!(
-                                "[round {}/{}] {mode} {test}: {} {}{}, {:.2} busy cores, {:.2} CPU-s/GB, foreign {:.2} CPU-s",
+                            let drops = s
+                                .weft_drops
+                                .as_ref()
+                                .map(|d| format!(", weft drops {}", report::drops_text(d)))
+                                .unwrap_or_default();
+                            if let Some(l) = &s.latency {
+                                eprintln!(
+                                    "[round {}/{}] {mode} {test}: p50 {:.1} p99 {:.1} p99.9 {:.1} µs ({:.0} exchanges), {:.2} busy cores{drops}, foreign {:.2} CPU-s",
+                                    round + 1,
+                                    args.rounds,
+                                    l.p50, l.p99, l.p999, l.observations,
+                                    s.busy_cores,
+                                    s.foreign_cpu_s
+                                );
+                            } else {
+                                eprintln!(
+                                "[round {}/{}] {mode} {test}: {} {}{}, {:.2} busy cores, {:.2} CPU-s/GB{drops}, foreign {:.2} CPU-s",
                                 round + 1,
                                 args.rounds,
                                 if test.udp_len().is_some() { format!("{:.0}", s.value) } else { format!("{:.3}", s.value) },
@@ -442,6 +520,7 @@ fn run(mut args: Args) -> Result<ExitCode> {
                                 s.cpu_s_per_gb,
                                 s.foreign_cpu_s
                             );
+                            }
                             Ok(s)
                         }
                     };
@@ -496,8 +575,16 @@ fn run(mut args: Args) -> Result<ExitCode> {
         args.out.join("tcp.svg"),
         report::svg(&records, &args.modes, &title),
     )?;
+    let title = format!(
+        "Request/response half round trip, median of {} round(s) × {} s",
+        args.rounds, args.duration
+    );
+    std::fs::write(
+        args.out.join("latency.svg"),
+        report::latency_svg(&records, &args.modes, &args.tests, &title),
+    )?;
     eprintln!(
-        "weft-bench: wrote {}, report.md, tcp.svg",
+        "weft-bench: wrote {}, report.md, tcp.svg, latency.svg",
         jsonl_path.display()
     );
     outcome?;
@@ -642,6 +729,25 @@ fn rerender(path: &Path, out: &Path) -> Result<ExitCode> {
                         pre_busy_cores: f("pre_busy_cores").unwrap_or(0.0),
                         foreign_cpu_s: f("foreign_cpu_s").unwrap_or(0.0),
                         attempt: f("attempt").unwrap_or(1.0) as u32,
+                        latency: match (f("lat_p50_us"), f("lat_p99_us"), f("lat_p999_us")) {
+                            (Some(p50), Some(p99), Some(p999)) => Some(latency::Latency {
+                                p50,
+                                p99,
+                                p999,
+                                observations: f("lat_observations").unwrap_or(0.0),
+                                dropped: f("lat_dropped").unwrap_or(0.0),
+                                seconds: f("lat_seconds").unwrap_or(0.0),
+                            }),
+                            _ => None,
+                        },
+                        weft_drops: v
+                            .get("weft_drops")
+                            .and_then(serde_json::Value::as_object)
+                            .map(|o| {
+                                o.iter()
+                                    .filter_map(|(k, x)| Some((k.clone(), x.as_u64()?)))
+                                    .collect()
+                            }),
                     }),
                 };
                 let round = v
@@ -671,6 +777,15 @@ fn rerender(path: &Path, out: &Path) -> Result<ExitCode> {
             &records,
             &modes,
             "TCP container to container, median over the rounds",
+        ),
+    )?;
+    std::fs::write(
+        out.join("latency.svg"),
+        report::latency_svg(
+            &records,
+            &modes,
+            &tests,
+            "Request/response half round trip, median over the rounds",
         ),
     )?;
     Ok(ExitCode::SUCCESS)

@@ -3,7 +3,7 @@
 //! The iperf3 server is a fresh one-off `iperf3 -s -1 -J` in ctr_b per test; received throughput, packets
 //! and loss come from the server's JSON (what actually arrived), retransmits and offered packets from the client's.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Stdio};
@@ -176,10 +176,18 @@ pub(crate) struct Sample {
     pub(crate) foreign_cpu_s: f64,
     /// Which attempt this was (retries happen with `--max-foreign-cpu`).
     pub(crate) attempt: u32,
+    /// Request/response tests: sockperf's percentiles (`value` is the p50).
+    pub(crate) latency: Option<crate::latency::Latency>,
+    /// weft modes: the daemons' drops over the test window by stats-line key (`drop_<reason>`,
+    /// `dropped`), summed over both hosts.
+    pub(crate) weft_drops: Option<BTreeMap<String, u64>>,
 }
 
 /// Runs `test` for `duration` seconds from ctr_a to ctr_b.
 pub(crate) fn run_test(t: &TwoHosts, test: Test, duration: u32, hz: f64) -> Result<Sample> {
+    if let Some((tcp, size)) = test.request_response() {
+        return crate::latency::run(t, tcp, size, duration, hz);
+    }
     let mut server = spawn_piped(
         t.ctr_b
             .cmd("iperf3")
@@ -359,7 +367,7 @@ pub(crate) fn spawn_piped(cmd: &mut std::process::Command) -> Result<Piped> {
 
 impl Piped {
     /// Collects stdout and stderr (the child must have exited or been killed).
-    fn finish(&mut self) -> (Vec<u8>, Vec<u8>) {
+    pub(crate) fn finish(&mut self) -> (Vec<u8>, Vec<u8>) {
         let o = self
             .out
             .take()
@@ -373,7 +381,7 @@ impl Piped {
         (o, e)
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();
         }

@@ -4,6 +4,7 @@
 //! A [`Setup`] owns the namespaces and the daemons; dropping it stops the daemons (SIGTERM, then SIGKILL)
 //! and then deletes the namespaces.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,8 @@ const WG_PORT: &str = "51820";
 const WG_ETCD_URL: &str = "http://192.0.2.1:2379";
 /// How long weft may take to exit after SIGTERM.
 const STOP_WAIT: Duration = Duration::from_secs(10);
+/// How long weft may take to log its stats line after SIGUSR1.
+const STATS_WAIT: Duration = Duration::from_secs(3);
 
 /// What a mode needs besides the mode itself.
 #[derive(Debug)]
@@ -71,7 +74,7 @@ impl Setup {
                 s.topo.set_container_mtu(netns::VXLAN_MTU)?;
                 s.topo.add_kernel_vxlan()?;
             }
-            Mode::Weft | Mode::Weft1w | Mode::WeftVxlan => {
+            Mode::Weft | Mode::Weft1w | Mode::WeftVxlan | Mode::WeftBefore => {
                 s.topo.set_container_mtu(if mode == Mode::WeftVxlan {
                     netns::VXLAN_MTU
                 } else {
@@ -391,6 +394,46 @@ impl Setup {
         Ok(())
     }
 
+    /// The daemons' drop counters now, summed over both hosts: each daemon is sent SIGUSR1 and its
+    /// next `stats` line read from its log (`drop_<reason>` and `dropped`). `None` without daemons.
+    pub(crate) fn drop_counts(&mut self) -> Result<Option<BTreeMap<String, u64>>> {
+        if self.daemons.is_empty() {
+            return Ok(None);
+        }
+        let mut sum = BTreeMap::new();
+        for d in &mut self.daemons {
+            let seen = stats_lines(&d.log).len();
+            kill(Pid::from_raw(d.child.id() as i32), Signal::SIGUSR1)
+                .with_context(|| format!("SIGUSR1 to weft in {}", d.host))?;
+            let deadline = std::time::Instant::now() + STATS_WAIT;
+            let line = loop {
+                let lines = stats_lines(&d.log);
+                if lines.len() > seen {
+                    break lines[lines.len() - 1].clone();
+                }
+                if std::time::Instant::now() >= deadline {
+                    bail!(
+                        "weft in {} logged no stats line within {STATS_WAIT:?} of SIGUSR1; log {}",
+                        d.host,
+                        d.log.display()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            for (k, v) in line
+                .split_whitespace()
+                .filter_map(|t| t.split_once('='))
+                .filter(|(k, _)| k.starts_with("drop_") || *k == "dropped")
+            {
+                let v: u64 = v
+                    .parse()
+                    .with_context(|| format!("weft in {}: stats line field {k}={v}", d.host))?;
+                *sum.entry(k.to_string()).or_insert(0) += v;
+            }
+        }
+        Ok(Some(sum))
+    }
+
     /// Stops the daemons with SIGTERM; returns complaints (not exit 0, or no exit within [`STOP_WAIT`]).
     pub(crate) fn stop(&mut self) -> Vec<String> {
         let mut warnings = Vec::new();
@@ -434,6 +477,30 @@ impl Drop for Setup {
             eprintln!("weft-bench: {w}");
         }
     }
+}
+
+/// The `stats` lines (SIGUSR1) in a daemon's log.
+fn stats_lines(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" stats ") && l.contains(" dropped="))
+        .map(str::to_string)
+        .collect()
+}
+
+/// What grew between two [`Setup::drop_counts`]: `dropped`, and each reason that grew.
+pub(crate) fn drops_between(
+    before: &Option<BTreeMap<String, u64>>,
+    after: &Option<BTreeMap<String, u64>>,
+) -> Option<BTreeMap<String, u64>> {
+    let (b, a) = (before.as_ref()?, after.as_ref()?);
+    Some(
+        a.iter()
+            .map(|(k, &v)| (k.clone(), v.saturating_sub(b.get(k).copied().unwrap_or(0))))
+            .filter(|(k, v)| *v > 0 || k == "dropped")
+            .collect(),
+    )
 }
 
 fn tail(p: &Path) -> String {

@@ -1,5 +1,6 @@
 //! Turning samples into medians [min–max], ratios to kernel VXLAN, a markdown report, JSON lines and an SVG chart.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde_json::{json, Value};
@@ -32,6 +33,16 @@ impl Record {
                 });
                 if let (Value::Object(dst), Value::Object(src)) = (&mut v, fields) {
                     dst.extend(src);
+                }
+                if let Some(l) = &s.latency {
+                    let lat = json!({"lat_p50_us": l.p50, "lat_p99_us": l.p99, "lat_p999_us": l.p999,
+                        "lat_observations": l.observations, "lat_dropped": l.dropped, "lat_seconds": l.seconds});
+                    if let (Value::Object(dst), Value::Object(src)) = (&mut v, lat) {
+                        dst.extend(src);
+                    }
+                }
+                if let Some(d) = &s.weft_drops {
+                    v["weft_drops"] = json!(d);
                 }
             }
         }
@@ -106,93 +117,25 @@ fn fmt_stat(s: Option<Stat>, f: impl Fn(f64) -> String) -> String {
 }
 
 /// The markdown report: results table with ratios to VXLAN, then cost and loss, then failures.
-pub(crate) fn markdown(records: &[Record], modes: &[Mode], tests: &[Test], header: &str) -> String {
+pub(crate) fn markdown(records: &[Record], modes: &[Mode], all: &[Test], header: &str) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "{header}\n");
-    let _ = write!(md, "| mode |");
-    for t in tests {
-        let _ = write!(md, " {} |", t.title());
+    let tests: Vec<Test> = all
+        .iter()
+        .copied()
+        .filter(|t| t.request_response().is_none())
+        .collect();
+    let rr: Vec<Test> = all
+        .iter()
+        .copied()
+        .filter(|t| t.request_response().is_some())
+        .collect();
+    if !tests.is_empty() {
+        throughput_tables(&mut md, records, modes, &tests);
     }
-    let _ = write!(md, "\n|---|");
-    for _ in tests {
-        let _ = write!(md, "---|");
+    if !rr.is_empty() {
+        latency_tables(&mut md, records, modes, &rr);
     }
-    md.push('\n');
-    for &m in modes {
-        let _ = write!(md, "| {m} |");
-        for &t in tests {
-            let s = collect(records, m, t, |s| Some(s.value));
-            let base = collect(records, Mode::Vxlan, t, |s| Some(s.value));
-            let ratio = match (s, base) {
-                (Some(s), Some(b)) if b.median > 0.0 => format!(" **{:.2}×**", s.median / b.median),
-                _ => String::new(),
-            };
-            let n = s.map(|s| format!(" n={}", s.n)).unwrap_or_default();
-            let _ = write!(md, " {}{ratio}{n} |", fmt_stat(s, |x| fmt_value(t, x)));
-        }
-        md.push('\n');
-    }
-    let _ = writeln!(md, "\nMedian [min–max] over the rounds; **bold** = ratio of medians to kernel VXLAN in this run. UDP: packets/s received (server side), in thousands.\n");
-
-    let _ = write!(md, "| mode |");
-    for t in tests {
-        let _ = write!(md, " CPU-s/GB {t} |");
-    }
-    for t in tests.iter().filter(|t| t.udp_len().is_some()) {
-        let _ = write!(md, " µs CPU/pkt {t} | loss {t} | offered {t} kpps |");
-    }
-    for t in tests.iter().filter(|t| t.udp_len().is_none()) {
-        let _ = write!(md, " retransmits {t} |");
-    }
-    let _ = write!(md, "\n|---|");
-    let cols = tests.len()
-        + tests
-            .iter()
-            .map(|t| if t.udp_len().is_some() { 3 } else { 1 })
-            .sum::<usize>();
-    for _ in 0..cols {
-        let _ = write!(md, "---|");
-    }
-    md.push('\n');
-    for &m in modes {
-        let _ = write!(md, "| {m} |");
-        for &t in tests {
-            let _ = write!(
-                md,
-                " {} |",
-                fmt_stat(
-                    collect(records, m, t, |s| finite(s.cpu_s_per_gb)),
-                    |x| format!("{x:.2}")
-                )
-            );
-        }
-        for &t in tests.iter().filter(|t| t.udp_len().is_some()) {
-            let loss = fmt_stat(collect(records, m, t, |s| s.loss_pct), |x| {
-                format!("{x:.1}%")
-            });
-            let off = fmt_stat(collect(records, m, t, |s| s.offered_pps), |x| {
-                format!("{:.0}", x / 1e3)
-            });
-            let us = fmt_stat(collect(records, m, t, |s| s.cpu_us_per_pkt), |x| {
-                format!("{x:.1}")
-            });
-            let _ = write!(md, " {us} | {loss} | {off} |");
-        }
-        for &t in tests.iter().filter(|t| t.udp_len().is_none()) {
-            let _ = write!(
-                md,
-                " {} |",
-                fmt_stat(collect(records, m, t, |s| s.retransmits), |x| format!(
-                    "{x:.0}"
-                ))
-            );
-        }
-        md.push('\n');
-    }
-    let _ = writeln!(
-        md,
-        "\nCPU-s/GB: busy CPU-seconds of the whole machine (user+system+irq+softirq from /proc/stat, steal excluded) over each test window, per GB received; µs CPU/pkt: the same per UDP packet received."
-    );
     if let Some(f) = stat(
         records
             .iter()
@@ -202,7 +145,7 @@ pub(crate) fn markdown(records: &[Record], modes: &[Mode], tests: &[Test], heade
     ) {
         let _ = writeln!(
             md,
-            "CPU used by other workloads on the machine during the test windows: median {:.2} [{:.2}–{:.2}] CPU-s per window (a lower bound; included in CPU-s/GB).",
+            "\nCPU used by other workloads on the machine during the test windows: median {:.2} [{:.2}–{:.2}] CPU-s per window (a lower bound; included in CPU-s/GB).",
             f.median, f.min, f.max
         );
     }
@@ -236,6 +179,211 @@ pub(crate) fn markdown(records: &[Record], modes: &[Mode], tests: &[Test], heade
         }
     }
     md
+}
+
+/// `dropped=N` and each reason that grew, as `N (reason M, …)`.
+pub(crate) fn drops_text(d: &BTreeMap<String, u64>) -> String {
+    let total = d.get("dropped").copied().unwrap_or(0);
+    let reasons: Vec<String> = d
+        .iter()
+        .filter(|(k, &v)| k.as_str() != "dropped" && v > 0)
+        .map(|(k, v)| format!("{} {v}", k.trim_start_matches("drop_")))
+        .collect();
+    if reasons.is_empty() {
+        total.to_string()
+    } else {
+        format!("{total} ({})", reasons.join(", "))
+    }
+}
+
+/// weft's drops in the test windows of `mode` × `test`, summed over the rounds; `None` if no
+/// sample of them carries drop counts (not a weft mode).
+fn drops_sum(records: &[Record], mode: Mode, test: Test) -> Option<BTreeMap<String, u64>> {
+    let mut sum: Option<BTreeMap<String, u64>> = None;
+    for d in records
+        .iter()
+        .filter(|r| r.mode == mode && r.test == test)
+        .filter_map(|r| r.result.as_ref().ok())
+        .filter_map(|s| s.weft_drops.as_ref())
+    {
+        let acc = sum.get_or_insert_with(BTreeMap::new);
+        for (k, v) in d {
+            *acc.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    sum
+}
+
+/// The throughput and cost tables (iperf3 tests).
+fn throughput_tables(md: &mut String, records: &[Record], modes: &[Mode], tests: &[Test]) {
+    let _ = write!(md, "| mode |");
+    for t in tests {
+        let _ = write!(md, " {} |", t.title());
+    }
+    let _ = write!(md, "\n|---|");
+    for _ in tests {
+        let _ = write!(md, "---|");
+    }
+    md.push('\n');
+    for &m in modes {
+        let _ = write!(md, "| {m} |");
+        for &t in tests {
+            let s = collect(records, m, t, |s| Some(s.value));
+            let base = collect(records, Mode::Vxlan, t, |s| Some(s.value));
+            let ratio = match (s, base) {
+                (Some(s), Some(b)) if b.median > 0.0 => format!(" **{:.2}×**", s.median / b.median),
+                _ => String::new(),
+            };
+            let n = s.map(|s| format!(" n={}", s.n)).unwrap_or_default();
+            let _ = write!(md, " {}{ratio}{n} |", fmt_stat(s, |x| fmt_value(t, x)));
+        }
+        md.push('\n');
+    }
+    let _ = writeln!(md, "\nMedian [min–max] over the rounds; **bold** = ratio of medians to kernel VXLAN in this run. UDP: packets/s received (server side), in thousands.\n");
+
+    let _ = write!(md, "| mode |");
+    for t in tests {
+        let _ = write!(md, " CPU-s/GB {t} |");
+    }
+    for t in tests.iter().filter(|t| t.udp_len().is_some()) {
+        let _ = write!(
+            md,
+            " µs CPU/pkt {t} | loss {t} | offered {t} kpps | weft drops {t} |"
+        );
+    }
+    for t in tests.iter().filter(|t| t.udp_len().is_none()) {
+        let _ = write!(md, " retransmits {t} |");
+    }
+    let _ = write!(md, "\n|---|");
+    let cols = tests.len()
+        + tests
+            .iter()
+            .map(|t| if t.udp_len().is_some() { 4 } else { 1 })
+            .sum::<usize>();
+    for _ in 0..cols {
+        let _ = write!(md, "---|");
+    }
+    md.push('\n');
+    for &m in modes {
+        let _ = write!(md, "| {m} |");
+        for &t in tests {
+            let _ = write!(
+                md,
+                " {} |",
+                fmt_stat(
+                    collect(records, m, t, |s| finite(s.cpu_s_per_gb)),
+                    |x| format!("{x:.2}")
+                )
+            );
+        }
+        for &t in tests.iter().filter(|t| t.udp_len().is_some()) {
+            let loss = fmt_stat(collect(records, m, t, |s| s.loss_pct), |x| {
+                format!("{x:.1}%")
+            });
+            let off = fmt_stat(collect(records, m, t, |s| s.offered_pps), |x| {
+                format!("{:.0}", x / 1e3)
+            });
+            let us = fmt_stat(collect(records, m, t, |s| s.cpu_us_per_pkt), |x| {
+                format!("{x:.1}")
+            });
+            let drops = drops_sum(records, m, t).map_or_else(|| "–".into(), |d| drops_text(&d));
+            let _ = write!(md, " {us} | {loss} | {off} | {drops} |");
+        }
+        for &t in tests.iter().filter(|t| t.udp_len().is_none()) {
+            let _ = write!(
+                md,
+                " {} |",
+                fmt_stat(collect(records, m, t, |s| s.retransmits), |x| format!(
+                    "{x:.0}"
+                ))
+            );
+        }
+        md.push('\n');
+    }
+    let _ = writeln!(
+        md,
+        "\nCPU-s/GB: busy CPU-seconds of the whole machine (user+system+irq+softirq from /proc/stat, steal excluded) over each test window, per GB received; µs CPU/pkt: the same per UDP packet received. weft drops: the daemons' `dropped` over the test windows, both hosts, summed over the rounds, with each reason that grew (SIGUSR1 stats line before and after each test)."
+    );
+}
+
+/// The request/response tables (sockperf ping-pong).
+fn latency_tables(md: &mut String, records: &[Record], modes: &[Mode], tests: &[Test]) {
+    let lat = |m: Mode, t: Test, f: fn(&crate::latency::Latency) -> f64| {
+        collect(records, m, t, |s| s.latency.as_ref().map(f))
+    };
+    let _ = write!(md, "\n| mode |");
+    for t in tests {
+        let _ = write!(md, " {} p50 / p99 / p99.9 µs |", t.title());
+    }
+    let _ = write!(md, "\n|---|");
+    for _ in tests {
+        let _ = write!(md, "---|");
+    }
+    md.push('\n');
+    let us = |x: f64| format!("{x:.1}");
+    for &m in modes {
+        let _ = write!(md, "| {m} |");
+        for &t in tests {
+            let (p50, p99, p999) = (
+                lat(m, t, |l| l.p50),
+                lat(m, t, |l| l.p99),
+                lat(m, t, |l| l.p999),
+            );
+            let vs = match (
+                p50,
+                p99,
+                lat(Mode::Vxlan, t, |l| l.p50),
+                lat(Mode::Vxlan, t, |l| l.p99),
+            ) {
+                (Some(a), Some(b), Some(va), Some(vb)) if m != Mode::Vxlan && vb.median > 0.0 => {
+                    format!(
+                        " **{:+.1} µs, {:.2}×**",
+                        a.median - va.median,
+                        b.median / vb.median
+                    )
+                }
+                _ => String::new(),
+            };
+            let n = p50.map(|s| format!(" n={}", s.n)).unwrap_or_default();
+            let _ = write!(
+                md,
+                " {} / {} / {}{vs}{n} |",
+                fmt_stat(p50, us),
+                fmt_stat(p99, us),
+                fmt_stat(p999, us)
+            );
+        }
+        md.push('\n');
+    }
+    let _ = writeln!(md, "\nHalf round trip (sockperf ping-pong, server in ctr_b, client in ctr_a; one message in flight), median [min–max] over the rounds; **bold** = p50 minus kernel VXLAN's p50, and p99 as a ratio to VXLAN's, in this run.\n");
+    let _ = write!(md, "| mode |");
+    for t in tests {
+        let _ = write!(
+            md,
+            " busy cores {t} | CPU µs/exchange {t} | weft drops {t} |"
+        );
+    }
+    let _ = write!(md, "\n|---|");
+    for _ in 0..tests.len() * 3 {
+        let _ = write!(md, "---|");
+    }
+    md.push('\n');
+    for &m in modes {
+        let _ = write!(md, "| {m} |");
+        for &t in tests {
+            let busy = fmt_stat(collect(records, m, t, |s| Some(s.busy_cores)), |x| {
+                format!("{x:.2}")
+            });
+            let cpu = fmt_stat(collect(records, m, t, |s| s.cpu_us_per_pkt), us);
+            let drops = drops_sum(records, m, t).map_or_else(|| "–".into(), |d| drops_text(&d));
+            let _ = write!(md, " {busy} | {cpu} | {drops} |");
+        }
+        md.push('\n');
+    }
+    let _ = writeln!(
+        md,
+        "\nbusy cores: the whole machine's busy CPU over the test window; CPU µs/exchange: that per request/response exchange."
+    );
 }
 
 /// SVG bar chart: median TCP 1 and 4 stream throughput per mode relative to kernel VXLAN, whiskers min–max.
@@ -352,6 +500,113 @@ pub(crate) fn svg(records: &[Record], modes: &[Mode], title: &str) -> String {
     }
     for (mi, m) in modes.iter().enumerate() {
         let x = left + 10.0 + mi as f64 * 150.0;
+        let c = colors[mi % colors.len()];
+        let _ = writeln!(
+            s,
+            r#"<rect x="{x}" y="{}" width="12" height="12" fill="{c}"/><text x="{}" y="{}">{m}</text>"#,
+            h - 26.0,
+            x + 16.0,
+            h - 16.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// SVG bar chart of the request/response tests: per test a group, per mode a bar of the median p50
+/// (whisker: min–max over the rounds) and a black tick at the median p99, in µs.
+pub(crate) fn latency_svg(
+    records: &[Record],
+    modes: &[Mode],
+    tests: &[Test],
+    title: &str,
+) -> String {
+    let tests: Vec<Test> = tests
+        .iter()
+        .copied()
+        .filter(|t| t.request_response().is_some())
+        .collect();
+    let mut bars = Vec::new(); // (test idx, mode idx, p50 stat, p99 median)
+    let mut top: f64 = 0.0;
+    for (ti, &t) in tests.iter().enumerate() {
+        for (mi, &m) in modes.iter().enumerate() {
+            let p50 = collect(records, m, t, |s| s.latency.as_ref().map(|l| l.p50));
+            let p99 = collect(records, m, t, |s| s.latency.as_ref().map(|l| l.p99));
+            if let (Some(a), Some(b)) = (p50, p99) {
+                top = top.max(a.max).max(b.median);
+                bars.push((ti, mi, a, b.median));
+            }
+        }
+    }
+    let top = if top > 0.0 { top * 1.15 } else { 1.0 };
+    let (w, h, left, bottom, topm) = (860.0, 400.0, 60.0, 60.0, 40.0);
+    let plot_h = h - bottom - topm;
+    let group_w = (w - left - 20.0) / tests.len().max(1) as f64;
+    let bar_w = (group_w - 20.0) / modes.len().max(1) as f64;
+    let y = |v: f64| topm + plot_h * (1.0 - v / top);
+    let colors = [
+        "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948",
+    ];
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>"#,
+        w / 2.0,
+        xml(title)
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">µs (bar p50, tick p99)</text>"#,
+        topm + plot_h / 2.0,
+        topm + plot_h / 2.0
+    );
+    for i in 0..=4 {
+        let v = top * i as f64 / 4.0;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{v:.0}</text>"##,
+            w - 20.0,
+            left - 4.0,
+            y(v) + 4.0,
+            y = y(v)
+        );
+    }
+    for (ti, t) in tests.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            left + group_w * (ti as f64 + 0.5),
+            h - bottom + 20.0,
+            t.title()
+        );
+    }
+    for &(ti, mi, p50, p99) in &bars {
+        let x = left + group_w * ti as f64 + 10.0 + bar_w * mi as f64;
+        let c = colors[mi % colors.len()];
+        let _ = writeln!(
+            s,
+            r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{c}"/><line x1="{xm:.1}" x2="{xm:.1}" y1="{:.1}" y2="{:.1}" stroke="black"/><line x1="{:.1}" x2="{:.1}" y1="{yp:.1}" y2="{yp:.1}" stroke="black" stroke-width="2"/><text x="{xm:.1}" y="{:.1}" text-anchor="middle" font-size="10">{:.0}</text>"#,
+            x + 2.0,
+            y(p50.median),
+            bar_w - 4.0,
+            y(0.0) - y(p50.median),
+            y(p50.min),
+            y(p50.max),
+            x + 2.0,
+            x + bar_w - 2.0,
+            y(p99.max(p50.max)) - 4.0,
+            p50.median,
+            xm = x + bar_w / 2.0,
+            yp = y(p99)
+        );
+    }
+    for (mi, m) in modes.iter().enumerate() {
+        let x = left + 10.0 + mi as f64 * 130.0;
         let c = colors[mi % colors.len()];
         let _ = writeln!(
             s,
