@@ -1,19 +1,20 @@
 //! `Dataplane`: creates the TUN device and sockets, starts the pinned workers, and stops them.
 
-use crate::decap::DecapPolicy;
-use crate::net::Ipv4Net;
+use crate::decap::{DecapPolicy, DecapPolicy6, Decapsulator6};
+use crate::encap::Encapsulator6;
+use crate::net::{Ipv4Net, Ipv6Net};
 use crate::route::RouteTable;
 use crate::spread::{self, RxSpread};
 use crate::stats::{DropReason, StatsSnapshot, WorkerStats};
 use crate::tun::{self, TunConfig};
 use crate::udp::{BatchSocket, Offload};
 use crate::wire::Wire;
-use crate::worker::{self, Worker, WorkerSetup};
+use crate::worker::{self, V6Setup, Worker, WorkerSetup};
 use mio::{Poll, Waker};
 use std::fs::File;
 use std::io;
 use std::io::{Read, Seek};
-use std::net::SocketAddrV4;
+use std::net::{SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -32,6 +33,27 @@ const _: () = assert!(UDP_OVERHEAD == 28 && VXLAN_OVERHEAD == 50);
 pub const DEFAULT_BATCH: usize = 64;
 /// Default socket buffer size: large enough to ride out a scheduling gap at line rate.
 pub const DEFAULT_SOCKET_BUFFER: usize = 8 << 20;
+
+/// IPv6 + UDP + VXLAN + inner Ethernet header bytes of VXLAN over an IPv6 underlay (the kernel's
+/// MTU rule for `flannel-v6.<VNI>`: underlay MTU − 70).
+pub const VXLAN6_OVERHEAD: u32 = 70;
+
+/// The IPv6 half of a dual-stack (or IPv6-only) data plane, vxlan only
+/// ([`Dataplane::start_dual`]): inner IPv6 over the IPv6 underlay, as flannel's
+/// `flannel-v6.<VNI>` device carries it.
+#[derive(Debug, Clone)]
+pub struct DataplaneV6 {
+    /// The whole IPv6 overlay network (sender checks as for IPv4).
+    pub network: Ipv6Net,
+    /// This host's IPv6 subnet (its network address is the TUN device's IPv6 address).
+    pub local: Ipv6Net,
+    /// IPv6 underlay address and port to bind (one IPV6_V6ONLY socket per worker).
+    pub bind: SocketAddrV6,
+    /// This host's IPv6 VTEP MAC (published in `BackendV6Data`).
+    pub mac: [u8; 6],
+    /// MTU of the IPv6 underlay: the TUN MTU is at most this minus [`VXLAN6_OVERHEAD`].
+    pub underlay_mtu: u32,
+}
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -288,6 +310,47 @@ fn attach_spread(setups: &[WorkerSetup], wire: Wire) -> RxSpread {
     }
 }
 
+/// One worker's IPv6 half: its socket on `v6.bind` (IPV6_V6ONLY, SO_REUSEPORT, non-blocking) and
+/// the IPv6 encapsulator and decapsulator for inner packets of at most `mtu` bytes.
+fn v6_setup(
+    v6: &DataplaneV6,
+    vni: u32,
+    mtu: u32,
+    cfg: &DataplaneConfig,
+) -> Result<V6Setup, StartError> {
+    let bind = || format!("binding UDP {}", v6.bind);
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV6,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .map_err(ctx(bind))?;
+    sock.set_only_v6(true).map_err(ctx(bind))?;
+    sock.set_reuse_port(true).map_err(ctx(bind))?;
+    crate::sys::set_buffer_sizes(std::os::fd::AsFd::as_fd(&sock), cfg.socket_buffer)
+        .map_err(ctx(bind))?;
+    sock.set_nonblocking(true).map_err(ctx(bind))?;
+    sock.bind(&v6.bind.into()).map_err(ctx(bind))?;
+    Ok(V6Setup {
+        sock: UdpSocket::from(sock),
+        encap: Encapsulator6 {
+            vni,
+            mac: v6.mac,
+            mtu: mtu as usize,
+        },
+        decap: Decapsulator6 {
+            vni,
+            mac: v6.mac,
+            policy: DecapPolicy6 {
+                network: v6.network,
+                local: v6.local,
+                accept_any_source: cfg.accept_any_source,
+            },
+        },
+        icmp_src: v6.local.addr(),
+    })
+}
+
 /// Registers worker `s.id` and starts its thread, pinned to `core` when given; `live` counts it
 /// while it runs.
 fn spawn_worker(
@@ -324,8 +387,47 @@ impl Dataplane {
     /// On error nothing is left behind: workers already running are stopped and joined, and every
     /// queue and socket is closed, so the device is gone too.
     pub fn start(cfg: &DataplaneConfig, routes: Arc<RouteTable>) -> Result<Dataplane, StartError> {
+        Self::start_dual(cfg, None, routes)
+    }
+
+    /// [`Dataplane::start`] with an IPv6 half when `v6` is given (vxlan only): the one TUN device
+    /// carries both families (the worker picks by the version nibble) and gets `v6.local`'s
+    /// address; its MTU is the smaller of the IPv4 one and the IPv6 underlay's minus 70; each
+    /// worker binds an IPv6 socket beside its IPv4 one.
+    pub fn start_dual(
+        cfg: &DataplaneConfig,
+        v6: Option<&DataplaneV6>,
+        routes: Arc<RouteTable>,
+    ) -> Result<Dataplane, StartError> {
+        let Wire::Vxlan { vni, .. } = cfg.wire else {
+            if v6.is_some() {
+                return Err(StartError {
+                    what: "starting the IPv6 data plane".to_string(),
+                    source: io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "IPv6 is carried by the vxlan wire format only",
+                    ),
+                });
+            }
+            return Self::start_with_mtu(cfg, None, cfg.tun_mtu(), routes);
+        };
+        let mtu = match v6 {
+            Some(v6) => cfg
+                .tun_mtu()
+                .min(v6.underlay_mtu.saturating_sub(VXLAN6_OVERHEAD)),
+            None => cfg.tun_mtu(),
+        };
+        Self::start_with_mtu(cfg, v6.map(|v| (v, vni)), mtu, routes)
+    }
+
+    fn start_with_mtu(
+        cfg: &DataplaneConfig,
+        v6: Option<(&DataplaneV6, u32)>,
+        tun_mtu: u32,
+        routes: Arc<RouteTable>,
+    ) -> Result<Dataplane, StartError> {
         let workers = cfg.workers.max(1);
-        let mtu = u16::try_from(cfg.tun_mtu()).unwrap_or(u16::MAX);
+        let mtu = u16::try_from(tun_mtu).unwrap_or(u16::MAX);
         // Read the affinity mask before any thread is pinned (core_affinity reads the caller's mask).
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut tun_cfg = TunConfig {
@@ -345,6 +447,15 @@ impl Dataplane {
         }
         .map_err(ctx(|| format!("creating TUN device {}", cfg.tun_name)))?;
         let tun_offload = tun_cfg.offload;
+        if let Some((v6, _)) = v6 {
+            tun::enable_ipv6(&cfg.tun_name, &queues[0], v6.local.addr()).map_err(ctx(|| {
+                format!(
+                    "giving {} the IPv6 address {}",
+                    cfg.tun_name,
+                    v6.local.addr()
+                )
+            }))?;
+        }
         let tun_drops = Arc::new(TunDrops::open(&cfg.tun_name));
         let stop = Arc::new(AtomicBool::new(false));
         let policy = DecapPolicy {
@@ -375,6 +486,10 @@ impl Dataplane {
                 stats: st,
                 stop: Arc::clone(&stop),
                 poll,
+                v6: match v6 {
+                    Some((v6, vni)) => Some(v6_setup(v6, vni, u32::from(mtu), cfg)?),
+                    None => None,
+                },
             });
         }
         let rx_spread = attach_spread(&setups, cfg.wire);

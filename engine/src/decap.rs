@@ -14,7 +14,8 @@
 //! * inner Ethernet destination our VTEP MAC, source not our MAC (`VxlanWrongMac`): the kernel
 //!   hands other destinations up as PACKET_OTHERHOST, which IP ignores, and drops its own source
 //!   as a loop;
-//! * ethertype IPv4 (`VxlanNotIpv4`; the overlay is IPv4 only, so IPv6 too).
+//! * ethertype IPv4 (`VxlanNotIpv4`): IPv6 frames come over the IPv6 underlay, judged by
+//!   [`Decapsulator6`] (flannel's `flannel-v6.<VNI>` device sends them there too).
 //!
 //! Then the inner packet (the rest of the datagram) is judged as a udp datagram is:
 //!
@@ -27,11 +28,11 @@
 //!    address (its reply to a container that reached it unmasqueraded, say) and is accepted from
 //!    any peer: no peer can claim another peer's containers.
 
-use crate::net::Ipv4Net;
+use crate::net::{Ipv4Net, Ipv6Net};
 use crate::route::RouteSnapshot;
 use crate::stats::DropReason;
-use crate::wire::{self, ipv4, vxlan, Wire};
-use std::net::Ipv4Addr;
+use crate::wire::{self, ipv4, ipv6, vxlan, Wire};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 
 /// What to do with a received datagram (the outcome of decapsulation; [`EncapVerdict`] is the
@@ -66,6 +67,10 @@ impl From<wire::Error> for DropReason {
             wire::Error::LengthMismatch => DropReason::LengthMismatch,
             wire::Error::BadChecksum => DropReason::BadChecksum,
             wire::Error::BadFlags => DropReason::VxlanBadHeader,
+            wire::Error::NotIpv6 => DropReason::NotIpv6,
+            wire::Error::Jumbo => DropReason::Ipv6Jumbo,
+            wire::Error::ExtChainTooLong => DropReason::Ipv6ExtChainTooLong,
+            wire::Error::BadExtHeader => DropReason::Ipv6BadExtHeader,
         }
     }
 }
@@ -150,6 +155,24 @@ impl Decapsulator {
 /// length and flags by [`vxlan::Repr::parse`] (`Truncated`, `VxlanBadHeader`), then what they say.
 #[inline]
 fn check_vxlan(datagram: &[u8], vni: u32, mac: [u8; 6]) -> Result<(), DropReason> {
+    check_vxlan_type(
+        datagram,
+        vni,
+        mac,
+        vxlan::ETHERTYPE_IPV4,
+        DropReason::VxlanNotIpv4,
+    )
+}
+
+/// [`check_vxlan`] for the ethertype `ethertype`, `wrong_type` when the frame carries another.
+#[inline]
+fn check_vxlan_type(
+    datagram: &[u8],
+    vni: u32,
+    mac: [u8; 6],
+    ethertype: u16,
+    wrong_type: DropReason,
+) -> Result<(), DropReason> {
     let frame = vxlan::Repr::parse(&vxlan::Packet::new_unchecked(datagram))?;
     if frame.vni != vni & vxlan::VNI_MASK {
         return Err(DropReason::VxlanWrongVni);
@@ -157,8 +180,121 @@ fn check_vxlan(datagram: &[u8], vni: u32, mac: [u8; 6]) -> Result<(), DropReason
     if frame.dst_mac != mac || frame.src_mac == mac {
         return Err(DropReason::VxlanWrongMac);
     }
-    if frame.ethertype != vxlan::ETHERTYPE_IPV4 {
-        return Err(DropReason::VxlanNotIpv4);
+    if frame.ethertype != ethertype {
+        return Err(wrong_type);
+    }
+    Ok(())
+}
+
+/// Whether an IPv6 source makes no sense for a packet crossing the overlay (one router hop):
+/// unspecified, loopback, multicast, link-local (RFC 4291 §2.5.6: routers never forward it) or
+/// IPv4-mapped (RFC 4291 §2.5.5.2: never on the wire).
+pub fn bad_ipv6_source(src: Ipv6Addr) -> bool {
+    src.is_unspecified()
+        || src.is_loopback()
+        || src.is_multicast()
+        || src.is_unicast_link_local()
+        || src.to_ipv4_mapped().is_some()
+}
+
+/// What IPv6 decapsulation checks against (the IPv6 half of a dual-stack [`DecapPolicy`]).
+#[derive(Debug, Clone, Copy)]
+pub struct DecapPolicy6 {
+    /// The whole IPv6 overlay network.
+    pub network: Ipv6Net,
+    /// The IPv6 subnet this host leases.
+    pub local: Ipv6Net,
+    /// Skip the sender checks, as [`DecapPolicy::accept_any_source`].
+    pub accept_any_source: bool,
+}
+
+/// Decapsulation of VXLAN frames received over the IPv6 underlay: inner IPv6 packets, as the
+/// kernel's `flannel-v6.<VNI>` device sends them (same VNI as IPv4, its own VTEP MAC).
+///
+/// Checked in this order, each failure dropped under its own reason:
+///
+/// * the VXLAN and inner Ethernet checks of [`Decapsulator`] (`Truncated`, `VxlanBadHeader`,
+///   `VxlanWrongVni`, `VxlanWrongMac`), then ethertype IPv6 (`VxlanNotIpv6`);
+/// * the fixed IPv6 header: its length (`Truncated`), version 6 (`NotIpv6`), no jumbogram
+///   (`Ipv6Jumbo`), payload length equal to the bytes received (`LengthMismatch`);
+/// * the extension-header walk (`Truncated`, `Ipv6BadExtHeader`, `Ipv6Jumbo`,
+///   `Ipv6ExtChainTooLong`);
+/// * a unicast destination (`Ipv6Multicast`) and a source that makes sense ([`bad_ipv6_source`]:
+///   `Ipv6BadSource`);
+/// * the destination in the local IPv6 subnet (`NotLocal`);
+/// * unless any source is accepted: the outer source is an IPv6 peer (`UnknownSender`) and, when
+///   the inner source lies in the IPv6 overlay network, the very peer whose subnet holds it
+///   (`Spoofed`), as for IPv4.
+#[derive(Debug, Clone, Copy)]
+pub struct Decapsulator6 {
+    /// VXLAN network identifier (the same as IPv4's).
+    pub vni: u32,
+    /// This host's IPv6 VTEP MAC.
+    pub mac: [u8; 6],
+    /// The inner-packet and sender checks.
+    pub policy: DecapPolicy6,
+}
+
+impl Decapsulator6 {
+    /// Judges `datagram`, received over the IPv6 underlay from `outer_src` (any source port). A
+    /// `Deliver` range is the inner IPv6 packet, after the 22 header bytes. Never panics,
+    /// whatever the bytes.
+    pub fn decapsulate(
+        &self,
+        outer_src: Ipv6Addr,
+        datagram: &[u8],
+        routes: &RouteSnapshot,
+    ) -> DecapVerdict {
+        if let Err(reason) = check_vxlan_type(
+            datagram,
+            self.vni,
+            self.mac,
+            vxlan::ETHERTYPE_IPV6,
+            DropReason::VxlanNotIpv6,
+        ) {
+            return DecapVerdict::Drop(reason);
+        }
+        match judge_ipv6(
+            outer_src,
+            &datagram[vxlan::HEADER_LEN..],
+            routes,
+            &self.policy,
+        ) {
+            Ok(()) => DecapVerdict::Deliver(vxlan::HEADER_LEN..datagram.len()),
+            Err(reason) => DecapVerdict::Drop(reason),
+        }
+    }
+}
+
+/// The inner-packet and sender checks of [`Decapsulator6`] on the bare inner IPv6 packet.
+fn judge_ipv6(
+    outer_src: Ipv6Addr,
+    inner: &[u8],
+    routes: &RouteSnapshot,
+    policy: &DecapPolicy6,
+) -> Result<(), DropReason> {
+    let packet = ipv6::Packet::new_checked(inner)?;
+    packet.transport()?;
+    let (src, dst) = (packet.src_addr(), packet.dst_addr());
+    if dst.is_multicast() {
+        return Err(DropReason::Ipv6Multicast);
+    }
+    if bad_ipv6_source(src) {
+        return Err(DropReason::Ipv6BadSource);
+    }
+    if !policy.local.contains(dst) {
+        return Err(DropReason::NotLocal);
+    }
+    if !policy.accept_any_source {
+        if !routes.is_peer6(outer_src) {
+            return Err(DropReason::UnknownSender);
+        }
+        if policy.network.contains(src) {
+            match routes.lookup6(src) {
+                Some(hop) if *hop.peer.ip() == outer_src => {}
+                _ => return Err(DropReason::Spoofed),
+            }
+        }
     }
     Ok(())
 }
@@ -619,5 +755,328 @@ mod tests {
             }
             let _ = decapsulate_udp(PEER_B, &buf[..len], &r, &p);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests6 {
+    use super::*;
+    use crate::encap::{EncapVerdict6, Encapsulator6};
+    use crate::route::Route6;
+    use crate::wire::{icmpv6, ipv6::NH_UDP};
+    use std::net::SocketAddrV6;
+
+    const VNI: u32 = 1;
+    const MAC_A: [u8; 6] = [0x0a, 0x58, 0, 0, 0, 0xa1];
+    const MAC_B: [u8; 6] = [0x0a, 0x58, 0, 0, 0, 0xb1];
+    const MAC_C: [u8; 6] = [0x0a, 0x58, 0, 0, 0, 0xc1];
+
+    fn a6(s: &str) -> Ipv6Addr {
+        s.parse().expect("literal address")
+    }
+
+    fn peer_b() -> Ipv6Addr {
+        a6("2001:db8::b")
+    }
+
+    fn peer_c() -> Ipv6Addr {
+        a6("2001:db8::c")
+    }
+
+    /// Host A's view: B leases fd00:1:0:2::/64, C fd00:1:0:3::/64; A is fd00:1:0:1::/64.
+    fn routes_at_a() -> RouteSnapshot {
+        let r = |net: &str, peer: Ipv6Addr, mac| {
+            Route6::vxlan(
+                net.parse().unwrap(),
+                SocketAddrV6::new(peer, 8472, 0, 0),
+                mac,
+            )
+        };
+        RouteSnapshot::build_dual(
+            1,
+            [],
+            [
+                r("fd00:1:0:2::/64", peer_b(), MAC_B),
+                r("fd00:1:0:3::/64", peer_c(), MAC_C),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Host B's view: A leases fd00:1:0:1::/64 at 2001:db8::a.
+    fn routes_at_b() -> RouteSnapshot {
+        RouteSnapshot::build_dual(
+            1,
+            [],
+            [Route6::vxlan(
+                "fd00:1:0:1::/64".parse().unwrap(),
+                SocketAddrV6::new(a6("2001:db8::a"), 8472, 0, 0),
+                MAC_A,
+            )],
+        )
+        .unwrap()
+    }
+
+    fn policy_at_a() -> DecapPolicy6 {
+        DecapPolicy6 {
+            network: "fd00:1::/56".parse().unwrap(),
+            local: "fd00:1:0:1::/64".parse().unwrap(),
+            accept_any_source: false,
+        }
+    }
+
+    fn decap_a() -> Decapsulator6 {
+        Decapsulator6 {
+            vni: VNI,
+            mac: MAC_A,
+            policy: policy_at_a(),
+        }
+    }
+
+    /// An IPv6 UDP packet `src` → `dst` with `hop_limit`, 16 bytes of payload.
+    fn packet(src: &str, dst: &str, hop_limit: u8) -> Vec<u8> {
+        let mut v = vec![0u8; 40 + 24];
+        let mut p = ipv6::Packet::new_unchecked(&mut v[..]);
+        p.set_version_tc_flow(0, 0);
+        p.set_payload_len(24);
+        p.set_next_header(NH_UDP);
+        p.set_hop_limit(hop_limit);
+        p.set_src_addr(a6(src));
+        p.set_dst_addr(a6(dst));
+        v[40..48].copy_from_slice(&[0x30, 0x39, 0x00, 0x35, 0x00, 0x18, 0, 0]);
+        v
+    }
+
+    /// `inner` encapsulated by host B toward A (B's frame as A receives it).
+    fn frame_from_b(inner: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; vxlan::HEADER_LEN];
+        f.extend_from_slice(inner);
+        let enc = Encapsulator6 {
+            vni: VNI,
+            mac: MAC_B,
+            mtu: 1430,
+        };
+        let v = enc.encapsulate(&mut f, &routes_at_b());
+        assert_eq!(
+            v,
+            EncapVerdict6::Forward(SocketAddrV6::new(a6("2001:db8::a"), 8472, 0, 0))
+        );
+        f
+    }
+
+    /// A frame as B would send it, without B's encapsulator checks (for hostile inner packets).
+    fn raw_frame_from_b(inner: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; vxlan::HEADER_LEN];
+        vxlan::Repr {
+            vni: VNI,
+            dst_mac: MAC_A,
+            src_mac: MAC_B,
+            ethertype: vxlan::ETHERTYPE_IPV6,
+        }
+        .emit(&mut vxlan::Packet::new_unchecked(&mut f[..]));
+        f.extend_from_slice(inner);
+        f
+    }
+
+    #[test]
+    fn round_trip_b_to_a() {
+        let inner = packet("fd00:1:0:2::5", "fd00:1:0:1::7", 64);
+        let f = frame_from_b(&inner);
+        assert_eq!(
+            &f[8..14],
+            &MAC_A,
+            "inner Ethernet destination: A's IPv6 VTEP MAC"
+        );
+        assert_eq!(&f[14..20], &MAC_B);
+        assert_eq!(&f[20..22], &[0x86, 0xdd]);
+        assert_eq!(f[22 + 7], 63, "hop limit decremented once");
+        let v = decap_a().decapsulate(peer_b(), &f, &routes_at_a());
+        assert_eq!(v, DecapVerdict::Deliver(22..f.len()));
+        let DecapVerdict::Deliver(r) = v else {
+            unreachable!()
+        };
+        let mut want = inner.clone();
+        want[7] = 63;
+        assert_eq!(&f[r], &want[..]);
+    }
+
+    #[test]
+    fn sender_checks() {
+        let f = frame_from_b(&packet("fd00:1:0:2::5", "fd00:1:0:1::7", 64));
+        let routes = routes_at_a();
+        // C claims B's container.
+        assert_eq!(
+            decap_a().decapsulate(peer_c(), &f, &routes),
+            DecapVerdict::Drop(DropReason::Spoofed)
+        );
+        // A stranger.
+        assert_eq!(
+            decap_a().decapsulate(a6("2001:db8::99"), &f, &routes),
+            DecapVerdict::Drop(DropReason::UnknownSender)
+        );
+        // An inner source outside the overlay (a peer host's own address) from any peer.
+        let f = frame_from_b(&packet("2001:db8::b", "fd00:1:0:1::7", 64));
+        assert!(matches!(
+            decap_a().decapsulate(peer_c(), &f, &routes),
+            DecapVerdict::Deliver(_)
+        ));
+        // Accept any source.
+        let f = frame_from_b(&packet("fd00:1:0:2::5", "fd00:1:0:1::7", 64));
+        let mut any = decap_a();
+        any.policy.accept_any_source = true;
+        assert!(matches!(
+            any.decapsulate(a6("2001:db8::99"), &f, &routes),
+            DecapVerdict::Deliver(_)
+        ));
+        // Not for us.
+        let f = raw_frame_from_b(&packet("fd00:1:0:2::5", "fd00:1:0:3::7", 64));
+        assert_eq!(
+            decap_a().decapsulate(peer_b(), &f, &routes),
+            DecapVerdict::Drop(DropReason::NotLocal)
+        );
+    }
+
+    #[test]
+    fn hostile_datagrams() {
+        let routes = routes_at_a();
+        let judge = |f: &[u8]| decap_a().decapsulate(peer_b(), f, &routes);
+        let good = packet("fd00:1:0:2::5", "fd00:1:0:1::7", 64);
+        let drop = |r| DecapVerdict::Drop(r);
+        // Truncated at every length short of the fixed header.
+        for n in 0..40 {
+            let f = raw_frame_from_b(&good[..n]);
+            assert_eq!(judge(&f), drop(DropReason::Truncated), "{n} bytes");
+        }
+        // IPv4 inside 0x86DD.
+        let mut four = good.clone();
+        four[0] = 0x45;
+        assert_eq!(judge(&raw_frame_from_b(&four)), drop(DropReason::NotIpv6));
+        // An IPv4 frame over the IPv6 underlay.
+        let mut v4type = raw_frame_from_b(&good);
+        v4type[20..22].copy_from_slice(&[0x08, 0x00]);
+        assert_eq!(judge(&v4type), drop(DropReason::VxlanNotIpv6));
+        // Payload length says more than arrived.
+        let mut long = good.clone();
+        long[5] += 1;
+        assert_eq!(
+            judge(&raw_frame_from_b(&long)),
+            drop(DropReason::LengthMismatch)
+        );
+        // Jumbogram: payload length 0 with a hop-by-hop header carrying a jumbo option.
+        let mut jumbo = good[..40].to_vec();
+        jumbo[4..6].fill(0);
+        jumbo[6] = 0;
+        jumbo.extend_from_slice(&[NH_UDP, 0, 0xc2, 4, 0, 1, 0, 0]);
+        assert_eq!(
+            judge(&raw_frame_from_b(&jumbo)),
+            drop(DropReason::Ipv6Jumbo)
+        );
+        // Nine destination-options headers.
+        let mut chain = good[..40].to_vec();
+        chain[6] = 60;
+        for i in 0..9 {
+            chain.extend_from_slice(&[if i == 8 { NH_UDP } else { 60 }, 0, 1, 4, 0, 0, 0, 0]);
+        }
+        let len = (chain.len() - 40) as u16;
+        chain[4..6].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(
+            judge(&raw_frame_from_b(&chain)),
+            drop(DropReason::Ipv6ExtChainTooLong)
+        );
+        // Multicast destination, link-local and IPv4-mapped sources.
+        let m = packet("fd00:1:0:2::5", "ff02::1", 64);
+        assert_eq!(
+            judge(&raw_frame_from_b(&m)),
+            drop(DropReason::Ipv6Multicast)
+        );
+        for src in ["fe80::1", "::ffff:10.1.2.5", "::", "::1", "ff02::2"] {
+            let p = packet(src, "fd00:1:0:1::7", 64);
+            assert_eq!(
+                judge(&raw_frame_from_b(&p)),
+                drop(DropReason::Ipv6BadSource),
+                "{src}"
+            );
+        }
+    }
+
+    #[test]
+    fn encap_refusals_and_icmpv6() {
+        let routes = routes_at_a();
+        let enc = Encapsulator6 {
+            vni: VNI,
+            mac: MAC_A,
+            mtu: 1430,
+        };
+        let run = |inner: &[u8]| {
+            let mut f = vec![0u8; vxlan::HEADER_LEN];
+            f.extend_from_slice(inner);
+            let before = f.clone();
+            let v = enc.encapsulate(&mut f, &routes);
+            if matches!(v, EncapVerdict6::Drop { .. }) {
+                assert_eq!(f, before, "a dropped frame is left untouched");
+            }
+            v
+        };
+        let v = run(&packet("fd00:1:0:1::7", "fd00:1:0:3::1", 64));
+        assert_eq!(
+            v,
+            EncapVerdict6::Forward(SocketAddrV6::new(peer_c(), 8472, 0, 0))
+        );
+        assert_eq!(
+            run(&packet("fd00:1:0:1::7", "fd00:1:0:9::1", 64)),
+            EncapVerdict6::Drop {
+                reason: DropReason::NoRoute,
+                reply: Some(icmpv6::ErrorKind::NoRoute)
+            }
+        );
+        assert_eq!(
+            run(&packet("fd00:1:0:1::7", "fd00:1:0:3::1", 1)),
+            EncapVerdict6::Drop {
+                reason: DropReason::TtlExceeded,
+                reply: Some(icmpv6::ErrorKind::HopLimitExceeded)
+            }
+        );
+        let mut big = packet("fd00:1:0:1::7", "fd00:1:0:3::1", 64);
+        big.resize(1431, 0);
+        big[4..6].copy_from_slice(&(1431u16 - 40).to_be_bytes());
+        assert_eq!(
+            run(&big),
+            EncapVerdict6::Drop {
+                reason: DropReason::TxTooBig,
+                reply: Some(icmpv6::ErrorKind::PacketTooBig { mtu: 1430 })
+            }
+        );
+        // The kernel's own neighbour discovery and MLD into the device: no reply.
+        assert_eq!(
+            run(&packet("fe80::1", "ff02::2", 255)),
+            EncapVerdict6::Drop {
+                reason: DropReason::Ipv6Multicast,
+                reply: None
+            }
+        );
+        assert_eq!(
+            run(&packet("fe80::1", "fd00:1:0:3::1", 64)),
+            EncapVerdict6::Drop {
+                reason: DropReason::Ipv6BadSource,
+                reply: None
+            }
+        );
+        // Malformed.
+        let mut bad = packet("fd00:1:0:1::7", "fd00:1:0:3::1", 64);
+        bad.pop();
+        assert_eq!(
+            run(&bad),
+            EncapVerdict6::Drop {
+                reason: DropReason::TxMalformed,
+                reply: None
+            }
+        );
+        assert_eq!(
+            enc.encapsulate(&mut [0u8; 10], &routes),
+            EncapVerdict6::Drop {
+                reason: DropReason::TxMalformed,
+                reply: None
+            }
+        );
     }
 }

@@ -10,10 +10,10 @@
 //!   MAC to the peer's, written into the [`header_len`](Encapsulator::header_len) bytes the caller
 //!   keeps free in front of the packet (the batch's headroom), so nothing is copied.
 
-use crate::route::{Hop, RouteSnapshot};
+use crate::route::{Hop, Hop6, RouteSnapshot};
 use crate::stats::DropReason;
-use crate::wire::{self, icmp, ipv4, vxlan, Wire};
-use std::net::SocketAddrV4;
+use crate::wire::{self, icmp, icmpv6, ipv4, ipv6, vxlan, Wire};
+use std::net::{SocketAddrV4, SocketAddrV6};
 
 /// What to do with a packet read from the TUN device (the outcome of encapsulation;
 /// [`DecapVerdict`] is the receiving side's).
@@ -124,6 +124,103 @@ impl Encapsulator {
                 EncapVerdict::Forward(hop.peer)
             }
         }
+    }
+}
+
+/// What to do with an IPv6 packet read from the TUN device ([`Encapsulator6`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncapVerdict6 {
+    /// Send the (hop-limit-decremented, encapsulated) packet to this peer over the IPv6 underlay.
+    Forward(SocketAddrV6),
+    /// Drop it; if `reply` is set, answer the sender with that ICMPv6 error.
+    Drop {
+        /// Counter to charge.
+        reason: DropReason,
+        /// ICMPv6 error to write back into the TUN device, subject to rate limiting.
+        reply: Option<icmpv6::ErrorKind>,
+    },
+}
+
+fn drop6(reason: DropReason) -> EncapVerdict6 {
+    EncapVerdict6::Drop {
+        reason,
+        reply: None,
+    }
+}
+
+/// VXLAN encapsulation of inner IPv6 packets for the IPv6 underlay, as the kernel's
+/// `flannel-v6.<VNI>` device sends them: the VNI of IPv4, ethertype IPv6, from this host's IPv6
+/// VTEP MAC to the peer's (`BackendV6Data`).
+///
+/// Checked in this order: a well-formed IPv6 header (`Ipv6Jumbo` for a jumbogram, `TxMalformed`
+/// otherwise) no longer than `mtu` (`TxTooBig` with an ICMPv6 packet too big; super-packets
+/// are cut before they get here); a unicast destination (`Ipv6Multicast`: the TUN device's own
+/// neighbour discovery and MLD); a source that may cross a router (`Ipv6BadSource`: link-local,
+/// IPv4-mapped, …); a route (`NoRoute`, ICMPv6 no route); a hop limit above 1 (`TtlExceeded`,
+/// ICMPv6 time exceeded). Then the hop limit is decremented and the header written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encapsulator6 {
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// This host's IPv6 VTEP MAC: the source of every inner Ethernet header sent.
+    pub mac: [u8; 6],
+    /// Largest inner packet: the TUN device's MTU (the IPv6 underlay MTU minus 70).
+    pub mtu: usize,
+}
+
+impl Encapsulator6 {
+    /// Encapsulates the inner IPv6 packet in `frame[vxlan::HEADER_LEN..]` (the bytes in front
+    /// are room for the header). On `Forward` the hop limit was decremented, the header written,
+    /// and all of `frame` is the UDP payload to send; on `Drop` `frame` is left untouched. Never
+    /// panics, whatever the bytes.
+    pub fn encapsulate(&self, frame: &mut [u8], routes: &RouteSnapshot) -> EncapVerdict6 {
+        let Some((header, packet)) = frame.split_at_mut_checked(vxlan::HEADER_LEN) else {
+            return drop6(DropReason::TxMalformed);
+        };
+        let hop = match self.route(packet, routes) {
+            Ok(hop) => hop,
+            Err(drop) => return drop,
+        };
+        let repr = vxlan::Repr {
+            vni: self.vni,
+            dst_mac: hop.mac,
+            src_mac: self.mac,
+            ethertype: vxlan::ETHERTYPE_IPV6,
+        };
+        repr.emit(&mut vxlan::Packet::new_unchecked(header));
+        EncapVerdict6::Forward(hop.peer)
+    }
+
+    fn route(&self, packet: &mut [u8], routes: &RouteSnapshot) -> Result<Hop6, EncapVerdict6> {
+        let view = match ipv6::Packet::new_checked(&packet[..]) {
+            Ok(p) => p,
+            Err(wire::Error::Jumbo) => return Err(drop6(DropReason::Ipv6Jumbo)),
+            Err(_) => return Err(drop6(DropReason::TxMalformed)),
+        };
+        let refuse = |reason, kind| {
+            let reply = icmpv6::may_reply_to(&view, kind).then_some(kind);
+            Err(EncapVerdict6::Drop { reason, reply })
+        };
+        if packet.len() > self.mtu {
+            let kind = icmpv6::ErrorKind::PacketTooBig {
+                mtu: self.mtu as u32,
+            };
+            return refuse(DropReason::TxTooBig, kind);
+        }
+        if view.dst_addr().is_multicast() {
+            return Err(drop6(DropReason::Ipv6Multicast));
+        }
+        if crate::decap::bad_ipv6_source(view.src_addr()) {
+            return Err(drop6(DropReason::Ipv6BadSource));
+        }
+        let Some(hop) = routes.lookup6(view.dst_addr()) else {
+            return refuse(DropReason::NoRoute, icmpv6::ErrorKind::NoRoute);
+        };
+        if view.hop_limit() <= 1 {
+            return refuse(DropReason::TtlExceeded, icmpv6::ErrorKind::HopLimitExceeded);
+        }
+        ipv6::Packet::new_unchecked(packet).decrement_hop_limit();
+        Ok(hop)
     }
 }
 

@@ -47,10 +47,12 @@ pub mod wg;
 pub mod wire;
 mod worker;
 
-pub use dataplane::{Dataplane, DataplaneConfig, StartError, StatsSource};
-pub use decap::{decapsulate_udp, DecapPolicy, DecapVerdict, Decapsulator};
-pub use encap::{encapsulate_udp, EncapVerdict, Encapsulator};
-pub use net::Ipv4Net;
-pub use route::{Hop, Route, RouteChange, RouteSnapshot, RouteTable};
+pub use dataplane::{Dataplane, DataplaneConfig, DataplaneV6, StartError, StatsSource};
+pub use decap::{
+    decapsulate_udp, DecapPolicy, DecapPolicy6, DecapVerdict, Decapsulator, Decapsulator6,
+};
+pub use encap::{encapsulate_udp, EncapVerdict, EncapVerdict6, Encapsulator, Encapsulator6};
+pub use net::{Ipv4Net, Ipv6Net};
+pub use route::{Hop, Hop6, Route, Route6, RouteChange, RouteSnapshot, RouteTable};
 pub use stats::{Counter, DropReason, StatsSnapshot};
 pub use wire::Wire;

@@ -9,11 +9,11 @@
 //! a hash map keyed by the masked address, and groups are tried longest prefix first. With one
 //! subnet length there is one group and one hash probe.
 
-use crate::net::Ipv4Net;
+use crate::net::{Ipv4Net, Ipv6Net};
 use arc_swap::{ArcSwap, Cache};
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -80,9 +80,14 @@ impl Hasher for U32Hasher {
     fn write_u32(&mut self, n: u32) {
         self.0 = (u64::from(n) ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
+    /// IPv6 keys: both halves folded into one word first (a /64's low half is zero).
+    fn write_u128(&mut self, n: u128) {
+        let folded = (n as u64) ^ ((n >> 64) as u64);
+        self.0 = (folded ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
-type FastMap<V> = HashMap<u32, V, BuildHasherDefault<U32Hasher>>;
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<U32Hasher>>;
 
 /// Shards per map. A change copies one shard (about 1/256 of the map) instead of the map.
 const SHARDS: usize = 256;
@@ -93,11 +98,11 @@ const SHARDS: usize = 256;
 /// few changes costs microseconds whatever the size. The caller picks the shard (a function of
 /// the key); lookups index a fixed array, then probe one hash map.
 #[derive(Debug, Clone)]
-struct Sharded<V: Clone> {
-    shards: [Arc<FastMap<V>>; SHARDS],
+struct Sharded<K: Hash + Eq + Clone, V: Clone> {
+    shards: [Arc<FastMap<K, V>>; SHARDS],
 }
 
-impl<V: Clone> Default for Sharded<V> {
+impl<K: Hash + Eq + Clone, V: Clone> Default for Sharded<K, V> {
     fn default() -> Self {
         Sharded {
             shards: std::array::from_fn(|_| Arc::new(FastMap::default())),
@@ -105,18 +110,18 @@ impl<V: Clone> Default for Sharded<V> {
     }
 }
 
-impl<V: Clone> Sharded<V> {
+impl<K: Hash + Eq + Clone, V: Clone> Sharded<K, V> {
     #[inline]
-    fn get(&self, shard: usize, key: u32) -> Option<&V> {
+    fn get(&self, shard: usize, key: K) -> Option<&V> {
         self.shards[shard & (SHARDS - 1)].get(&key)
     }
 
     /// The shard for writing: copied first if another snapshot shares it.
-    fn shard_mut(&mut self, shard: usize) -> &mut FastMap<V> {
+    fn shard_mut(&mut self, shard: usize) -> &mut FastMap<K, V> {
         Arc::make_mut(&mut self.shards[shard & (SHARDS - 1)])
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&u32, &V)> + '_ {
+    fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
         self.shards.iter().flat_map(|s| s.iter())
     }
 }
@@ -136,7 +141,7 @@ struct Group {
     /// shard (31 for /0, whose only key is 0).
     shift: u32,
     len: usize,
-    routes: Sharded<Hop>,
+    routes: Sharded<u32, Hop>,
 }
 
 impl Group {
@@ -199,6 +204,205 @@ impl Group {
     }
 }
 
+/// One IPv6 route: packets for `subnet` go to `peer` (the lease's `PublicIPv6`) with inner
+/// Ethernet destination `mac` (the VTEP MAC of its `BackendV6Data`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route6 {
+    /// IPv6 overlay subnet leased by the peer.
+    pub subnet: Ipv6Net,
+    /// IPv6 underlay address and port of the peer.
+    pub peer: SocketAddrV6,
+    /// The peer's IPv6 VTEP MAC.
+    pub mac: [u8; 6],
+}
+
+impl Route6 {
+    /// A vxlan route to the peer whose IPv6 VTEP MAC is `mac`.
+    pub const fn vxlan(subnet: Ipv6Net, peer: SocketAddrV6, mac: [u8; 6]) -> Route6 {
+        Route6 { subnet, peer, mac }
+    }
+
+    /// Where this route sends packets.
+    pub const fn hop(&self) -> Hop6 {
+        Hop6 {
+            peer: self.peer,
+            mac: self.mac,
+        }
+    }
+}
+
+/// What an IPv6 lookup yields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Hop6 {
+    /// IPv6 underlay address and port of the peer.
+    pub peer: SocketAddrV6,
+    /// The peer's IPv6 VTEP MAC.
+    pub mac: [u8; 6],
+}
+
+/// The shard of an IPv6 peer address: its bytes folded.
+#[inline]
+fn peer_shard6(ip: u128) -> usize {
+    let w = (ip as u64) ^ ((ip >> 64) as u64);
+    let w = w ^ (w >> 32);
+    peer_shard(w as u32)
+}
+
+/// IPv6 routes of one prefix length; as [`Group`].
+#[derive(Debug, Clone)]
+struct Group6 {
+    prefix: u8,
+    mask: u128,
+    /// Right shift that turns a network address into its subnet number (127 for /0).
+    shift: u32,
+    len: usize,
+    routes: Sharded<u128, Hop6>,
+}
+
+impl Group6 {
+    fn new(prefix: u8, mask: u128) -> Group6 {
+        Group6 {
+            prefix,
+            mask,
+            shift: (128 - u32::from(prefix)).min(127),
+            len: 0,
+            routes: Sharded::default(),
+        }
+    }
+
+    #[inline]
+    fn shard(&self, net: u128) -> usize {
+        (net >> self.shift) as usize
+    }
+
+    #[inline]
+    fn get(&self, net: u128) -> Option<&Hop6> {
+        self.routes.get(self.shard(net), net)
+    }
+
+    fn insert(&mut self, net: u128, hop: Hop6) -> Option<Hop6> {
+        let shard = self.shard(net);
+        let old = self.routes.shard_mut(shard).insert(net, hop);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    fn remove(&mut self, net: u128) -> Option<Hop6> {
+        let shard = self.shard(net);
+        self.get(net)?;
+        let old = self.routes.shard_mut(shard).remove(&net);
+        if old.is_some() {
+            self.len -= 1;
+        }
+        old
+    }
+
+    fn nets(&self) -> impl Iterator<Item = (u128, Hop6)> + '_ {
+        self.routes.iter().map(|(n, h)| (*n, *h))
+    }
+}
+
+/// The IPv6 half of a snapshot: groups longest prefix first, and the peers' reference counts.
+#[derive(Debug, Clone, Default)]
+struct Table6 {
+    groups: Vec<Group6>,
+    peers: Sharded<u128, u32>,
+    len: usize,
+}
+
+impl Table6 {
+    fn set(&mut self, r: Route6) {
+        let prefix = r.subnet.prefix();
+        let at = self.groups.partition_point(|g| g.prefix > prefix);
+        if self.groups.get(at).is_none_or(|g| g.prefix != prefix) {
+            self.groups.insert(at, Group6::new(prefix, r.subnet.mask()));
+        }
+        match self.groups[at].insert(u128::from(r.subnet.addr()), r.hop()) {
+            Some(old) => self.peer_remove(u128::from(*old.peer.ip())),
+            None => self.len += 1,
+        }
+        let ip = u128::from(*r.peer.ip());
+        *self.peers.shard_mut(peer_shard6(ip)).entry(ip).or_insert(0) += 1;
+    }
+
+    fn peer_remove(&mut self, ip: u128) {
+        let shard = self.peers.shard_mut(peer_shard6(ip));
+        if let Some(n) = shard.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                shard.remove(&ip);
+            }
+        }
+    }
+
+    fn remove(&mut self, subnet: Ipv6Net) {
+        let Some(at) = self.groups.iter().position(|g| g.prefix == subnet.prefix()) else {
+            return;
+        };
+        if let Some(old) = self.groups[at].remove(u128::from(subnet.addr())) {
+            self.len -= 1;
+            self.peer_remove(u128::from(*old.peer.ip()));
+            if self.groups[at].len == 0 {
+                self.groups.remove(at);
+            }
+        }
+    }
+
+    fn net(addr: u128, prefix: u8) -> Option<Ipv6Net> {
+        Ipv6Net::new(Ipv6Addr::from(addr), prefix)
+    }
+
+    /// A route of a shorter length covering `subnet`, or one of a longer length inside it.
+    fn overlap_of(&self, subnet: Ipv6Net) -> Option<RouteError> {
+        let (net, prefix, mask) = (u128::from(subnet.addr()), subnet.prefix(), subnet.mask());
+        for g in &self.groups {
+            if g.prefix < prefix {
+                let covering = net & g.mask;
+                if let Some(o) = g.get(covering).and(Self::net(covering, g.prefix)) {
+                    return Some(RouteError::Overlap6(subnet, o));
+                }
+            } else if g.prefix > prefix {
+                let inside = g.nets().map(|(n, _)| n).find(|n| n & mask == net);
+                if let Some(o) = inside.and_then(|n| Self::net(n, g.prefix)) {
+                    return Some(RouteError::Overlap6(o, subnet));
+                }
+            }
+        }
+        None
+    }
+
+    fn check_overlaps(&self) -> Result<(), RouteError> {
+        for (i, long) in self.groups.iter().enumerate() {
+            for short in &self.groups[i + 1..] {
+                for (net, _) in long.nets() {
+                    let covering = net & short.mask;
+                    if short.get(covering).is_some() {
+                        let a = Self::net(net, long.prefix);
+                        let b = Self::net(covering, short.prefix);
+                        if let (Some(a), Some(b)) = (a, b) {
+                            return Err(RouteError::Overlap6(a, b));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn lookup(&self, dst: Ipv6Addr) -> Option<Hop6> {
+        let d = u128::from(dst);
+        for g in &self.groups {
+            if let Some(p) = g.get(d & g.mask) {
+                return Some(*p);
+            }
+        }
+        None
+    }
+}
+
 /// A change to the route table ([`RouteTable::apply`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteChange {
@@ -206,6 +410,10 @@ pub enum RouteChange {
     Set(Route),
     /// Removes the route of this subnet (nothing if there is none).
     Remove(Ipv4Net),
+    /// Adds the IPv6 route, or replaces the IPv6 route of the same subnet.
+    Set6(Route6),
+    /// Removes the IPv6 route of this subnet (nothing if there is none).
+    Remove6(Ipv6Net),
 }
 
 /// Why a set of routes cannot form a snapshot.
@@ -213,12 +421,15 @@ pub enum RouteChange {
 pub enum RouteError {
     /// Two routes cover common addresses.
     Overlap(Ipv4Net, Ipv4Net),
+    /// Two IPv6 routes cover common addresses.
+    Overlap6(Ipv6Net, Ipv6Net),
 }
 
 impl std::fmt::Display for RouteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RouteError::Overlap(a, b) => write!(f, "subnets {a} and {b} overlap"),
+            RouteError::Overlap6(a, b) => write!(f, "IPv6 subnets {a} and {b} overlap"),
         }
     }
 }
@@ -235,8 +446,10 @@ pub struct RouteSnapshot {
     /// Longest prefix first.
     groups: Vec<Group>,
     /// Peer address → number of routes pointing at it.
-    peers: Sharded<u32>,
+    peers: Sharded<u32, u32>,
     len: usize,
+    /// The IPv6 routes, looked up apart from the IPv4 ones.
+    v6: Table6,
 }
 
 impl RouteSnapshot {
@@ -255,6 +468,20 @@ impl RouteSnapshot {
         Ok(snap)
     }
 
+    /// Builds a snapshot of IPv4 `routes` and IPv6 `routes6` (dual stack); as [`RouteSnapshot::build`].
+    pub fn build_dual(
+        generation: u64,
+        routes: impl IntoIterator<Item = Route>,
+        routes6: impl IntoIterator<Item = Route6>,
+    ) -> Result<RouteSnapshot, RouteError> {
+        let mut snap = RouteSnapshot::build(generation, routes)?;
+        for r in routes6 {
+            snap.v6.set(r);
+        }
+        snap.v6.check_overlaps()?;
+        Ok(snap)
+    }
+
     /// An empty snapshot.
     pub fn empty() -> RouteSnapshot {
         RouteSnapshot {
@@ -262,6 +489,7 @@ impl RouteSnapshot {
             groups: Vec::new(),
             peers: Sharded::default(),
             len: 0,
+            v6: Table6::default(),
         }
     }
 
@@ -385,6 +613,38 @@ impl RouteSnapshot {
         self.len
     }
 
+    /// The peer that leases the IPv6 subnet holding `dst`, with its IPv6 VTEP MAC: the longest
+    /// prefix over the lengths present, one hash probe per length.
+    #[inline]
+    pub fn lookup6(&self, dst: Ipv6Addr) -> Option<Hop6> {
+        self.v6.lookup(dst)
+    }
+
+    /// Whether some IPv6 route points at underlay address `ip`.
+    #[inline]
+    pub fn is_peer6(&self, ip: Ipv6Addr) -> bool {
+        let ip = u128::from(ip);
+        self.v6.peers.get(peer_shard6(ip), ip).is_some()
+    }
+
+    /// Number of IPv6 routes.
+    pub fn len6(&self) -> usize {
+        self.v6.len
+    }
+
+    /// All IPv6 routes, in no particular order.
+    pub fn routes6(&self) -> impl Iterator<Item = Route6> + '_ {
+        self.v6.groups.iter().flat_map(|g| {
+            g.nets().filter_map(move |(net, hop)| {
+                Table6::net(net, g.prefix).map(|subnet| Route6 {
+                    subnet,
+                    peer: hop.peer,
+                    mac: hop.mac,
+                })
+            })
+        })
+    }
+
     /// Whether there are no routes.
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -451,9 +711,19 @@ impl RouteTable {
     /// proportion to the number of routes; [`RouteTable::apply`] costs time in proportion to
     /// the number of changes.
     pub fn replace(&self, routes: impl IntoIterator<Item = Route>) -> Result<u64, RouteError> {
+        self.replace_dual(routes, [])
+    }
+
+    /// Builds a snapshot from IPv4 `routes` and IPv6 `routes6` and swaps it in; as
+    /// [`RouteTable::replace`].
+    pub fn replace_dual(
+        &self,
+        routes: impl IntoIterator<Item = Route>,
+        routes6: impl IntoIterator<Item = Route6>,
+    ) -> Result<u64, RouteError> {
         let _w = self.write_lock();
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let snap = RouteSnapshot::build(generation, routes)?;
+        let snap = RouteSnapshot::build_dual(generation, routes, routes6)?;
         self.current.store(Arc::new(snap));
         Ok(generation)
     }
@@ -468,6 +738,7 @@ impl RouteTable {
         let current = self.current.load_full();
         let mut next: Option<RouteSnapshot> = None;
         let mut set: Vec<Ipv4Net> = Vec::new();
+        let mut set6: Vec<Ipv6Net> = Vec::new();
         for c in changes {
             let snap = next.get_or_insert_with(|| (*current).clone());
             match c {
@@ -476,6 +747,11 @@ impl RouteTable {
                     set.push(r.subnet);
                 }
                 RouteChange::Remove(subnet) => snap.remove(subnet),
+                RouteChange::Set6(r) => {
+                    snap.v6.set(r);
+                    set6.push(r.subnet);
+                }
+                RouteChange::Remove6(subnet) => snap.v6.remove(subnet),
             }
         }
         let Some(mut snap) = next else {
@@ -490,6 +766,19 @@ impl RouteTable {
                     .find(|g| g.prefix == subnet.prefix())
                     .is_some_and(|g| g.get(u32::from(subnet.addr())).is_some());
                 if let Some(e) = present.then(|| snap.overlap_of(subnet)).flatten() {
+                    return Err(e);
+                }
+            }
+        }
+        if snap.v6.groups.len() > 1 {
+            for subnet in set6 {
+                let present = snap
+                    .v6
+                    .groups
+                    .iter()
+                    .find(|g| g.prefix == subnet.prefix())
+                    .is_some_and(|g| g.get(u128::from(subnet.addr())).is_some());
+                if let Some(e) = present.then(|| snap.v6.overlap_of(subnet)).flatten() {
                     return Err(e);
                 }
             }
@@ -781,5 +1070,142 @@ mod tests {
         t.apply([RouteChange::Set(route("0.0.0.0/0", [3, 3, 3, 3]))])
             .expect("alone");
         assert!(t.load().lookup(Ipv4Addr::new(203, 0, 113, 9)).is_some());
+    }
+
+    fn route6(net: &str, peer: &str, mac: u8) -> Route6 {
+        Route6::vxlan(
+            net.parse().expect("valid net"),
+            SocketAddrV6::new(peer.parse().expect("valid address"), 8472, 0, 0),
+            [0x02, 0, 0, 0, 0, mac],
+        )
+    }
+
+    #[test]
+    fn v6_lookup_equal_length_beside_v4() {
+        let s = RouteSnapshot::build_dual(
+            1,
+            [route("10.1.2.0/24", [192, 0, 2, 2])],
+            [
+                route6("fd00:1:0:2::/64", "2001:db8::2", 2),
+                route6("fd00:1:0:3::/64", "2001:db8::3", 3),
+            ],
+        )
+        .expect("no overlap");
+        assert_eq!((s.len(), s.len6()), (1, 2));
+        let hop = s
+            .lookup6("fd00:1:0:2::77".parse().unwrap())
+            .expect("routed");
+        assert_eq!(hop.peer.ip(), &"2001:db8::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(hop.peer.port(), 8472);
+        assert_eq!(hop.mac, [0x02, 0, 0, 0, 0, 2]);
+        assert_eq!(s.lookup6("fd00:1:0:4::1".parse().unwrap()), None);
+        assert!(s.is_peer6("2001:db8::3".parse().unwrap()));
+        assert!(!s.is_peer6("2001:db8::4".parse().unwrap()));
+        // The families do not mix.
+        assert!(s.lookup(Ipv4Addr::new(10, 1, 2, 1)).is_some());
+        assert!(!s.is_peer(Ipv4Addr::new(192, 0, 2, 3)));
+        let mut all: Vec<_> = s.routes6().map(|r| r.subnet.to_string()).collect();
+        all.sort();
+        assert_eq!(all, ["fd00:1:0:2::/64", "fd00:1:0:3::/64"]);
+    }
+
+    #[test]
+    fn v6_longest_prefix_and_overlap() {
+        let s = RouteSnapshot::build_dual(
+            1,
+            [],
+            [
+                route6("fd00:1:0:2::/64", "2001:db8::2", 2),
+                route6("fd00:2::/48", "2001:db8::9", 9),
+                route6("2001::/16", "2001:db8::ff", 0xff),
+            ],
+        )
+        .expect("disjoint");
+        let peer = |a: &str| s.lookup6(a.parse().unwrap()).map(|h| *h.peer.ip());
+        assert_eq!(peer("fd00:1:0:2::1"), Some("2001:db8::2".parse().unwrap()));
+        assert_eq!(peer("fd00:2:0:7::1"), Some("2001:db8::9".parse().unwrap()));
+        assert_eq!(peer("2001::1"), Some("2001:db8::ff".parse().unwrap()));
+        assert_eq!(peer("fd00:3::1"), None);
+        let e = RouteSnapshot::build_dual(
+            1,
+            [],
+            [
+                route6("fd00:1:0:2::/64", "2001:db8::2", 2),
+                route6("fd00:1::/48", "2001:db8::9", 9),
+            ],
+        )
+        .expect_err("overlap");
+        assert_eq!(
+            e,
+            RouteError::Overlap6(
+                "fd00:1:0:2::/64".parse().unwrap(),
+                "fd00:1::/48".parse().unwrap()
+            )
+        );
+        assert!(e.to_string().contains("IPv6"), "{e}");
+    }
+
+    #[test]
+    fn v6_changes_apply_and_overlaps_refused() {
+        let t = RouteTable::new();
+        t.replace_dual(
+            [route("10.1.2.0/24", [192, 0, 2, 2])],
+            [route6("fd00:1:0:2::/64", "2001:db8::2", 2)],
+        )
+        .expect("disjoint");
+        let before = t.load();
+        t.apply([
+            RouteChange::Set6(route6("fd00:1:0:3::/64", "2001:db8::3", 3)),
+            RouteChange::Remove6("fd00:1:0:2::/64".parse().unwrap()),
+        ])
+        .expect("disjoint");
+        let s = t.load();
+        assert_eq!((s.len(), s.len6()), (1, 1));
+        assert!(s.lookup6("fd00:1:0:2::1".parse().unwrap()).is_none());
+        assert!(s.lookup6("fd00:1:0:3::1".parse().unwrap()).is_some());
+        assert!(!s.is_peer6("2001:db8::2".parse().unwrap()));
+        assert!(s.is_peer6("2001:db8::3".parse().unwrap()));
+        assert!(s.lookup(Ipv4Addr::new(10, 1, 2, 1)).is_some());
+        // The old snapshot is untouched.
+        assert!(before.lookup6("fd00:1:0:2::1".parse().unwrap()).is_some());
+        // A covering route of another length is refused, both ways, and nothing is swapped in.
+        let g = s.generation();
+        let e = t
+            .apply([RouteChange::Set6(route6("fd00:1::/48", "2001:db8::9", 9))])
+            .expect_err("covers fd00:1:0:3::/64");
+        assert!(matches!(e, RouteError::Overlap6(..)), "{e}");
+        t.apply([RouteChange::Set6(route6("fd00:2::/48", "2001:db8::9", 9))])
+            .expect("disjoint");
+        let e = t
+            .apply([RouteChange::Set6(route6(
+                "fd00:2:0:5::/64",
+                "2001:db8::5",
+                5,
+            ))])
+            .expect_err("inside fd00:2::/48");
+        assert!(matches!(e, RouteError::Overlap6(..)), "{e}");
+        assert_eq!(t.load().generation(), g + 1);
+    }
+
+    #[test]
+    fn v6_many_routes_one_probe_each() {
+        let routes: Vec<_> = (0..4096u32)
+            .map(|i| {
+                let net = Ipv6Net::new(
+                    Ipv6Addr::from((0xfd00_0001_0000_0000u128 | u128::from(i)) << 64),
+                    64,
+                )
+                .unwrap();
+                let peer = Ipv6Addr::from(0x2001_0db8u128 << 96 | u128::from(i));
+                Route6::vxlan(net, SocketAddrV6::new(peer, 8472, 0, 0), [2, 0, 0, 0, 0, 1])
+            })
+            .collect();
+        let s = RouteSnapshot::build_dual(1, [], routes.clone()).expect("disjoint");
+        assert_eq!(s.len6(), 4096);
+        for r in &routes {
+            let inside = Ipv6Addr::from(u128::from(r.subnet.addr()) | 0x1234);
+            assert_eq!(s.lookup6(inside), Some(r.hop()));
+            assert!(s.is_peer6(*r.peer.ip()));
+        }
     }
 }

@@ -45,7 +45,8 @@ pub enum DropReason {
     VxlanWrongVni,
     /// Inner Ethernet destination is not our VTEP MAC, or its source is (a loop).
     VxlanWrongMac,
-    /// Inner Ethernet type is not IPv4 (IPv6 included: weft's overlay is IPv4 only).
+    /// Inner Ethernet type is not IPv4 on the IPv4 underlay (IPv6 frames come over the IPv6
+    /// underlay, as from flannel's `flannel-v6.<VNI>` device).
     VxlanNotIpv4,
     /// The received message was longer than the buffer and was cut (MSG_TRUNC).
     RecvTruncated,
@@ -79,11 +80,33 @@ pub enum DropReason {
     WgHandshakeRejected,
     /// WireGuard: handshake refused under load (a cookie reply was sent or due).
     WgUnderLoad,
+    /// Inner packet carried as IPv6 (ethertype 0x86DD) whose version nibble is not 6.
+    NotIpv6,
+    /// IPv6 jumbogram (RFC 2675): payload length 0 with a hop-by-hop header, or a jumbo payload
+    /// option; weft forwards no packet above 65 535 bytes.
+    Ipv6Jumbo,
+    /// IPv6 extension-header chain longer than `wire::ipv6::MAX_EXT_HEADERS`.
+    Ipv6ExtChainTooLong,
+    /// IPv6 extension header malformed: running past the packet is `Truncated`; this is a
+    /// hop-by-hop header anywhere but first.
+    Ipv6BadExtHeader,
+    /// IPv6 packet to a multicast destination (ff00::/8): neighbour discovery and MLD from the
+    /// TUN device's own stack, or such a packet from a peer; the overlay routes unicast only.
+    Ipv6Multicast,
+    /// IPv6 source that makes no sense across the overlay: unspecified, loopback, multicast,
+    /// link-local (fe80::/10, never forwarded by a router) or IPv4-mapped (::ffff:0:0/96).
+    Ipv6BadSource,
+    /// Inner Ethernet type is not IPv6 on the IPv6 underlay (flannel carries IPv4 over the IPv4
+    /// underlay and IPv6 over the IPv6 one).
+    VxlanNotIpv6,
+    /// IPv6 packet read from the TUN device longer than the device's MTU (an ICMPv6 packet too
+    /// big is sent back).
+    TxTooBig,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 30] = [
+    pub const ALL: [DropReason; 38] = [
         DropReason::Truncated,
         DropReason::NotIpv4,
         DropReason::BadHeaderLen,
@@ -114,6 +137,14 @@ impl DropReason {
         DropReason::WgAllowedIps,
         DropReason::WgHandshakeRejected,
         DropReason::WgUnderLoad,
+        DropReason::NotIpv6,
+        DropReason::Ipv6Jumbo,
+        DropReason::Ipv6ExtChainTooLong,
+        DropReason::Ipv6BadExtHeader,
+        DropReason::Ipv6Multicast,
+        DropReason::Ipv6BadSource,
+        DropReason::VxlanNotIpv6,
+        DropReason::TxTooBig,
     ];
 
     /// Stable snake_case name used in logs and metrics.
@@ -149,6 +180,14 @@ impl DropReason {
             DropReason::WgAllowedIps => "wg_allowed_ips",
             DropReason::WgHandshakeRejected => "wg_handshake_rejected",
             DropReason::WgUnderLoad => "wg_under_load",
+            DropReason::NotIpv6 => "not_ipv6",
+            DropReason::Ipv6Jumbo => "ipv6_jumbo",
+            DropReason::Ipv6ExtChainTooLong => "ipv6_ext_chain_too_long",
+            DropReason::Ipv6BadExtHeader => "ipv6_bad_ext_header",
+            DropReason::Ipv6Multicast => "ipv6_multicast",
+            DropReason::Ipv6BadSource => "ipv6_bad_source",
+            DropReason::VxlanNotIpv6 => "vxlan_not_ipv6",
+            DropReason::TxTooBig => "tx_too_big",
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The multiqueue TUN device: one queue per worker.
 
 use std::io::{self, IoSlice};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
@@ -109,6 +109,19 @@ impl AsRawFd for TunQueue {
     fn as_raw_fd(&self) -> RawFd {
         self.dev.as_raw_fd()
     }
+}
+
+/// Turns IPv6 on for the device created by [`create`] (named `name`, `queue` one of its queues) and
+/// gives it `addr`/128, for an IPv6 overlay. No link-local address is generated and router
+/// advertisements are ignored, so the kernel's own IPv6 chatter into the device stays small.
+pub fn enable_ipv6(name: &str, queue: &TunQueue, addr: Ipv6Addr) -> io::Result<()> {
+    let conf = |key: &str, value: &str| {
+        std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/{key}"), value)
+    };
+    conf("addr_gen_mode", "1")?;
+    conf("accept_ra", "0")?;
+    conf("disable_ipv6", "0")?;
+    queue.dev.add_address_v6(addr, 128u8)
 }
 
 /// Creates the device with `cfg.queues` queues, addresses it, sets its MTU and brings it up (routes

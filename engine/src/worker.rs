@@ -33,26 +33,28 @@
 mod sink;
 
 use crate::batch::{Meta, PacketBatch, HEADROOM};
-use crate::decap::{DecapPolicy, DecapVerdict, Decapsulator};
-use crate::encap::{EncapVerdict, Encapsulator};
+use crate::decap::{DecapPolicy, DecapVerdict, Decapsulator, Decapsulator6};
+use crate::encap::{EncapVerdict, EncapVerdict6, Encapsulator, Encapsulator6};
 use crate::route::RouteCache;
 use crate::segment::{Cut, VnetHdr};
 use crate::spread;
 use crate::stats::{Counter, DropReason, WorkerStats};
 use crate::tun::TunQueue;
 use crate::udp::{BatchSocket, RecvMeta, SendMsg, MAX_BATCH, MAX_GSO_BYTES, MAX_GSO_SEGMENTS};
-use crate::wire::{checksum, icmp, Wire};
+use crate::wire::{checksum, icmp, icmpv6, Wire};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use sink::TunSink;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 const TUN: Token = Token(0);
 const UDP: Token = Token(1);
+/// The IPv6 underlay socket of a dual-stack worker.
+const UDP6: Token = Token(3);
 /// Token of the waker that asks the worker to stop.
 pub(crate) const WAKE: Token = Token(2);
 
@@ -171,6 +173,25 @@ pub(crate) struct WorkerSetup {
     pub(crate) stats: Arc<WorkerStats>,
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) poll: Poll,
+    /// With an IPv6 overlay (vxlan only): the IPv6 half.
+    pub(crate) v6: Option<V6Setup>,
+}
+
+/// The IPv6 half of a dual-stack worker: inner IPv6 packets (version nibble 6) read from the TUN
+/// device go out VXLAN-encapsulated over the IPv6 underlay socket, and frames received on it are
+/// judged by [`Decapsulator6`] and written into the same TUN device.
+///
+/// This path sends and receives one datagram per system call (no batching, GSO or GRO yet); the
+/// TUN side is shared with IPv4 (TSO6 super-packets are cut by tun-rs, received packets go
+/// through the sink).
+#[derive(Debug)]
+pub(crate) struct V6Setup {
+    /// Non-blocking IPv6 UDP socket (IPV6_V6ONLY, SO_REUSEPORT), bound to the IPv6 underlay.
+    pub(crate) sock: UdpSocket,
+    pub(crate) encap: Encapsulator6,
+    pub(crate) decap: Decapsulator6,
+    /// Source of originated ICMPv6 errors: the device's IPv6 address.
+    pub(crate) icmp_src: Ipv6Addr,
 }
 
 pub(crate) struct Worker {
@@ -209,6 +230,9 @@ pub(crate) struct Worker {
     /// The socket's cumulative drop count as of the last received message that carried one
     /// (`SO_RXQ_OVFL`); the growth is counted as `SocketRxOverflow`.
     rxq_drops_seen: u32,
+    /// With an IPv6 overlay: one received datagram (64 KiB) and one ICMPv6 error.
+    rx6: Box<[u8]>,
+    icmp6_buf: Box<[u8]>,
 }
 
 /// Whether a TUN I/O error means the device is gone (the kernel detached our queue).
@@ -334,8 +358,18 @@ impl Worker {
         } else {
             batch
         };
+        if let Some(v6) = &setup.v6 {
+            let fd = v6.sock.as_raw_fd();
+            setup
+                .poll
+                .registry()
+                .register(&mut SourceFd(&fd), UDP6, Interest::READABLE)?;
+        }
+        let v6_bufs = if setup.v6.is_some() { 65_536 } else { 0 };
         let encap = Encapsulator::new(setup.wire);
         Ok(Worker {
+            rx6: vec![0u8; v6_bufs].into_boxed_slice(),
+            icmp6_buf: vec![0u8; v6_bufs.min(icmpv6::MAX_ERROR_LEN)].into_boxed_slice(),
             encap,
             decap: Decapsulator::new(setup.wire, setup.policy),
             header: encap.header_len(),
@@ -379,6 +413,7 @@ impl Worker {
         // Edge-triggered readiness: a source is ready until a read on it comes back short.
         let mut tun_ready = true;
         let mut udp_ready = true;
+        let mut udp6_ready = self.setup.v6.is_some();
         loop {
             self.setup.stats.beat();
             if self.setup.stop.load(Ordering::Acquire) {
@@ -391,7 +426,7 @@ impl Worker {
                 );
                 break;
             }
-            if !tun_ready && !udp_ready {
+            if !tun_ready && !udp_ready && !udp6_ready {
                 match self.setup.poll.poll(&mut events, Some(IDLE_WAKEUP)) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -404,6 +439,7 @@ impl Worker {
                     match ev.token() {
                         TUN => tun_ready = true,
                         UDP => udp_ready = true,
+                        UDP6 => udp6_ready = true,
                         _ => {}
                     }
                 }
@@ -414,6 +450,9 @@ impl Worker {
             }
             if udp_ready {
                 udp_ready = self.udp_to_tun();
+            }
+            if udp6_ready {
+                udp6_ready = self.udp6_to_tun();
             }
         }
     }
@@ -533,6 +572,12 @@ impl Worker {
             let encap = self.encap;
             for k in read_at..read_at + n {
                 let len = self.read_sizes[k];
+                if self.setup.v6.is_some()
+                    && self.tx.filled(k, len).first().map(|b| b >> 4) == Some(6)
+                {
+                    self.forward_v6(k, len, &routes);
+                    continue;
+                }
                 match encap.encapsulate(self.tx.frame_mut(k, self.header, len), &routes) {
                     EncapVerdict::Forward(peer) => {
                         let flow = spread::flow_key(self.tx.filled(k, len));
@@ -807,6 +852,109 @@ impl Worker {
             stats.add(Counter::RxGroRuns, gro_runs);
         }
         n == want
+    }
+}
+
+impl Worker {
+    /// Encapsulates the IPv6 packet in tx slot `k` and sends it at once over the IPv6 underlay,
+    /// or drops it (answering with an ICMPv6 error where one is due).
+    fn forward_v6(&mut self, k: usize, len: usize, routes: &crate::route::RouteSnapshot) {
+        let Some(v6) = &self.setup.v6 else {
+            return;
+        };
+        let stats = &*self.setup.stats;
+        let frame = self.tx.frame_mut(k, self.header, len);
+        let reply = match v6.encap.encapsulate(frame, routes) {
+            EncapVerdict6::Forward(peer) => {
+                match v6.sock.send_to(frame, SocketAddr::V6(peer)) {
+                    Ok(_) => {
+                        stats.add(Counter::TxPackets, 1);
+                        stats.add(Counter::TxBytes, len as u64);
+                    }
+                    Err(e) => {
+                        stats.drop_packets(DropReason::SendFailed, 1);
+                        self.send_errors.report(self.setup.id, &e);
+                    }
+                }
+                None
+            }
+            EncapVerdict6::Drop { reason, reply } => {
+                stats.drop_packets(reason, 1);
+                reply
+            }
+        };
+        if let Some(kind) = reply {
+            self.reply_icmp6(kind, k, len);
+        }
+    }
+
+    /// Writes an ICMPv6 error about the packet in tx slot `slot` back into the TUN device.
+    #[cold]
+    fn reply_icmp6(&mut self, kind: icmpv6::ErrorKind, slot: usize, len: usize) {
+        let Some(v6) = &self.setup.v6 else {
+            return;
+        };
+        let stats = &*self.setup.stats;
+        if !self.icmp.allow() {
+            stats.add(Counter::IcmpRateLimited, 1);
+            return;
+        }
+        let offending = &self.tx.packet_area_mut(slot)[..len];
+        let n = icmpv6::emit_error(&mut self.icmp6_buf, kind, v6.icmp_src, offending);
+        match self.setup.tun.write(&self.icmp6_buf[..n]) {
+            Ok(_) => stats.add(Counter::IcmpSent, 1),
+            Err(e) => self.sink.failed(self.setup.id, stats, 1, &e),
+        }
+    }
+
+    /// Receives up to one batch of datagrams from the IPv6 underlay socket, one per call, and
+    /// writes the inner packets that pass [`Decapsulator6`] into the TUN device. Returns whether
+    /// the socket may hold more.
+    fn udp6_to_tun(&mut self) -> bool {
+        let Some(v6) = &self.setup.v6 else {
+            return false;
+        };
+        let stats = &*self.setup.stats;
+        let routes = Arc::clone(self.setup.routes.load());
+        let mut datagrams = 0u64;
+        let mut more = true;
+        while datagrams < self.setup.batch_size as u64 {
+            let (n, src) = match v6.sock.recv_from(&mut self.rx6) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    more = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.recv_errors.report(self.setup.id, &e);
+                    more = false;
+                    break;
+                }
+            };
+            datagrams += 1;
+            let SocketAddr::V6(src) = src else {
+                // IPV6_V6ONLY: cannot happen; counted rather than assumed.
+                stats.drop_packets(DropReason::UnknownSender, 1);
+                continue;
+            };
+            let datagram = &self.rx6[..n];
+            match v6.decap.decapsulate(*src.ip(), datagram, &routes) {
+                DecapVerdict::Deliver(inner) => {
+                    // One pass per datagram: the sink may hold the packet until the pass ends,
+                    // and the next datagram reuses the buffer.
+                    let mut sink = self.sink.pass(&self.setup.tun, self.setup.id, stats);
+                    sink.push(&datagram[inner]);
+                    sink.finish();
+                }
+                DecapVerdict::Drop(reason) => stats.drop_packets(reason, 1),
+            }
+        }
+        if datagrams > 0 {
+            stats.add(Counter::RxBatches, 1);
+            stats.add(Counter::RxDatagrams, datagrams);
+        }
+        more
     }
 }
 

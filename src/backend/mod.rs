@@ -143,7 +143,8 @@ pub(crate) trait Backend {
     /// The MTU containers should use (`FLANNEL_MTU`).
     fn mtu(&self) -> u32;
     /// Dual stack or IPv6 only: our lease's IPv6 subnet `local` in the IPv6 network, before
-    /// [`Backend::start`]. Only backends that carry IPv6 (kernel vxlan, host-gw) are created
+    /// [`Backend::start`]. Only backends that carry IPv6 (kernel vxlan, host-gw, userspace vxlan
+    /// in dual stack) are created
     /// for an IPv6 config ([`create`] refuses the others), so the rest keep this default, which
     /// refuses.
     fn set_ipv6_subnet(
@@ -228,8 +229,9 @@ pub(crate) fn create(config: &NetworkConfig, host: &HostInfo) -> Result<Box<dyn 
 }
 
 /// Refuses address families the selected backend cannot carry (docs/compatibility.md §11.1):
-/// IPv6 (dual stack or IPv6 only) is carried by the kernel vxlan and host-gw backends; udp gets
-/// flannel's error; weft's own data plane (userspace vxlan) and alloc/extension are IPv4 only.
+/// IPv6 (dual stack or IPv6 only) is carried by the kernel vxlan and host-gw backends, dual stack
+/// also by weft's own data plane (userspace vxlan); udp gets flannel's error; alloc/extension are
+/// IPv4 only.
 fn check_families(config: &NetworkConfig) -> Result<()> {
     if config.ipv6.is_none() {
         return Ok(());
@@ -240,9 +242,12 @@ fn check_families(config: &NetworkConfig) -> Result<()> {
         control::Backend::Udp { .. } => {
             anyhow::bail!("EnableIPv6=true: IPv6 is not supported with the udp backend")
         }
+        // Dual stack: weft's workers carry both families over one TUN device.
+        control::Backend::Vxlan(_) if config.enable_ipv4 => Ok(()),
         control::Backend::Vxlan(_) => anyhow::bail!(
-            "EnableIPv6=true: IPv6 is carried by the kernel vxlan backend; weft's own data plane \
-             (\"Userspace\": true or --vxlan-dataplane=userspace) is IPv4 only, not yet IPv6"
+            "EnableIPv4=false: an IPv6-only network is carried by the kernel vxlan backend; weft's \
+             own data plane (\"Userspace\": true or --vxlan-dataplane=userspace) carries IPv6 \
+             only beside IPv4 (dual stack)"
         ),
         _ => anyhow::bail!(
             "EnableIPv6=true: the {} backend carries IPv4 only; IPv6 needs vxlan or host-gw",

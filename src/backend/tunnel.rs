@@ -17,10 +17,11 @@ use crate::netlink::{Netlink, RouteSpec, RTPROT_STATIC};
 use anyhow::{Context, Result};
 use control::{Lease, LeaseAttrs};
 use engine::{
-    Dataplane, DataplaneConfig, Ipv4Net, Route, RouteChange, RouteTable, StatsSource, Wire,
+    Dataplane, DataplaneConfig, DataplaneV6, Ipv4Net, Ipv6Net, Route, Route6, RouteChange,
+    RouteTable, StatsSource, Wire,
 };
 use std::collections::BTreeMap;
-use std::net::SocketAddrV4;
+use std::net::{Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::sync::Arc;
 
 /// Turns one lease into a route, or refuses it (wrong backend type, VNI, bad data).
@@ -56,6 +57,41 @@ pub(crate) struct Tunnel {
     dp: Option<Dataplane>,
     skip: SkipLog,
     name: &'static str,
+    /// Dual stack (userspace vxlan): the IPv6 half.
+    v6: Option<TunnelV6>,
+}
+
+/// The IPv6 half of a dual-stack tunnel: IPv6 leases (`PublicIPv6`, `BackendV6Data`) become
+/// [`Route6`]s, and the data plane carries inner IPv6 over the IPv6 underlay.
+#[derive(Debug)]
+struct TunnelV6 {
+    /// Our public IPv6 address (bound, the outer source of what we send).
+    public: Ipv6Addr,
+    /// Our IPv6 VTEP MAC (`BackendV6Data`).
+    mac: [u8; 6],
+    /// The IPv6 network and our IPv6 subnet, from [`Backend::set_ipv6_subnet`].
+    net: Option<(Ipv6Net, Ipv6Net)>,
+    /// The IPv6 routes in the table, to diff the next set against.
+    published: BTreeMap<Ipv6Net, Route6>,
+}
+
+/// The engine's form of a control-plane IPv6 prefix.
+fn engine_net6(n: control::subnet::Ipv6Net) -> Ipv6Net {
+    Ipv6Net::new(n.addr(), n.prefix_len())
+        .expect("control::Ipv6Net keeps its prefix length at most 128")
+}
+
+/// The IPv6 route of a vxlan lease of VNI `vni` (its `PublicIPv6` and `BackendV6Data` VTEP MAC)
+/// for its IPv6 subnet, if it has all three.
+fn route6_of(l: &Lease, vni: u32, port: u16) -> Option<Route6> {
+    let subnet = engine_net6(l.ipv6_subnet?);
+    let public = l.attrs.public_ipv6?;
+    let mac = super::family::vxlan_peer_of::<control::subnet::Ipv6Net>(l, vni)?;
+    Some(Route6::vxlan(
+        subnet,
+        SocketAddrV6::new(public, port, 0, 0),
+        mac,
+    ))
 }
 
 /// The data plane's configuration for `host` (shared with static mode).
@@ -90,7 +126,24 @@ pub(crate) fn dataplane_config(
 /// flannel's udp backend does (`NET dev TUN proto static`, scope global). Nothing needs removing
 /// at the end: deleting the device (when the last worker's queue closes) removes the route too.
 pub(crate) fn start_dataplane(cfg: &DataplaneConfig, routes: Arc<RouteTable>) -> Result<Dataplane> {
-    let dp = Dataplane::start(cfg, routes).context("starting the data plane")?;
+    start_dataplane_dual(cfg, None, routes)
+}
+
+/// [`start_dataplane`] with an IPv6 half: the IPv6 network is routed through the TUN device too.
+pub(crate) fn start_dataplane_dual(
+    cfg: &DataplaneConfig,
+    v6: Option<&DataplaneV6>,
+    routes: Arc<RouteTable>,
+) -> Result<Dataplane> {
+    let dp = Dataplane::start_dual(cfg, v6, routes).context("starting the data plane")?;
+    if let Some(v6) = v6 {
+        route_network6(&cfg.tun_name, v6.network).with_context(|| {
+            format!(
+                "routing the IPv6 overlay network {} through {}",
+                v6.network, cfg.tun_name
+            )
+        })?;
+    }
     // On error `dp` is dropped here, which stops the workers and removes the device.
     route_network(cfg).with_context(|| {
         format!(
@@ -99,6 +152,25 @@ pub(crate) fn start_dataplane(cfg: &DataplaneConfig, routes: Arc<RouteTable>) ->
         )
     })?;
     Ok(dp)
+}
+
+/// `ip -6 route replace <network> dev <tun> proto static` in the calling thread's namespace.
+fn route_network6(tun: &str, network: Ipv6Net) -> std::io::Result<()> {
+    let mut nl = Netlink::new()?;
+    let link = nl.link_by_name(tun)?.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{tun} vanished right after its creation"),
+        )
+    })?;
+    nl.replace_device_route(&RouteSpec::<Ipv6Addr> {
+        dst: network.addr(),
+        prefix: network.prefix(),
+        gateway: None,
+        oif: link.index,
+        onlink: false,
+        protocol: RTPROT_STATIC,
+    })
 }
 
 /// `ip route replace <network> dev <tun> proto static` in the calling thread's namespace.
@@ -144,7 +216,52 @@ impl Tunnel {
             dp: None,
             skip: SkipLog::default(),
             name,
+            v6: None,
         }
+    }
+
+    /// Makes this a dual-stack tunnel (vxlan only): our public IPv6 address `public` and IPv6
+    /// VTEP MAC `mac`; the lease attributes are the caller's.
+    pub(crate) fn with_ipv6(mut self, public: Ipv6Addr, mac: [u8; 6]) -> Self {
+        self.v6 = Some(TunnelV6 {
+            public,
+            mac,
+            net: None,
+            published: BTreeMap::new(),
+        });
+        self
+    }
+
+    /// The IPv6 route changes `leases` make against what was published, when dual stack.
+    fn changes6(&mut self, leases: &[Lease], changes: &mut Vec<RouteChange>) {
+        let (Some(v6), Wire::Vxlan { vni, .. }) = (self.v6.as_mut(), self.params.wire) else {
+            return;
+        };
+        let Some((network, local)) = v6.net else {
+            return;
+        };
+        let port = self.params.port;
+        let (routes, _) = super::family::usable_of(
+            leases,
+            control::subnet::Ipv6Net::new(network.addr(), network.prefix())
+                .expect("prefix at most 128"),
+            control::subnet::Ipv6Net::new(local.addr(), local.prefix())
+                .expect("prefix at most 128"),
+            |l, _| route6_of(l, vni, port),
+        );
+        let routes: BTreeMap<Ipv6Net, Route6> =
+            routes.into_values().map(|r| (r.subnet, r)).collect();
+        for (subnet, _) in v6.published.iter() {
+            if !routes.contains_key(subnet) {
+                changes.push(RouteChange::Remove6(*subnet));
+            }
+        }
+        for (subnet, r) in &routes {
+            if v6.published.get(subnet) != Some(r) {
+                changes.push(RouteChange::Set6(*r));
+            }
+        }
+        v6.published = routes;
     }
 
     fn publish(&mut self, leases: &[Lease]) {
@@ -204,6 +321,7 @@ impl Tunnel {
         self.prev = next;
         self.prev_len = len;
         self.skip.report(self.name, skipped);
+        self.changes6(leases, &mut changes);
         if changes.is_empty() {
             return;
         }
@@ -221,6 +339,9 @@ impl Tunnel {
                 tracing::error!("keeping the current routes: {e}");
                 // Diff the next set against what the table really holds.
                 self.published = self.table.load().routes().map(|r| (r.subnet, r)).collect();
+                if let Some(v6) = self.v6.as_mut() {
+                    v6.published = self.table.load().routes6().map(|r| (r.subnet, r)).collect();
+                }
                 self.prev.clear();
                 self.prev_len = None;
             }
@@ -324,12 +445,40 @@ impl Backend for Tunnel {
         self.attrs.clone()
     }
 
-    /// The TUN MTU: underlay MTU minus the wire's overhead.
+    /// The TUN MTU: underlay MTU minus the wire's overhead; dual stack: the smaller of that and
+    /// the underlay MTU minus 70 (VXLAN over IPv6), the one device carrying both.
     fn mtu(&self) -> u32 {
-        self.host
+        let v4 = self
+            .host
             .underlay
             .mtu
-            .saturating_sub(self.params.wire.overhead())
+            .saturating_sub(self.params.wire.overhead());
+        match self.v6 {
+            Some(_) => v4.min(
+                self.host
+                    .underlay
+                    .mtu
+                    .saturating_sub(engine::dataplane::VXLAN6_OVERHEAD),
+            ),
+            None => v4,
+        }
+    }
+
+    fn set_ipv6_subnet(
+        &mut self,
+        network: control::subnet::Ipv6Net,
+        local: control::subnet::Ipv6Net,
+    ) -> Result<()> {
+        match self.v6.as_mut() {
+            Some(v6) => {
+                v6.net = Some((engine_net6(network), engine_net6(local)));
+                Ok(())
+            }
+            None => anyhow::bail!(
+                "the {} backend carries IPv4 only (IPv6 subnet {local})",
+                self.name
+            ),
+        }
     }
 
     fn start(&mut self, network: Ipv4Net, local: Ipv4Net) -> Result<()> {
@@ -340,7 +489,31 @@ impl Backend for Tunnel {
             self.params.port,
             self.params.wire,
         );
-        let dp = start_dataplane(&cfg, Arc::clone(&self.table))?;
+        let v6 = match &self.v6 {
+            Some(v6) => {
+                let Some((network6, local6)) = v6.net else {
+                    anyhow::bail!("{}: dual stack without an IPv6 subnet to carry", self.name);
+                };
+                Some(DataplaneV6 {
+                    network: network6,
+                    local: local6,
+                    bind: SocketAddrV6::new(v6.public, self.params.port, 0, 0),
+                    mac: v6.mac,
+                    underlay_mtu: self.host.underlay.mtu,
+                })
+            }
+            None => None,
+        };
+        let dp = start_dataplane_dual(&cfg, v6.as_ref(), Arc::clone(&self.table))?;
+        if let Some(v6) = &v6 {
+            tracing::info!(
+                backend = self.name,
+                address = %v6.local.addr(),
+                network = %v6.network,
+                bind = %v6.bind,
+                "IPv6 data plane running"
+            );
+        }
         tracing::info!(
             backend = self.name,
             tun = %cfg.tun_name,

@@ -38,13 +38,25 @@ pub(crate) fn new(host: &HostInfo, cfg: &VxlanConfig) -> Tunnel {
         port: cfg.port,
         wire: Wire::Vxlan { vni: cfg.vni, mac },
     };
-    Tunnel::new(
-        "vxlan (userspace)",
-        &host,
-        LeaseAttrs::vxlan(host.public_ip, cfg.vni, mac),
-        params,
-        route,
-    )
+    match host.public_ipv6 {
+        // Dual stack: one VTEP MAC for both families (one TUN device), published in
+        // `BackendData` and `BackendV6Data`.
+        Some(ip6) => Tunnel::new(
+            "vxlan (userspace)",
+            &host,
+            LeaseAttrs::vxlan_dual(host.public_ip, ip6, cfg.vni, Some(mac), mac),
+            params,
+            route,
+        )
+        .with_ipv6(ip6, mac),
+        None => Tunnel::new(
+            "vxlan (userspace)",
+            &host,
+            LeaseAttrs::vxlan(host.public_ip, cfg.vni, mac),
+            params,
+            route,
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! tracking so a test can assert that forwarding never stalled.
 use crate::netns::{enter, Netns};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
@@ -92,10 +92,10 @@ impl Transfer {
         let ctr_a = from.path();
         let sender = thread::spawn(move || -> io::Result<u64> {
             enter(&ctr_a)?;
-            let dst: SocketAddrV4 = format!("{dst_ip}:{TRANSFER_PORT}")
-                .parse()
-                .map_err(io::Error::other)?;
-            let mut s = TcpStream::connect_timeout(&dst.into(), Duration::from_secs(10))?;
+            // IPv4 or IPv6.
+            let ip: IpAddr = dst_ip.parse().map_err(io::Error::other)?;
+            let dst = SocketAddr::new(ip, TRANSFER_PORT);
+            let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(10))?;
             s.set_write_timeout(Some(Duration::from_secs(60)))?;
             let mut block = vec![0u8; BLOCK];
             let mut sent = 0u64;

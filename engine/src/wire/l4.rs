@@ -1,4 +1,4 @@
-//! TCP and UDP checksums of inner IPv4 packets.
+//! TCP and UDP checksums of inner IPv4 and IPv6 packets.
 //!
 //! A Linux sender that hands checksumming to the NIC (`CHECKSUM_PARTIAL`) leaves only the
 //! pseudo-header sum in the TCP or UDP checksum field. A physical NIC completes it on the way out;
@@ -7,7 +7,7 @@
 //! packets whose inner checksum is unfinished, and the container's stack would drop them.
 //! [`complete_partial`] finishes such a checksum in place; complete checksums are left alone.
 
-use super::{checksum, ipv4, tcp, udp};
+use super::{checksum, ipv4, ipv6, tcp, udp};
 
 /// Where the checksum of an unfragmented TCP or UDP IPv4 packet lies: the IPv4 view (its total
 /// length matching the buffer), the offset of the L4 checksum field in the packet, and the
@@ -48,6 +48,9 @@ struct Candidate {
 
 #[inline]
 fn candidate(packet: &[u8]) -> Option<Candidate> {
+    if packet.first().map(|b| b >> 4) == Some(6) {
+        return candidate6(packet);
+    }
     let (ip, at, proto) = l4(packet)?;
     let pseudo = pseudo_sum(&ip);
     let field = u16::from_be_bytes([packet[at], packet[at + 1]]);
@@ -56,6 +59,39 @@ fn candidate(packet: &[u8]) -> Option<Candidate> {
         segment: ip.header_len(),
         field: at,
         proto,
+        pseudo,
+    })
+}
+
+/// [`candidate`] for an IPv6 packet: TCP or UDP after the extension headers, not a fragment (its
+/// checksum would cover other fragments too).
+fn candidate6(packet: &[u8]) -> Option<Candidate> {
+    let ip = ipv6::Packet::new_checked(packet).ok()?;
+    let t = ip.transport().ok()?;
+    if t.fragmented || !t.is_readable() {
+        return None;
+    }
+    let (field, min) = match t.protocol {
+        ipv6::NH_TCP => (tcp::CHECKSUM_OFFSET, tcp::HEADER_LEN),
+        ipv6::NH_UDP => (udp::CHECKSUM_OFFSET, udp::HEADER_LEN),
+        _ => return None,
+    };
+    let len = packet.len() - t.offset;
+    if len < min {
+        return None;
+    }
+    let pseudo = ip.pseudo_header_sum(t.protocol, len as u32);
+    let at = t.offset + field;
+    let value = u16::from_be_bytes([packet[at], packet[at + 1]]);
+    (value == pseudo).then_some(Candidate {
+        segment: t.offset,
+        field: at,
+        // UDP's "computed 0 is sent as all ones" holds for IPv6 too (RFC 8200 §8.1).
+        proto: if t.protocol == ipv6::NH_UDP {
+            ipv4::PROTO_UDP
+        } else {
+            ipv4::PROTO_TCP
+        },
         pseudo,
     })
 }
@@ -275,5 +311,53 @@ mod tests {
             }
             let _ = complete_partial(&mut b);
         }
+    }
+
+    /// An IPv6 TCP packet fd00:1:1::2 → fd00:1:2::2 behind one destination-options header, its
+    /// checksum left as a CHECKSUM_PARTIAL sender leaves it (the pseudo-header sum).
+    fn partial_tcp6(payload: &[u8]) -> Vec<u8> {
+        let seg = tcp(payload);
+        let mut v = vec![0u8; 40];
+        let mut ip = ipv6::Packet::new_unchecked(&mut v[..]);
+        ip.set_version_tc_flow(0, 0);
+        ip.set_payload_len((8 + seg.len()) as u16);
+        ip.set_next_header(ipv6::NH_DEST_OPTS);
+        ip.set_hop_limit(64);
+        ip.set_src_addr("fd00:1:1::2".parse().unwrap());
+        ip.set_dst_addr("fd00:1:2::2".parse().unwrap());
+        v.extend_from_slice(&[ipv6::NH_TCP, 0, 1, 4, 0, 0, 0, 0]);
+        v.extend_from_slice(&seg);
+        let pseudo =
+            ipv6::Packet::new_unchecked(&v[..]).pseudo_header_sum(ipv6::NH_TCP, seg.len() as u32);
+        v[48 + 16..48 + 18].copy_from_slice(&pseudo.to_be_bytes());
+        v
+    }
+
+    fn verifies6(p: &[u8]) -> bool {
+        let seg = &p[48..];
+        let mut ph = Vec::new();
+        ph.extend_from_slice(&p[8..40]);
+        ph.extend_from_slice(&(seg.len() as u32).to_be_bytes());
+        ph.extend_from_slice(&[0, 0, 0, ipv6::NH_TCP]);
+        ph.extend_from_slice(seg);
+        checksum::sum(&ph) == 0xffff
+    }
+
+    #[test]
+    fn partial_ipv6_tcp_is_completed_behind_extension_headers() {
+        let mut p = partial_tcp6(b"hello over IPv6");
+        assert!(may_be_partial(&p) && is_partial(&p));
+        assert!(!verifies6(&p));
+        assert!(complete_partial(&mut p));
+        assert!(verifies6(&p), "completed checksum verifies");
+        // Now complete: left alone.
+        let before = p.clone();
+        assert!(!complete_partial(&mut p));
+        assert_eq!(p, before);
+        // A fragment is never touched.
+        let mut f = partial_tcp6(b"frag");
+        f[6] = ipv6::NH_FRAGMENT;
+        f[40..48].copy_from_slice(&[ipv6::NH_TCP, 0, 0, 0, 0, 0, 0, 1]);
+        assert!(!complete_partial(&mut f));
     }
 }

@@ -11,7 +11,9 @@
 //! at all) and VXLAN as Linux's vxlan driver speaks it ([`vxlan`]).
 
 pub mod icmp;
+pub mod icmpv6;
 pub mod ipv4;
+pub mod ipv6;
 pub mod l4;
 pub mod tcp;
 pub mod udp;
@@ -42,6 +44,15 @@ pub enum Error {
     BadChecksum,
     /// A VXLAN header whose flags are not exactly the I bit, or whose reserved bits are not zero.
     BadFlags,
+    /// The IP version nibble is not 6.
+    NotIpv6,
+    /// An IPv6 jumbogram (RFC 2675): payload length 0 with a hop-by-hop header, or a jumbo payload
+    /// option.
+    Jumbo,
+    /// More IPv6 extension headers than [`ipv6::MAX_EXT_HEADERS`].
+    ExtChainTooLong,
+    /// An IPv6 hop-by-hop header anywhere but directly after the fixed header.
+    BadExtHeader,
 }
 
 /// How inner packets are carried in UDP.

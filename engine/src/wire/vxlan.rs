@@ -43,7 +43,7 @@ pub const FLAGS_VNI_VALID: u8 = 0x08;
 pub const VNI_MASK: u32 = 0x00ff_ffff;
 /// Ethertype of IPv4.
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
-/// Ethertype of IPv6 (sent by kernels with an IPv6 overlay; weft's overlay is IPv4 only).
+/// Ethertype of IPv6 (frames over the IPv6 underlay).
 pub const ETHERTYPE_IPV6: u16 = 0x86dd;
 
 /// A read/write view of a VXLAN header, inner Ethernet header and inner packet.
