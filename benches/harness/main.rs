@@ -51,6 +51,10 @@ pub(crate) enum Mode {
     /// `weft run --workers 1 --batch-size 1`.
     #[value(name = "weft-1w-b1")]
     Weft1w,
+    /// Kernel VXLAN over an IPv6 underlay carrying IPv6 between the containers, as flannel's vxlan
+    /// backend programs `flannel-v6.1` (MTU 1430); the tests run over IPv6.
+    #[value(name = "vxlan6")]
+    Vxlan6,
     /// `weft run --vni 1`: weft's workers speaking VXLAN (the userspace vxlan backend's wire,
     /// MTU 1450).
     #[value(name = "weft-vxlan")]
@@ -78,6 +82,11 @@ impl Mode {
             self,
             Mode::Weft | Mode::Weft1w | Mode::WeftVxlan | Mode::WeftBefore | Mode::WeftWg
         )
+    }
+
+    /// Whether the containers talk over IPv6 in this mode.
+    pub(crate) fn is_v6(self) -> bool {
+        matches!(self, Mode::Vxlan6)
     }
 }
 
@@ -447,16 +456,16 @@ fn run(mut args: Args) -> Result<ExitCode> {
                         )?;
                         check_stop()?;
                         let drops0 = setup.drop_counts();
-                        let r = measure::run_test(&setup.topo, test, args.duration, hz).and_then(
-                            |mut s| {
-                                setup.check_alive()?;
-                                s.pre_busy_cores = pre;
-                                s.attempt = attempt;
-                                s.weft_drops =
-                                    modes::drops_between(&drops0?, &setup.drop_counts()?);
-                                Ok(s)
-                            },
-                        );
+                        let r =
+                            measure::run_test(&setup.topo, test, args.duration, hz, mode.is_v6())
+                                .and_then(|mut s| {
+                                    setup.check_alive()?;
+                                    s.pre_busy_cores = pre;
+                                    s.attempt = attempt;
+                                    s.weft_drops =
+                                        modes::drops_between(&drops0?, &setup.drop_counts()?);
+                                    Ok(s)
+                                });
                         match (&r, args.max_foreign_cpu) {
                             (Ok(s), Some(max))
                                 if s.foreign_cpu_s > max && attempt < args.attempts.max(1) =>

@@ -74,6 +74,11 @@ impl Setup {
                 s.topo.set_container_mtu(netns::VXLAN_MTU)?;
                 s.topo.add_kernel_vxlan()?;
             }
+            Mode::Vxlan6 => {
+                s.topo.set_container_mtu(netns::VXLAN6_MTU)?;
+                s.topo.add_ipv6()?;
+                s.topo.add_kernel_vxlan6()?;
+            }
             Mode::Weft | Mode::Weft1w | Mode::WeftVxlan | Mode::WeftBefore => {
                 s.topo.set_container_mtu(if mode == Mode::WeftVxlan {
                     netns::VXLAN_MTU
@@ -158,7 +163,12 @@ impl Setup {
                 s.start_weft_wg(bin, ctx)?;
             }
         }
-        if let Err(e) = s.topo.wait_ping(PING_WAIT) {
+        let reached = if mode.is_v6() {
+            s.topo.wait_ping6(PING_WAIT)
+        } else {
+            s.topo.wait_ping(PING_WAIT)
+        };
+        if let Err(e) = reached {
             s.check_alive()?;
             return Err(e).context(format!("{mode} set up, but ctr_a cannot ping ctr_b"));
         }
