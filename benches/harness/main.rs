@@ -67,6 +67,10 @@ pub(crate) enum Mode {
     /// for wireguard-go (MTU 1420).
     #[value(name = "boringtun")]
     Boringtun,
+    /// `weft run` on both hosts with an etcd in host_a: dual stack (`EnableIPv6`, `fc00::/48`),
+    /// weft's userspace vxlan over the IPv6 underlay (MTU 1430); the tests run over IPv6.
+    #[value(name = "weft-vxlan6")]
+    WeftVxlan6,
     /// `weft run` with the wireguard backend on both hosts, with an etcd in host_a (MTU 1420).
     #[value(name = "weft-wg")]
     WeftWg,
@@ -80,13 +84,18 @@ impl Mode {
     pub(crate) fn is_weft(self) -> bool {
         matches!(
             self,
-            Mode::Weft | Mode::Weft1w | Mode::WeftVxlan | Mode::WeftBefore | Mode::WeftWg
+            Mode::Weft
+                | Mode::Weft1w
+                | Mode::WeftVxlan
+                | Mode::WeftBefore
+                | Mode::WeftWg
+                | Mode::WeftVxlan6
         )
     }
 
     /// Whether the containers talk over IPv6 in this mode.
     pub(crate) fn is_v6(self) -> bool {
-        matches!(self, Mode::Vxlan6)
+        matches!(self, Mode::Vxlan6 | Mode::WeftVxlan6)
     }
 }
 
