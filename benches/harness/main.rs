@@ -93,6 +93,16 @@ impl Mode {
         )
     }
 
+    /// The mode the report's ratios compare with: kernel VXLAN over IPv6 for weft's IPv6 mode,
+    /// kernel VXLAN (over IPv4) for the others.
+    pub(crate) fn baseline(self) -> Mode {
+        if self == Mode::WeftVxlan6 {
+            Mode::Vxlan6
+        } else {
+            Mode::Vxlan
+        }
+    }
+
     /// Whether the containers talk over IPv6 in this mode.
     pub(crate) fn is_v6(self) -> bool {
         matches!(self, Mode::Vxlan6 | Mode::WeftVxlan6)
