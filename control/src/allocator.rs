@@ -241,30 +241,39 @@ pub fn free_candidates_v6(config: &NetworkConfig, leases: &[Lease]) -> Vec<Ipv6N
     };
     let max = u128::from(c.subnet_max);
     let mut ip = u128::from(c.subnet_min);
-    // Each step either adds a candidate or passes a lease (a lease wider than a subnet is jumped
-    // over as a whole), so the walk takes at most MAX_CANDIDATES + 2 · leases steps.
+    // The leases' IPv6 subnets as inclusive ranges [first, last] by first, each `last` raised to
+    // the largest so far: a candidate [a, b] overlaps a lease iff among the leases starting at or
+    // before b the largest last is at least a (as for IPv4 above, inclusive so that the top of the
+    // address space does not overflow). One binary search per candidate, and a candidate that
+    // overlaps skips past that largest last at once.
+    let mut ranges: Vec<(u128, u128)> = leases
+        .iter()
+        .filter_map(|l| l.ipv6_subnet)
+        .map(|l6| {
+            let first = u128::from(l6.addr());
+            let last = Ipv6Net::block_size(l6.prefix_len()).map_or(u128::MAX, |b| first | (b - 1));
+            (first, last)
+        })
+        .collect();
+    ranges.sort_unstable();
+    let mut max_last = 0;
+    for r in &mut ranges {
+        max_last = max_last.max(r.1);
+        r.1 = max_last;
+    }
     while ip <= max && bag.len() < MAX_CANDIDATES {
-        if let Some(sn) = Ipv6Net::new(Ipv6Addr::from(ip), c.subnet_len) {
-            match leases
-                .iter()
-                .filter_map(|l| l.ipv6_subnet)
-                .find(|l6| sn.overlaps(l6))
-            {
-                None => bag.push(sn),
-                // Jump past a wide lease instead of stepping through it.
-                Some(l6) if l6.prefix_len() < c.subnet_len => {
-                    let end = u128::from(l6.addr())
-                        .checked_add(Ipv6Net::block_size(l6.prefix_len()).unwrap_or(0));
-                    match end {
-                        Some(e) if e > ip => {
-                            ip = e;
-                            continue;
-                        }
-                        _ => break,
-                    }
-                }
-                Some(_) => {}
+        let last = ip | (step - 1);
+        let before = ranges.partition_point(|(first, _)| *first <= last);
+        if before > 0 && ranges[before - 1].1 >= ip {
+            // Every candidate up to that lease's last address overlaps it too.
+            match ranges[before - 1].1.checked_add(1) {
+                Some(past) => ip = past.div_ceil(step).saturating_mul(step),
+                None => break,
             }
+            continue;
+        }
+        if let Some(sn) = Ipv6Net::new(Ipv6Addr::from(ip), c.subnet_len) {
+            bag.push(sn);
         }
         match ip.checked_add(step) {
             Some(n) => ip = n,
@@ -570,6 +579,46 @@ mod tests {
         assert_eq!(free[0], net6("fc00:0:0:1::/64"));
         assert!(free.iter().all(|sn| !sn.overlaps(&net6("fc00:0:1::/48"))));
         assert!(free.iter().all(|sn| c.is_ipv6_compatible(Some(sn))));
+    }
+
+    #[test]
+    fn free_candidates_v6_match_a_pass_over_every_lease() {
+        // Leases of other lengths too, overlapping each other, one at the top of the range.
+        let c = cfg(
+            r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/56","IPv6SubnetLen":64}"#,
+        );
+        let leases: Vec<Lease> = [
+            "fc00:0:0:3::/64",
+            "fc00:0:0:8::/62",
+            "fc00:0:0:9::/64",
+            "fc00:0:0:20:8000::/65",
+            "fc00:0:0:40::/58",
+            "fc00:0:0:c8::/64",
+            "fc00:0:0:ff::/64",
+            "fc00::/16",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, s)| dual(&format!("10.1.{i}.0/24"), s, [192, 0, 2, 1]))
+        .collect();
+        for n in 0..=leases.len() {
+            let some = &leases[..n];
+            let brute: Vec<Ipv6Net> = (1..=255u128)
+                .map(|i| net6(&format!("fc00:0:0:{i:x}::/64")))
+                .filter(|sn| {
+                    !some
+                        .iter()
+                        .filter_map(|l| l.ipv6_subnet)
+                        .any(|l6| sn.overlaps(&l6))
+                })
+                .take(MAX_CANDIDATES)
+                .collect();
+            assert_eq!(
+                free_candidates_v6(&c, some),
+                brute,
+                "with the first {n} leases"
+            );
+        }
     }
 
     #[test]

@@ -92,6 +92,13 @@ pub enum Error {
         /// The oldest revision etcd still has.
         compact_revision: i64,
     },
+    /// A paged listing could not be read at one revision (a page without a response header);
+    /// retried from the start.
+    #[error("etcd list subnets: {reason}")]
+    ListIncomplete {
+        /// What was missing.
+        reason: &'static str,
+    },
     /// The watch stream ended or was cancelled by the server.
     #[error("etcd watch closed: {reason}")]
     WatchClosed {
@@ -131,6 +138,7 @@ impl Error {
             Error::Conflict { .. }
             | Error::LeaseLost { .. }
             | Error::Compacted { .. }
+            | Error::ListIncomplete { .. }
             | Error::WatchClosed { .. }
             | Error::ConfigMissing { .. } => true,
             Error::Config { .. }

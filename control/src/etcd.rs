@@ -307,7 +307,16 @@ impl Registry for EtcdRegistry {
                 .await
                 .map_err(Error::etcd("list subnets"))?;
             if revision == 0 {
-                revision = r.header().map(|h| h.revision()).unwrap_or(0);
+                // Without the first page's revision the later pages would read newer data:
+                // an inconsistent listing. (A revision compacted between pages fails the next
+                // page with a retryable error, and the listing starts again.)
+                revision = r
+                    .header()
+                    .map(|h| h.revision())
+                    .filter(|&rev| rev > 0)
+                    .ok_or(Error::ListIncomplete {
+                        reason: "a response without its revision",
+                    })?;
             }
             let more = r.more();
             let kvs = r.take_kvs();

@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -245,40 +245,66 @@ pub fn public_key(private: &Key) -> Key {
     x25519_dalek::PublicKey::from(&secret).to_bytes()
 }
 
-/// Reads the private key at `path`, or creates it as flannel does: parent directory 0755, the
-/// file created and set to 0400, then the base64 key written without a newline.
+/// Reads the private key at `path`, or creates it as flannel does: missing parent directories
+/// created 0755 (an existing directory keeps its mode), the file 0400 holding the base64 key
+/// without a newline. The key is written to a temporary file beside it and renamed into place, so
+/// a crash never leaves a half-written key; a key file that others may read is used with a
+/// warning (flannel does not check).
 pub fn load_or_create_key(path: &Path) -> Result<Key, Error> {
     let io = |op: &'static str| {
         let path = path.to_path_buf();
         move |source| Error::Io { op, path, source }
     };
     match fs::read_to_string(path) {
-        Ok(text) => parse_key(&text).ok_or_else(|| Error::Io {
-            op: "parse the wireguard private key in",
-            path: path.to_path_buf(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "expected a base64 key of 32 bytes",
-            ),
-        }),
+        Ok(text) => {
+            let key = parse_key(&text).ok_or_else(|| Error::Io {
+                op: "parse the wireguard private key in",
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "expected a base64 key of 32 bytes",
+                ),
+            })?;
+            if let Ok(meta) = fs::metadata(path) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(
+                        path = %path.display(),
+                        mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                        "the wireguard private key file is readable by others (flannel creates it 0400)"
+                    );
+                }
+            }
+            Ok(key)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = generate_private_key()?;
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                fs::create_dir_all(dir).map_err(io("create the directory of"))?;
-                fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
-                    .map_err(io("set mode 0755 on the directory of"))?;
+                if !dir.exists() {
+                    fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o755)
+                        .create(dir)
+                        .map_err(io("create the directory of"))?;
+                }
             }
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(io("create"))?;
-            f.write_all(format_key(&key).as_bytes())
-                .and_then(|()| f.sync_all())
-                .map_err(io("write"))?;
-            fs::set_permissions(path, fs::Permissions::from_mode(0o400))
-                .map_err(io("set mode 0400 on"))?;
+            let mut tmp_name = path.as_os_str().to_owned();
+            tmp_name.push(format!(".tmp.{}", std::process::id()));
+            let tmp = PathBuf::from(tmp_name);
+            let written = (|| {
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(format_key(&key).as_bytes())?;
+                f.sync_all()?;
+                fs::set_permissions(&tmp, fs::Permissions::from_mode(0o400))?;
+                fs::rename(&tmp, path)
+            })();
+            if let Err(e) = written {
+                let _ = fs::remove_file(&tmp);
+                return Err(io("write")(e));
+            }
             Ok(key)
         }
         Err(e) => Err(io("read")(e)),
@@ -530,6 +556,20 @@ mod tests {
             load_or_create_key(&other).expect("read"),
             parse_key(PSK).expect("key")
         );
+        // An existing directory keeps its mode; nothing but the key is left in it.
+        let shared = dir.join("shared");
+        fs::create_dir(&shared).expect("mkdir");
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).expect("chmod");
+        load_or_create_key(&shared.join("wgkey")).expect("created");
+        assert_eq!(
+            fs::metadata(&shared).expect("dir").permissions().mode() & 0o7777,
+            0o1777
+        );
+        let names: Vec<_> = fs::read_dir(&shared)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("wgkey")]);
         fs::write(&other, "not a key").expect("write");
         let e = load_or_create_key(&other).expect_err("garbage").to_string();
         assert!(e.contains("genkey") && e.contains("base64"), "{e}");

@@ -4,9 +4,11 @@
 //! Every datagram from one peer host carries the same outer 4-tuple (both ends use port 8285 or
 //! 8472), so the kernel's own choice (a hash of that 4-tuple) puts all of one peer's traffic on one
 //! worker. This program looks inside instead: it hashes the inner IPv4 addresses and, for TCP and
-//! UDP, the inner ports, and returns the hash modulo the number of workers. One inner flow always
-//! gets the same worker (its packets are not reordered), different flows spread. The wire does not
-//! change, so flannel peers are unaffected.
+//! UDP, the inner ports, and returns the hash modulo the number of workers. Every datagram of one
+//! inner flow gets the same worker (so its packets are not reordered between workers), different
+//! flows spread. The wire does not change, so flannel peers are unaffected. One limit: with UDP
+//! GRO on a physical underlay the kernel steers a merged run of datagrams by its first one
+//! (docs/architecture.md, receive spread).
 //!
 //! What the kernel hands the program (net/core/sock_reuseport.c, `run_bpf_filter`, called from the
 //! UDP socket lookup with `hdr_len = sizeof(struct udphdr)`): the datagram's data pulled past the

@@ -243,7 +243,13 @@ fn complete_checksum(packet: &mut [u8], start: u16, offset: u16) -> io::Result<(
     let initial = u16::from_be_bytes([packet[at], packet[at + 1]]);
     packet[at..at + 2].fill(0);
     let sum = checksum::fold(checksum::accumulate(&packet[start..], u64::from(initial)));
-    packet[at..at + 2].copy_from_slice(&(!sum).to_be_bytes());
+    // A UDP checksum field (offset 6 in the UDP header) of 0 means "none": a sum of 0 is sent
+    // as 0xffff (RFC 768); TCP has no such value.
+    let value = match (!sum, offset) {
+        (0, 6) => 0xffff,
+        (v, _) => v,
+    };
+    packet[at..at + 2].copy_from_slice(&value.to_be_bytes());
     Ok(())
 }
 
@@ -941,6 +947,36 @@ mod tests {
         let whole: Vec<&[u8]> = gro_datagrams(&message, 0).collect();
         assert_eq!(whole, [&message[..]]);
         assert_eq!(gro_datagrams(&[], 0).count(), 0);
+    }
+
+    /// The IPv4/UDP pseudo-header sum of `p` (addresses, protocol 17, the UDP length).
+    fn pseudo_of(p: &[u8]) -> u16 {
+        let len = u16::from_be_bytes([p[24], p[25]]);
+        checksum::fold(checksum::accumulate(&p[12..20], 17 + u64::from(len)))
+    }
+
+    #[test]
+    fn a_udp_checksum_that_sums_to_zero_is_sent_as_all_ones() {
+        // IPv4 + UDP, 4 payload bytes; the checksum field holds the pseudo-header sum, as the
+        // kernel leaves it with NEEDS_CSUM (csum_start 20, csum_offset 6).
+        let mut p = [0u8; 32];
+        p[0] = 0x45;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&[10, 1, 1, 2]);
+        p[16..20].copy_from_slice(&[10, 1, 2, 2]);
+        p[20..22].copy_from_slice(&1000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&2000u16.to_be_bytes());
+        p[24..26].copy_from_slice(&12u16.to_be_bytes());
+        let pseudo = checksum::fold(checksum::accumulate(&p[12..20], 17 + 12));
+        p[26..28].copy_from_slice(&pseudo.to_be_bytes());
+        // Choose the last payload word so that the whole sum is 0xffff (its complement 0).
+        let rest = checksum::fold(checksum::accumulate(&p[20..26], u64::from(pseudo)));
+        p[30..32].copy_from_slice(&(!rest).to_be_bytes());
+        complete_checksum(&mut p, 20, 6).expect("in range");
+        assert_eq!(u16::from_be_bytes([p[26], p[27]]), 0xffff);
+        // 0xffff and 0 are the same number in ones' complement: the datagram still verifies.
+        let verify = checksum::fold(checksum::accumulate(&p[20..], u64::from(pseudo_of(&p))));
+        assert_eq!(verify, 0xffff);
     }
 
     #[test]
