@@ -32,28 +32,36 @@ pub(crate) struct Latency {
 }
 
 /// Runs a ping-pong of `size`-byte messages over UDP or TCP for `duration` seconds, ctr_a to ctr_b.
-pub(crate) fn run(t: &TwoHosts, tcp: bool, size: u32, duration: u32, hz: f64) -> Result<Sample> {
+/// With `v6` to ctr_b's IPv6 address.
+pub(crate) fn run(
+    t: &TwoHosts,
+    tcp: bool,
+    size: u32,
+    duration: u32,
+    hz: f64,
+    v6: bool,
+) -> Result<Sample> {
     let proto: &[&str] = if tcp { &["--tcp"] } else { &[] };
+    let dst = if v6 { netns::CTR6_B } else { netns::CTR_B };
     let mut server = measure::spawn_piped(
         t.ctr_b
             .cmd("sockperf")
-            .args(["server", "-i", netns::CTR_B, "-p", PORT])
+            .args(["server", "-i", dst, "-p", PORT])
             .args(proto),
     )?;
     let result = (|| {
-        wait_listening(t, tcp, &mut server)?;
+        wait_listening(t, tcp, &mut server).with_context(|| {
+            if v6 {
+                format!(
+                    "sockperf server on {dst}: an IPv6 address needs a sockperf that takes one \
+                     (Debian 12's sockperf 3.7 answers \"Invalid address\")"
+                )
+            } else {
+                format!("sockperf server on {dst}")
+            }
+        })?;
         let (d, m) = (duration.to_string(), size.to_string());
-        let args = [
-            "ping-pong",
-            "-i",
-            netns::CTR_B,
-            "-p",
-            PORT,
-            "-m",
-            &m,
-            "-t",
-            &d,
-        ];
+        let args = ["ping-pong", "-i", dst, "-p", PORT, "-m", &m, "-t", &d];
         let ours = measure::netns_inodes(t);
         let f0 = measure::foreign_ticks(&ours);
         let c0 = CpuStat::read()?;

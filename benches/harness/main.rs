@@ -51,6 +51,10 @@ pub(crate) enum Mode {
     /// `weft run --workers 1 --batch-size 1`.
     #[value(name = "weft-1w-b1")]
     Weft1w,
+    /// Kernel VXLAN over an IPv6 underlay carrying IPv6 between the containers, as flannel's vxlan
+    /// backend programs `flannel-v6.1` (MTU 1430); the tests run over IPv6.
+    #[value(name = "vxlan6")]
+    Vxlan6,
     /// `weft run --vni 1`: weft's workers speaking VXLAN (the userspace vxlan backend's wire,
     /// MTU 1450).
     #[value(name = "weft-vxlan")]
@@ -63,6 +67,10 @@ pub(crate) enum Mode {
     /// for wireguard-go (MTU 1420).
     #[value(name = "boringtun")]
     Boringtun,
+    /// `weft run` on both hosts with an etcd in host_a: dual stack (`EnableIPv6`, `fc00::/48`),
+    /// weft's userspace vxlan over the IPv6 underlay (MTU 1430); the tests run over IPv6.
+    #[value(name = "weft-vxlan6")]
+    WeftVxlan6,
     /// `weft run` with the wireguard backend on both hosts, with an etcd in host_a (MTU 1420).
     #[value(name = "weft-wg")]
     WeftWg,
@@ -76,8 +84,28 @@ impl Mode {
     pub(crate) fn is_weft(self) -> bool {
         matches!(
             self,
-            Mode::Weft | Mode::Weft1w | Mode::WeftVxlan | Mode::WeftBefore | Mode::WeftWg
+            Mode::Weft
+                | Mode::Weft1w
+                | Mode::WeftVxlan
+                | Mode::WeftBefore
+                | Mode::WeftWg
+                | Mode::WeftVxlan6
         )
+    }
+
+    /// The mode the report's ratios compare with: kernel VXLAN over IPv6 for weft's IPv6 mode,
+    /// kernel VXLAN (over IPv4) for the others.
+    pub(crate) fn baseline(self) -> Mode {
+        if self == Mode::WeftVxlan6 {
+            Mode::Vxlan6
+        } else {
+            Mode::Vxlan
+        }
+    }
+
+    /// Whether the containers talk over IPv6 in this mode.
+    pub(crate) fn is_v6(self) -> bool {
+        matches!(self, Mode::Vxlan6 | Mode::WeftVxlan6)
     }
 }
 
@@ -447,16 +475,16 @@ fn run(mut args: Args) -> Result<ExitCode> {
                         )?;
                         check_stop()?;
                         let drops0 = setup.drop_counts();
-                        let r = measure::run_test(&setup.topo, test, args.duration, hz).and_then(
-                            |mut s| {
-                                setup.check_alive()?;
-                                s.pre_busy_cores = pre;
-                                s.attempt = attempt;
-                                s.weft_drops =
-                                    modes::drops_between(&drops0?, &setup.drop_counts()?);
-                                Ok(s)
-                            },
-                        );
+                        let r =
+                            measure::run_test(&setup.topo, test, args.duration, hz, mode.is_v6())
+                                .and_then(|mut s| {
+                                    setup.check_alive()?;
+                                    s.pre_busy_cores = pre;
+                                    s.attempt = attempt;
+                                    s.weft_drops =
+                                        modes::drops_between(&drops0?, &setup.drop_counts()?);
+                                    Ok(s)
+                                });
                         match (&r, args.max_foreign_cpu) {
                             (Ok(s), Some(max))
                                 if s.foreign_cpu_s > max && attempt < args.attempts.max(1) =>

@@ -183,11 +183,18 @@ pub(crate) struct Sample {
     pub(crate) weft_drops: Option<BTreeMap<String, u64>>,
 }
 
-/// Runs `test` for `duration` seconds from ctr_a to ctr_b.
-pub(crate) fn run_test(t: &TwoHosts, test: Test, duration: u32, hz: f64) -> Result<Sample> {
+/// Runs `test` for `duration` seconds from ctr_a to ctr_b (to its IPv6 address with `v6`).
+pub(crate) fn run_test(
+    t: &TwoHosts,
+    test: Test,
+    duration: u32,
+    hz: f64,
+    v6: bool,
+) -> Result<Sample> {
     if let Some((tcp, size)) = test.request_response() {
-        return crate::latency::run(t, tcp, size, duration, hz);
+        return crate::latency::run(t, tcp, size, duration, hz, v6);
     }
+    let dst = if v6 { netns::CTR6_B } else { netns::CTR_B };
     let mut server = spawn_piped(
         t.ctr_b
             .cmd("iperf3")
@@ -198,7 +205,7 @@ pub(crate) fn run_test(t: &TwoHosts, test: Test, duration: u32, hz: f64) -> Resu
         let d = duration.to_string();
         let mut args = vec![
             "-c",
-            netns::CTR_B,
+            dst,
             "-p",
             IPERF_PORT,
             "-t",
@@ -207,6 +214,9 @@ pub(crate) fn run_test(t: &TwoHosts, test: Test, duration: u32, hz: f64) -> Resu
             "--connect-timeout",
             "3000",
         ];
+        if v6 {
+            args.push("-6");
+        }
         args.extend_from_slice(test.iperf_args());
         let ours = netns_inodes(t);
         let f0 = foreign_ticks(&ours);

@@ -26,6 +26,8 @@ const WG_MTU: u32 = 1420;
 const WG_PORT: &str = "51820";
 /// etcd's client URL in the weft-wg mode (etcd runs in host_a).
 const WG_ETCD_URL: &str = "http://192.0.2.1:2379";
+/// The weft-vxlan6 mode's network: dual stack, weft's userspace vxlan.
+const VXLAN6_CONFIG: &str = r#"{"Network":"10.1.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan","Userspace":true}}"#;
 /// How long weft may take to exit after SIGTERM.
 const STOP_WAIT: Duration = Duration::from_secs(10);
 /// How long weft may take to log its stats line after SIGUSR1.
@@ -73,6 +75,11 @@ impl Setup {
             Mode::Vxlan => {
                 s.topo.set_container_mtu(netns::VXLAN_MTU)?;
                 s.topo.add_kernel_vxlan()?;
+            }
+            Mode::Vxlan6 => {
+                s.topo.set_container_mtu(netns::VXLAN6_MTU)?;
+                s.topo.add_ipv6()?;
+                s.topo.add_kernel_vxlan6()?;
             }
             Mode::Weft | Mode::Weft1w | Mode::WeftVxlan | Mode::WeftBefore => {
                 s.topo.set_container_mtu(if mode == Mode::WeftVxlan {
@@ -150,6 +157,14 @@ impl Setup {
                 };
                 s.start_userspace_wireguard(bin, ctx)?;
             }
+            Mode::WeftVxlan6 => {
+                s.topo.set_container_mtu(netns::VXLAN6_MTU)?;
+                s.topo.add_ipv6()?;
+                let bin = ctx
+                    .weft
+                    .context("weft modes need the weft binary (--weft PATH)")?;
+                s.start_weft_vxlan6(bin, ctx)?;
+            }
             Mode::WeftWg => {
                 s.topo.set_container_mtu(WG_MTU)?;
                 let bin = ctx
@@ -158,7 +173,12 @@ impl Setup {
                 s.start_weft_wg(bin, ctx)?;
             }
         }
-        if let Err(e) = s.topo.wait_ping(PING_WAIT) {
+        let reached = if mode.is_v6() {
+            s.topo.wait_ping6(PING_WAIT)
+        } else {
+            s.topo.wait_ping(PING_WAIT)
+        };
+        if let Err(e) = reached {
             s.check_alive()?;
             return Err(e).context(format!("{mode} set up, but ctr_a cannot ping ctr_b"));
         }
@@ -262,10 +282,69 @@ impl Setup {
         Ok(())
     }
 
-    /// Starts an etcd in host_a (client URL [`WG_ETCD_URL`]), writes a wireguard network config
-    /// and both hosts' leases (so that each weft takes the subnet the topology's containers use:
-    /// a daemon reuses a lease with its public IP), then `weft run` on both hosts.
+    /// [`Setup::start_weft_etcd`] with a wireguard network config.
     fn start_weft_wg(&mut self, bin: &Path, ctx: &Ctx<'_>) -> Result<()> {
+        let leases = [
+            (netns::SUBNET_A, netns::HOST_A_UL),
+            (netns::SUBNET_B, netns::HOST_B_UL),
+        ]
+        .map(|(subnet, ip)| {
+            (
+                format!("/coreos.com/network/subnets/{}", subnet.replace('/', "-")),
+                format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"wireguard"}}"#),
+            )
+        });
+        self.start_weft_etcd(
+            bin,
+            ctx,
+            "wg",
+            r#"{"Network":"10.1.0.0/16","SubnetLen":24,"Backend":{"Type":"wireguard"}}"#,
+            &leases,
+        )
+    }
+
+    /// [`Setup::start_weft_etcd`] with a dual-stack userspace vxlan network config
+    /// ([`VXLAN6_CONFIG`]) and dual-stack leases (the topology's IPv4 and IPv6 subnets).
+    fn start_weft_vxlan6(&mut self, bin: &Path, ctx: &Ctx<'_>) -> Result<()> {
+        let leases = [
+            (
+                netns::SUBNET_A,
+                netns::SUBNET6_A,
+                netns::HOST_A_UL,
+                netns::HOST_A_UL6,
+            ),
+            (
+                netns::SUBNET_B,
+                netns::SUBNET6_B,
+                netns::HOST_B_UL,
+                netns::HOST_B_UL6,
+            ),
+        ]
+        .map(|(subnet, subnet6, ip, ip6)| {
+            (
+                format!(
+                    "/coreos.com/network/subnets/{}&{}",
+                    subnet.replace('/', "-"),
+                    subnet6.replace('/', "-")
+                ),
+                format!(r#"{{"PublicIP":"{ip}","PublicIPv6":"{ip6}","BackendType":"vxlan"}}"#),
+            )
+        });
+        self.start_weft_etcd(bin, ctx, "vxlan6", VXLAN6_CONFIG, &leases)
+    }
+
+    /// Starts an etcd in host_a (client URL [`WG_ETCD_URL`]), writes the network `config` and
+    /// both hosts' `leases` (key, value; so that each weft takes the subnet the topology's
+    /// containers use: a daemon reuses a lease with its public IP), then `weft run` on both hosts
+    /// (logs and files named after `name`).
+    fn start_weft_etcd(
+        &mut self,
+        bin: &Path,
+        ctx: &Ctx<'_>,
+        name: &str,
+        config: &str,
+        leases: &[(String, String)],
+    ) -> Result<()> {
         let data = ctx.log_dir.join(format!("{}-etcd-data", ctx.tag));
         let _ = std::fs::remove_dir_all(&data);
         let log = ctx.log_dir.join(format!("{}-etcd.log", ctx.tag));
@@ -317,20 +396,9 @@ impl Setup {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        etcdctl(&[
-            "put",
-            "/coreos.com/network/config",
-            r#"{"Network":"10.1.0.0/16","SubnetLen":24,"Backend":{"Type":"wireguard"}}"#,
-        ])?;
-        for (subnet, ip) in [
-            (netns::SUBNET_A, netns::HOST_A_UL),
-            (netns::SUBNET_B, netns::HOST_B_UL),
-        ] {
-            etcdctl(&[
-                "put",
-                &format!("/coreos.com/network/subnets/{}", subnet.replace('/', "-")),
-                &format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"wireguard"}}"#),
-            ])?;
+        etcdctl(&["put", "/coreos.com/network/config", config])?;
+        for (key, value) in leases {
+            etcdctl(&["put", key, value])?;
         }
         for host in ["a", "b"] {
             let ns = if host == "a" {
@@ -340,13 +408,13 @@ impl Setup {
             };
             let log = ctx
                 .log_dir
-                .join(format!("{}-weft-wg-host{host}.log", ctx.tag));
+                .join(format!("{}-weft-{name}-host{host}.log", ctx.tag));
             let env_file = ctx
                 .log_dir
-                .join(format!("{}-weft-wg-host{host}.env", ctx.tag));
+                .join(format!("{}-weft-{name}-host{host}.env", ctx.tag));
             let key_file = ctx
                 .log_dir
-                .join(format!("{}-weft-wg-host{host}.key", ctx.tag));
+                .join(format!("{}-weft-{name}-host{host}.key", ctx.tag));
             let _ = std::fs::remove_file(&key_file);
             let f = File::create(&log).with_context(|| format!("create {}", log.display()))?;
             let mut cmd = ns.cmd(&bin.to_string_lossy());
@@ -401,7 +469,8 @@ impl Setup {
             return Ok(None);
         }
         let mut sum = BTreeMap::new();
-        for d in &mut self.daemons {
+        // etcd (weft-wg, weft-vxlan6) has no stats line, and SIGUSR1 would end it.
+        for d in self.daemons.iter_mut().filter(|d| !d.host.contains("etcd")) {
             let seen = stats_lines(&d.log).len();
             kill(Pid::from_raw(d.child.id() as i32), Signal::SIGUSR1)
                 .with_context(|| format!("SIGUSR1 to weft in {}", d.host))?;

@@ -229,7 +229,7 @@ fn throughput_tables(md: &mut String, records: &[Record], modes: &[Mode], tests:
         let _ = write!(md, "| {m} |");
         for &t in tests {
             let s = collect(records, m, t, |s| Some(s.value));
-            let base = collect(records, Mode::Vxlan, t, |s| Some(s.value));
+            let base = collect(records, m.baseline(), t, |s| Some(s.value));
             let ratio = match (s, base) {
                 (Some(s), Some(b)) if b.median > 0.0 => format!(" **{:.2}×**", s.median / b.median),
                 _ => String::new(),
@@ -239,7 +239,7 @@ fn throughput_tables(md: &mut String, records: &[Record], modes: &[Mode], tests:
         }
         md.push('\n');
     }
-    let _ = writeln!(md, "\nMedian [min–max] over the rounds; **bold** = ratio of medians to kernel VXLAN in this run. UDP: packets/s received (server side), in thousands.\n");
+    let _ = writeln!(md, "\nMedian [min–max] over the rounds; **bold** = ratio of medians to kernel VXLAN in this run (weft-vxlan6: to vxlan6, kernel VXLAN over IPv6). UDP: packets/s received (server side), in thousands.\n");
 
     let _ = write!(md, "| mode |");
     for t in tests {
@@ -332,10 +332,10 @@ fn latency_tables(md: &mut String, records: &[Record], modes: &[Mode], tests: &[
             let vs = match (
                 p50,
                 p99,
-                lat(Mode::Vxlan, t, |l| l.p50),
-                lat(Mode::Vxlan, t, |l| l.p99),
+                lat(m.baseline(), t, |l| l.p50),
+                lat(m.baseline(), t, |l| l.p99),
             ) {
-                (Some(a), Some(b), Some(va), Some(vb)) if m != Mode::Vxlan && vb.median > 0.0 => {
+                (Some(a), Some(b), Some(va), Some(vb)) if m != m.baseline() && vb.median > 0.0 => {
                     format!(
                         " **{:+.1} µs, {:.2}×**",
                         a.median - va.median,
@@ -355,7 +355,7 @@ fn latency_tables(md: &mut String, records: &[Record], modes: &[Mode], tests: &[
         }
         md.push('\n');
     }
-    let _ = writeln!(md, "\nHalf round trip (sockperf ping-pong, server in ctr_b, client in ctr_a; one message in flight), median [min–max] over the rounds; **bold** = p50 minus kernel VXLAN's p50, and p99 as a ratio to VXLAN's, in this run.\n");
+    let _ = writeln!(md, "\nHalf round trip (sockperf ping-pong, server in ctr_b, client in ctr_a; one message in flight), median [min–max] over the rounds; **bold** = p50 minus kernel VXLAN's p50, and p99 as a ratio to VXLAN's, in this run (weft-vxlan6: to vxlan6's).\n");
     let _ = write!(md, "| mode |");
     for t in tests {
         let _ = write!(

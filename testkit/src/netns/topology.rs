@@ -62,6 +62,33 @@ pub const VXLAN_MAC_A: &str = "02:42:0a:01:01:00";
 /// host_b's VTEP MAC in [`TwoHosts::add_kernel_vxlan`].
 pub const VXLAN_MAC_B: &str = "02:42:0a:01:02:00";
 
+/// host_a's IPv6 underlay address ([`TwoHosts::add_ipv6`]).
+pub const HOST_A_UL6: &str = "fd00:192::1";
+/// host_b's IPv6 underlay address.
+pub const HOST_B_UL6: &str = "fd00:192::2";
+/// The IPv6 overlay network (flannel's `IPv6Network`).
+pub const OVERLAY_NET6: &str = "fc00::/48";
+/// host_a's IPv6 lease.
+pub const SUBNET6_A: &str = "fc00:0:0:1::/64";
+/// host_b's IPv6 lease.
+pub const SUBNET6_B: &str = "fc00:0:0:2::/64";
+/// host_a's IPv6 gateway address for its container.
+pub const GW6_A: &str = "fc00:0:0:1::1";
+/// host_b's IPv6 gateway address for its container.
+pub const GW6_B: &str = "fc00:0:0:2::1";
+/// ctr_a's IPv6 address.
+pub const CTR6_A: &str = "fc00:0:0:1::2";
+/// ctr_b's IPv6 address.
+pub const CTR6_B: &str = "fc00:0:0:2::2";
+/// Container MTU over VXLAN on an IPv6 underlay (flannel: underlay MTU − 70).
+pub const VXLAN6_MTU: u32 = 1430;
+/// flannel's IPv6 VXLAN device name (`flannel-v6.<VNI>`).
+pub const VXLAN6_DEV: &str = "flannel-v6.1";
+/// host_a's IPv6 VTEP MAC in [`TwoHosts::add_kernel_vxlan6`].
+pub const VXLAN6_MAC_A: &str = "02:42:fc:01:01:00";
+/// host_b's IPv6 VTEP MAC in [`TwoHosts::add_kernel_vxlan6`].
+pub const VXLAN6_MAC_B: &str = "02:42:fc:01:02:00";
+
 /// `aa:bb:cc:dd:ee:ff`, as `ip` prints and takes a MAC.
 pub fn mac_str(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
@@ -168,6 +195,83 @@ pub fn add_flannel_vxlan_peer(ns: &Netns, peer: VxlanEnd<'_>) -> io::Result<()> 
         peer.mac,
         "dev",
         VXLAN_DEV,
+        "dst",
+        peer.underlay,
+        "self",
+        "permanent",
+    ])?;
+    Ok(())
+}
+
+/// flannel's `flannel-v6.1` in `ns` with `peer` as its one peer, as flannel's vxlan backend
+/// programs its IPv6 device: VNI [`VXLAN_VNI`], dstport [`VXLAN_PORT`] on `ul0`, local
+/// `own.underlay` (IPv6), address `own.mac`, nolearning, MTU [`VXLAN6_MTU`], up, `own.addr/128`;
+/// then an onlink route to the peer's subnet via its network address, a permanent neighbour for
+/// that address and `bridge fdb append` to the peer's IPv6 underlay address.
+pub fn add_flannel_vxlan6(ns: &Netns, own: VxlanEnd<'_>, peer: VxlanEnd<'_>) -> io::Result<()> {
+    let (vni, port, mtu) = (
+        VXLAN_VNI.to_string(),
+        VXLAN_PORT.to_string(),
+        VXLAN6_MTU.to_string(),
+    );
+    ns.ip(&[
+        "link",
+        "add",
+        VXLAN6_DEV,
+        "address",
+        own.mac,
+        "type",
+        "vxlan",
+        "id",
+        &vni,
+        "local",
+        own.underlay,
+        "dev",
+        "ul0",
+        "dstport",
+        &port,
+        "nolearning",
+    ])?;
+    ns.ip(&["link", "set", VXLAN6_DEV, "mtu", &mtu, "up"])?;
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{}/128", own.addr),
+        "dev",
+        VXLAN6_DEV,
+        "nodad",
+    ])?;
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        peer.subnet,
+        "via",
+        peer.addr,
+        "dev",
+        VXLAN6_DEV,
+        "onlink",
+    ])?;
+    ns.ip(&[
+        "-6",
+        "neigh",
+        "replace",
+        peer.addr,
+        "lladdr",
+        peer.mac,
+        "dev",
+        VXLAN6_DEV,
+        "nud",
+        "permanent",
+    ])?;
+    ns.run(&[
+        "bridge",
+        "fdb",
+        "append",
+        peer.mac,
+        "dev",
+        VXLAN6_DEV,
         "dst",
         peer.underlay,
         "self",
@@ -357,6 +461,77 @@ impl TwoHosts {
         Ok(())
     }
 
+    /// IPv6 beside the IPv4 addressing: [`HOST_A_UL6`]/[`HOST_B_UL6`] `/64` on `ul0`, the
+    /// gateways [`GW6_A`]/[`GW6_B`] `/64` where the IPv4 gateways are, the containers
+    /// [`CTR6_A`]/[`CTR6_B`] `/64` with a default route via their gateway, IPv6 forwarding on
+    /// in the hosts. Every address `nodad` (usable at once).
+    pub fn add_ipv6(&self) -> io::Result<()> {
+        let gw_dev = if self.attach == Attach::Bridge {
+            "br0"
+        } else {
+            "veth0"
+        };
+        for (host, ul, ctr, gw, addr) in [
+            (&self.host_a, HOST_A_UL6, &self.ctr_a, GW6_A, CTR6_A),
+            (&self.host_b, HOST_B_UL6, &self.ctr_b, GW6_B, CTR6_B),
+        ] {
+            host.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            host.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{ul}/64"),
+                "dev",
+                "ul0",
+                "nodad",
+            ])?;
+            host.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{gw}/64"),
+                "dev",
+                gw_dev,
+                "nodad",
+            ])?;
+            ctr.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+            ctr.ip(&["-6", "route", "add", "default", "via", gw])?;
+        }
+        Ok(())
+    }
+
+    /// Kernel VXLAN over the IPv6 underlay with inner IPv6, as flannel's vxlan backend programs
+    /// `flannel-v6.1` ([`add_flannel_vxlan6`] on both hosts; needs [`TwoHosts::add_ipv6`]).
+    pub fn add_kernel_vxlan6(&self) -> io::Result<()> {
+        let a = VxlanEnd {
+            underlay: HOST_A_UL6,
+            mac: VXLAN6_MAC_A,
+            addr: "fc00:0:0:1::",
+            subnet: SUBNET6_A,
+        };
+        let b = VxlanEnd {
+            underlay: HOST_B_UL6,
+            mac: VXLAN6_MAC_B,
+            addr: "fc00:0:0:2::",
+            subnet: SUBNET6_B,
+        };
+        add_flannel_vxlan6(&self.host_a, a, b)?;
+        add_flannel_vxlan6(&self.host_b, b, a)
+    }
+
+    /// `ping -6 -c 1 -W 1` from ctr_a to [`CTR6_B`] until it answers or `timeout` passes.
+    pub fn wait_ping6(&self, timeout: Duration) -> io::Result<()> {
+        self.wait_ping_to(CTR6_B, timeout)
+    }
+
     /// `ping -c <count> -W 2` from ctr_a to ctr_b and from ctr_b to ctr_a; `Err` names the direction.
     pub fn ping_both_ways(&self, count: u32) -> io::Result<()> {
         let count = count.to_string();
@@ -369,12 +544,17 @@ impl TwoHosts {
 
     /// `ping -c 1 -W 1` from ctr_a to ctr_b until it answers or `timeout` passes.
     pub fn wait_ping(&self, timeout: Duration) -> io::Result<()> {
+        self.wait_ping_to(CTR_B, timeout)
+    }
+
+    /// `ping -c 1 -W 1` from ctr_a to `dst` (IPv4 or IPv6) until it answers or `timeout` passes.
+    fn wait_ping_to(&self, dst: &str, timeout: Duration) -> io::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let out = output_timeout(
                 self.ctr_a
                     .cmd("ping")
-                    .args(["-n", "-c", "1", "-W", "1", CTR_B]),
+                    .args(["-n", "-c", "1", "-W", "1", dst]),
                 Duration::from_secs(5),
             )?;
             if out.status.success() {
@@ -384,7 +564,7 @@ impl TwoHosts {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
-                        "{CTR_B} not reachable from ctr_a within {timeout:?}: {}",
+                        "{dst} not reachable from ctr_a within {timeout:?}: {}",
                         String::from_utf8_lossy(&out.stdout).trim()
                     ),
                 ));
