@@ -846,23 +846,23 @@ fn dual_stack_mixed_kernel_and_userspace_vxlan() {
         c.attach_container6(i);
     }
     ping_both(&c, &[0, 1]);
-    // TCP over IPv6 from the userspace host to the kernel one (the kernel-to-userspace direction
-    // is not carried reliably yet, docs/compatibility.md).
-    let (from, to) = (1, 0);
-    let t = testkit::transfer::Transfer::start(
-        &c.hosts[from].ctr,
-        &c.hosts[to].ctr,
-        &c.ctr_ip6(to),
-        4 << 20,
-        false,
-    );
-    if let Err(e) = t.try_finish() {
-        panic!(
-            "ctr{} -> ctr{}: {e}; userspace host: {:?}",
-            from + 1,
-            to + 1,
-            u.stats()
+    // TCP over IPv6 both ways between the userspace host and the kernel one.
+    for (from, to) in [(1, 0), (0, 1)] {
+        let t = testkit::transfer::Transfer::start(
+            &c.hosts[from].ctr,
+            &c.hosts[to].ctr,
+            &c.ctr_ip6(to),
+            4 << 20,
+            false,
         );
+        if let Err(e) = t.try_finish() {
+            panic!(
+                "ctr{} -> ctr{}: {e}; userspace host: {:?}",
+                from + 1,
+                to + 1,
+                u.stats()
+            );
+        }
     }
     assert!(
         u.counter("tx_packets") > 1000,
