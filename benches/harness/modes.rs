@@ -49,6 +49,9 @@ struct Daemon {
     host: &'static str,
     child: Child,
     log: PathBuf,
+    /// A weft daemon (it answers SIGUSR1 with a stats line); etcd, wireguard-go and
+    /// boringtun-cli are not, and SIGUSR1 would end them.
+    weft: bool,
 }
 
 /// A topology with one mode configured; see the module doc.
@@ -145,6 +148,7 @@ impl Setup {
                         host: if host == "a" { "host_a" } else { "host_b" },
                         child,
                         log,
+                        weft: true,
                     });
                 }
             }
@@ -230,6 +234,7 @@ impl Setup {
                 host: if host == "a" { "host_a" } else { "host_b" },
                 child,
                 log,
+                weft: false,
             });
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while ns.ip(&["link", "show", &dev]).is_err() {
@@ -380,6 +385,7 @@ impl Setup {
             host: "host_a (etcd)",
             child,
             log,
+            weft: false,
         });
         let etcdctl = |args: &[&str]| {
             run(self
@@ -442,6 +448,7 @@ impl Setup {
                 host: if host == "a" { "host_a" } else { "host_b" },
                 child,
                 log,
+                weft: true,
             });
         }
         Ok(())
@@ -463,14 +470,15 @@ impl Setup {
     }
 
     /// The daemons' drop counters now, summed over both hosts: each daemon is sent SIGUSR1 and its
-    /// next `stats` line read from its log (`drop_<reason>` and `dropped`). `None` without daemons.
+    /// next `stats` line read from its log (`drop_<reason>` and `dropped`). `None` without weft daemons.
     pub(crate) fn drop_counts(&mut self) -> Result<Option<BTreeMap<String, u64>>> {
-        if self.daemons.is_empty() {
+        if !self.daemons.iter().any(|d| d.weft) {
             return Ok(None);
         }
         let mut sum = BTreeMap::new();
-        // etcd (weft-wg, weft-vxlan6) has no stats line, and SIGUSR1 would end it.
-        for d in self.daemons.iter_mut().filter(|d| !d.host.contains("etcd")) {
+        // Only weft answers SIGUSR1 with a stats line; it would end etcd, wireguard-go and
+        // boringtun-cli.
+        for d in self.daemons.iter_mut().filter(|d| d.weft) {
             let seen = stats_lines(&d.log).len();
             kill(Pid::from_raw(d.child.id() as i32), Signal::SIGUSR1)
                 .with_context(|| format!("SIGUSR1 to weft in {}", d.host))?;
