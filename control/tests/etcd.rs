@@ -435,13 +435,13 @@ fn acquire_watch_reacquire_restart_and_env_file() {
     etcd.ctl(&[
         "put",
         "/bad/config",
-        r#"{"Network":"10.9.0.0/16","Backend":{"Type":"wireguard"}}"#,
+        r#"{"Network":"10.9.0.0/16","Backend":{"Type":"ipsec"}}"#,
     ]);
     let mut bad = etcd.control_opts([10, 0, 0, 9], "bad");
     bad.etcd.prefix = "/bad".into();
     let (_c, cb) = recorder();
-    let e = start_with(bad.clone(), udp(&bad), cb).expect_err("wireguard refused");
-    assert!(e.to_string().contains("\"wireguard\""), "{e}");
+    let e = start_with(bad.clone(), udp(&bad), cb).expect_err("ipsec refused");
+    assert!(e.to_string().contains("\"ipsec\""), "{e}");
 
     // A backend that cannot be set up: start fails with its message, nothing is leased.
     etcd.ctl(&[
