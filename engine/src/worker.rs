@@ -59,7 +59,7 @@ const UDP6: Token = Token(3);
 pub(crate) const WAKE: Token = Token(2);
 
 /// Most packets one TUN offload read may be cut into (64 KiB at the smallest MSS worth allowing).
-const TUN_SPLIT_MAX: usize = 128;
+pub(crate) const TUN_SPLIT_MAX: usize = 128;
 
 /// With TUN offloads: where in `tun_scratch` a read super-packet starts. The virtio header is
 /// read into the bytes just before it; once decoded, they and the ones before take the wire
@@ -126,14 +126,14 @@ impl IcmpLimiter {
 
 /// Logs an I/O error at most once per interval, with the number suppressed meanwhile.
 #[derive(Debug)]
-struct ErrorLog {
+pub(crate) struct ErrorLog {
     what: &'static str,
     last: Option<Instant>,
     suppressed: u64,
 }
 
 impl ErrorLog {
-    fn new(what: &'static str) -> Self {
+    pub(crate) fn new(what: &'static str) -> Self {
         ErrorLog {
             what,
             last: None,
@@ -142,7 +142,7 @@ impl ErrorLog {
     }
 
     #[cold]
-    fn report(&mut self, worker: usize, e: &io::Error) {
+    pub(crate) fn report(&mut self, worker: usize, e: &io::Error) {
         let now = Instant::now();
         if self
             .last

@@ -15,6 +15,7 @@ use crate::tun::{self, TunConfig, TunQueue};
 use crate::udp::{
     BatchSocket, Offload, RecvMeta, SendMsg, MAX_BATCH, MAX_GSO_BYTES, MAX_GSO_SEGMENTS,
 };
+use crate::worker::{ErrorLog, TUN_SPLIT_MAX};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::io;
@@ -36,15 +37,11 @@ const RATE_LIMIT_RESET: Duration = Duration::from_secs(1);
 const IDLE_WAKEUP: Duration = Duration::from_secs(1);
 /// Largest datagram one receive slot holds (a GRO run is one UDP datagram at most).
 const RX_SLOT: usize = 65_536;
-/// Packets one TUN read may yield with offloads (a TSO super-packet cut into segments).
-const TUN_SPLIT_MAX: usize = 128;
 /// Where packets start in the TUN buffers with offloads (room for the virtio header that
 /// tun-rs writes in front when coalescing).
 const TUN_OFFSET: usize = 16;
 /// Decrypted packets staged for one coalescing TUN write.
 const RX_STAGE: usize = 128;
-/// Least time between two log lines about the same kind of I/O error.
-const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -274,37 +271,6 @@ impl Drop for WgDataplane {
         if !self.threads.is_empty() {
             self.shutdown();
         }
-    }
-}
-
-/// Logs an I/O error at most once per interval.
-struct ErrorLog {
-    what: &'static str,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl ErrorLog {
-    fn new(what: &'static str) -> Self {
-        ErrorLog {
-            what,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    fn report(&mut self, worker: usize, e: &io::Error) {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < ERROR_LOG_INTERVAL)
-        {
-            self.suppressed += 1;
-            return;
-        }
-        tracing::warn!(worker, error = %e, suppressed = self.suppressed, "{}", self.what);
-        self.last = Some(now);
-        self.suppressed = 0;
     }
 }
 
