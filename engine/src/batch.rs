@@ -5,7 +5,8 @@
 //! a UDP GRO run. Separate vectors (rather than one slab) let the TUN offload code split
 //! super-packets into them and coalesce into them without copying between layouts.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use crate::udp::UnderlayAddr;
+use std::net::SocketAddrV4;
 
 /// Bytes kept free in front of each packet (virtio_net_hdr 10 + VXLAN 8 + Ethernet 14).
 pub const HEADROOM: usize = 32;
@@ -16,38 +17,38 @@ pub const MAX_PACKET: usize = 65_536;
 /// Size of one slot.
 pub const SLOT_LEN: usize = HEADROOM + MAX_PACKET;
 
-/// Per-slot metadata of a filled slot.
+/// Per-slot metadata of a filled slot; `A` is the peer's address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Meta {
+pub struct Meta<A = SocketAddrV4> {
     /// Bytes of packet data, starting at `HEADROOM`.
     pub len: usize,
     /// Peer address (destination when sending, source when received).
-    pub addr: SocketAddrV4,
+    pub addr: A,
     /// When sending: the inner packet's flow key ([`crate::spread::flow_key`]); one UDP GSO
     /// message carries one key only, so a peer spreading by inner flow hands it to one worker.
     pub flow: u32,
 }
 
-impl Default for Meta {
+impl<A: UnderlayAddr> Default for Meta<A> {
     fn default() -> Self {
         Meta {
             len: 0,
-            addr: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            addr: A::UNSPECIFIED,
             flow: 0,
         }
     }
 }
 
-/// `capacity` slots plus their metadata.
+/// `capacity` slots plus their metadata, for peers of address family `A`.
 #[derive(Debug)]
-pub struct PacketBatch {
+pub struct PacketBatch<A = SocketAddrV4> {
     slots: Vec<Vec<u8>>,
-    meta: Box<[Meta]>,
+    meta: Box<[Meta<A>]>,
 }
 
-impl PacketBatch {
+impl<A: UnderlayAddr> PacketBatch<A> {
     /// Allocates `capacity` slots (pages are touched only as packets are written).
-    pub fn new(capacity: usize) -> PacketBatch {
+    pub fn new(capacity: usize) -> PacketBatch<A> {
         PacketBatch {
             slots: (0..capacity).map(|_| vec![0u8; SLOT_LEN]).collect(),
             meta: vec![Meta::default(); capacity].into_boxed_slice(),
@@ -106,19 +107,19 @@ impl PacketBatch {
 
     /// Metadata of every slot, in order.
     #[inline]
-    pub fn metas(&self) -> &[Meta] {
+    pub fn metas(&self) -> &[Meta<A>] {
         &self.meta
     }
 
     /// Metadata of slot `i`.
     #[inline]
-    pub fn meta(&self, i: usize) -> Meta {
+    pub fn meta(&self, i: usize) -> Meta<A> {
         self.meta[i]
     }
 
     /// Sets the metadata of slot `i`.
     #[inline]
-    pub fn set_meta(&mut self, i: usize, m: Meta) {
+    pub fn set_meta(&mut self, i: usize, m: Meta<A>) {
         self.meta[i] = m;
     }
 }
@@ -126,10 +127,11 @@ impl PacketBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn slots_are_disjoint() {
-        let mut b = PacketBatch::new(3);
+        let mut b = PacketBatch::<SocketAddrV4>::new(3);
         for i in 0..3 {
             b.packet_area_mut(i)[..4].copy_from_slice(&[i as u8; 4]);
             b.set_meta(

@@ -32,4 +32,4 @@ pub(crate) use imp::{
     attach_reuseport_cbpf, enable_rxq_ovfl, enable_udp_gro, probe_udp_gso, recv_batch, send_batch,
     send_batch_gathered, set_buffer_sizes,
 };
-pub use imp::{RecvMeta, SendMsg, MAX_BATCH};
+pub use imp::{RecvMeta, SendMsg, UnderlayAddr, MAX_BATCH};

@@ -6,7 +6,7 @@
 use super::cmsg;
 use std::io;
 use std::mem;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// Most messages (and packets) moved by one call; the arrays live on the calling worker's stack.
@@ -29,13 +29,116 @@ fn rxq_drops(control: &Control, written: usize) -> Option<u32> {
     cmsg::find(control, written, libc::SOL_SOCKET, libc::SO_RXQ_OVFL)
 }
 
+mod sealed {
+    /// Only the two address types below are [`super::UnderlayAddr`]s.
+    pub trait Sealed {}
+    impl Sealed for std::net::SocketAddrV4 {}
+    impl Sealed for std::net::SocketAddrV6 {}
+}
+
+/// The socket address of one underlay family: [`SocketAddrV4`] (`sockaddr_in`) or
+/// [`SocketAddrV6`] (`sockaddr_in6`). Batched I/O is generic over it, so both families share one
+/// code path, each compiled for its own C address type (no branch on the family per message).
+pub trait UnderlayAddr: Copy + Eq + std::fmt::Debug + Into<SocketAddr> + sealed::Sealed {
+    /// The C address type the kernel reads and writes (a plain C struct: all-zero is valid).
+    type Raw: Copy;
+    /// The unspecified address, port 0.
+    const UNSPECIFIED: Self;
+    /// The address as the kernel reads it.
+    fn to_raw(self) -> Self::Raw;
+    /// The address the kernel wrote (`len` bytes of it); unspecified if it wrote none or one of
+    /// another family.
+    fn from_raw(raw: &Self::Raw, len: libc::socklen_t) -> Self;
+    /// `addr` if it is of this family.
+    fn from_std(addr: SocketAddr) -> Option<Self>;
+}
+
+/// Whether the kernel wrote a whole `T` of `family`: `len` bytes at least, family field `got`.
+fn whole<T>(got: libc::sa_family_t, family: libc::c_int, len: libc::socklen_t) -> bool {
+    got == family as libc::sa_family_t && len as usize >= mem::size_of::<T>()
+}
+
+impl UnderlayAddr for SocketAddrV4 {
+    type Raw = libc::sockaddr_in;
+    const UNSPECIFIED: Self = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+
+    #[inline]
+    fn to_raw(self) -> libc::sockaddr_in {
+        libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: self.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*self.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        }
+    }
+
+    #[inline]
+    fn from_raw(sa: &libc::sockaddr_in, len: libc::socklen_t) -> Self {
+        if !whole::<libc::sockaddr_in>(sa.sin_family, libc::AF_INET, len) {
+            return Self::UNSPECIFIED;
+        }
+        SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
+            u16::from_be(sa.sin_port),
+        )
+    }
+
+    fn from_std(addr: SocketAddr) -> Option<Self> {
+        match addr {
+            SocketAddr::V4(a) => Some(a),
+            SocketAddr::V6(_) => None,
+        }
+    }
+}
+
+impl UnderlayAddr for SocketAddrV6 {
+    type Raw = libc::sockaddr_in6;
+    const UNSPECIFIED: Self = SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0);
+
+    #[inline]
+    fn to_raw(self) -> libc::sockaddr_in6 {
+        // Flow label and scope as the standard library passes them (sin6_flowinfo unswapped).
+        libc::sockaddr_in6 {
+            sin6_family: libc::AF_INET6 as libc::sa_family_t,
+            sin6_port: self.port().to_be(),
+            sin6_flowinfo: self.flowinfo(),
+            sin6_addr: libc::in6_addr {
+                s6_addr: self.ip().octets(),
+            },
+            sin6_scope_id: self.scope_id(),
+        }
+    }
+
+    #[inline]
+    fn from_raw(sa: &libc::sockaddr_in6, len: libc::socklen_t) -> Self {
+        if !whole::<libc::sockaddr_in6>(sa.sin6_family, libc::AF_INET6, len) {
+            return Self::UNSPECIFIED;
+        }
+        SocketAddrV6::new(
+            Ipv6Addr::from(sa.sin6_addr.s6_addr),
+            u16::from_be(sa.sin6_port),
+            sa.sin6_flowinfo,
+            sa.sin6_scope_id,
+        )
+    }
+
+    fn from_std(addr: SocketAddr) -> Option<Self> {
+        match addr {
+            SocketAddr::V6(a) => Some(a),
+            SocketAddr::V4(_) => None,
+        }
+    }
+}
+
 /// What the kernel reported about one received message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecvMeta {
+pub struct RecvMeta<A = SocketAddrV4> {
     /// Bytes written into the slot.
     pub len: usize,
-    /// Sender address (unspecified if the kernel gave none or a non-IPv4 one).
-    pub src: SocketAddrV4,
+    /// Sender address (unspecified if the kernel gave none or one of another family).
+    pub src: A,
     /// The datagram was longer than the slot and was cut (MSG_TRUNC).
     pub truncated: bool,
     /// With UDP GRO: the size of each coalesced datagram (the last may be shorter); 0 when the
@@ -46,11 +149,11 @@ pub struct RecvMeta {
     pub rxq_drops: Option<u32>,
 }
 
-impl Default for RecvMeta {
+impl<A: UnderlayAddr> Default for RecvMeta<A> {
     fn default() -> Self {
         RecvMeta {
             len: 0,
-            src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            src: A::UNSPECIFIED,
             truncated: false,
             segment: 0,
             rxq_drops: None,
@@ -62,51 +165,29 @@ impl Default for RecvMeta {
 /// With `count > 1` the message is one UDP GSO send of `segment`-byte datagrams (all packets but
 /// the last exactly `segment` bytes, the last at most that).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SendMsg {
+pub struct SendMsg<A = SocketAddrV4> {
     /// Index of the first packet.
     pub first: usize,
     /// Number of packets.
     pub count: usize,
     /// Destination.
-    pub dst: SocketAddrV4,
+    pub dst: A,
     /// GSO segment size (used when `count > 1`).
     pub segment: u16,
 }
 
-fn to_sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*addr.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    }
-}
-
-fn from_sockaddr(sa: &libc::sockaddr_in, len: libc::socklen_t) -> SocketAddrV4 {
-    if sa.sin_family != libc::AF_INET as libc::sa_family_t
-        || (len as usize) < mem::size_of::<libc::sockaddr_in>()
-    {
-        return SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
-    }
-    SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
-        u16::from_be(sa.sin_port),
-    )
-}
-
 /// Receives up to `meta.len().min(MAX_BATCH)` messages without blocking, message `i` into
 /// `slots[i][offset..]`. Returns how many arrived; `WouldBlock` if none was waiting.
-pub(crate) fn recv_batch<B: AsMut<[u8]>>(
+pub(crate) fn recv_batch<A: UnderlayAddr, B: AsMut<[u8]>>(
     fd: BorrowedFd<'_>,
     slots: &mut [B],
     offset: usize,
-    meta: &mut [RecvMeta],
+    meta: &mut [RecvMeta<A>],
 ) -> io::Result<usize> {
     let count = meta.len().min(MAX_BATCH).min(slots.len());
-    // SAFETY: all-zero bytes are a valid value of these plain C structs (integers, null pointers).
-    let mut names: [libc::sockaddr_in; MAX_BATCH] = unsafe { mem::zeroed() };
+    // SAFETY: all-zero bytes are a valid value of these plain C structs (integers, null pointers;
+    // `A::Raw` is `sockaddr_in` or `sockaddr_in6`, the trait being sealed).
+    let mut names: [A::Raw; MAX_BATCH] = unsafe { mem::zeroed() };
     // SAFETY: as above.
     let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { mem::zeroed() };
     // SAFETY: as above.
@@ -117,8 +198,8 @@ pub(crate) fn recv_batch<B: AsMut<[u8]>>(
         iovs[i].iov_base = data.as_mut_ptr().cast();
         iovs[i].iov_len = data.len();
         let h = &mut hdrs[i].msg_hdr;
-        h.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
-        h.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_name = (&mut names[i] as *mut A::Raw).cast();
+        h.msg_namelen = mem::size_of::<A::Raw>() as libc::socklen_t;
         h.msg_iov = &mut iovs[i];
         h.msg_iovlen = 1;
         h.msg_control = controls[i].0.as_mut_ptr().cast();
@@ -137,7 +218,7 @@ pub(crate) fn recv_batch<B: AsMut<[u8]>>(
         let h = &hdrs[i];
         meta[i] = RecvMeta {
             len: h.msg_len as usize,
-            src: from_sockaddr(&names[i], h.msg_hdr.msg_namelen),
+            src: A::from_raw(&names[i], h.msg_hdr.msg_namelen),
             truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
             segment: gro_segment(&controls[i], h.msg_hdr.msg_controllen).unwrap_or(0),
             rxq_drops: rxq_drops(&controls[i], h.msg_hdr.msg_controllen),
@@ -149,9 +230,9 @@ pub(crate) fn recv_batch<B: AsMut<[u8]>>(
 /// Sends `msgs` (at most [`MAX_BATCH`] messages of at most [`MAX_BATCH`] packets in all) with one
 /// sendmmsg; `packet(p)` gives the bytes of packet `p`. Returns how many messages the kernel took,
 /// which may be fewer; an error means message 0 was not sent.
-pub(crate) fn send_batch<'a>(
+pub(crate) fn send_batch<'a, A: UnderlayAddr>(
     fd: BorrowedFd<'_>,
-    msgs: &[SendMsg],
+    msgs: &[SendMsg<A>],
     packet: impl Fn(usize) -> &'a [u8],
 ) -> io::Result<usize> {
     send_parts(fd, msgs, |p| [packet(p), &[]], 1)
@@ -159,9 +240,9 @@ pub(crate) fn send_batch<'a>(
 
 /// Like [`send_batch`], but packet `p` is gathered from the two slices `parts(p)` (a header and
 /// a payload, say), so neither is copied in user space; at most [`MAX_BATCH`] packets in all.
-pub(crate) fn send_batch_gathered<'a>(
+pub(crate) fn send_batch_gathered<'a, A: UnderlayAddr>(
     fd: BorrowedFd<'_>,
-    msgs: &[SendMsg],
+    msgs: &[SendMsg<A>],
     parts: impl Fn(usize) -> [&'a [u8]; 2],
 ) -> io::Result<usize> {
     send_parts(fd, msgs, parts, 2)
@@ -171,14 +252,15 @@ pub(crate) fn send_batch_gathered<'a>(
 const MAX_IOVS: usize = 2 * MAX_BATCH;
 
 /// The common part of the sends: the first `per` slices of `parts(p)` make packet `p`.
-fn send_parts<'a>(
+fn send_parts<'a, A: UnderlayAddr>(
     fd: BorrowedFd<'_>,
-    msgs: &[SendMsg],
+    msgs: &[SendMsg<A>],
     parts: impl Fn(usize) -> [&'a [u8]; 2],
     per: usize,
 ) -> io::Result<usize> {
-    // SAFETY: all-zero bytes are a valid value of these plain C structs (integers, null pointers).
-    let mut names: [libc::sockaddr_in; MAX_BATCH] = unsafe { mem::zeroed() };
+    // SAFETY: all-zero bytes are a valid value of these plain C structs (integers, null pointers;
+    // `A::Raw` is `sockaddr_in` or `sockaddr_in6`, the trait being sealed).
+    let mut names: [A::Raw; MAX_BATCH] = unsafe { mem::zeroed() };
     // SAFETY: as above.
     let mut iovs: [libc::iovec; MAX_IOVS] = unsafe { mem::zeroed() };
     // SAFETY: as above.
@@ -201,10 +283,10 @@ fn send_parts<'a>(
             }
         }
         packets += m.count;
-        names[k] = to_sockaddr(m.dst);
+        names[k] = m.dst.to_raw();
         let h = &mut hdrs[k].msg_hdr;
-        h.msg_name = (&mut names[k] as *mut libc::sockaddr_in).cast();
-        h.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_name = (&mut names[k] as *mut A::Raw).cast();
+        h.msg_namelen = mem::size_of::<A::Raw>() as libc::socklen_t;
         h.msg_iov = &mut iovs[iov_first];
         h.msg_iovlen = iov_used - iov_first;
         if m.count > 1 {
@@ -231,6 +313,38 @@ fn send_parts<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_round_trip_through_their_c_types() {
+        let v4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 7), 8472);
+        let raw = v4.to_raw();
+        assert_eq!(raw.sin_port, 8472u16.to_be());
+        let full = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(SocketAddrV4::from_raw(&raw, full), v4);
+        assert_eq!(
+            SocketAddrV4::from_raw(&raw, full - 1),
+            SocketAddrV4::UNSPECIFIED,
+            "short"
+        );
+        let v6 = SocketAddrV6::new("2001:db8::7".parse().expect("addr"), 8472, 0, 3);
+        let raw6 = v6.to_raw();
+        assert_eq!(raw6.sin6_addr.s6_addr, v6.ip().octets());
+        let full6 = mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        assert_eq!(SocketAddrV6::from_raw(&raw6, full6), v6);
+        assert_eq!(
+            SocketAddrV6::from_raw(&raw6, full),
+            SocketAddrV6::UNSPECIFIED,
+            "a sockaddr_in's length"
+        );
+        let mut other = raw6;
+        other.sin6_family = libc::AF_INET as libc::sa_family_t;
+        assert_eq!(
+            SocketAddrV6::from_raw(&other, full6),
+            SocketAddrV6::UNSPECIFIED
+        );
+        assert_eq!(SocketAddrV6::from_std(v4.into()), None);
+        assert_eq!(SocketAddrV4::from_std(v4.into()), Some(v4));
+    }
 
     #[test]
     fn gro_segment_is_a_positive_int() {
