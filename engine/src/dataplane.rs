@@ -14,7 +14,7 @@ use mio::{Poll, Waker};
 use std::fs::File;
 use std::io;
 use std::io::{Read, Seek};
-use std::net::{SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::net::{SocketAddrV4, SocketAddrV6};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -310,29 +310,19 @@ fn attach_spread(setups: &[WorkerSetup], wire: Wire) -> RxSpread {
     }
 }
 
-/// One worker's IPv6 half: its socket on `v6.bind` (IPV6_V6ONLY, SO_REUSEPORT, non-blocking) and
-/// the IPv6 encapsulator and decapsulator for inner packets of at most `mtu` bytes.
+/// One worker's IPv6 half: its socket on `v6.bind` (a [`BatchSocket`] as the IPv4 one, with the
+/// same buffers and offloads; IPV6_V6ONLY) and the IPv6 encapsulator and decapsulator for inner
+/// packets of at most `mtu` bytes.
 fn v6_setup(
     v6: &DataplaneV6,
     vni: u32,
     mtu: u32,
     cfg: &DataplaneConfig,
 ) -> Result<V6Setup, StartError> {
-    let bind = || format!("binding UDP {}", v6.bind);
-    let sock = socket2::Socket::new(
-        socket2::Domain::IPV6,
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )
-    .map_err(ctx(bind))?;
-    sock.set_only_v6(true).map_err(ctx(bind))?;
-    sock.set_reuse_port(true).map_err(ctx(bind))?;
-    crate::sys::set_buffer_sizes(std::os::fd::AsFd::as_fd(&sock), cfg.socket_buffer)
-        .map_err(ctx(bind))?;
-    sock.set_nonblocking(true).map_err(ctx(bind))?;
-    sock.bind(&v6.bind.into()).map_err(ctx(bind))?;
+    let sock = BatchSocket::bind(v6.bind, cfg.socket_buffer, cfg.offload)
+        .map_err(ctx(|| format!("binding UDP {}", v6.bind)))?;
     Ok(V6Setup {
-        sock: UdpSocket::from(sock),
+        sock,
         encap: Encapsulator6 {
             vni,
             mac: v6.mac,

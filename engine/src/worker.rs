@@ -17,6 +17,13 @@
 //! cut in place ([`crate::segment`]): its segments' headers are written apart and each datagram
 //! is gathered from its header and its payload in the read buffer.
 //!
+//! Dual stack (vxlan): the worker has a second, IPv6 underlay socket. Packets read from the TUN
+//! device with version nibble 6 are encapsulated by [`Encapsulator6`], swapped into the tx6 slots
+//! and planned and sent exactly as the IPv4 ones (one sendmmsg, UDP GSO); the IPv6 socket is
+//! received like the IPv4 one (one recvmmsg, UDP GRO, its `SO_RXQ_OVFL` drops counted into the
+//! same `SocketRxOverflow`). Both families run through one generic send ([`send_planned`]) and
+//! one generic receive ([`receive`]), each compiled for its address type.
+//!
 //! Receiving is one straight pipeline: receive a batch, split each message into its datagrams
 //! (a UDP GRO run holds several), decapsulate each, and push the inner packet into the pass's
 //! [`sink::Delivery`], which owns how packets reach the TUN device: with TUN offloads, a run of
@@ -36,17 +43,20 @@ use crate::batch::{Meta, PacketBatch, HEADROOM};
 use crate::decap::{DecapPolicy, DecapVerdict, Decapsulator, Decapsulator6};
 use crate::encap::{EncapVerdict, EncapVerdict6, Encapsulator, Encapsulator6};
 use crate::route::RouteCache;
+use crate::route::RouteSnapshot;
 use crate::segment::{Cut, VnetHdr};
 use crate::spread;
 use crate::stats::{Counter, DropReason, WorkerStats};
 use crate::tun::TunQueue;
-use crate::udp::{BatchSocket, RecvMeta, SendMsg, MAX_BATCH, MAX_GSO_BYTES, MAX_GSO_SEGMENTS};
+use crate::udp::{
+    BatchSocket, RecvMeta, SendMsg, UnderlayAddr, MAX_BATCH, MAX_GSO_BYTES, MAX_GSO_SEGMENTS,
+};
 use crate::wire::{checksum, icmp, icmpv6, Wire};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use sink::TunSink;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -181,13 +191,14 @@ pub(crate) struct WorkerSetup {
 /// device go out VXLAN-encapsulated over the IPv6 underlay socket, and frames received on it are
 /// judged by [`Decapsulator6`] and written into the same TUN device.
 ///
-/// This path sends and receives one datagram per system call (no batching, GSO or GRO yet); the
-/// TUN side is shared with IPv4 (TSO6 super-packets are cut by tun-rs, received packets go
-/// through the sink).
+/// It runs through the same batch code as IPv4 (generic over the address family): one recvmmsg
+/// per batch with UDP GRO and `SO_RXQ_OVFL`, and one sendmmsg per batch planned by
+/// [`plan_messages`] with UDP GSO. The TUN side is shared with IPv4 (TSO6 super-packets are cut
+/// into tx slots by tun-rs, received packets go through the sink).
 #[derive(Debug)]
 pub(crate) struct V6Setup {
-    /// Non-blocking IPv6 UDP socket (IPV6_V6ONLY, SO_REUSEPORT), bound to the IPv6 underlay.
-    pub(crate) sock: UdpSocket,
+    /// IPv6 underlay socket (IPV6_V6ONLY, SO_REUSEPORT), offloads as the IPv4 one's.
+    pub(crate) sock: BatchSocket<SocketAddrV6>,
     pub(crate) encap: Encapsulator6,
     pub(crate) decap: Decapsulator6,
     /// Source of originated ICMPv6 errors: the device's IPv6 address.
@@ -230,8 +241,14 @@ pub(crate) struct Worker {
     /// The socket's cumulative drop count as of the last received message that carried one
     /// (`SO_RXQ_OVFL`); the growth is counted as `SocketRxOverflow`.
     rxq_drops_seen: u32,
-    /// With an IPv6 overlay: one received datagram (64 KiB) and one ICMPv6 error.
-    rx6: Box<[u8]>,
+    /// With an IPv6 overlay: the IPv6 socket's receive metadata and drop count (its own
+    /// `sk_drops`, counted into the same `SocketRxOverflow`), the tx slots of encapsulated IPv6
+    /// packets (a forwarded one is swapped over from `tx`, not copied), their messages, and room
+    /// for one ICMPv6 error. Empty without.
+    rx_meta6: Box<[RecvMeta<SocketAddrV6>]>,
+    rxq6_drops_seen: u32,
+    tx6: PacketBatch<SocketAddrV6>,
+    msgs6: Box<[SendMsg<SocketAddrV6>]>,
     icmp6_buf: Box<[u8]>,
 }
 
@@ -282,12 +299,12 @@ fn complete_checksum(packet: &mut [u8], start: u16, offset: u16) -> io::Result<(
 /// each run of packets of one inner flow (one [`Meta::flow`]) to the same peer whose sizes equal the
 /// run's first (the last may be shorter) becomes one message, within the limits; without, every packet is its own message.
 /// Every datagram is the wire header plus one packet, so equal packets make equal segments.
-fn plan_messages(
-    packets: &[Meta],
+fn plan_messages<A: UnderlayAddr>(
+    packets: &[Meta<A>],
     from: usize,
     header: usize,
     gso: Option<GsoLimits>,
-    msgs: &mut [SendMsg],
+    msgs: &mut [SendMsg<A>],
 ) -> usize {
     let mut planned = 0;
     let mut i = from;
@@ -336,6 +353,183 @@ fn gro_datagrams(message: &[u8], segment: usize) -> std::slice::Chunks<'_, u8> {
     message.chunks(size)
 }
 
+/// The underlay family a worker's socket carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+/// An address family's decapsulator, as the receive loop calls it.
+trait Decap<A>: Copy {
+    /// Judges one datagram from `src`; see [`Decapsulator::decapsulate`].
+    fn judge(&self, src: A, datagram: &[u8], routes: &RouteSnapshot) -> DecapVerdict;
+}
+
+impl Decap<SocketAddrV4> for Decapsulator {
+    #[inline]
+    fn judge(&self, src: SocketAddrV4, datagram: &[u8], routes: &RouteSnapshot) -> DecapVerdict {
+        self.decapsulate(*src.ip(), datagram, routes)
+    }
+}
+
+impl Decap<SocketAddrV6> for Decapsulator6 {
+    #[inline]
+    fn judge(&self, src: SocketAddrV6, datagram: &[u8], routes: &RouteSnapshot) -> DecapVerdict {
+        self.decapsulate(*src.ip(), datagram, routes)
+    }
+}
+
+/// Counts the growth of a socket's kernel drop count (`SO_RXQ_OVFL`) that `metas` (one received
+/// batch) report beyond `seen` as `SocketRxOverflow`, and remembers it.
+#[inline]
+fn count_rxq_drops<A>(metas: &[RecvMeta<A>], seen: &mut u32, stats: &WorkerStats) {
+    // The count only grows from message to message, so the last one that carries it is news.
+    if let Some(drops) = metas.iter().rev().find_map(|m| m.rxq_drops) {
+        let new = drops.saturating_sub(*seen);
+        if new > 0 {
+            stats.drop_packets(DropReason::SocketRxOverflow, u64::from(new));
+            *seen = drops;
+        }
+    }
+}
+
+/// What one receive pass borrows of its worker, whichever family's socket it reads.
+struct RxPass<'a> {
+    id: usize,
+    tun: &'a TunQueue,
+    stats: &'a WorkerStats,
+    /// The receive slots (shared by both families: a pass ends with the sink flushed).
+    rx: &'a mut PacketBatch,
+    sink: &'a mut TunSink,
+    errors: &'a mut ErrorLog,
+    routes: &'a RouteSnapshot,
+}
+
+/// Receives one batch from `sock` (at most `meta.len()` messages), splits each message into its
+/// datagrams, judges each with `decap` and pushes the inner packets into the TUN sink; counts the
+/// kernel's drops on the socket beyond `rxq_seen` (the count the socket's last batch reported). Returns whether the socket may hold more (the
+/// batch filled up).
+#[inline]
+fn receive<A: UnderlayAddr, D: Decap<A>>(
+    p: RxPass<'_>,
+    sock: &BatchSocket<A>,
+    (meta, rxq_seen): (&mut [RecvMeta<A>], &mut u32),
+    decap: D,
+) -> bool {
+    let want = meta.len();
+    let n = match sock.recv_batch(p.rx.slots_mut(), HEADROOM, meta) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
+        Err(e) => {
+            p.errors.report(p.id, &e);
+            return false;
+        }
+    };
+    let stats = p.stats;
+    stats.add(Counter::RxBatches, 1);
+    count_rxq_drops(&meta[..n], rxq_seen, stats);
+    let mut datagrams = 0u64;
+    let mut gro_runs = 0u64;
+    let mut sink = p.sink.pass(p.tun, p.id, stats);
+    for (i, meta) in meta[..n].iter().enumerate() {
+        if meta.segment > 0 && meta.len > meta.segment {
+            gro_runs += 1;
+        }
+        if meta.truncated {
+            // Cannot happen with 64 KiB slots; counted rather than assumed.
+            stats.drop_packets(DropReason::RecvTruncated, 1);
+            datagrams += 1;
+            continue;
+        }
+        let message = p.rx.filled(i, meta.len);
+        if message.is_empty() {
+            // An empty datagram: it still arrived, and is dropped.
+            datagrams += 1;
+            stats.drop_packets(DropReason::Truncated, 1);
+            continue;
+        }
+        for datagram in gro_datagrams(message, meta.segment) {
+            datagrams += 1;
+            match decap.judge(meta.src, datagram, p.routes) {
+                DecapVerdict::Deliver(inner) => sink.push(&datagram[inner]),
+                DecapVerdict::Drop(reason) => stats.drop_packets(reason, 1),
+            }
+        }
+        sink.end_message();
+    }
+    sink.finish();
+    stats.add(Counter::RxDatagrams, datagrams);
+    if gro_runs > 0 {
+        stats.add(Counter::RxGroRuns, gro_runs);
+    }
+    n == want
+}
+
+/// What one send borrows of its worker, whichever family's socket it writes.
+struct TxPass<'a> {
+    id: usize,
+    stats: &'a WorkerStats,
+    errors: &'a mut ErrorLog,
+}
+
+/// Sends the packets `metas` describe (each `header` bytes of wire header plus its packet) over
+/// `sock`: planned by [`plan_messages`] into `msgs` (with UDP GSO while the socket has it), one
+/// `send(sock, msgs)` (one sendmmsg) per round until all went or were counted as dropped.
+#[inline]
+fn send_planned<A: UnderlayAddr>(
+    p: TxPass<'_>,
+    (sock, msgs): (&mut BatchSocket<A>, &mut [SendMsg<A>]),
+    metas: &[Meta<A>],
+    header: usize,
+    send: impl Fn(&BatchSocket<A>, &[SendMsg<A>]) -> io::Result<usize>,
+) {
+    let count = metas.len();
+    let mut sent = 0;
+    while sent < count {
+        let gso = sock.gso().then_some(GSO_LIMITS);
+        let planned = plan_messages(metas, sent, header, gso, msgs);
+        match send(sock, &msgs[..planned]) {
+            Ok(0) => {
+                // Should not happen for UDP; never spin on it.
+                p.stats
+                    .drop_packets(DropReason::SendFailed, (count - sent) as u64);
+                break;
+            }
+            Ok(n) => {
+                let went = &msgs[..n];
+                let packets: usize = went.iter().map(|m| m.count).sum();
+                let bytes: usize = metas[sent..sent + packets].iter().map(|m| m.len).sum();
+                let gso = went.iter().filter(|m| m.count > 1).count();
+                p.stats.add(Counter::TxBatches, 1);
+                p.stats.add(Counter::TxPackets, packets as u64);
+                p.stats.add(Counter::TxBytes, bytes as u64);
+                p.stats.add(Counter::TxGsoSends, gso as u64);
+                sent += packets;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if msgs[0].count > 1
+                    && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) =>
+            {
+                // The egress device cannot segment (no checksum offload, say): plain batches
+                // from now on, as quinn-udp and wireguard-go do.
+                tracing::warn!(worker = p.id, error = %e, "UDP GSO refused by the kernel; sending without it");
+                sock.disable_gso();
+            }
+            Err(e) => {
+                // The first message of this call failed (no route on the underlay, firewall):
+                // count its packets and go on with the rest.
+                let lost = msgs[0].count;
+                p.stats.drop_packets(DropReason::SendFailed, lost as u64);
+                p.errors.report(p.id, &e);
+                sent += lost;
+            }
+        }
+    }
+}
+
 impl Worker {
     /// Registers the TUN queue and socket with the worker's poll and allocates its buffers.
     pub(crate) fn new(setup: WorkerSetup) -> io::Result<Worker> {
@@ -365,11 +559,24 @@ impl Worker {
                 .registry()
                 .register(&mut SourceFd(&fd), UDP6, Interest::READABLE)?;
         }
-        let v6_bufs = if setup.v6.is_some() { 65_536 } else { 0 };
+        let v6 = setup.v6.is_some();
+        let (batch6, tx6_slots) = if v6 { (batch, tx_slots) } else { (0, 0) };
         let encap = Encapsulator::new(setup.wire);
         Ok(Worker {
-            rx6: vec![0u8; v6_bufs].into_boxed_slice(),
-            icmp6_buf: vec![0u8; v6_bufs.min(icmpv6::MAX_ERROR_LEN)].into_boxed_slice(),
+            rx_meta6: vec![RecvMeta::default(); batch6].into_boxed_slice(),
+            rxq6_drops_seen: 0,
+            tx6: PacketBatch::new(tx6_slots),
+            msgs6: vec![
+                SendMsg {
+                    first: 0,
+                    count: 0,
+                    dst: SocketAddrV6::UNSPECIFIED,
+                    segment: 0,
+                };
+                batch6
+            ]
+            .into_boxed_slice(),
+            icmp6_buf: vec![0u8; if v6 { icmpv6::MAX_ERROR_LEN } else { 0 }].into_boxed_slice(),
             encap,
             decap: Decapsulator::new(setup.wire, setup.policy),
             header: encap.header_len(),
@@ -387,7 +594,7 @@ impl Worker {
                 SendMsg {
                     first: 0,
                     count: 0,
-                    dst: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+                    dst: SocketAddrV4::UNSPECIFIED,
                     segment: 0,
                 };
                 batch
@@ -449,10 +656,10 @@ impl Worker {
                 tun_ready = self.tun_to_udp();
             }
             if udp_ready {
-                udp_ready = self.udp_to_tun();
+                udp_ready = self.udp_to_tun(Family::V4);
             }
             if udp6_ready {
-                udp6_ready = self.udp6_to_tun();
+                udp6_ready = self.udp_to_tun(Family::V6);
             }
         }
     }
@@ -532,17 +739,22 @@ impl Worker {
         } else {
             1
         };
+        let has_v6 = self.setup.v6.is_some();
         let mut queued = 0;
+        let mut queued6 = 0;
         let mut reads = 0;
         let mut more = true;
-        while reads < self.setup.batch_size && queued + per_read <= self.tx.capacity() {
+        while reads < self.setup.batch_size
+            && queued + per_read <= self.tx.capacity()
+            && (!has_v6 || queued6 + per_read <= self.tx6.capacity())
+        {
             let n = match self.read_tun(queued) {
                 Ok(TunRead::Slots(n)) => n,
                 Ok(TunRead::Super { cut, len }) => {
                     reads += 1;
                     // Packets read before it go first: nothing of one flow overtakes.
                     if queued > 0 {
-                        self.send_queued(queued);
+                        self.send_queued(Family::V4, queued);
                         queued = 0;
                     }
                     self.forward_super(&cut, len, &routes);
@@ -572,10 +784,8 @@ impl Worker {
             let encap = self.encap;
             for k in read_at..read_at + n {
                 let len = self.read_sizes[k];
-                if self.setup.v6.is_some()
-                    && self.tx.filled(k, len).first().map(|b| b >> 4) == Some(6)
-                {
-                    self.forward_v6(k, len, &routes);
+                if has_v6 && self.tx.filled(k, len).first().map(|b| b >> 4) == Some(6) {
+                    queued6 += self.queue_v6(k, len, queued6, &routes);
                     continue;
                 }
                 match encap.encapsulate(self.tx.frame_mut(k, self.header, len), &routes) {
@@ -602,7 +812,8 @@ impl Worker {
                 }
             }
         }
-        self.send_queued(queued);
+        self.send_queued(Family::V4, queued);
+        self.send_queued(Family::V6, queued6);
         more
     }
 
@@ -657,56 +868,18 @@ impl Worker {
         }
         let seg_hdrs = &self.seg_hdrs;
         let parts = |p: usize| -> [&[u8]; 2] { [&seg_hdrs[p][..h + hl], &pkt[cut.payload(p)]] };
-        let mut sent = 0;
-        while sent < n {
-            let gso = self.setup.sock.gso().then_some(GSO_LIMITS);
-            let planned = plan_messages(&self.seg_metas[..n], sent, h, gso, &mut self.msgs);
-            match self
-                .setup
-                .sock
-                .send_batch_gathered(&self.msgs[..planned], parts)
-            {
-                Ok(0) => {
-                    self.setup
-                        .stats
-                        .drop_packets(DropReason::SendFailed, (n - sent) as u64);
-                    break;
-                }
-                Ok(k) => {
-                    let msgs = &self.msgs[..k];
-                    let packets: usize = msgs.iter().map(|m| m.count).sum();
-                    let bytes: usize = self.seg_metas[sent..sent + packets]
-                        .iter()
-                        .map(|m| m.len)
-                        .sum();
-                    let stats = &self.setup.stats;
-                    stats.add(Counter::TxBatches, 1);
-                    stats.add(Counter::TxPackets, packets as u64);
-                    stats.add(Counter::TxBytes, bytes as u64);
-                    stats.add(
-                        Counter::TxGsoSends,
-                        msgs.iter().filter(|m| m.count > 1).count() as u64,
-                    );
-                    sent += packets;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if self.msgs[0].count > 1
-                        && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) =>
-                {
-                    tracing::warn!(worker = self.setup.id, error = %e, "UDP GSO refused by the kernel; sending without it");
-                    self.setup.sock.disable_gso();
-                }
-                Err(e) => {
-                    let lost = self.msgs[0].count;
-                    self.setup
-                        .stats
-                        .drop_packets(DropReason::SendFailed, lost as u64);
-                    self.send_errors.report(self.setup.id, &e);
-                    sent += lost;
-                }
-            }
-        }
+        let pass = TxPass {
+            id: self.setup.id,
+            stats: &self.setup.stats,
+            errors: &mut self.send_errors,
+        };
+        send_planned(
+            pass,
+            (&mut self.setup.sock, &mut self.msgs),
+            &self.seg_metas[..n],
+            h,
+            |sock, msgs| sock.send_batch_gathered(msgs, parts),
+        );
     }
 
     /// Writes an ICMP error about the packet in tx slot `slot` back into the TUN device.
@@ -725,166 +898,97 @@ impl Worker {
         }
     }
 
-    /// Sends tx slots `0..count`, one sendmmsg per call until all went or failed.
-    fn send_queued(&mut self, count: usize) {
-        let mut sent = 0;
-        while sent < count {
-            let gso = self.setup.sock.gso().then_some(GSO_LIMITS);
-            let planned = plan_messages(
-                &self.tx.metas()[..count],
-                sent,
-                self.header,
-                gso,
-                &mut self.msgs,
-            );
-            let tx = &self.tx;
-            let h = self.header;
-            match self
-                .setup
-                .sock
-                .send_batch(&self.msgs[..planned], |p| tx.frame(p, h))
-            {
-                Ok(0) => {
-                    // Should not happen for UDP; never spin on it.
-                    self.setup
-                        .stats
-                        .drop_packets(DropReason::SendFailed, (count - sent) as u64);
-                    break;
-                }
-                Ok(n) => {
-                    let msgs = &self.msgs[..n];
-                    let packets: usize = msgs.iter().map(|m| m.count).sum();
-                    let bytes: usize = (sent..sent + packets).map(|i| tx.meta(i).len).sum();
-                    let gso = msgs.iter().filter(|m| m.count > 1).count();
-                    let stats = &self.setup.stats;
-                    stats.add(Counter::TxBatches, 1);
-                    stats.add(Counter::TxPackets, packets as u64);
-                    stats.add(Counter::TxBytes, bytes as u64);
-                    stats.add(Counter::TxGsoSends, gso as u64);
-                    sent += packets;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if self.msgs[0].count > 1
-                        && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) =>
-                {
-                    // The egress device cannot segment (no checksum offload, say): plain batches
-                    // from now on, as quinn-udp and wireguard-go do.
-                    tracing::warn!(worker = self.setup.id, error = %e, "UDP GSO refused by the kernel; sending without it");
-                    self.setup.sock.disable_gso();
-                }
-                Err(e) => {
-                    // The first message of this call failed (no route on the underlay, firewall):
-                    // count its packets and go on with the rest.
-                    let lost = self.msgs[0].count;
-                    self.setup
-                        .stats
-                        .drop_packets(DropReason::SendFailed, lost as u64);
-                    self.send_errors.report(self.setup.id, &e);
-                    sent += lost;
-                }
-            }
+    /// Sends the first `count` queued packets of `family` (tx slots for IPv4, tx6 slots for
+    /// IPv6) over its socket, one sendmmsg per call until all went or failed.
+    fn send_queued(&mut self, family: Family, count: usize) {
+        let h = self.header;
+        let pass = TxPass {
+            id: self.setup.id,
+            stats: &self.setup.stats,
+            errors: &mut self.send_errors,
+        };
+        let (tx, tx6) = (&self.tx, &self.tx6);
+        match (family, &mut self.setup.v6) {
+            (Family::V4, _) => send_planned(
+                pass,
+                (&mut self.setup.sock, &mut self.msgs),
+                &tx.metas()[..count],
+                h,
+                |sock, msgs| sock.send_batch(msgs, |p| tx.frame(p, h)),
+            ),
+            (Family::V6, Some(v6)) => send_planned(
+                pass,
+                (&mut v6.sock, &mut self.msgs6),
+                &tx6.metas()[..count],
+                h,
+                |sock, msgs| sock.send_batch(msgs, |p| tx6.frame(p, h)),
+            ),
+            (Family::V6, None) => {}
         }
     }
 
-    /// Receives one batch from the socket, splits each message into its datagrams, decapsulates
-    /// each and pushes the inner packets into the TUN sink. Returns whether the socket may hold
-    /// more (the batch filled up).
-    fn udp_to_tun(&mut self) -> bool {
-        let want = self.setup.batch_size;
-        let n = match self.setup.sock.recv_batch(
-            self.rx.slots_mut(),
-            HEADROOM,
-            &mut self.rx_meta[..want],
-        ) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
-            Err(e) => {
-                self.recv_errors.report(self.setup.id, &e);
-                return false;
-            }
-        };
-        let stats = &*self.setup.stats;
-        stats.add(Counter::RxBatches, 1);
-        // The count only grows from message to message, so the last one that carries it is news.
-        if let Some(drops) = self.rx_meta[..n].iter().rev().find_map(|m| m.rxq_drops) {
-            let new = drops.saturating_sub(self.rxq_drops_seen);
-            if new > 0 {
-                stats.drop_packets(DropReason::SocketRxOverflow, u64::from(new));
-                self.rxq_drops_seen = drops;
-            }
-        }
+    /// Receives one batch from `family`'s socket into the TUN sink (judged by [`Decapsulator`] or
+    /// [`Decapsulator6`]); see [`receive`]. Returns whether the socket may hold more.
+    fn udp_to_tun(&mut self, family: Family) -> bool {
         let routes = Arc::clone(self.setup.routes.load());
-        let decap = self.decap;
-        let mut datagrams = 0u64;
-        let mut gro_runs = 0u64;
-        let mut sink = self.sink.pass(&self.setup.tun, self.setup.id, stats);
-        for (i, meta) in self.rx_meta[..n].iter().enumerate() {
-            if meta.segment > 0 && meta.len > meta.segment {
-                gro_runs += 1;
-            }
-            if meta.truncated {
-                // Cannot happen with 64 KiB slots; counted rather than assumed.
-                stats.drop_packets(DropReason::RecvTruncated, 1);
-                datagrams += 1;
-                continue;
-            }
-            let message = self.rx.filled(i, meta.len);
-            if message.is_empty() {
-                // An empty datagram: it still arrived, and is dropped.
-                datagrams += 1;
-                stats.drop_packets(DropReason::Truncated, 1);
-                continue;
-            }
-            for datagram in gro_datagrams(message, meta.segment) {
-                datagrams += 1;
-                match decap.decapsulate(*meta.src.ip(), datagram, &routes) {
-                    DecapVerdict::Deliver(inner) => sink.push(&datagram[inner]),
-                    DecapVerdict::Drop(reason) => stats.drop_packets(reason, 1),
-                }
-            }
-            sink.end_message();
+        let pass = RxPass {
+            id: self.setup.id,
+            tun: &self.setup.tun,
+            stats: &self.setup.stats,
+            rx: &mut self.rx,
+            sink: &mut self.sink,
+            errors: &mut self.recv_errors,
+            routes: &routes,
+        };
+        let want = self.setup.batch_size;
+        match (family, &self.setup.v6) {
+            (Family::V4, _) => receive(
+                pass,
+                &self.setup.sock,
+                (&mut self.rx_meta[..want], &mut self.rxq_drops_seen),
+                self.decap,
+            ),
+            (Family::V6, Some(v6)) => receive(
+                pass,
+                &v6.sock,
+                (&mut self.rx_meta6[..want], &mut self.rxq6_drops_seen),
+                v6.decap,
+            ),
+            (Family::V6, None) => false,
         }
-        sink.finish();
-        stats.add(Counter::RxDatagrams, datagrams);
-        if gro_runs > 0 {
-            stats.add(Counter::RxGroRuns, gro_runs);
-        }
-        n == want
     }
 }
 
 impl Worker {
-    /// Encapsulates the IPv6 packet in tx slot `k` and sends it at once over the IPv6 underlay,
-    /// or drops it (answering with an ICMPv6 error where one is due).
-    fn forward_v6(&mut self, k: usize, len: usize, routes: &crate::route::RouteSnapshot) {
+    /// Encapsulates the IPv6 packet in tx slot `k` and queues it for the IPv6 socket as tx6 slot
+    /// `at` (swapping the slots, so nothing is copied), or drops it (answering with an ICMPv6
+    /// error where one is due). Returns how many packets it queued (1 or 0).
+    #[inline]
+    fn queue_v6(&mut self, k: usize, len: usize, at: usize, routes: &RouteSnapshot) -> usize {
         let Some(v6) = &self.setup.v6 else {
-            return;
+            return 0;
         };
-        let stats = &*self.setup.stats;
         let frame = self.tx.frame_mut(k, self.header, len);
-        let reply = match v6.encap.encapsulate(frame, routes) {
+        match v6.encap.encapsulate(frame, routes) {
             EncapVerdict6::Forward(peer) => {
-                match v6.sock.send_to(frame, SocketAddr::V6(peer)) {
-                    Ok(_) => {
-                        stats.add(Counter::TxPackets, 1);
-                        stats.add(Counter::TxBytes, len as u64);
-                    }
-                    Err(e) => {
-                        stats.drop_packets(DropReason::SendFailed, 1);
-                        self.send_errors.report(self.setup.id, &e);
-                    }
-                }
-                None
+                std::mem::swap(&mut self.tx.slots_mut()[k], &mut self.tx6.slots_mut()[at]);
+                self.tx6.set_meta(
+                    at,
+                    Meta {
+                        len,
+                        addr: peer,
+                        flow: 0,
+                    },
+                );
+                1
             }
             EncapVerdict6::Drop { reason, reply } => {
-                stats.drop_packets(reason, 1);
-                reply
+                self.setup.stats.drop_packets(reason, 1);
+                if let Some(kind) = reply {
+                    self.reply_icmp6(kind, k, len);
+                }
+                0
             }
-        };
-        if let Some(kind) = reply {
-            self.reply_icmp6(kind, k, len);
         }
     }
 
@@ -905,56 +1009,6 @@ impl Worker {
             Ok(_) => stats.add(Counter::IcmpSent, 1),
             Err(e) => self.sink.failed(self.setup.id, stats, 1, &e),
         }
-    }
-
-    /// Receives up to one batch of datagrams from the IPv6 underlay socket, one per call, and
-    /// writes the inner packets that pass [`Decapsulator6`] into the TUN device. Returns whether
-    /// the socket may hold more.
-    fn udp6_to_tun(&mut self) -> bool {
-        let Some(v6) = &self.setup.v6 else {
-            return false;
-        };
-        let stats = &*self.setup.stats;
-        let routes = Arc::clone(self.setup.routes.load());
-        let mut datagrams = 0u64;
-        let mut more = true;
-        while datagrams < self.setup.batch_size as u64 {
-            let (n, src) = match v6.sock.recv_from(&mut self.rx6) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    more = false;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.recv_errors.report(self.setup.id, &e);
-                    more = false;
-                    break;
-                }
-            };
-            datagrams += 1;
-            let SocketAddr::V6(src) = src else {
-                // IPV6_V6ONLY: cannot happen; counted rather than assumed.
-                stats.drop_packets(DropReason::UnknownSender, 1);
-                continue;
-            };
-            let datagram = &self.rx6[..n];
-            match v6.decap.decapsulate(*src.ip(), datagram, &routes) {
-                DecapVerdict::Deliver(inner) => {
-                    // One pass per datagram: the sink may hold the packet until the pass ends,
-                    // and the next datagram reuses the buffer.
-                    let mut sink = self.sink.pass(&self.setup.tun, self.setup.id, stats);
-                    sink.push(&datagram[inner]);
-                    sink.finish();
-                }
-                DecapVerdict::Drop(reason) => stats.drop_packets(reason, 1),
-            }
-        }
-        if datagrams > 0 {
-            stats.add(Counter::RxBatches, 1);
-            stats.add(Counter::RxDatagrams, datagrams);
-        }
-        more
     }
 }
 
@@ -1085,6 +1139,28 @@ mod tests {
         };
         let p = metas(&[(100, PEER); 5]);
         assert_eq!(plan(&p, 0, 0, Some(small), 8), [(0, 3, 100), (3, 2, 100)]);
+    }
+
+    #[test]
+    fn plan_groups_ipv6_peers_as_ipv4_ones() {
+        let a = SocketAddrV6::new("fd00::2".parse().expect("addr"), 8472, 0, 0);
+        let b = SocketAddrV6::new("fd00::3".parse().expect("addr"), 8472, 0, 0);
+        let p: Vec<Meta<SocketAddrV6>> = [(1000, a), (1000, a), (400, a), (1000, b)]
+            .iter()
+            .map(|&(len, addr)| Meta { len, addr, flow: 0 })
+            .collect();
+        let mut msgs = [SendMsg {
+            first: 0,
+            count: 0,
+            dst: SocketAddrV6::UNSPECIFIED,
+            segment: 0,
+        }; 8];
+        let n = plan_messages(&p, 0, 8, Some(GSO_LIMITS), &mut msgs);
+        let got: Vec<_> = msgs[..n]
+            .iter()
+            .map(|m| (m.first, m.count, m.dst, m.segment))
+            .collect();
+        assert_eq!(got, [(0, 3, a, 1008), (3, 1, b, 1008)]);
     }
 
     #[test]
