@@ -482,31 +482,13 @@ impl Backend for Tunnel {
     }
 
     fn start(&mut self, network: Ipv4Net, local: Ipv4Net) -> Result<()> {
-        let mut cfg = dataplane_config(
+        let cfg = dataplane_config(
             &self.host,
             network,
             local,
             self.params.port,
             self.params.wire,
         );
-        if self.v6.is_some() {
-            // Dual stack: TCP over IPv6 from a kernel vxlan host into this one stalls with the
-            // TUN device's offloads on (docs/compatibility.md §11.1), so they are off here.
-            match cfg.offload {
-                engine::udp::Offload::On => anyhow::bail!(
-                    "--offload=on: weft's own data plane runs without offloads in dual stack \
-                     (docs/compatibility.md §11.1); use --offload=auto or off"
-                ),
-                engine::udp::Offload::Auto => {
-                    tracing::info!(
-                        backend = self.name,
-                        "dual stack: TUN and UDP offloads off in weft's own data plane"
-                    );
-                    cfg.offload = engine::udp::Offload::Off;
-                }
-                engine::udp::Offload::Off => {}
-            }
-        }
         let v6 = match &self.v6 {
             Some(v6) => {
                 let Some((network6, local6)) = v6.net else {
