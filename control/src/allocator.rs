@@ -19,7 +19,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use crate::config::{NetworkConfig, EMPTY_V4};
 use crate::error::Error;
 use crate::lease::{Lease, LeaseAttrs};
-use crate::subnet::{Ipv4Net, Ipv6Net, SubnetKey};
+use crate::subnet::{Family, Ipv4Net, Ipv6Net, SubnetKey};
 
 /// flannel collects at most this many free candidates before picking one at random.
 pub const MAX_CANDIDATES: usize = 100;
@@ -216,49 +216,6 @@ pub fn free_candidates_v6(config: &NetworkConfig, leases: &[Lease]) -> Vec<Ipv6N
     )
 }
 
-/// The subnet arithmetic of one address family, on addresses widened to `u128`.
-trait Family: Copy {
-    /// The number of addresses in one subnet of `len` bits; `None` where `len` is too long for
-    /// the family or the size does not fit a `u128` (IPv6 /0).
-    fn block_size(len: u8) -> Option<u128>;
-    /// The network's first address.
-    fn first(&self) -> u128;
-    /// The network's prefix length.
-    fn prefix(&self) -> u8;
-    /// The network at `addr` (a first address of the family) with `len` bits.
-    fn at(addr: u128, len: u8) -> Option<Self>;
-}
-
-impl Family for Ipv4Net {
-    fn block_size(len: u8) -> Option<u128> {
-        (len <= 32).then(|| 1u128 << (32 - u32::from(len)))
-    }
-    fn first(&self) -> u128 {
-        u32::from(self.addr()).into()
-    }
-    fn prefix(&self) -> u8 {
-        self.prefix_len()
-    }
-    fn at(addr: u128, len: u8) -> Option<Self> {
-        Ipv4Net::new(Ipv4Addr::from(u32::try_from(addr).ok()?), len)
-    }
-}
-
-impl Family for Ipv6Net {
-    fn block_size(len: u8) -> Option<u128> {
-        Ipv6Net::block_size(len)
-    }
-    fn first(&self) -> u128 {
-        self.addr().into()
-    }
-    fn prefix(&self) -> u8 {
-        self.prefix_len()
-    }
-    fn at(addr: u128, len: u8) -> Option<Self> {
-        Ipv6Net::new(Ipv6Addr::from(addr), len)
-    }
-}
-
 /// The free subnets of `len` bits at `min`, `min` + one subnet, ... up to `max` inclusive (at
 /// most [`MAX_CANDIDATES`]) that overlap none of `held`.
 fn free_in<N: Family>(min: u128, max: u128, len: u8, held: impl Iterator<Item = N>) -> Vec<N> {
@@ -302,7 +259,7 @@ fn free_in<N: Family>(min: u128, max: u128, len: u8, held: impl Iterator<Item = 
             }
             continue;
         }
-        if let Some(sn) = N::at(ip, len) {
+        if let Some(sn) = N::net(N::addr(ip), len) {
             bag.push(sn);
         }
         match ip.checked_add(step) {

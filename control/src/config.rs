@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::error::Error;
 use crate::gojson::GoObject;
-use crate::subnet::{Ipv4Net, Ipv6Net};
+use crate::subnet::{Family, Ipv4Net, Ipv6Net};
 
 /// Default UDP port of flannel's udp backend.
 pub const UDP_DEFAULT_PORT: u16 = 8285;
@@ -180,6 +180,23 @@ fn get_ip4(obj: &GoObject<Value>, key: &'static str) -> Result<Option<Ipv4Addr>,
 /// The IPv4 part of an IPv6-only lease: flannel's empty net `0.0.0.0/0`.
 pub const EMPTY_V4: Ipv4Net = Ipv4Net::EMPTY;
 
+/// A network field (flannel's `IP4Net`/`IP6Net` unmarshallers: `ParseCIDR`, host bits masked,
+/// that family only): absent means "not given"; otherwise a string holding a CIDR (null is an
+/// error).
+fn get_net<N: FromStr>(
+    obj: &GoObject<Value>,
+    key: &'static str,
+    reason: &'static str,
+) -> Result<Option<N>, Error> {
+    match obj.get(key) {
+        None => Ok(None),
+        Some(Value::String(s)) => N::from_str(s)
+            .map(Some)
+            .map_err(|_| cfg_err(key, s.clone(), reason)),
+        Some(v) => Err(cfg_err(key, v.to_string(), reason)),
+    }
+}
+
 /// flannel's `*ip.IP6` field: absent or null means "not given"; otherwise a string holding an
 /// IPv6 address.
 fn get_ip6(obj: &GoObject<Value>, key: &'static str) -> Result<Option<Ipv6Addr>, Error> {
@@ -193,12 +210,8 @@ fn get_ip6(obj: &GoObject<Value>, key: &'static str) -> Result<Option<Ipv6Addr>,
 }
 
 /// What the two halves of flannel's `CheckNetworkConfig` (IPv4, and IPv6 in
-/// docs/compatibility.md §11.1) do alike, each with its family's keys, limits and addresses.
-trait Checked: Copy + std::fmt::Display {
-    /// The address type.
-    type Addr: Copy + std::fmt::Display;
-    /// Address bits: 32 or 128.
-    const BITS: u32;
+/// docs/compatibility.md §11.1) do differently: each family's keys, limits and wording.
+trait Checked: Family {
     /// The keys: `Network`, `SubnetLen`, `SubnetMin`, `SubnetMax` or their `IPv6` ones.
     const NETWORK: &'static str;
     const SUBNET_LEN: &'static str;
@@ -212,20 +225,9 @@ trait Checked: Copy + std::fmt::Display {
     const TOO_SMALL: &'static str;
     const WIDE: u8;
     const DEFAULT_LEN: u8;
-    /// The network address as bits.
-    fn first(&self) -> u128;
-    /// The prefix length.
-    fn prefix(&self) -> u8;
-    /// Whether `ip` lies inside this network.
-    fn holds(&self, ip: Self::Addr) -> bool;
-    /// An address to and from bits.
-    fn bits(ip: Self::Addr) -> u128;
-    fn addr(bits: u128) -> Self::Addr;
 }
 
 impl Checked for Ipv4Net {
-    type Addr = Ipv4Addr;
-    const BITS: u32 = 32;
     const NETWORK: &'static str = "Network";
     const SUBNET_LEN: &'static str = "SubnetLen";
     const SUBNET_MIN: &'static str = "SubnetMin";
@@ -235,27 +237,9 @@ impl Checked for Ipv4Net {
     const TOO_SMALL: &'static str = "network";
     const WIDE: u8 = 22;
     const DEFAULT_LEN: u8 = 24;
-    fn first(&self) -> u128 {
-        Self::bits(self.addr())
-    }
-    fn prefix(&self) -> u8 {
-        self.prefix_len()
-    }
-    fn holds(&self, ip: Ipv4Addr) -> bool {
-        self.contains(ip)
-    }
-    fn bits(ip: Ipv4Addr) -> u128 {
-        u32::from(ip).into()
-    }
-    fn addr(bits: u128) -> Ipv4Addr {
-        // Go's uint32 arithmetic (ip.IP4) wraps.
-        Ipv4Addr::from(bits as u32)
-    }
 }
 
 impl Checked for Ipv6Net {
-    type Addr = Ipv6Addr;
-    const BITS: u32 = 128;
     const NETWORK: &'static str = "IPv6Network";
     const SUBNET_LEN: &'static str = "IPv6SubnetLen";
     const SUBNET_MIN: &'static str = "IPv6SubnetMin";
@@ -265,21 +249,6 @@ impl Checked for Ipv6Net {
     const TOO_SMALL: &'static str = "IPv6Network";
     const WIDE: u8 = 62;
     const DEFAULT_LEN: u8 = 64;
-    fn first(&self) -> u128 {
-        self.addr().into()
-    }
-    fn prefix(&self) -> u8 {
-        self.prefix_len()
-    }
-    fn holds(&self, ip: Ipv6Addr) -> bool {
-        self.contains(ip)
-    }
-    fn bits(ip: Ipv6Addr) -> u128 {
-        ip.into()
-    }
-    fn addr(bits: u128) -> Ipv6Addr {
-        bits.into()
-    }
 }
 
 /// One family's half of flannel's `CheckNetworkConfig`: the network, SubnetLen (defaulted) and
@@ -342,7 +311,7 @@ fn check_family<N: Checked>(
     };
     // The network is not /0 (refused above), so its size fits; wrapping as flannel's
     // arithmetic (Go uint32 for IPv4, big.Int truncated to 128 bits for IPv6).
-    let size = |len: u8| 1u128.checked_shl(N::BITS - u32::from(len)).unwrap_or(0);
+    let size = |len: u8| N::block_size(len).unwrap_or(0);
     let subnet_size = size(subnet_len);
     let inside = |key: &'static str, ip: N::Addr| {
         if network.holds(ip) {
@@ -405,38 +374,12 @@ impl NetworkConfig {
         let enable_nftables = get_bool(&obj, "EnableNFTables", false)?;
 
         // Network: flannel's IP4Net unmarshaller (ParseCIDR, host bits masked, IPv4 only).
-        let network = match obj.get("Network") {
-            None => None,
-            Some(Value::String(s)) => Some(
-                Ipv4Net::from_str(s)
-                    .map_err(|_| cfg_err("Network", s.clone(), "invalid IPv4 CIDR format"))?,
-            ),
-            Some(v) => {
-                return Err(cfg_err(
-                    "Network",
-                    v.to_string(),
-                    "invalid IPv4 CIDR format",
-                ))
-            }
-        };
+        let network = get_net::<Ipv4Net>(&obj, "Network", "invalid IPv4 CIDR format")?;
         let subnet_len = get_uint(&obj, "SubnetLen")?;
         let subnet_min = get_ip4(&obj, "SubnetMin")?;
         let subnet_max = get_ip4(&obj, "SubnetMax")?;
         let ipv6_subnet_len = get_uint(&obj, "IPv6SubnetLen")?;
-        let ipv6_network = match obj.get("IPv6Network") {
-            None => None,
-            Some(Value::String(s)) => Some(
-                Ipv6Net::from_str(s)
-                    .map_err(|_| cfg_err("IPv6Network", s.clone(), "invalid IPv6 CIDR format"))?,
-            ),
-            Some(v) => {
-                return Err(cfg_err(
-                    "IPv6Network",
-                    v.to_string(),
-                    "invalid IPv6 CIDR format",
-                ))
-            }
-        };
+        let ipv6_network = get_net::<Ipv6Net>(&obj, "IPv6Network", "invalid IPv6 CIDR format")?;
         let ipv6_subnet_min = get_ip6(&obj, "IPv6SubnetMin")?;
         let ipv6_subnet_max = get_ip6(&obj, "IPv6SubnetMax")?;
 
