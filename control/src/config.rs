@@ -209,8 +209,8 @@ fn get_ip6(obj: &GoObject<Value>, key: &'static str) -> Result<Option<Ipv6Addr>,
     }
 }
 
-/// What the two halves of flannel's `CheckNetworkConfig` (IPv4, and IPv6 in
-/// docs/compatibility.md §11.1) do differently: each family's keys, limits and wording.
+/// What the two halves of flannel's `CheckNetworkConfig` (IPv4, docs/compatibility.md §2.3, and
+/// IPv6, §11.1) do differently: each family's keys, limits and wording.
 trait Checked: Family {
     /// The keys: `Network`, `SubnetLen`, `SubnetMin`, `SubnetMax` or their `IPv6` ones.
     const NETWORK: &'static str;
