@@ -19,7 +19,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use crate::config::{NetworkConfig, EMPTY_V4};
 use crate::error::Error;
 use crate::lease::{Lease, LeaseAttrs};
-use crate::subnet::{Ipv4Net, Ipv6Net, SubnetKey};
+use crate::subnet::{Family, Ipv4Net, Ipv6Net, SubnetKey};
 
 /// flannel collects at most this many free candidates before picking one at random.
 pub const MAX_CANDIDATES: usize = 100;
@@ -187,71 +187,51 @@ pub fn plan(
     })
 }
 
-/// Free subnets from SubnetMin upward (at most [`MAX_CANDIDATES`]) that overlap no lease.
+/// Free subnets from SubnetMin upward to SubnetMax inclusive (at most [`MAX_CANDIDATES`]) that
+/// overlap no lease. Empty without IPv4.
 pub fn free_candidates(config: &NetworkConfig, leases: &[Lease]) -> Vec<Ipv4Net> {
-    let mut bag = Vec::new();
     if !config.enable_ipv4 {
-        return bag;
+        return Vec::new();
     }
-    let step = 1u64 << (32 - u32::from(config.subnet_len));
-    let max = u64::from(u32::from(config.subnet_max));
-    let mut ip = u64::from(u32::from(config.subnet_min));
-    // The leases as address ranges [start, end), by start, with the largest end so far: a
-    // candidate [a, b) overlaps a lease iff among the leases starting before b the largest end
-    // is past a. One binary search per candidate instead of a pass over every lease.
-    let mut ranges: Vec<(u64, u64)> = leases
-        .iter()
-        .map(|l| {
-            let start = u64::from(u32::from(l.subnet.addr()));
-            (
-                start,
-                start + (1u64 << (32 - u32::from(l.subnet.prefix_len()))),
-            )
-        })
-        .collect();
-    ranges.sort_unstable();
-    let mut max_end = 0;
-    for r in &mut ranges {
-        max_end = max_end.max(r.1);
-        r.1 = max_end;
-    }
-    // u64 so that walking past 255.255.255.0 ends the loop instead of wrapping.
-    while ip <= max && bag.len() < MAX_CANDIDATES {
-        let addr = Ipv4Addr::from(ip as u32);
-        if let Some(sn) = Ipv4Net::new(addr, config.subnet_len) {
-            let before = ranges.partition_point(|(start, _)| *start < ip + step);
-            if before == 0 || ranges[before - 1].1 <= ip {
-                bag.push(sn);
-            }
-        }
-        ip += step;
-    }
-    bag
+    free_in::<Ipv4Net>(
+        u32::from(config.subnet_min).into(),
+        u32::from(config.subnet_max).into(),
+        config.subnet_len,
+        leases.iter().map(|l| l.subnet),
+    )
 }
 
 /// Free IPv6 subnets from IPv6SubnetMin upward to IPv6SubnetMax inclusive (at most
-/// [`MAX_CANDIDATES`]) that overlap no lease's IPv6 subnet. Empty without IPv6.
+/// [`MAX_CANDIDATES`]) that overlap no lease's IPv6 subnet (leases without one hold no IPv6
+/// space). Empty without IPv6.
 pub fn free_candidates_v6(config: &NetworkConfig, leases: &[Lease]) -> Vec<Ipv6Net> {
-    let mut bag = Vec::new();
     let Some(c) = &config.ipv6 else {
+        return Vec::new();
+    };
+    free_in::<Ipv6Net>(
+        c.subnet_min.into(),
+        c.subnet_max.into(),
+        c.subnet_len,
+        leases.iter().filter_map(|l| l.ipv6_subnet),
+    )
+}
+
+/// The free subnets of `len` bits at `min`, `min` + one subnet, ... up to `max` inclusive (at
+/// most [`MAX_CANDIDATES`]) that overlap none of `held`.
+fn free_in<N: Family>(min: u128, max: u128, len: u8, held: impl Iterator<Item = N>) -> Vec<N> {
+    let mut bag = Vec::new();
+    let Some(step) = N::block_size(len) else {
         return bag;
     };
-    let Some(step) = Ipv6Net::block_size(c.subnet_len) else {
-        return bag;
-    };
-    let max = u128::from(c.subnet_max);
-    let mut ip = u128::from(c.subnet_min);
-    // The leases' IPv6 subnets as inclusive ranges [first, last] by first, each `last` raised to
-    // the largest so far: a candidate [a, b] overlaps a lease iff among the leases starting at or
-    // before b the largest last is at least a (as for IPv4 above, inclusive so that the top of the
-    // address space does not overflow). One binary search per candidate, and a candidate that
-    // overlaps skips past that largest last at once.
-    let mut ranges: Vec<(u128, u128)> = leases
-        .iter()
-        .filter_map(|l| l.ipv6_subnet)
-        .map(|l6| {
-            let first = u128::from(l6.addr());
-            let last = Ipv6Net::block_size(l6.prefix_len()).map_or(u128::MAX, |b| first | (b - 1));
+    // The held subnets as inclusive ranges [first, last] by first, each `last` raised to the
+    // largest so far: a candidate [a, b] overlaps a held subnet iff among those starting at or
+    // before b the largest last is at least a (inclusive so that the top of the IPv6 address
+    // space does not overflow). One binary search per candidate, and a candidate that overlaps
+    // skips past that largest last at once.
+    let mut ranges: Vec<(u128, u128)> = held
+        .map(|n| {
+            let first = n.first();
+            let last = N::block_size(n.prefix()).map_or(u128::MAX, |b| first | (b - 1));
             (first, last)
         })
         .collect();
@@ -261,18 +241,25 @@ pub fn free_candidates_v6(config: &NetworkConfig, leases: &[Lease]) -> Vec<Ipv6N
         max_last = max_last.max(r.1);
         r.1 = max_last;
     }
+    let mut ip = min;
     while ip <= max && bag.len() < MAX_CANDIDATES {
         let last = ip | (step - 1);
         let before = ranges.partition_point(|(first, _)| *first <= last);
         if before > 0 && ranges[before - 1].1 >= ip {
-            // Every candidate up to that lease's last address overlaps it too.
-            match ranges[before - 1].1.checked_add(1) {
-                Some(past) => ip = past.div_ceil(step).saturating_mul(step),
+            // Every candidate up to that range's last address overlaps it too: go on at the
+            // first candidate past it.
+            let next = ranges[before - 1]
+                .1
+                .checked_add(1)
+                .and_then(|past| (past - ip).div_ceil(step).checked_mul(step))
+                .and_then(|skip| ip.checked_add(skip));
+            match next {
+                Some(n) => ip = n,
                 None => break,
             }
             continue;
         }
-        if let Some(sn) = Ipv6Net::new(Ipv6Addr::from(ip), c.subnet_len) {
+        if let Some(sn) = N::net(N::addr(ip), len) {
             bag.push(sn);
         }
         match ip.checked_add(step) {
@@ -617,6 +604,145 @@ mod tests {
                 free_candidates_v6(&c, some),
                 brute,
                 "with the first {n} leases"
+            );
+        }
+    }
+
+    /// A small xorshift generator: reproducible pools for the property test below.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+
+        fn u128(&mut self) -> u128 {
+            u128::from(self.next()) << 64 | u128::from(self.next())
+        }
+    }
+
+    /// A random pool of one family: the network's prefix length and address, SubnetLen, and
+    /// the first and last index of the leasable subnets (at most 4096 subnets in the network).
+    fn pool(rng: &mut Rng, bits: u8, max_len: u8) -> (u8, u128, u8, u64, u64) {
+        let plen = 1 + rng.below(u64::from(max_len) - 2) as u8;
+        let len = plen + 2 + rng.below(u64::from((max_len - plen - 2).min(10)) + 1) as u8;
+        let host_bits = u32::from(bits - plen);
+        let base = (rng.u128() >> (128 - u32::from(bits))) >> host_bits << host_bits;
+        let count = 1u64 << (len - plen);
+        let min = rng.below(count);
+        let max = min + rng.below(count - min);
+        (plen, base, len, min, max)
+    }
+
+    /// Held subnets of random lengths (wider and narrower than SubnetLen) near the network,
+    /// some exactly on a candidate.
+    fn held(
+        rng: &mut Rng,
+        bits: u8,
+        (plen, base, len, _, _): (u8, u128, u8, u64, u64),
+    ) -> Vec<(u128, u8)> {
+        let top = if bits == 128 {
+            u128::MAX
+        } else {
+            (1u128 << bits) - 1
+        };
+        let size = 1u128 << (bits - plen);
+        (0..rng.below(16))
+            .map(|_| {
+                let l = if rng.below(10) == 0 {
+                    plen.saturating_sub(2) + rng.below(u64::from(len - plen) + 3) as u8
+                } else {
+                    (len - 2 + rng.below(6) as u8).min(bits)
+                };
+                let addr = if rng.below(2) == 0 {
+                    base + u128::from(rng.below(1 << (len - plen))) * (size >> (len - plen))
+                } else {
+                    let span = rng.u128() % size.saturating_mul(2);
+                    base.saturating_sub(size / 2).saturating_add(span).min(top)
+                };
+                (addr, l)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn free_candidates_match_a_pass_over_every_lease_on_random_pools() {
+        let mut rng = Rng(0x5eed_0fa1_1c0d);
+        for round in 0..1000 {
+            let p4 = pool(&mut rng, 32, 30);
+            let (plen, base, len, min, max) = p4;
+            let step = 1u128 << (32 - len);
+            let v4 = |a: u128| Ipv4Addr::from(u32::try_from(a).expect("an IPv4 address"));
+            // SubnetMin 0.0.0.0 means the default (the second subnet).
+            let (min, max) = if base == 0 && min == 0 {
+                (1, max.max(1))
+            } else {
+                (min, max)
+            };
+            let c = cfg(&format!(
+                r#"{{"Network":"{}/{plen}","SubnetLen":{len},"SubnetMin":"{}","SubnetMax":"{}"}}"#,
+                v4(base),
+                v4(base + u128::from(min) * step),
+                v4(base + u128::from(max) * step),
+            ));
+            let leases: Vec<Lease> = held(&mut rng, 32, p4)
+                .into_iter()
+                .map(|(a, l)| Lease {
+                    subnet: Ipv4Net::new(v4(a), l).expect("a prefix length up to 32"),
+                    ..lease("0.0.0.0/0", [192, 0, 2, 1])
+                })
+                .collect();
+            let brute: Vec<Ipv4Net> = (min..=max)
+                .filter_map(|i| Ipv4Net::new(v4(base + u128::from(i) * step), len))
+                .filter(|sn| !leases.iter().any(|l| sn.overlaps(&l.subnet)))
+                .take(MAX_CANDIDATES)
+                .collect();
+            assert_eq!(
+                free_candidates(&c, &leases),
+                brute,
+                "IPv4 round {round}: {c:?} {leases:?}"
+            );
+
+            let p6 = pool(&mut rng, 128, 126);
+            let (plen, base, len, min, max) = p6;
+            let step = 1u128 << (128 - len);
+            let c = cfg(&format!(
+                r#"{{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"{}/{plen}","IPv6SubnetLen":{len},"IPv6SubnetMin":"{}","IPv6SubnetMax":"{}"}}"#,
+                Ipv6Addr::from(base),
+                Ipv6Addr::from(base + u128::from(min) * step),
+                Ipv6Addr::from(base + u128::from(max) * step),
+            ));
+            // Some leases have no IPv6 part (IPv4-only nodes): they hold no IPv6 space.
+            let leases: Vec<Lease> = held(&mut rng, 128, p6)
+                .into_iter()
+                .map(|(a, l)| Lease {
+                    ipv6_subnet: (rng.below(5) > 0).then(|| {
+                        Ipv6Net::new(Ipv6Addr::from(a), l).expect("a prefix length up to 128")
+                    }),
+                    ..lease("10.1.1.0/24", [192, 0, 2, 1])
+                })
+                .collect();
+            let brute: Vec<Ipv6Net> = (min..=max)
+                .filter_map(|i| Ipv6Net::new(Ipv6Addr::from(base + u128::from(i) * step), len))
+                .filter(|sn| {
+                    !leases
+                        .iter()
+                        .filter_map(|l| l.ipv6_subnet)
+                        .any(|l6| sn.overlaps(&l6))
+                })
+                .take(MAX_CANDIDATES)
+                .collect();
+            assert_eq!(
+                free_candidates_v6(&c, &leases),
+                brute,
+                "IPv6 round {round}: {c:?} {leases:?}"
             );
         }
     }

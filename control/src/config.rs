@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::error::Error;
 use crate::gojson::GoObject;
-use crate::subnet::{Ipv4Net, Ipv6Net};
+use crate::subnet::{Family, Ipv4Net, Ipv6Net};
 
 /// Default UDP port of flannel's udp backend.
 pub const UDP_DEFAULT_PORT: u16 = 8285;
@@ -180,6 +180,23 @@ fn get_ip4(obj: &GoObject<Value>, key: &'static str) -> Result<Option<Ipv4Addr>,
 /// The IPv4 part of an IPv6-only lease: flannel's empty net `0.0.0.0/0`.
 pub const EMPTY_V4: Ipv4Net = Ipv4Net::EMPTY;
 
+/// A network field (flannel's `IP4Net`/`IP6Net` unmarshallers: `ParseCIDR`, host bits masked,
+/// that family only): absent means "not given"; otherwise a string holding a CIDR (null is an
+/// error).
+fn get_net<N: FromStr>(
+    obj: &GoObject<Value>,
+    key: &'static str,
+    reason: &'static str,
+) -> Result<Option<N>, Error> {
+    match obj.get(key) {
+        None => Ok(None),
+        Some(Value::String(s)) => N::from_str(s)
+            .map(Some)
+            .map_err(|_| cfg_err(key, s.clone(), reason)),
+        Some(v) => Err(cfg_err(key, v.to_string(), reason)),
+    }
+}
+
 /// flannel's `*ip.IP6` field: absent or null means "not given"; otherwise a string holding an
 /// IPv6 address.
 fn get_ip6(obj: &GoObject<Value>, key: &'static str) -> Result<Option<Ipv6Addr>, Error> {
@@ -192,115 +209,157 @@ fn get_ip6(obj: &GoObject<Value>, key: &'static str) -> Result<Option<Ipv6Addr>,
     }
 }
 
-/// flannel's `CheckNetworkConfig`, IPv6 part (docs/compatibility.md §11.1).
-fn check_ipv6(
-    network: Option<Ipv6Net>,
+/// What the two halves of flannel's `CheckNetworkConfig` (IPv4, docs/compatibility.md §2.3, and
+/// IPv6, §11.1) do differently: each family's keys, limits and wording.
+trait Checked: Family {
+    /// The keys: `Network`, `SubnetLen`, `SubnetMin`, `SubnetMax` or their `IPv6` ones.
+    const NETWORK: &'static str;
+    const SUBNET_LEN: &'static str;
+    const SUBNET_MIN: &'static str;
+    const SUBNET_MAX: &'static str;
+    /// The longest SubnetLen accepted.
+    const MAX_LEN: u8;
+    /// Without SubnetLen: the longest network prefix that still gets one, how flannel names the
+    /// network then, and the default length for networks up to `WIDE`.
+    const MIN_USEFUL: u8;
+    const TOO_SMALL: &'static str;
+    const WIDE: u8;
+    const DEFAULT_LEN: u8;
+}
+
+impl Checked for Ipv4Net {
+    const NETWORK: &'static str = "Network";
+    const SUBNET_LEN: &'static str = "SubnetLen";
+    const SUBNET_MIN: &'static str = "SubnetMin";
+    const SUBNET_MAX: &'static str = "SubnetMax";
+    const MAX_LEN: u8 = 30;
+    const MIN_USEFUL: u8 = 28;
+    const TOO_SMALL: &'static str = "network";
+    const WIDE: u8 = 22;
+    const DEFAULT_LEN: u8 = 24;
+}
+
+impl Checked for Ipv6Net {
+    const NETWORK: &'static str = "IPv6Network";
+    const SUBNET_LEN: &'static str = "IPv6SubnetLen";
+    const SUBNET_MIN: &'static str = "IPv6SubnetMin";
+    const SUBNET_MAX: &'static str = "IPv6SubnetMax";
+    const MAX_LEN: u8 = 126;
+    const MIN_USEFUL: u8 = 124;
+    const TOO_SMALL: &'static str = "IPv6Network";
+    const WIDE: u8 = 62;
+    const DEFAULT_LEN: u8 = 64;
+}
+
+/// One family's half of flannel's `CheckNetworkConfig`: the network, SubnetLen (defaulted) and
+/// SubnetMin/SubnetMax (defaulted to the second and the last subnet), checked in flannel's
+/// order and with its messages. `None` min or max means not given.
+fn check_family<N: Checked>(
+    network: Option<N>,
     subnet_len: u64,
-    min: Option<Ipv6Addr>,
-    max: Option<Ipv6Addr>,
-) -> Result<Ipv6Config, Error> {
+    min: Option<N::Addr>,
+    max: Option<N::Addr>,
+) -> Result<(N, u8, N::Addr, N::Addr), Error> {
     let network = match network {
-        Some(n) if !(n.addr() == Ipv6Addr::UNSPECIFIED && n.prefix_len() == 0) => n,
+        Some(n) if !(n.first() == 0 && n.prefix() == 0) => n,
         other => {
             return Err(cfg_err(
-                "IPv6Network",
+                N::NETWORK,
                 other.map(|n| n.to_string()).unwrap_or_default(),
-                "please define a correct IPv6Network parameter in the flannel config",
+                format!(
+                    "please define a correct {} parameter in the flannel config",
+                    N::NETWORK
+                ),
             ))
         }
     };
-    let plen = u64::from(network.prefix_len());
+    let plen = u64::from(network.prefix());
     let subnet_len: u8 = if subnet_len > 0 {
-        if subnet_len > 126 {
+        if subnet_len > u64::from(N::MAX_LEN) {
             return Err(cfg_err(
-                "IPv6SubnetLen",
+                N::SUBNET_LEN,
                 subnet_len.to_string(),
-                "SubnetLen must be less than /127",
+                format!("SubnetLen must be less than /{}", N::MAX_LEN + 1),
             ));
         }
         if subnet_len < plen + 2 {
             return Err(cfg_err(
-                "IPv6SubnetLen",
+                N::SUBNET_LEN,
                 subnet_len.to_string(),
                 format!(
-                    "network must be able to accommodate at least four subnets (IPv6Network {network})"
+                    "network must be able to accommodate at least four subnets ({} {network})",
+                    N::NETWORK
                 ),
             ));
         }
-        // ≤ 126 checked above.
-        u8::try_from(subnet_len).unwrap_or(126)
-    } else if plen > 124 {
+        // ≤ MAX_LEN checked above.
+        u8::try_from(subnet_len).unwrap_or(N::MAX_LEN)
+    } else if plen > u64::from(N::MIN_USEFUL) {
         return Err(cfg_err(
-            "IPv6Network",
+            N::NETWORK,
             network.to_string(),
-            "IPv6Network is too small. Minimum useful network prefix is /124",
+            format!(
+                "{} is too small. Minimum useful network prefix is /{}",
+                N::TOO_SMALL,
+                N::MIN_USEFUL
+            ),
         ));
-    } else if plen <= 62 {
-        64
+    } else if plen <= u64::from(N::WIDE) {
+        N::DEFAULT_LEN
     } else {
-        network.prefix_len() + 2
+        network.prefix() + 2
     };
-    // 1 ≤ subnet_len ≤ 126 here, so the size fits.
-    let subnet_size = Ipv6Net::block_size(subnet_len).unwrap_or(1);
-    let network_size = Ipv6Net::block_size(network.prefix_len()).unwrap_or(0);
-    let subnet_min = match min {
-        None => network.nth(subnet_size),
-        Some(ip) if !network.contains(ip) => {
-            return Err(cfg_err(
-                "IPv6SubnetMin",
+    // The network is not /0 (refused above), so its size fits; wrapping as flannel's
+    // arithmetic (Go uint32 for IPv4, big.Int truncated to 128 bits for IPv6).
+    let size = |len: u8| N::block_size(len).unwrap_or(0);
+    let subnet_size = size(subnet_len);
+    let inside = |key: &'static str, ip: N::Addr| {
+        if network.holds(ip) {
+            Ok(ip)
+        } else {
+            Err(cfg_err(
+                key,
                 ip.to_string(),
-                "IPv6SubnetMin is not in the range of the IPv6Network",
+                format!("{key} is not in the range of the {}", N::NETWORK),
             ))
         }
-        Some(ip) => ip,
+    };
+    let subnet_min = match min {
+        None => N::addr(network.first().wrapping_add(subnet_size)),
+        Some(ip) => inside(N::SUBNET_MIN, ip)?,
     };
     let subnet_max = match max {
-        // IPv6Network.Next().IP - subnetSize (128-bit wrapping like flannel's big.Int → IP6).
-        None => Ipv6Addr::from(
-            u128::from(network.addr())
-                .wrapping_add(network_size)
+        // Network.Next().IP - subnetSize
+        None => N::addr(
+            network
+                .first()
+                .wrapping_add(size(network.prefix()))
                 .wrapping_sub(subnet_size),
         ),
-        Some(ip) if !network.contains(ip) => {
-            return Err(cfg_err(
-                "IPv6SubnetMax",
-                ip.to_string(),
-                "IPv6SubnetMax is not in the range of the IPv6Network",
-            ))
-        }
-        Some(ip) => ip,
+        Some(ip) => inside(N::SUBNET_MAX, ip)?,
     };
-    let aligned = |ip: Ipv6Addr| Ipv6Net::new_exact(ip, subnet_len).is_some();
-    if !aligned(subnet_min) {
-        return Err(cfg_err(
-            "IPv6SubnetMin",
-            subnet_min.to_string(),
-            format!("IPv6SubnetMin is not on a SubnetLen boundary: {subnet_min}"),
-        ));
+    for (key, ip) in [(N::SUBNET_MIN, subnet_min), (N::SUBNET_MAX, subnet_max)] {
+        if N::bits(ip) & (subnet_size - 1) != 0 {
+            return Err(cfg_err(
+                key,
+                ip.to_string(),
+                format!("{key} is not on a SubnetLen boundary: {ip}"),
+            ));
+        }
     }
-    if !aligned(subnet_max) {
+    // flannel accepts this and then fails every lease with "out of subnets"; say it here.
+    if N::bits(subnet_min) > N::bits(subnet_max) {
         return Err(cfg_err(
-            "IPv6SubnetMax",
-            subnet_max.to_string(),
-            format!("IPv6SubnetMax is not on a SubnetLen boundary: {subnet_max}"),
-        ));
-    }
-    // As for IPv4: flannel would fail every lease with "out of subnets".
-    if subnet_min > subnet_max {
-        return Err(cfg_err(
-            "IPv6SubnetMin",
+            N::SUBNET_MIN,
             subnet_min.to_string(),
             format!(
-                "IPv6SubnetMin {subnet_min} is above IPv6SubnetMax {subnet_max}: no subnet to lease"
+                "{} {subnet_min} is above {} {subnet_max}: no subnet to lease",
+                N::SUBNET_MIN,
+                N::SUBNET_MAX
             ),
         ));
     }
-    Ok(Ipv6Config {
-        network,
-        subnet_len,
-        subnet_min,
-        subnet_max,
-    })
+    Ok((network, subnet_len, subnet_min, subnet_max))
 }
 
 impl NetworkConfig {
@@ -315,38 +374,12 @@ impl NetworkConfig {
         let enable_nftables = get_bool(&obj, "EnableNFTables", false)?;
 
         // Network: flannel's IP4Net unmarshaller (ParseCIDR, host bits masked, IPv4 only).
-        let network = match obj.get("Network") {
-            None => None,
-            Some(Value::String(s)) => Some(
-                Ipv4Net::from_str(s)
-                    .map_err(|_| cfg_err("Network", s.clone(), "invalid IPv4 CIDR format"))?,
-            ),
-            Some(v) => {
-                return Err(cfg_err(
-                    "Network",
-                    v.to_string(),
-                    "invalid IPv4 CIDR format",
-                ))
-            }
-        };
+        let network = get_net::<Ipv4Net>(&obj, "Network", "invalid IPv4 CIDR format")?;
         let subnet_len = get_uint(&obj, "SubnetLen")?;
         let subnet_min = get_ip4(&obj, "SubnetMin")?;
         let subnet_max = get_ip4(&obj, "SubnetMax")?;
         let ipv6_subnet_len = get_uint(&obj, "IPv6SubnetLen")?;
-        let ipv6_network = match obj.get("IPv6Network") {
-            None => None,
-            Some(Value::String(s)) => Some(
-                Ipv6Net::from_str(s)
-                    .map_err(|_| cfg_err("IPv6Network", s.clone(), "invalid IPv6 CIDR format"))?,
-            ),
-            Some(v) => {
-                return Err(cfg_err(
-                    "IPv6Network",
-                    v.to_string(),
-                    "invalid IPv6 CIDR format",
-                ))
-            }
-        };
+        let ipv6_network = get_net::<Ipv6Net>(&obj, "IPv6Network", "invalid IPv6 CIDR format")?;
         let ipv6_subnet_min = get_ip6(&obj, "IPv6SubnetMin")?;
         let ipv6_subnet_max = get_ip6(&obj, "IPv6SubnetMax")?;
 
@@ -360,12 +393,18 @@ impl NetworkConfig {
             ));
         }
         let ipv6 = if enable_ipv6 {
-            Some(check_ipv6(
+            let (network, subnet_len, subnet_min, subnet_max) = check_family(
                 ipv6_network,
                 ipv6_subnet_len,
                 ipv6_subnet_min,
                 ipv6_subnet_max,
-            )?)
+            )?;
+            Some(Ipv6Config {
+                network,
+                subnet_len,
+                subnet_min,
+                subnet_max,
+            })
         } else {
             None
         };
@@ -382,102 +421,11 @@ impl NetworkConfig {
             });
         }
 
-        // --- CheckNetworkConfig, IPv4 part ---
-        let network = match network {
-            Some(n) if !(n.addr() == Ipv4Addr::UNSPECIFIED && n.prefix_len() == 0) => n,
-            other => {
-                return Err(cfg_err(
-                    "Network",
-                    other.map(|n| n.to_string()).unwrap_or_default(),
-                    "please define a correct Network parameter in the flannel config",
-                ))
-            }
-        };
-        let plen = u64::from(network.prefix_len());
-        let subnet_len: u8 = if subnet_len > 0 {
-            if subnet_len > 30 {
-                return Err(cfg_err(
-                    "SubnetLen",
-                    subnet_len.to_string(),
-                    "SubnetLen must be less than /31",
-                ));
-            }
-            if subnet_len < plen + 2 {
-                return Err(cfg_err(
-                    "SubnetLen",
-                    subnet_len.to_string(),
-                    format!(
-                        "network must be able to accommodate at least four subnets (Network {network})"
-                    ),
-                ));
-            }
-            // ≤ 30 checked above.
-            u8::try_from(subnet_len).unwrap_or(30)
-        } else if plen > 28 {
-            return Err(cfg_err(
-                "Network",
-                network.to_string(),
-                "network is too small. Minimum useful network prefix is /28",
-            ));
-        } else if plen <= 22 {
-            24
-        } else {
-            network.prefix_len() + 2
-        };
-
-        // Go uint32 arithmetic (ip.IP4), so wrapping.
-        let subnet_size = 1u32 << (32 - u32::from(subnet_len));
-        let subnet_min = match subnet_min {
-            None | Some(Ipv4Addr::UNSPECIFIED) => network.nth(subnet_size),
-            Some(ip) if !network.contains(ip) => {
-                return Err(cfg_err(
-                    "SubnetMin",
-                    ip.to_string(),
-                    "SubnetMin is not in the range of the Network",
-                ))
-            }
-            Some(ip) => ip,
-        };
-        let subnet_max = match subnet_max {
-            None | Some(Ipv4Addr::UNSPECIFIED) => {
-                // Network.Next().IP - subnetSize
-                let next = u32::from(network.addr()).wrapping_add(network.size() as u32);
-                Ipv4Addr::from(next.wrapping_sub(subnet_size))
-            }
-            Some(ip) if !network.contains(ip) => {
-                return Err(cfg_err(
-                    "SubnetMax",
-                    ip.to_string(),
-                    "SubnetMax is not in the range of the Network",
-                ))
-            }
-            Some(ip) => ip,
-        };
-        let mask = u32::MAX << (32 - u32::from(subnet_len));
-        if u32::from(subnet_min) & mask != u32::from(subnet_min) {
-            return Err(cfg_err(
-                "SubnetMin",
-                subnet_min.to_string(),
-                format!("SubnetMin is not on a SubnetLen boundary: {subnet_min}"),
-            ));
-        }
-        if u32::from(subnet_max) & mask != u32::from(subnet_max) {
-            return Err(cfg_err(
-                "SubnetMax",
-                subnet_max.to_string(),
-                format!("SubnetMax is not on a SubnetLen boundary: {subnet_max}"),
-            ));
-        }
-        // flannel accepts this and then fails every lease with "out of subnets"; say it here.
-        if u32::from(subnet_min) > u32::from(subnet_max) {
-            return Err(cfg_err(
-                "SubnetMin",
-                subnet_min.to_string(),
-                format!(
-                    "SubnetMin {subnet_min} is above SubnetMax {subnet_max}: no subnet to lease"
-                ),
-            ));
-        }
+        // CheckNetworkConfig, IPv4 part. An IPv4 SubnetMin/SubnetMax of 0.0.0.0 means not given
+        // (flannel compares with ip.IP4(0)).
+        let given = |ip: Option<Ipv4Addr>| ip.filter(|ip| !ip.is_unspecified());
+        let (network, subnet_len, subnet_min, subnet_max) =
+            check_family(network, subnet_len, given(subnet_min), given(subnet_max))?;
 
         Ok(NetworkConfig {
             enable_ipv4,

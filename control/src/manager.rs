@@ -204,6 +204,16 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
+/// Waits `backoff` (or until `stop`) before the next attempt and doubles it, up to
+/// [`BACKOFF_MAX`], for the one after. False if stopped.
+async fn back_off(backoff: &mut Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    if !sleep_or_stop(*backoff, stop).await {
+        return false;
+    }
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    true
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -317,10 +327,9 @@ impl<R: Registry> SubnetManager<R> {
                 }
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(error = %e, "reading network config failed; retrying");
-                    if !sleep_or_stop(backoff, stop).await {
+                    if !back_off(&mut backoff, stop).await {
                         return Err(stopped());
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
                 Err(e) => return Err(e),
             }
@@ -544,10 +553,9 @@ impl<R: Registry> SubnetManager<R> {
                 }
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(error = %e, "acquiring a subnet lease failed; retrying");
-                    if !sleep_or_stop(backoff, stop).await {
+                    if !back_off(&mut backoff, stop).await {
                         return Err(stopped());
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
                 Err(e) => return Err(e),
             }
@@ -718,10 +726,9 @@ impl<R: Registry> SubnetManager<R> {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "re-acquiring the lease failed; retrying");
-                    if !sleep_or_stop(backoff, stop).await {
+                    if !back_off(&mut backoff, stop).await {
                         return false;
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }
@@ -749,10 +756,9 @@ impl<R: Registry> SubnetManager<R> {
                 }
                 Err(Interrupt::Err(e)) => {
                     tracing::warn!(error = %e, "listing leases failed; retrying");
-                    if !sleep_or_stop(backoff, stop).await {
+                    if !back_off(&mut backoff, stop).await {
                         return Err(stopped());
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }
@@ -984,6 +990,59 @@ mod tests {
     }
 
     const PEER: &[u8] = br#"{"PublicIP":"10.0.0.2","PublicIPv6":null}"#;
+
+    #[test]
+    fn back_off_doubles_and_ends_at_once_when_stopped() {
+        rt().block_on(async {
+            let (tx, mut stop) = watch::channel(false);
+            let mut backoff = BACKOFF_MIN;
+            let t = Instant::now();
+            assert!(back_off(&mut backoff, &mut stop).await);
+            assert!(back_off(&mut backoff, &mut stop).await);
+            assert!(t.elapsed() >= BACKOFF_MIN * 3, "waited 100 ms, then 200 ms");
+            assert_eq!(backoff, BACKOFF_MIN * 4);
+            tx.send(true).expect("the receiver lives");
+            let t = Instant::now();
+            assert!(!back_off(&mut backoff, &mut stop).await);
+            assert!(t.elapsed() < BACKOFF_MIN, "no wait once stopped");
+            assert_eq!(backoff, BACKOFF_MIN * 4);
+        });
+    }
+
+    #[test]
+    fn startup_waits_out_an_outage_and_ends_when_stopped() {
+        rt().block_on(async {
+            let reg = MemRegistry::new();
+            reg.set_config(CFG);
+            reg.set_down(true);
+            let mut mgr = SubnetManager::new(reg.clone(), opts(ME));
+            let (_calls, mut cb) = recorder();
+            let (_tx, mut stop) = watch::channel(false);
+            let up = async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                reg.set_down(false);
+            };
+            let (started, ()) = tokio::join!(mgr.startup(&mut cb, &mut stop), up);
+            let (config, lease) = started.expect("startup after the outage");
+            assert!(config.is_compatible(&lease.subnet));
+            assert!(reg.get_raw(&lease.subnet.key()).is_some());
+
+            let reg = MemRegistry::new();
+            reg.set_config(CFG);
+            reg.set_down(true);
+            let mut mgr = SubnetManager::new(reg.clone(), opts(ME));
+            let (tx, mut stop) = watch::channel(false);
+            let t = Instant::now();
+            let halt = async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                tx.send(true).expect("the receiver lives");
+            };
+            let (started, ()) = tokio::join!(mgr.startup(&mut cb, &mut stop), halt);
+            let e = started.expect_err("stopped during the outage");
+            assert_eq!(e.to_string(), stopped().to_string());
+            assert!(t.elapsed() < Duration::from_secs(2), "ended when stopped");
+        });
+    }
 
     #[test]
     fn acquire_exact_value_and_first_listing() {

@@ -231,6 +231,82 @@ impl FromStr for Ipv6Net {
     }
 }
 
+/// The subnet arithmetic of both address families on addresses widened to `u128`, so that the
+/// allocator's candidate walk and the config checks are written once for IPv4 and IPv6.
+pub(crate) trait Family: Copy + fmt::Display {
+    /// The address type.
+    type Addr: Copy + fmt::Display;
+    /// Address bits: 32 or 128.
+    const BITS: u32;
+    /// The network address as bits.
+    fn first(&self) -> u128;
+    /// The prefix length.
+    fn prefix(&self) -> u8;
+    /// Whether `ip` lies inside this network.
+    fn holds(&self, ip: Self::Addr) -> bool;
+    /// The network containing `ip` with `len` bits (host bits cleared); `None` if `len` is too
+    /// long for the family.
+    fn net(ip: Self::Addr, len: u8) -> Option<Self>;
+    /// An address as bits.
+    fn bits(ip: Self::Addr) -> u128;
+    /// The address of `bits`, cut to the family's width (flannel's IPv4 arithmetic is Go's
+    /// wrapping `uint32`).
+    fn addr(bits: u128) -> Self::Addr;
+    /// The number of addresses in one subnet of `len` bits; `None` where `len` is too long for
+    /// the family or the size does not fit a `u128` (IPv6 /0).
+    fn block_size(len: u8) -> Option<u128> {
+        Self::BITS
+            .checked_sub(u32::from(len))
+            .and_then(|host| 1u128.checked_shl(host))
+    }
+}
+
+impl Family for Ipv4Net {
+    type Addr = Ipv4Addr;
+    const BITS: u32 = 32;
+    fn first(&self) -> u128 {
+        u32::from(self.addr).into()
+    }
+    fn prefix(&self) -> u8 {
+        self.prefix_len
+    }
+    fn holds(&self, ip: Ipv4Addr) -> bool {
+        self.contains(ip)
+    }
+    fn net(ip: Ipv4Addr, len: u8) -> Option<Self> {
+        Ipv4Net::new(ip, len)
+    }
+    fn bits(ip: Ipv4Addr) -> u128 {
+        u32::from(ip).into()
+    }
+    fn addr(bits: u128) -> Ipv4Addr {
+        Ipv4Addr::from(bits as u32)
+    }
+}
+
+impl Family for Ipv6Net {
+    type Addr = Ipv6Addr;
+    const BITS: u32 = 128;
+    fn first(&self) -> u128 {
+        self.addr.into()
+    }
+    fn prefix(&self) -> u8 {
+        self.prefix_len
+    }
+    fn holds(&self, ip: Ipv6Addr) -> bool {
+        self.contains(ip)
+    }
+    fn net(ip: Ipv6Addr, len: u8) -> Option<Self> {
+        Ipv6Net::new(ip, len)
+    }
+    fn bits(ip: Ipv6Addr) -> u128 {
+        ip.into()
+    }
+    fn addr(bits: u128) -> Ipv6Addr {
+        bits.into()
+    }
+}
+
 /// The subnets named by one lease key.
 ///
 /// An IPv6-only lease (`EnableIPv4: false`) has the empty IPv4 net `0.0.0.0/0` as `v4`, as

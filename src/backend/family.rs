@@ -112,9 +112,10 @@ impl Family for Ipv6Net {
     }
 }
 
-/// [`super::usable`] for family `N`: the leases with a subnet and a public address of this
-/// family, the subnet inside `network` and not overlapping `local` or an earlier lease;
-/// `accept` gets the lease and its public address. Returns them and how many leases were
+/// The leases a backend can use in family `N`: those with a subnet and a public address of this
+/// family, the subnet inside `network` and not overlapping `local` or an earlier lease (etcd
+/// holds whatever anyone wrote); `accept` gets the lease and its public address and turns it
+/// into the backend's per-peer value or refuses it. Returns them and how many leases were
 /// skipped (leases without this family count as skipped).
 pub(crate) fn usable_of<N: Family, T>(
     leases: &[Lease],
@@ -206,12 +207,6 @@ mod tests {
         let got: Vec<String> = got.iter().map(|(n, ip)| format!("{n}={ip}")).collect();
         assert_eq!(got, ["fc00:0:0:2::/64=fd00::2", "fc00:0:0:8::/64=fd00::8"]);
         assert_eq!(skipped, 5);
-        // The IPv4 side of the same leases is the plain `usable`.
-        let net4: Ipv4Net = "10.1.0.0/16".parse().expect("valid");
-        let local4: Ipv4Net = "10.1.1.0/24".parse().expect("valid");
-        let (v4, _) = usable_of(&leases, net4, local4, |_, ip| Some(ip));
-        let (plain, _) = super::super::usable(&leases, net4, local4, |l| Some(l.attrs.public_ip));
-        assert_eq!(v4, plain);
     }
 
     #[test]

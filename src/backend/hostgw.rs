@@ -169,25 +169,12 @@ impl Backend for HostGw {
     }
 
     fn stats(&self) -> String {
-        let mut s = self
-            .v4
-            .as_ref()
-            .and_then(|v| v.keeper.as_ref())
-            .map_or_else(String::new, |k| {
-                format!(
-                    " routes={} routes_readded={} route_failures={}",
-                    k.len(),
-                    k.readded,
-                    k.failures
-                )
-            });
+        let mut s = String::new();
+        if let Some(k) = self.v4.as_ref().and_then(|v| v.keeper.as_ref()) {
+            s.push_str(&k.stats(""));
+        }
         if let Some(k) = self.v6.as_ref().and_then(|v| v.keeper.as_ref()) {
-            s.push_str(&format!(
-                " routes6={} routes6_readded={} route6_failures={}",
-                k.len(),
-                k.readded,
-                k.failures
-            ));
+            s.push_str(&k.stats("6"));
         }
         s
     }

@@ -319,35 +319,14 @@ fn cleanup_others(config: &NetworkConfig) -> Result<()> {
 /// The leases a backend can use: of its `BackendType`, inside the network, not overlapping our
 /// subnet or an earlier lease (etcd holds whatever anyone wrote). `accept` turns a lease into
 /// the backend's per-peer value or refuses it. Returns the usable ones and how many were skipped.
+/// The IPv4 case of [`family::usable_of`] for backends that do not need the public address.
 pub(crate) fn usable<T>(
     leases: &[Lease],
     network: Ipv4Net,
     local: Ipv4Net,
     mut accept: impl FnMut(&Lease) -> Option<T>,
 ) -> (BTreeMap<Ipv4Net, T>, usize) {
-    let mut candidates: Vec<(Ipv4Net, T)> = leases
-        .iter()
-        .filter_map(|l| {
-            let subnet = engine_net(l.subnet);
-            if !network.contains_net(&subnet) || subnet.overlaps(&local) {
-                return None;
-            }
-            accept(l).map(|t| (subnet, t))
-        })
-        .collect();
-    candidates.sort_by_key(|(s, _)| (u32::from(s.addr()), s.prefix()));
-    let mut out = BTreeMap::new();
-    let mut end = 0u64; // one past the last address covered so far
-    for (subnet, t) in candidates {
-        let start = u64::from(u32::from(subnet.addr()));
-        if start < end && !out.is_empty() {
-            continue;
-        }
-        end = start + (1u64 << (32 - u32::from(subnet.prefix())));
-        out.insert(subnet, t);
-    }
-    let skipped = leases.len() - out.len();
-    (out, skipped)
+    family::usable_of(leases, network, local, |l, _| accept(l))
 }
 
 /// The VTEP MAC of a vxlan lease of VNI `vni`; `None` for another backend type, another VNI or

@@ -66,6 +66,17 @@ impl<N: Family> RouteKeeper<N> {
         self.desired.len()
     }
 
+    /// This keeper's part of a backend's stats line, its names carrying `suffix` (`""` for
+    /// IPv4, `"6"` for IPv6): `routes`, `routes_readded`, `route_failures`.
+    pub(crate) fn stats(&self, suffix: &str) -> String {
+        format!(
+            " routes{suffix}={} routes{suffix}_readded={} route{suffix}_failures={}",
+            self.len(),
+            self.readded,
+            self.failures
+        )
+    }
+
     /// Makes `desired` the routes: removes what is no longer wanted, adds or replaces the rest.
     /// Failures are logged and retried at the next resync.
     pub(crate) fn set(&mut self, nl: &mut Netlink, desired: BTreeMap<N, RouteSpec<N::Addr>>) {

@@ -426,6 +426,20 @@ impl<N: Family> Device<N> {
             .filter(|p| matches!(p, Peer::Direct { .. }))
             .count()
     }
+
+    /// This device's part of the stats line, its names ending in `suffix` (`""` for IPv4, `"6"`
+    /// for IPv6).
+    fn stats(&self, suffix: &str) -> String {
+        format!(
+            " device{suffix}={} peers{suffix}={} direct{suffix}={} failures{suffix}={} recreated{suffix}={} repaired{suffix}={}",
+            self.spec.name,
+            self.programmed.len(),
+            self.direct_count(),
+            self.failures,
+            self.recreated,
+            self.repaired
+        )
+    }
 }
 
 impl Vxlan {
@@ -620,26 +634,10 @@ impl Backend for Vxlan {
     fn stats(&self) -> String {
         let mut s = String::new();
         if let Some(d) = &self.v4 {
-            s.push_str(&format!(
-                " device={} peers={} direct={} failures={} recreated={} repaired={}",
-                d.spec.name,
-                d.programmed.len(),
-                d.direct_count(),
-                d.failures,
-                d.recreated,
-                d.repaired
-            ));
+            s.push_str(&d.stats(""));
         }
         if let Some(d) = &self.v6 {
-            s.push_str(&format!(
-                " device6={} peers6={} direct6={} failures6={} recreated6={} repaired6={}",
-                d.spec.name,
-                d.programmed.len(),
-                d.direct_count(),
-                d.failures,
-                d.recreated,
-                d.repaired
-            ));
+            s.push_str(&d.stats("6"));
         }
         s
     }
@@ -650,5 +648,69 @@ impl Backend for Vxlan {
 
     fn stop(self: Box<Self>) -> String {
         self.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn device<N: Family>(name: &str, local: IpAddr, peers: &[(N, Peer<N::Addr>)]) -> Device<N> {
+        Device {
+            spec: VxlanSpec {
+                name: name.to_string(),
+                vni: 1,
+                local,
+                underlay_index: 0,
+                port: None,
+                gbp: false,
+                learning: false,
+                mtu: 1450,
+                mac: None,
+            },
+            index: 0,
+            mac: [2, 0, 0, 0, 0, 1],
+            net: None,
+            programmed: peers.iter().cloned().collect(),
+            direct: None,
+            pruned: false,
+            skip: SkipLog::default(),
+            failures: 3,
+            recreated: 1,
+            repaired: 2,
+        }
+    }
+
+    #[test]
+    fn stats_name_each_family_s_figures() {
+        let v4 = device::<Ipv4Net>(
+            "flannel.1",
+            IpAddr::from([192, 0, 2, 1]),
+            &[
+                (
+                    "10.1.2.0/24".parse().expect("valid"),
+                    Peer::Direct {
+                        ip: Ipv4Addr::new(192, 0, 2, 2),
+                    },
+                ),
+                (
+                    "10.1.3.0/24".parse().expect("valid"),
+                    Peer::Vxlan {
+                        ip: Ipv4Addr::new(192, 0, 2, 3),
+                        mac: [2, 0, 0, 0, 0, 3],
+                    },
+                ),
+            ],
+        );
+        let v6 = device::<Ipv6Net>("flannel-v6.1", "fd00::1".parse().expect("valid"), &[]);
+        assert_eq!(
+            v4.stats(""),
+            " device=flannel.1 peers=2 direct=1 failures=3 recreated=1 repaired=2"
+        );
+        assert_eq!(
+            v6.stats("6"),
+            " device6=flannel-v6.1 peers6=0 direct6=0 failures6=3 recreated6=1 repaired6=2"
+        );
     }
 }

@@ -651,6 +651,24 @@ mod tests {
         p
     }
 
+    /// The datagram `core` sends for `packet` (anything but a send fails the test).
+    fn sealed(core: &WgCore, packet: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; 2048];
+        match core.encapsulate(&core.table(), packet, &mut out) {
+            TxVerdict::Send { packet, .. } => packet.to_vec(),
+            v => panic!("{v:?}"),
+        }
+    }
+
+    /// Why `core` drops `datagram` from `from` (anything but a drop fails the test).
+    fn dropped(core: &WgCore, from: SocketAddrV4, datagram: &[u8]) -> DropReason {
+        let mut out = vec![0u8; 2048];
+        match core.decapsulate(&core.table(), from, datagram, &mut out) {
+            RxVerdict::Drop(r) => r,
+            v => panic!("{v:?}"),
+        }
+    }
+
     struct Pair {
         a: WgCore,
         b: WgCore,
@@ -753,40 +771,23 @@ mod tests {
             v => panic!("{v:?}"),
         }
         // The same datagram again: the replay window refuses it.
-        match p.a.decapsulate(&p.a.table(), p.b_ep, &d, &mut out2) {
-            RxVerdict::Drop(r) => assert_eq!(r, DropReason::WgReplay),
-            v => panic!("{v:?}"),
-        }
+        assert_eq!(dropped(&p.a, p.b_ep, &d), DropReason::WgReplay);
         // A flipped bit in a fresh packet: authentication fails.
-        let mut bad = match p.b.encapsulate(&p.b.table(), &back, &mut out) {
-            TxVerdict::Send { packet, .. } => packet.to_vec(),
-            v => panic!("{v:?}"),
-        };
+        let mut bad = sealed(&p.b, &back);
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        match p.a.decapsulate(&p.a.table(), p.b_ep, &bad, &mut out2) {
-            RxVerdict::Drop(r) => assert_eq!(r, DropReason::WgAuthFailed),
-            v => panic!("{v:?}"),
-        }
+        assert_eq!(dropped(&p.a, p.b_ep, &bad), DropReason::WgAuthFailed);
     }
 
     #[test]
     fn inner_packet_shorter_than_its_header_is_dropped() {
         let p = pair(None);
         handshake(&p);
-        let mut out = vec![0u8; 2048];
-        let mut out2 = vec![0u8; 2048];
         // Total length 5: boringtun would deliver 5 bytes.
         let mut short = ipv4([10, 1, 2, 7], [10, 1, 1, 5], b"abc");
         short[2..4].copy_from_slice(&5u16.to_be_bytes());
-        let d = match p.b.encapsulate(&p.b.table(), &short, &mut out) {
-            TxVerdict::Send { packet, .. } => packet.to_vec(),
-            v => panic!("{v:?}"),
-        };
-        match p.a.decapsulate(&p.a.table(), p.b_ep, &d, &mut out2) {
-            RxVerdict::Drop(r) => assert_eq!(r, DropReason::Truncated),
-            v => panic!("{v:?}"),
-        }
+        let d = sealed(&p.b, &short);
+        assert_eq!(dropped(&p.a, p.b_ep, &d), DropReason::Truncated);
     }
 
     #[test]
@@ -804,37 +805,23 @@ mod tests {
         }]);
         let mut out = vec![0u8; 2048];
         let pkt = ipv4([10, 1, 1, 5], [10, 1, 2, 7], b"x");
-        let init = match p.a.encapsulate(&p.a.table(), &pkt, &mut out) {
-            TxVerdict::Send { packet, .. } => packet.to_vec(),
-            v => panic!("{v:?}"),
-        };
+        let init = sealed(&p.a, &pkt);
         let resp = match psk_b.decapsulate(&psk_b.table(), p.a_ep, &init, &mut out) {
             RxVerdict::Reply { packet, .. } => packet.to_vec(),
             v => panic!("{v:?}"),
         };
-        match p.a.decapsulate(&p.a.table(), p.b_ep, &resp, &mut out) {
-            RxVerdict::Drop(r) => assert_eq!(r, DropReason::WgAuthFailed),
-            v => panic!("{v:?}"),
-        }
+        assert_eq!(dropped(&p.a, p.b_ep, &resp), DropReason::WgAuthFailed);
     }
 
     #[test]
     fn inner_source_outside_allowed_ips_is_dropped_and_endpoint_roams() {
         let p = pair(None);
         handshake(&p);
-        let mut out = vec![0u8; 2048];
-        let mut out2 = vec![0u8; 2048];
         // b sends a packet with a source outside its subnet.
         let spoofed = ipv4([10, 1, 9, 9], [10, 1, 1, 5], b"spoof");
-        let d = match p.b.encapsulate(&p.b.table(), &spoofed, &mut out) {
-            TxVerdict::Send { packet, .. } => packet.to_vec(),
-            v => panic!("{v:?}"),
-        };
+        let d = sealed(&p.b, &spoofed);
         let roamed = ep("198.51.100.9:40000");
-        match p.a.decapsulate(&p.a.table(), roamed, &d, &mut out2) {
-            RxVerdict::Drop(r) => assert_eq!(r, DropReason::WgAllowedIps),
-            v => panic!("{v:?}"),
-        }
+        assert_eq!(dropped(&p.a, roamed, &d), DropReason::WgAllowedIps);
         let t = p.a.table();
         let peer = t.route(Ipv4Addr::new(10, 1, 2, 1)).expect("peer");
         assert_eq!(
@@ -901,10 +888,7 @@ mod tests {
             allowed: net("10.1.1.0/24"),
         }]);
         let pkt = ipv4([10, 1, 3, 5], [10, 1, 1, 7], b"x");
-        let init = match stranger.encapsulate(&stranger.table(), &pkt, &mut out) {
-            TxVerdict::Send { packet, .. } => packet.to_vec(),
-            v => panic!("{v:?}"),
-        };
+        let init = sealed(&stranger, &pkt);
         match p.a.decapsulate(&t, ep("192.0.2.3:51820"), &init, &mut out) {
             RxVerdict::Drop(r) => assert_eq!(r, DropReason::WgUnknownPeer),
             v => panic!("{v:?}"),

@@ -7,7 +7,7 @@
 //!  worker 0, every 250 ms: each peer's timers (rekey, retransmit, keepalive, expiry)
 //! ```
 
-use super::{RxVerdict, TxVerdict, WgCore, MIN_OUT, SEAL_OVERHEAD};
+use super::{PeerTable, RxVerdict, TxVerdict, WgCore, MIN_OUT, SEAL_OVERHEAD};
 use crate::dataplane::StartError;
 use crate::net::Ipv4Net;
 use crate::stats::{Counter, DropReason, StatsSnapshot, WorkerStats};
@@ -20,6 +20,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -636,122 +637,12 @@ impl Worker {
             if m.segment > 0 {
                 self.stats.add(Counter::RxGroRuns, 1);
             }
-            for d in self.rx[i][..m.len].chunks(seg) {
-                self.stats.add(Counter::RxDatagrams, 1);
-                if !self.rx_stage.is_empty() {
-                    if staged == self.rx_stage.len() {
-                        self.tun_gone |= flush_stage(
-                            &self.tun,
-                            &mut self.gro,
-                            &mut self.rx_stage[..staged],
-                            &self.stats,
-                            &mut self.tun_errors,
-                            self.id,
-                        );
-                        staged = 0;
-                    }
-                    let buf = &mut self.rx_stage[staged];
-                    buf.clear();
-                    buf.resize(TUN_OFFSET + d.len().max(MIN_OUT), 0);
-                    let base = buf[TUN_OFFSET..].as_ptr() as usize;
-                    match self
-                        .core
-                        .decapsulate(&table, m.src, d, &mut buf[TUN_OFFSET..])
-                    {
-                        RxVerdict::Deliver(p) => {
-                            // boringtun writes the plaintext at the start of the buffer it
-                            // is given; should that change, move it there.
-                            let (start, len) = ((p.as_ptr() as usize).wrapping_sub(base), p.len());
-                            if start
-                                .checked_add(len)
-                                .is_none_or(|end| end > buf.len() - TUN_OFFSET)
-                            {
-                                self.stats.drop_packets(DropReason::WgBadPacket, 1);
-                                continue;
-                            }
-                            if start != 0 {
-                                buf.copy_within(
-                                    TUN_OFFSET + start..TUN_OFFSET + start + len,
-                                    TUN_OFFSET,
-                                );
-                            }
-                            buf.truncate(TUN_OFFSET + len);
-                            staged += 1;
-                        }
-                        RxVerdict::Reply { to, packet, peer } => {
-                            send_one(
-                                &self.sock,
-                                &self.stats,
-                                &mut self.send_errors,
-                                self.id,
-                                to,
-                                packet,
-                            );
-                            if peer.is_none() {
-                                // A cookie reply: the initiation itself is refused under load.
-                                self.stats.drop_packets(DropReason::WgUnderLoad, 1);
-                            }
-                            if let Some(peer) = peer {
-                                while let Some(q) = peer.drain_queued(&mut self.control) {
-                                    let to = peer.endpoint();
-                                    send_one(
-                                        &self.sock,
-                                        &self.stats,
-                                        &mut self.send_errors,
-                                        self.id,
-                                        to,
-                                        q,
-                                    );
-                                }
-                            }
-                        }
-                        RxVerdict::Done(_) => {}
-                        RxVerdict::Drop(r) => self.stats.drop_packets(r, 1),
-                    }
-                    continue;
-                }
-                match self.core.decapsulate(&table, m.src, d, &mut self.plain) {
-                    RxVerdict::Deliver(p) => match self.tun.write(p) {
-                        Ok(_) => {
-                            self.stats.add(Counter::RxPackets, 1);
-                            self.stats.add(Counter::RxBytes, p.len() as u64);
-                        }
-                        Err(e) => {
-                            self.stats.drop_packets(DropReason::TunWriteFailed, 1);
-                            self.tun_errors.report(self.id, &e);
-                            self.tun_gone |= e.raw_os_error() == Some(libc::EBADFD);
-                        }
-                    },
-                    RxVerdict::Reply { to, packet, peer } => {
-                        send_one(
-                            &self.sock,
-                            &self.stats,
-                            &mut self.send_errors,
-                            self.id,
-                            to,
-                            packet,
-                        );
-                        if peer.is_none() {
-                            // A cookie reply: the initiation itself is refused under load.
-                            self.stats.drop_packets(DropReason::WgUnderLoad, 1);
-                        }
-                        if let Some(peer) = peer {
-                            while let Some(q) = peer.drain_queued(&mut self.control) {
-                                let to = peer.endpoint();
-                                send_one(
-                                    &self.sock,
-                                    &self.stats,
-                                    &mut self.send_errors,
-                                    self.id,
-                                    to,
-                                    q,
-                                );
-                            }
-                        }
-                    }
-                    RxVerdict::Done(_) => {}
-                    RxVerdict::Drop(r) => self.stats.drop_packets(r, 1),
-                }
+            // Each datagram of a GRO run in turn (`seg` ≥ 1, so this ends).
+            let mut at = 0;
+            while at < m.len {
+                let end = m.len.min(at + seg);
+                staged = self.rx_datagram(&table, m.src, i, at..end, staged);
+                at = end;
             }
         }
         drop(table);
@@ -766,6 +657,103 @@ impl Worker {
             );
         }
         k == self.batch
+    }
+
+    /// Decrypts one datagram, `self.rx[slot][range]` from `src`, and acts on what it holds: a
+    /// packet goes into the TUN device (with offloads into stage slot `staged`, flushed with one
+    /// coalescing write when the stage is full or the batch is done; without, written at once),
+    /// a handshake response or cookie reply goes back. Returns how many packets are staged now.
+    fn rx_datagram(
+        &mut self,
+        table: &PeerTable,
+        src: SocketAddrV4,
+        slot: usize,
+        range: Range<usize>,
+        mut staged: usize,
+    ) -> usize {
+        self.stats.add(Counter::RxDatagrams, 1);
+        let d = &self.rx[slot][range];
+        let staging = !self.rx_stage.is_empty();
+        if staging && staged == self.rx_stage.len() {
+            self.tun_gone |= flush_stage(
+                &self.tun,
+                &mut self.gro,
+                &mut self.rx_stage[..staged],
+                &self.stats,
+                &mut self.tun_errors,
+                self.id,
+            );
+            staged = 0;
+        }
+        let out: &mut [u8] = if staging {
+            let buf = &mut self.rx_stage[staged];
+            buf.clear();
+            buf.resize(TUN_OFFSET + d.len().max(MIN_OUT), 0);
+            &mut buf[TUN_OFFSET..]
+        } else {
+            &mut self.plain
+        };
+        let base = out.as_ptr() as usize;
+        match self.core.decapsulate(table, src, d, out) {
+            RxVerdict::Deliver(p) if staging => {
+                // boringtun writes the plaintext at the start of the buffer it is given; should
+                // that change, move it there.
+                let (start, len) = ((p.as_ptr() as usize).wrapping_sub(base), p.len());
+                let buf = &mut self.rx_stage[staged];
+                if start
+                    .checked_add(len)
+                    .is_none_or(|end| end > buf.len() - TUN_OFFSET)
+                {
+                    self.stats.drop_packets(DropReason::WgBadPacket, 1);
+                    return staged;
+                }
+                if start != 0 {
+                    buf.copy_within(TUN_OFFSET + start..TUN_OFFSET + start + len, TUN_OFFSET);
+                }
+                buf.truncate(TUN_OFFSET + len);
+                staged += 1;
+            }
+            RxVerdict::Deliver(p) => match self.tun.write(p) {
+                Ok(_) => {
+                    self.stats.add(Counter::RxPackets, 1);
+                    self.stats.add(Counter::RxBytes, p.len() as u64);
+                }
+                Err(e) => {
+                    self.stats.drop_packets(DropReason::TunWriteFailed, 1);
+                    self.tun_errors.report(self.id, &e);
+                    self.tun_gone |= e.raw_os_error() == Some(libc::EBADFD);
+                }
+            },
+            RxVerdict::Reply { to, packet, peer } => {
+                send_one(
+                    &self.sock,
+                    &self.stats,
+                    &mut self.send_errors,
+                    self.id,
+                    to,
+                    packet,
+                );
+                match peer {
+                    // A cookie reply: the initiation itself is refused under load.
+                    None => self.stats.drop_packets(DropReason::WgUnderLoad, 1),
+                    Some(peer) => {
+                        while let Some(q) = peer.drain_queued(&mut self.control) {
+                            send_one(
+                                &self.sock,
+                                &self.stats,
+                                &mut self.send_errors,
+                                self.id,
+                                peer.endpoint(),
+                                q,
+                            );
+                        }
+                    }
+                }
+            }
+            RxVerdict::Done(_) => {}
+            RxVerdict::Drop(r) => self.stats.drop_packets(r, 1),
+        }
+        staged
     }
 }
 
