@@ -848,6 +848,9 @@ fn dual_stack_mixed_kernel_and_userspace_vxlan_with_tx_offload() {
     );
 }
 
+/// Longest a 4 MiB transfer of [`mixed_kernel_and_userspace`] may take.
+const TRANSFER_TIME: Duration = Duration::from_secs(15);
+
 /// Host 1's underlay TX offloads in [`mixed_kernel_and_userspace`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TxOffload {
@@ -885,6 +888,7 @@ fn mixed_kernel_and_userspace(test: &str, offload: TxOffload) {
     }
     for (family, ip0, ip1) in &families {
         for (from, to, dst) in [(1, 0, ip0), (0, 1, ip1)] {
+            let started = std::time::Instant::now();
             let t = testkit::transfer::Transfer::start(
                 &c.hosts[from].ctr,
                 &c.hosts[to].ctr,
@@ -892,19 +896,30 @@ fn mixed_kernel_and_userspace(test: &str, offload: TxOffload) {
                 4 << 20,
                 false,
             );
-            if let Err(e) = t.try_finish() {
-                panic!(
+            let gap = match t.try_finish() {
+                Ok((_, gap)) => gap,
+                Err(e) => panic!(
                     "ctr{} -> ctr{} over {family}: {e}; userspace host: {:?}",
                     from + 1,
                     to + 1,
                     u.stats()
-                );
-            }
+                ),
+            };
+            let took = started.elapsed();
             eprintln!(
-                "{test}: ctr{} -> ctr{} over {family}: 4 MiB, checked; rx_inner_cuts {}",
+                "{test}: ctr{} -> ctr{} over {family}: 4 MiB, checked, in {took:.2?} \
+                 (longest wait {gap:.2?}); rx_inner_cuts {}",
                 from + 1,
                 to + 1,
                 u.counter("rx_inner_cuts")
+            );
+            // A few hundred milliseconds on a loaded machine; a flow that loses its long
+            // packets crawls through retransmission timeouts instead.
+            assert!(
+                took < TRANSFER_TIME,
+                "ctr{} -> ctr{} over {family}: 4 MiB took {took:?}",
+                from + 1,
+                to + 1
             );
         }
     }

@@ -78,8 +78,8 @@ pub(super) struct TunSink {
     tso_writes: bool,
     /// The device's MTU: a longer inner packet is cut or dropped.
     mtu: usize,
-    /// With offloads: write an inner TCP packet longer than the MTU as one GSO packet; off for
-    /// good once the kernel refused one (then weft cuts them).
+    /// With offloads and `tso_writes` configured: write an inner TCP packet longer than the MTU
+    /// as one GSO packet; off for good once the kernel refused one (then weft cuts them).
     gso_cuts: bool,
     errors: ErrorLog,
     /// A write found the TUN queue detached (the device was deleted from outside).
@@ -100,8 +100,9 @@ impl std::fmt::Debug for TunSink {
 
 impl TunSink {
     /// A sink for a device with or without `offload`, staging up to `batch` packets per write;
-    /// `tso_writes` asks for TSO super-packets (only possible with offloads); inner packets
-    /// longer than `mtu` bytes are cut to it or dropped.
+    /// `tso_writes` asks for TSO super-packets (only possible with offloads: runs of segments,
+    /// and inner TCP packets longer than `mtu` bytes for the kernel to cut; without, weft cuts
+    /// those itself). Other inner packets longer than `mtu` are dropped.
     pub(super) fn new(offload: bool, tso_writes: bool, batch: usize, mtu: usize) -> TunSink {
         let stage = if offload { batch.max(1) } else { 1 };
         TunSink {
@@ -111,7 +112,7 @@ impl TunSink {
                 .collect(),
             tso_writes: offload && tso_writes,
             mtu,
-            gso_cuts: offload,
+            gso_cuts: offload && tso_writes,
             errors: ErrorLog::new("TUN write failed"),
             gone: false,
         }
@@ -777,6 +778,14 @@ mod tests {
             let s = StatsSnapshot::sum([&stats]);
             assert_eq!(s.get(Counter::RxInnerCuts), 1);
             assert_eq!(s.get(Counter::RxPackets), 4);
+            // With offloads but super-packet writes configured off: cut here too.
+            let (tun, stats) = (FakeTun::new(true), WorkerStats::default());
+            let mut sink = TunSink::new(true, false, 8, 1430);
+            deliver(&mut sink, &tun, &stats, &[std::slice::from_ref(&long)]);
+            let writes = tun.take();
+            assert_eq!(writes.len(), 4, "{writes:?}");
+            assert!(writes.iter().all(|w| matches!(w, Write::Single(_))));
+            assert_eq!(StatsSnapshot::sum([&stats]).get(Counter::RxInnerCuts), 1);
             // With offloads, a refused GSO write: cut here, and from then on without trying.
             let (tun, stats) = (FakeTun::new(true), WorkerStats::default());
             let mut sink = TunSink::new(true, true, 8, 1430);
