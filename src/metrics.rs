@@ -70,6 +70,9 @@ fn counter_help(c: Counter) -> &'static str {
         Counter::RxChecksumsCompleted => {
             "Received packets whose TCP/UDP checksum a kernel sender left unfinished, completed by weft."
         }
+        Counter::RxInnerCuts => {
+            "Received TCP packets longer than the TUN MTU written cut into segments that fit."
+        }
         Counter::IcmpSent => "ICMP errors written back into the TUN device.",
         Counter::IcmpRateLimited => "ICMP errors suppressed by the rate limit.",
     }

@@ -413,19 +413,24 @@ fn udp_three_hosts() {
     transfer(&c, T, 0, 2);
 }
 
-/// Makes hosts that send with the kernel's vxlan device to a userspace VXLAN receiver put
-/// complete checksums on the wire, as a NIC would (see
-/// [`Cluster::underlay_tx_checksum_off`]). `WEFT_TEST_KEEP_TX_CSUM=1` skips this, to reproduce
-/// the veth artefact: kernel -> userspace TCP then fails (TcpInCsumErrors in the receiving
-/// container) while pings pass.
-fn wire_checksums(c: &Cluster, hosts: &[usize]) {
-    if std::env::var("WEFT_TEST_KEEP_TX_CSUM").as_deref() == Ok("1") {
-        return;
-    }
-    for &i in hosts {
-        c.underlay_tx_checksum_off(i)
-            .unwrap_or_else(|e| panic!("host{}: tx checksum offload off: {e}", i + 1));
-    }
+/// Checks that userspace VXLAN host `d` received a kernel vxlan sender's TCP super-packets whole
+/// and cut them to its MTU: the kernel hosts keep a veth underlay's TX offloads (checksum and
+/// TSO on), so their vxlan devices hand GSO super-packets across the underlay uncut, and the
+/// inner packets weft takes out of them are longer than its MTU (`rx_inner_cuts`); nothing was
+/// dropped for being too long.
+fn cut_super_packets(d: &Daemon, who: &str) -> i64 {
+    let cuts = d.counter("rx_inner_cuts");
+    assert!(
+        cuts > 0,
+        "{who}: no super-packet from the kernel sender was cut: {:?}",
+        d.stats()
+    );
+    assert!(
+        d.counter("drop_inner_too_big") <= 0,
+        "{who}: {:?}",
+        d.stats()
+    );
+    cuts
 }
 
 /// Starts weft on host `i` in static mode with the VXLAN wire (VNI 1), leasing nothing.
@@ -458,7 +463,6 @@ fn vxlan_mixed_kernel_and_userspace() {
     let Some(mut c) = Cluster::with_etcd(T, 4, VXLAN) else {
         return;
     };
-    wire_checksums(&c, &[0, 1]);
     let s4 = "10.1.250.0/24";
     let mac4 = "0e:57:c0:00:02:04";
     c.etcdctl(&[
@@ -506,7 +510,10 @@ fn vxlan_mixed_kernel_and_userspace() {
         (&d[3], "host4 (static)"),
     ] {
         let (tx, rx) = no_vxlan_drops(x, who);
-        eprintln!("{T}: {who}: tx_packets={tx} rx_packets={rx}, no vxlan drops");
+        let cuts = cut_super_packets(x, who);
+        eprintln!(
+            "{T}: {who}: tx_packets={tx} rx_packets={rx} rx_inner_cuts={cuts}, no vxlan drops"
+        );
     }
 }
 
@@ -786,7 +793,6 @@ fn userspace_vxlan_three_hosts() {
     let Some(mut c) = Cluster::with_etcd(T, 4, VXLAN_USER) else {
         return;
     };
-    wire_checksums(&c, &[3]);
     let (s4, mac4) = ("10.1.250.0/24", "02:42:c0:00:02:04");
     c.etcdctl(&[
         "put",
@@ -825,6 +831,8 @@ fn userspace_vxlan_three_hosts() {
         let (tx, rx) = no_vxlan_drops(x, &who);
         eprintln!("{T}: {who}: tx_packets={tx} rx_packets={rx}, no vxlan drops");
     }
+    let cuts = cut_super_packets(&d[0], "host1");
+    eprintln!("{T}: host1: rx_inner_cuts={cuts} from the kernel vxlan host");
 }
 
 #[test]
@@ -939,7 +947,6 @@ fn vxlan_custom_vni_and_port_kernel_and_userspace() {
     let Some(mut c) = Cluster::with_etcd(T, 2, config) else {
         return;
     };
-    wire_checksums(&c, &[0]);
     let mut d = c.start_weft_all(0..1, &[]);
     d.extend(c.start_weft_all(1..2, &["--vxlan-dataplane", "userspace"]));
     let link = ip(&c, 0, &["-d", "link", "show", "flannel.42"]);
@@ -969,4 +976,6 @@ fn vxlan_custom_vni_and_port_kernel_and_userspace() {
     transfer(&c, T, 0, 1);
     transfer(&c, T, 1, 0);
     no_vxlan_drops(&d[1], "host2");
+    let cuts = cut_super_packets(&d[1], "host2");
+    eprintln!("{T}: host2: rx_inner_cuts={cuts} from the kernel vxlan host");
 }

@@ -830,16 +830,47 @@ fn dual_stack_userspace_vxlan_two_hosts() {
 
 #[test]
 fn dual_stack_mixed_kernel_and_userspace_vxlan() {
-    const T: &str = "dual_stack_mixed_kernel_and_userspace_vxlan";
-    let Some(mut c) = dual_cluster(T, 2, VXLAN6) else {
+    // Host 1's underlay leaves with complete checksums and no TSO, as from a NIC.
+    mixed_kernel_and_userspace(
+        "dual_stack_mixed_kernel_and_userspace_vxlan",
+        TxOffload::Off,
+    );
+}
+
+#[test]
+fn dual_stack_mixed_kernel_and_userspace_vxlan_with_tx_offload() {
+    // Host 1's underlay keeps TX checksum offload and TSO (a veth's defaults): its kernel vxlan
+    // devices' GSO super-packets cross into host 2 whole, and the inner TCP packets weft takes
+    // out of them are longer than host 2's MTU; weft cuts them to it (rx_inner_cuts).
+    mixed_kernel_and_userspace(
+        "dual_stack_mixed_kernel_and_userspace_vxlan_with_tx_offload",
+        TxOffload::On,
+    );
+}
+
+/// Longest a 4 MiB transfer of [`mixed_kernel_and_userspace`] may take.
+const TRANSFER_TIME: Duration = Duration::from_secs(15);
+
+/// Host 1's underlay TX offloads in [`mixed_kernel_and_userspace`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TxOffload {
+    /// Turned off: the kernel vxlan device's packets leave segmented, checksums complete.
+    Off,
+    /// Left on: super-packets cross the veth underlay whole.
+    On,
+}
+
+/// Host 1 kernel vxlan (flannel.1 and flannel-v6.1), host 2 weft's own data plane: pings both
+/// ways and families, then 4 MiB of TCP each way over IPv6 and (with TX offload on) over IPv4,
+/// each within the transfer's deadline.
+fn mixed_kernel_and_userspace(test: &str, offload: TxOffload) {
+    let Some(mut c) = dual_cluster(test, 2, VXLAN6) else {
         return;
     };
-    // Host 1 kernel vxlan (flannel.1 and flannel-v6.1), host 2 weft's own data plane. Host 1's
-    // underlay leaves with complete checksums and no TSO, as from a NIC: on a veth underlay the
-    // kernel vxlan device's super-packets otherwise cross into host 2 whole, and the inner
-    // packets weft takes out of them are larger than host 2's container MTU.
-    c.underlay_tx_checksum_off(0)
-        .expect("host1: tx checksum offload off");
+    if offload == TxOffload::Off {
+        c.underlay_tx_checksum_off(0)
+            .expect("host1: tx checksum offload off");
+    }
     let k = c.start_weft(0, &[]);
     let u = c.start_weft(1, &["--vxlan-dataplane=userspace"]);
     k.wait_running();
@@ -851,21 +882,44 @@ fn dual_stack_mixed_kernel_and_userspace_vxlan() {
         c.attach_container6(i);
     }
     ping_both(&c, &[0, 1]);
-    // TCP over IPv6 both ways between the userspace host and the kernel one.
-    for (from, to) in [(1, 0), (0, 1)] {
-        let t = testkit::transfer::Transfer::start(
-            &c.hosts[from].ctr,
-            &c.hosts[to].ctr,
-            &c.ctr_ip6(to),
-            4 << 20,
-            false,
-        );
-        if let Err(e) = t.try_finish() {
-            panic!(
-                "ctr{} -> ctr{}: {e}; userspace host: {:?}",
+    let mut families = vec![("IPv6", c.ctr_ip6(0), c.ctr_ip6(1))];
+    if offload == TxOffload::On {
+        families.push(("IPv4", c.hosts[0].ctr_ip(), c.hosts[1].ctr_ip()));
+    }
+    for (family, ip0, ip1) in &families {
+        for (from, to, dst) in [(1, 0, ip0), (0, 1, ip1)] {
+            let started = std::time::Instant::now();
+            let t = testkit::transfer::Transfer::start(
+                &c.hosts[from].ctr,
+                &c.hosts[to].ctr,
+                dst,
+                4 << 20,
+                false,
+            );
+            let gap = match t.try_finish() {
+                Ok((_, gap)) => gap,
+                Err(e) => panic!(
+                    "ctr{} -> ctr{} over {family}: {e}; userspace host: {:?}",
+                    from + 1,
+                    to + 1,
+                    u.stats()
+                ),
+            };
+            let took = started.elapsed();
+            eprintln!(
+                "{test}: ctr{} -> ctr{} over {family}: 4 MiB, checked, in {took:.2?} \
+                 (longest wait {gap:.2?}); rx_inner_cuts {}",
                 from + 1,
                 to + 1,
-                u.stats()
+                u.counter("rx_inner_cuts")
+            );
+            // A few hundred milliseconds on a loaded machine; a flow that loses its long
+            // packets crawls through retransmission timeouts instead.
+            assert!(
+                took < TRANSFER_TIME,
+                "ctr{} -> ctr{} over {family}: 4 MiB took {took:?}",
+                from + 1,
+                to + 1
             );
         }
     }
@@ -874,4 +928,12 @@ fn dual_stack_mixed_kernel_and_userspace_vxlan() {
         "the userspace host sent the transfer"
     );
     assert!(u.counter("drop_vxlan_wrong_mac") <= 0);
+    assert!(u.counter("drop_inner_too_big") <= 0, "{:?}", u.stats());
+    if offload == TxOffload::On {
+        assert!(
+            u.counter("rx_inner_cuts") > 0,
+            "the kernel host's super-packets arrived whole and were cut: {:?}",
+            u.stats()
+        );
+    }
 }

@@ -102,11 +102,15 @@ pub enum DropReason {
     /// IPv6 packet read from the TUN device longer than the device's MTU (an ICMPv6 packet too
     /// big is sent back).
     TxTooBig,
+    /// Inner packet from a peer longer than the TUN device's MTU that is not a TCP segment weft
+    /// can cut (UDP, ICMP, a fragment, SYN/RST/URG, or headers that leave no room): the kernel
+    /// could not forward it whole (see `Counter::RxInnerCuts` for the ones cut).
+    InnerTooBig,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 38] = [
+    pub const ALL: [DropReason; 39] = [
         DropReason::Truncated,
         DropReason::NotIpv4,
         DropReason::BadHeaderLen,
@@ -145,6 +149,7 @@ impl DropReason {
         DropReason::Ipv6BadSource,
         DropReason::VxlanNotIpv6,
         DropReason::TxTooBig,
+        DropReason::InnerTooBig,
     ];
 
     /// Stable snake_case name used in logs and metrics.
@@ -188,6 +193,7 @@ impl DropReason {
             DropReason::Ipv6BadSource => "ipv6_bad_source",
             DropReason::VxlanNotIpv6 => "vxlan_not_ipv6",
             DropReason::TxTooBig => "tx_too_big",
+            DropReason::InnerTooBig => "inner_too_big",
         }
     }
 }
@@ -225,13 +231,17 @@ pub enum Counter {
     /// the TUN write. A valid checksum that equals the pseudo-header sum by chance (one in 65 536)
     /// is left alone and not counted.
     RxChecksumsCompleted,
+    /// Received inner TCP packets longer than the TUN device's MTU (a peer's GSO super-packet
+    /// that crossed a veth underlay whole) written cut into segments that fit: as one GSO packet
+    /// the kernel cuts, or cut by weft without TUN offloads. Each segment counts in `RxPackets`.
+    RxInnerCuts,
     /// ICMP errors written back into the TUN device.
     IcmpSent,
     /// ICMP errors suppressed by the rate limit.
     IcmpRateLimited,
 }
 
-const NAMED: usize = 14;
+const NAMED: usize = 15;
 const COUNTERS: usize = NAMED + DropReason::ALL.len();
 
 impl Counter {
@@ -249,6 +259,7 @@ impl Counter {
         Counter::RxGroRuns,
         Counter::RxTsoWrites,
         Counter::RxChecksumsCompleted,
+        Counter::RxInnerCuts,
         Counter::IcmpSent,
         Counter::IcmpRateLimited,
     ];
@@ -268,6 +279,7 @@ impl Counter {
             Counter::RxGroRuns => "rx_gro_runs",
             Counter::RxTsoWrites => "rx_tso_writes",
             Counter::RxChecksumsCompleted => "rx_checksums_completed",
+            Counter::RxInnerCuts => "rx_inner_cuts",
             Counter::IcmpSent => "icmp_sent",
             Counter::IcmpRateLimited => "icmp_rate_limited",
         }

@@ -73,6 +73,11 @@ impl TunQueue {
         self.dev.send_vectored(parts)
     }
 
+    /// The device's MTU.
+    pub fn mtu(&self) -> io::Result<u16> {
+        self.dev.mtu()
+    }
+
     /// Whether the queue was opened with offloads.
     pub fn offload(&self) -> bool {
         self.offload

@@ -587,7 +587,7 @@ impl Worker {
             seg_metas: vec![Meta::default(); if offload { TUN_SPLIT_MAX } else { 0 }]
                 .into_boxed_slice(),
             read_sizes: vec![0usize; tx_slots].into_boxed_slice(),
-            sink: TunSink::new(offload, setup.tso_writes, batch),
+            sink: TunSink::new(offload, setup.tso_writes, batch, setup.tun.mtu()?.into()),
             rx: PacketBatch::new(batch),
             rx_meta: vec![RecvMeta::default(); batch].into_boxed_slice(),
             msgs: vec![

@@ -233,11 +233,12 @@ impl Cluster {
         Ok(i - 1)
     }
 
-    /// Turns TX checksum offload off on host `i`'s underlay `ul0` (`ethtool -K ul0 tx off`), so
-    /// the host's packets leave with complete checksums as they would from a NIC. On a veth
-    /// underlay the kernel otherwise hands packets across namespaces with the checksum still to be
-    /// done (CHECKSUM_PARTIAL): harmless between kernel stacks, but a kernel vxlan sender's inner
-    /// TCP/UDP checksums then reach a userspace VXLAN receiver's UDP socket unfinished.
+    /// Turns TX checksum offload off on host `i`'s underlay `ul0` (`ethtool -K ul0 tx off`, which
+    /// takes TSO with it), so the host's packets leave segmented and with complete checksums as
+    /// they would from a NIC. With a veth's defaults the kernel hands packets across namespaces
+    /// with the checksum still to be done (CHECKSUM_PARTIAL) and a kernel vxlan device's GSO
+    /// super-packets uncut; a userspace VXLAN receiver completes the former and cuts the latter,
+    /// and the tests run both ways.
     pub(crate) fn underlay_tx_checksum_off(&self, i: usize) -> io::Result<()> {
         self.hosts[i]
             .ns
