@@ -707,9 +707,15 @@ impl Worker {
                 "super-packet with a TCP header length outside 20..=60",
             ));
         };
-        match Cut::plan(hdr, pkt, TUN_SPLIT_MAX) {
-            Ok(cut) => Ok(TunRead::Super { cut, len }),
-            Err(_) => {
+        // The in-place cut feeds the IPv4 send path (`forward_super`); an IPv6 super-packet is
+        // cut into slots and goes out as single packets.
+        let cut = match pkt[0] >> 4 {
+            4 => Cut::plan(hdr, pkt, TUN_SPLIT_MAX).ok(),
+            _ => None,
+        };
+        match cut {
+            Some(cut) => Ok(TunRead::Super { cut, len }),
+            None => {
                 // Not ours to cut (IPv6, an unexpected header): tun-rs cuts it into slots or
                 // says why not.
                 let is_v6 = pkt[0] >> 4 == 6;
