@@ -362,7 +362,13 @@ fn by_iface6(all: &[Addr], all6: &[Addr6], s: &str) -> Result<(String, Ipv6Addr)
             .find(|a| a.ip == ip)
             .map(|a| a.name.clone())
             .ok_or_else(|| anyhow!("{what}: no interface has this address"))?,
-        Err(_) if std::path::Path::new("/sys/class/net").join(s).exists() => s.to_string(),
+        Err(_)
+            if all6.iter().any(|a| a.name == s)
+                || all.iter().any(|a| a.name == s)
+                || std::path::Path::new("/sys/class/net").join(s).exists() =>
+        {
+            s.to_string()
+        }
         Err(_) => bail!("{what}: no such interface"),
     };
     let ip = need6(all6, &name, &what)?;
@@ -427,6 +433,24 @@ fn by_can_reach6(all6: &[Addr6], dst: IpAddr) -> Result<(String, Ipv6Addr)> {
 
 /// Picks the underlay of an IPv6-only network (see the module comment).
 fn select6(sel: &Selection<'_>, all: &[Addr], all6: &[Addr6]) -> Result<Underlay> {
+    let (name, addr6) = pick6(sel, all, all6, &default_route6_iface)?;
+    let mtu = mtu_of(&name)?;
+    Ok(Underlay {
+        name,
+        addr: Ipv4Addr::UNSPECIFIED,
+        addr6: Some(addr6),
+        mtu,
+    })
+}
+
+/// The interface and IPv6 address [`select6`] picks from these addresses, with `default6`
+/// naming the IPv6 default route's interface.
+fn pick6(
+    sel: &Selection<'_>,
+    all: &[Addr],
+    all6: &[Addr6],
+    default6: &dyn Fn() -> Result<String>,
+) -> Result<(String, Ipv6Addr)> {
     let explicit =
         !sel.iface.is_empty() || !sel.iface_regex.is_empty() || sel.iface_can_reach.is_some();
     let (name, found6) = if !explicit {
@@ -436,7 +460,7 @@ fn select6(sel: &Selection<'_>, all: &[Addr], all6: &[Addr6]) -> Result<Underlay
         {
             Some(a) => (a.name.clone(), a.ip),
             None => {
-                let name = default_route6_iface()?;
+                let name = default6()?;
                 let ip = need6(all6, &name, "the IPv6 default route")?;
                 (name, ip)
             }
@@ -467,17 +491,12 @@ fn select6(sel: &Selection<'_>, all: &[Addr], all6: &[Addr6]) -> Result<Underlay
             )
         })?
     };
-    let mtu = mtu_of(&name)?;
+    // --public-ipv6 on this interface wins, then the address the selection found.
     let addr6 = sel
         .public_ipv6
         .filter(|p| all6.iter().any(|a| a.ip == *p && a.name == name))
         .unwrap_or(found6);
-    Ok(Underlay {
-        name,
-        addr: Ipv4Addr::UNSPECIFIED,
-        addr6: Some(addr6),
-        mtu,
-    })
+    Ok((name, addr6))
 }
 
 /// Picks the underlay as flanneld does, by the rules of `stack` (see the module comment).
@@ -698,6 +717,231 @@ mod tests {
             e.contains("--iface 2001:db8::77: no interface has this address"),
             "{e}"
         );
+    }
+
+    fn a4(name: &str, ip: &str) -> Addr {
+        Addr {
+            index: 0,
+            name: name.into(),
+            ip: ip.parse().expect("literal"),
+        }
+    }
+
+    fn a6(name: &str, ip: &str) -> Addr6 {
+        Addr6 {
+            name: name.into(),
+            ip: ip.parse().expect("literal"),
+        }
+    }
+
+    /// Host addresses for the IPv6-only tests: eth0 dual stack, ens1 IPv6 only (link-local,
+    /// unique local, then global), ens2 with only a link-local address, ens3 IPv4 only.
+    fn host6() -> (Vec<Addr>, Vec<Addr6>) {
+        (
+            vec![
+                a4("lo", "127.0.0.1"),
+                a4("eth0", "192.0.2.1"),
+                a4("ens3", "198.51.100.3"),
+            ],
+            vec![
+                a6("lo", "::1"),
+                a6("eth0", "fd00:1::1"),
+                a6("eth0", "fe80::1"),
+                a6("ens1", "fe80::2"),
+                a6("ens1", "fd00:2::2"),
+                a6("ens1", "2001:db8:2::2"),
+                a6("ens2", "fe80::3"),
+            ],
+        )
+    }
+
+    /// [`pick6`] on [`host6`] with the IPv6 default route on `default6` (`None`: there is none).
+    fn pick(sel: &Selection<'_>, default6: Option<&str>) -> Result<(String, Ipv6Addr)> {
+        let (all, all6) = host6();
+        let d = default6.map(str::to_string);
+        pick6(sel, &all, &all6, &move || {
+            d.clone().ok_or_else(|| anyhow!("no IPv6 default route"))
+        })
+    }
+
+    fn v6(s: &str) -> Ipv6Addr {
+        s.parse().expect("literal")
+    }
+
+    #[test]
+    fn ipv6_only_iface_by_address_and_name_needs_no_ipv4() {
+        let iface = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let with = |i: &[String]| {
+            pick(
+                &Selection {
+                    iface: i,
+                    ..Selection::default()
+                },
+                None,
+            )
+        };
+        // An IPv6 address: its interface and that very address (ens1 has no IPv4 address).
+        let i = iface(&["fd00:2::2"]);
+        assert_eq!(with(&i).expect("found"), ("ens1".into(), v6("fd00:2::2")));
+        // A name: its best IPv6 address, global before unique local, never link-local.
+        let i = iface(&["ens1"]);
+        assert_eq!(
+            with(&i).expect("found"),
+            ("ens1".into(), v6("2001:db8:2::2"))
+        );
+        // An IPv4 address: that interface's best IPv6 address.
+        let i = iface(&["192.0.2.1"]);
+        assert_eq!(with(&i).expect("found"), ("eth0".into(), v6("fd00:1::1")));
+        // Only a link-local address, or none: an error naming the interface and what is missing.
+        for name in ["ens2", "ens3"] {
+            let i = iface(&[name]);
+            let e = with(&i).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!(
+                    "--iface {name}: interface {name} has no usable IPv6 address (global or \
+                     unique local)"
+                )) && e.contains("EnableIPv4=false"),
+                "{e}"
+            );
+        }
+        // The first that matches wins; the failures before it do not matter.
+        let i = iface(&["nosuchif0", "2001:db8::77", "ens2", "eth0"]);
+        assert_eq!(with(&i).expect("eth0"), ("eth0".into(), v6("fd00:1::1")));
+        let i = iface(&["nosuchif0", "2001:db8::77"]);
+        let e = with(&i).unwrap_err().to_string();
+        assert!(
+            e.contains("--iface nosuchif0: no such interface")
+                && e.contains("--iface 2001:db8::77: no interface has this address"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ipv6_only_regex_matches_ipv6_addresses_then_names() {
+        let with = |p: &[&str]| {
+            let p: Vec<String> = p.iter().map(|s| s.to_string()).collect();
+            let re = compile_regexes(&p).expect("valid");
+            pick(
+                &Selection {
+                    iface_regex: &re,
+                    ..Selection::default()
+                },
+                None,
+            )
+        };
+        // Addresses first: "^2001:" matches ens1's global address.
+        assert_eq!(
+            with(&["^2001:"]).expect("found"),
+            ("ens1".into(), v6("2001:db8:2::2"))
+        );
+        // Link-local and loopback addresses are never matched.
+        assert!(with(&["^fe80::3$"]).is_err());
+        assert!(with(&[r"^::1$"]).is_err());
+        // Names next, only of interfaces with a usable IPv6 address: ens2 (link-local only) and
+        // ens3 (no IPv6) match "^ens[23]$" but cannot be used; "^ens" then finds ens1.
+        assert_eq!(
+            with(&["^ens[23]$", "^ens"]).expect("second pattern"),
+            ("ens1".into(), v6("2001:db8:2::2"))
+        );
+        let e = with(&["^ens[23]$"]).unwrap_err().to_string();
+        assert!(
+            e.contains("--iface-regex ^ens[23]$: matches no usable IPv6 address and no name of an interface with one (eth0, ens1)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ipv6_only_default_route_and_public_ipv6() {
+        // Nothing given: the IPv6 default route's interface, its best address.
+        assert_eq!(
+            pick(&Selection::default(), Some("ens1")).expect("found"),
+            ("ens1".into(), v6("2001:db8:2::2"))
+        );
+        let e = pick(&Selection::default(), None).unwrap_err().to_string();
+        assert!(e.contains("no IPv6 default route"), "{e}");
+        let e = pick(&Selection::default(), Some("ens2"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the IPv6 default route: interface ens2 has no usable IPv6 address"),
+            "{e}"
+        );
+        // --public-ipv6 on an interface selects it (before the default route) and is its address.
+        let public = Selection {
+            public_ipv6: Some(v6("fd00:2::2")),
+            ..Selection::default()
+        };
+        assert_eq!(
+            pick(&public, Some("eth0")).expect("found"),
+            ("ens1".into(), v6("fd00:2::2"))
+        );
+        // Not on any interface (NAT): the default route picks, the flag is published as given.
+        let nat = Selection {
+            public_ipv6: Some(v6("2001:db8:ff::1")),
+            ..Selection::default()
+        };
+        assert_eq!(
+            pick(&nat, Some("eth0")).expect("found"),
+            ("eth0".into(), v6("fd00:1::1"))
+        );
+        // With --iface, --public-ipv6 on the chosen interface is its address.
+        let iface = vec!["ens1".to_string()];
+        let both = Selection {
+            iface: &iface,
+            public_ipv6: Some(v6("fd00:2::2")),
+            ..Selection::default()
+        };
+        assert_eq!(
+            pick(&both, None).expect("found"),
+            ("ens1".into(), v6("fd00:2::2"))
+        );
+        // --iface-can-reach with an IPv4 target cannot pick an IPv6 underlay.
+        let reach4 = Selection {
+            iface_can_reach: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            ..Selection::default()
+        };
+        let e = pick(&reach4, Some("eth0")).unwrap_err().to_string();
+        assert!(
+            e.contains("--iface-can-reach 127.0.0.1: an IPv6-only network (EnableIPv4=false) needs an IPv6 address here"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ipv6_only_on_this_host() {
+        // lo holds only ::1 (loopback), never an interface's IPv6 address.
+        let iface = vec!["lo".to_string()];
+        let e = select(
+            &Selection {
+                iface: &iface,
+                ..Selection::default()
+            },
+            Stack::Ipv6Only,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--iface lo: interface lo has no usable IPv6 address"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ipv6_default_route_from_proc_net_ipv6_route() {
+        let table = "\
+fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 00000400 00000002 00000000 00000003     ens1
+";
+        assert_eq!(default_route6_in(table).as_deref(), Some("ens1"));
+        // Without ens1's entry: the unreachable default on lo and a /64 are no default route.
+        let without: String = table
+            .lines()
+            .filter(|l| !l.ends_with("ens1"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(default_route6_in(&without), None);
+        assert_eq!(default_route6_in(""), None);
     }
 
     #[test]
