@@ -819,7 +819,7 @@ fn run_etcd(
             false
         }
     };
-    tracing::info!(backend = name, subnet = %local, network = %network, subnet6 = ?rules6.map(|v| v.local.to_string()), public_ipv6 = ?host.public_ipv6.filter(|_| rules6.is_some()), mtu, %public_ip, underlay = %host.underlay.name, file = %args.subnet_file().display(), subnet_file_written, "weft running (etcd): lease held");
+    tracing::info!(backend = name, subnet = %local, network = %network, subnet6 = ?rules6.map(|v| v.local.to_string()), public_ipv6 = ?host.public_ipv6.filter(|_| rules6.is_some()), mtu, public_ip = %backend.lease_attrs().public_ip, underlay = %host.underlay.name, file = %args.subnet_file().display(), subnet_file_written, "weft running (etcd): lease held");
 
     let ticks = crossbeam_channel::tick(TICK);
     let result = loop {

@@ -736,6 +736,35 @@ mod tests {
     }
 
     #[test]
+    fn neither_half_is_refused() {
+        let cfg = DataplaneConfig {
+            tun_name: "weftnone0".into(),
+            underlay_mtu: 1500,
+            wire: Wire::Vxlan {
+                vni: 1,
+                mac: [0x0e, 0x57, 0, 0, 0, 1],
+            },
+            network: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0"),
+            local: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0"),
+            bind: None,
+            workers: 1,
+            batch_size: DEFAULT_BATCH,
+            accept_any_source: false,
+            socket_buffer: 1 << 20,
+            offload: Offload::Off,
+            tso_writes: false,
+        };
+        let e = Dataplane::start(&cfg, Arc::new(RouteTable::new())).expect_err("nothing to bind");
+        assert_eq!(e.what, "starting the data plane");
+        assert!(
+            e.to_string()
+                .contains("neither an IPv4 nor an IPv6 underlay address to bind"),
+            "{e}"
+        );
+        assert!(!device_exists("weftnone0"), "no device made");
+    }
+
+    #[test]
     fn a_failed_start_stops_the_started_workers_and_removes_the_device() {
         if !require_root("a_failed_start_stops_the_started_workers_and_removes_the_device") {
             return;
