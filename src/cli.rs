@@ -361,13 +361,16 @@ fn parse_endpoints(s: &str) -> Result<Endpoints, String> {
 /// given on the command line.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct RunArgs {
-    /// Underlay interface, by name or IPv4 address; repeatable, the first that exists wins
-    /// [default: the interface of the default route]. UDP is bound to its address.
+    /// Underlay interface, by name, IPv4 or IPv6 address; repeatable, the first that exists wins
+    /// [default: the interface of the default route]. UDP is bound to its address. With
+    /// `"EnableIPv4": false` (IPv6 only) it needs an IPv6 address and no IPv4 one, and the
+    /// default is the interface of the IPv6 default route.
     #[arg(long, value_name = "NAME|IP", env = "FLANNELD_IFACE")]
     pub(crate) iface: Vec<String>,
 
     /// Underlay interface by regular expression, matched against each interface's IPv4
-    /// addresses first, then against interface names; repeatable, tried after every --iface.
+    /// addresses first, then its IPv6 addresses, then against interface names (IPv6 only: IPv6
+    /// addresses, then names); repeatable, tried after every --iface.
     #[arg(long, value_name = "REGEX", env = "FLANNELD_IFACE_REGEX")]
     pub(crate) iface_regex: Vec<String>,
 
@@ -386,7 +389,8 @@ pub(crate) struct RunArgs {
     #[arg(long = "v", value_name = "N", env = "FLANNELD_V")]
     pub(crate) verbosity: Option<u8>,
 
-    /// Address other hosts reach this host at, published in the lease [default: the interface address].
+    /// Address other hosts reach this host at, published in the lease [default: the interface
+    /// address]. Refused with `"EnableIPv4": false` (an IPv6-only lease publishes 0.0.0.0).
     #[arg(long, value_name = "IP", env = "FLANNELD_PUBLIC_IP")]
     pub(crate) public_ip: Option<Ipv4Addr>,
 

@@ -13,21 +13,44 @@
 //! IPv6 address:
 //! global before unique-local, in the kernel's order; never a link-local one (flanneld takes
 //! one when nothing else is there, which peers cannot reach without a scope). An interface selected
-//! by its IPv6 address still needs an IPv4 address (weft's networks have an IPv4 part).
+//! by its IPv6 address still needs an IPv4 address when the network has an IPv4 part.
+//!
+//! An IPv6-only network (`EnableIPv4: false`, [`Stack::Ipv6Only`]) picks by IPv6 rules, and the
+//! interface needs no IPv4 address:
+//!
+//! 1. With none of `--iface`, `--iface-regex`, `--iface-can-reach`: the interface holding
+//!    `--public-ipv6` when one does, else the interface of the IPv6 default route.
+//! 2. Otherwise each `--iface` (an IPv6 address: that address; an IPv4 address or a name: that
+//!    interface's best IPv6 address), then each `--iface-regex` (IPv6 addresses, then names of
+//!    interfaces with a usable IPv6 address), then `--iface-can-reach` (an IPv6 address: the
+//!    route's interface and source address).
+//!
+//! The interface's IPv6 address is then found as above; without a usable one the selection fails.
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::ifaddrs::getifaddrs;
 use regex::Regex;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
+/// Which address family picks the interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stack {
+    /// The network has an IPv4 part (IPv4 only or dual stack): IPv4 rules, an IPv4 address needed.
+    Ipv4,
+    /// `EnableIPv4: false`: IPv6 rules, an IPv6 address needed, no IPv4 address.
+    Ipv6Only,
+}
+
 /// The interface the overlay runs over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Underlay {
     /// Interface name.
     pub(crate) name: String,
-    /// Its IPv4 address (UDP is bound here).
+    /// Its IPv4 address (UDP is bound here); `0.0.0.0` when selected for an IPv6-only network
+    /// ([`Stack::Ipv6Only`]), which uses none.
     pub(crate) addr: Ipv4Addr,
-    /// Its IPv6 address, if it has a usable one (see the module doc).
+    /// Its IPv6 address, if it has a usable one (see the module doc); always `Some` for
+    /// [`Stack::Ipv6Only`].
     pub(crate) addr6: Option<Ipv6Addr>,
     /// Its MTU.
     pub(crate) mtu: u32,
@@ -143,6 +166,30 @@ fn default_route_iface() -> Result<String> {
         })
         .next()
         .ok_or_else(|| anyhow!("no IPv4 default route: name the underlay interface with --iface"))
+}
+
+/// The interface of the IPv6 default route: the first `::/0` entry of `table` (the text of
+/// `/proc/net/ipv6_route`: destination, prefix length, ..., device name last) not on `lo` (the
+/// kernel lists unreachable defaults there).
+fn default_route6_in(table: &str) -> Option<String> {
+    table.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (dst, len, name) = (f.first()?, f.get(1)?, f.last()?);
+        (*dst == "00000000000000000000000000000000" && *len == "00" && *name != "lo")
+            .then(|| name.to_string())
+    })
+}
+
+/// The interface of the IPv6 default route.
+fn default_route6_iface() -> Result<String> {
+    let table =
+        std::fs::read_to_string("/proc/net/ipv6_route").context("reading /proc/net/ipv6_route")?;
+    default_route6_in(&table).ok_or_else(|| {
+        anyhow!(
+            "EnableIPv4=false: no IPv6 default route: name the underlay interface with --iface \
+             (or --iface-regex, --iface-can-reach)"
+        )
+    })
 }
 
 /// How good an address is as the interface's address: global unicast first, then link-local
@@ -289,10 +336,176 @@ pub(crate) fn compile_regexes(patterns: &[String]) -> Result<Vec<Regex>> {
         .collect()
 }
 
-/// Picks the underlay as flanneld does (see the module comment).
-pub(crate) fn select(sel: &Selection<'_>) -> Result<Underlay> {
+/// IPv6 only: the interface's best IPv6 address, or an error naming what is missing.
+fn need6(all6: &[Addr6], name: &str, what: &str) -> Result<Ipv6Addr> {
+    best_addr6(all6, name).ok_or_else(|| {
+        anyhow!(
+            "{what}: interface {name} has no usable IPv6 address (global or unique local), which \
+             an IPv6-only network (EnableIPv4=false) needs"
+        )
+    })
+}
+
+/// IPv6 only: `--iface` (an IPv6 address, an IPv4 address or a name).
+fn by_iface6(all: &[Addr], all6: &[Addr6], s: &str) -> Result<(String, Ipv6Addr)> {
+    let what = format!("--iface {s}");
+    if let Ok(ip) = s.parse::<Ipv6Addr>() {
+        return all6
+            .iter()
+            .find(|a| a.ip == ip)
+            .map(|a| (a.name.clone(), ip))
+            .ok_or_else(|| anyhow!("{what}: no interface has this address"));
+    }
+    let name = match s.parse::<Ipv4Addr>() {
+        Ok(ip) => all
+            .iter()
+            .find(|a| a.ip == ip)
+            .map(|a| a.name.clone())
+            .ok_or_else(|| anyhow!("{what}: no interface has this address"))?,
+        Err(_)
+            if all6.iter().any(|a| a.name == s)
+                || all.iter().any(|a| a.name == s)
+                || std::path::Path::new("/sys/class/net").join(s).exists() =>
+        {
+            s.to_string()
+        }
+        Err(_) => bail!("{what}: no such interface"),
+    };
+    let ip = need6(all6, &name, &what)?;
+    Ok((name, ip))
+}
+
+/// IPv6 only: `--iface-regex` against the usable IPv6 addresses (as text), then against the
+/// names of interfaces that have one.
+fn by_regex6(all6: &[Addr6], re: &Regex) -> Result<(String, Ipv6Addr)> {
+    if let Some(a) = all6
+        .iter()
+        .find(|a| rank6(a.ip).is_some() && re.is_match(&a.ip.to_string()))
+    {
+        return Ok((a.name.clone(), a.ip));
+    }
+    if let Some((name, ip)) = all6
+        .iter()
+        .filter(|a| re.is_match(&a.name))
+        .find_map(|a| best_addr6(all6, &a.name).map(|ip| (a.name.clone(), ip)))
+    {
+        return Ok((name, ip));
+    }
+    let mut names: Vec<&str> = all6
+        .iter()
+        .filter(|a| rank6(a.ip).is_some())
+        .map(|a| a.name.as_str())
+        .collect();
+    names.dedup();
+    bail!(
+        "--iface-regex {}: matches no usable IPv6 address and no name of an interface with one \
+         ({})",
+        re.as_str(),
+        names.join(", ")
+    )
+}
+
+/// IPv6 only: `--iface-can-reach` (an IPv6 address): the route's interface and source address.
+fn by_can_reach6(all6: &[Addr6], dst: IpAddr) -> Result<(String, Ipv6Addr)> {
+    let IpAddr::V6(v6) = dst else {
+        bail!(
+            "--iface-can-reach {dst}: an IPv6-only network (EnableIPv4=false) needs an IPv6 \
+             address here"
+        );
+    };
+    let sock = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))
+        .with_context(|| format!("--iface-can-reach {dst}: opening a UDP socket"))?;
+    sock.connect((v6, 9)).map_err(|e| {
+        anyhow!("--iface-can-reach {dst}: the kernel has no route to this address ({e})")
+    })?;
+    let src = match sock.local_addr() {
+        Ok(SocketAddr::V6(a)) => *a.ip(),
+        Ok(a) => bail!("--iface-can-reach {dst}: unexpected source address {a}"),
+        Err(e) => bail!("--iface-can-reach {dst}: reading the route's source address: {e}"),
+    };
+    all6.iter()
+        .find(|a| a.ip == src)
+        .map(|a| (a.name.clone(), src))
+        .ok_or_else(|| {
+            anyhow!("--iface-can-reach {dst}: the route's source address {src} is on no interface")
+        })
+}
+
+/// Picks the underlay of an IPv6-only network (see the module comment).
+fn select6(sel: &Selection<'_>, all: &[Addr], all6: &[Addr6]) -> Result<Underlay> {
+    let (name, addr6) = pick6(sel, all, all6, &default_route6_iface)?;
+    let mtu = mtu_of(&name)?;
+    Ok(Underlay {
+        name,
+        addr: Ipv4Addr::UNSPECIFIED,
+        addr6: Some(addr6),
+        mtu,
+    })
+}
+
+/// The interface and IPv6 address [`select6`] picks from these addresses, with `default6`
+/// naming the IPv6 default route's interface.
+fn pick6(
+    sel: &Selection<'_>,
+    all: &[Addr],
+    all6: &[Addr6],
+    default6: &dyn Fn() -> Result<String>,
+) -> Result<(String, Ipv6Addr)> {
+    let explicit =
+        !sel.iface.is_empty() || !sel.iface_regex.is_empty() || sel.iface_can_reach.is_some();
+    let (name, found6) = if !explicit {
+        match sel
+            .public_ipv6
+            .and_then(|p| all6.iter().find(|a| a.ip == p))
+        {
+            Some(a) => (a.name.clone(), a.ip),
+            None => {
+                let name = default6()?;
+                let ip = need6(all6, &name, "the IPv6 default route")?;
+                (name, ip)
+            }
+        }
+    } else {
+        let mut errors = Vec::new();
+        let tries = sel
+            .iface
+            .iter()
+            .map(|s| by_iface6(all, all6, s))
+            .chain(sel.iface_regex.iter().map(|re| by_regex6(all6, re)))
+            .chain(sel.iface_can_reach.map(|d| by_can_reach6(all6, d)));
+        let mut found = None;
+        for t in tries {
+            match t {
+                Ok(f) => {
+                    found = Some(f);
+                    break;
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        found.ok_or_else(|| {
+            anyhow!(
+                "no interface matches the interfaces and/or regexes given (IPv6 only, \
+                 EnableIPv4=false): {}",
+                errors.join("; ")
+            )
+        })?
+    };
+    // --public-ipv6 on this interface wins, then the address the selection found.
+    let addr6 = sel
+        .public_ipv6
+        .filter(|p| all6.iter().any(|a| a.ip == *p && a.name == name))
+        .unwrap_or(found6);
+    Ok((name, addr6))
+}
+
+/// Picks the underlay as flanneld does, by the rules of `stack` (see the module comment).
+pub(crate) fn select(sel: &Selection<'_>, stack: Stack) -> Result<Underlay> {
     let all = ipv4_addrs()?;
     let all6 = ipv6_addrs()?;
+    if stack == Stack::Ipv6Only {
+        return select6(sel, &all, &all6);
+    }
     let explicit =
         !sel.iface.is_empty() || !sel.iface_regex.is_empty() || sel.iface_can_reach.is_some();
     let by_public6 = || {
@@ -354,25 +567,32 @@ pub(crate) fn select(sel: &Selection<'_>) -> Result<Underlay> {
     })
 }
 
-/// Picks the underlay for `weft run`'s flags.
-pub(crate) fn from_args(args: &crate::cli::RunArgs) -> Result<Underlay> {
+/// Picks the underlay for `weft run`'s flags, by the rules of `stack`.
+pub(crate) fn from_args(args: &crate::cli::RunArgs, stack: Stack) -> Result<Underlay> {
     let regexes = compile_regexes(&args.iface_regex)?;
-    select(&Selection {
-        iface: &args.iface,
-        iface_regex: &regexes,
-        iface_can_reach: args.iface_can_reach,
-        public_ip: args.public_ip,
-        public_ipv6: args.public_ipv6,
-    })
+    select(
+        &Selection {
+            iface: &args.iface,
+            iface_regex: &regexes,
+            iface_can_reach: args.iface_can_reach,
+            public_ip: args.public_ip,
+            public_ipv6: args.public_ipv6,
+        },
+        stack,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn select4(sel: &Selection<'_>) -> Result<Underlay> {
+        select(sel, Stack::Ipv4)
+    }
+
     fn by(iface: &[&str]) -> Result<Underlay> {
         let iface: Vec<String> = iface.iter().map(|s| s.to_string()).collect();
-        select(&Selection {
+        select4(&Selection {
             iface: &iface,
             ..Selection::default()
         })
@@ -381,7 +601,7 @@ mod tests {
     fn by_re(patterns: &[&str]) -> Result<Underlay> {
         let p: Vec<String> = patterns.iter().map(|s| s.to_string()).collect();
         let re = compile_regexes(&p)?;
-        select(&Selection {
+        select4(&Selection {
             iface_regex: &re,
             ..Selection::default()
         })
@@ -424,7 +644,7 @@ mod tests {
 
     #[test]
     fn can_reach_uses_the_routes_source_address() {
-        let u = select(&Selection {
+        let u = select4(&Selection {
             iface_can_reach: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9))),
             ..Selection::default()
         })
@@ -436,7 +656,7 @@ mod tests {
     fn iface_comes_before_regex_and_can_reach() {
         let iface = vec!["lo".to_string()];
         let re = compile_regexes(&["^nosuchif$".into()]).expect("valid");
-        let u = select(&Selection {
+        let u = select4(&Selection {
             iface: &iface,
             iface_regex: &re,
             iface_can_reach: Some(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1))),
@@ -447,7 +667,7 @@ mod tests {
         assert_eq!(u.name, "lo");
         // Nothing matches: every failure is named.
         let iface = vec!["nosuchif0".to_string()];
-        let e = select(&Selection {
+        let e = select4(&Selection {
             iface: &iface,
             iface_regex: &re,
             ..Selection::default()
@@ -476,7 +696,7 @@ mod tests {
                 (u.name.as_str(), u.addr, u.addr6),
                 ("lo", Ipv4Addr::LOCALHOST, Some(Ipv6Addr::LOCALHOST))
             );
-            let u = select(&Selection {
+            let u = select4(&Selection {
                 iface_can_reach: Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
                 ..Selection::default()
             })
@@ -497,6 +717,231 @@ mod tests {
             e.contains("--iface 2001:db8::77: no interface has this address"),
             "{e}"
         );
+    }
+
+    fn a4(name: &str, ip: &str) -> Addr {
+        Addr {
+            index: 0,
+            name: name.into(),
+            ip: ip.parse().expect("literal"),
+        }
+    }
+
+    fn a6(name: &str, ip: &str) -> Addr6 {
+        Addr6 {
+            name: name.into(),
+            ip: ip.parse().expect("literal"),
+        }
+    }
+
+    /// Host addresses for the IPv6-only tests: eth0 dual stack, ens1 IPv6 only (link-local,
+    /// unique local, then global), ens2 with only a link-local address, ens3 IPv4 only.
+    fn host6() -> (Vec<Addr>, Vec<Addr6>) {
+        (
+            vec![
+                a4("lo", "127.0.0.1"),
+                a4("eth0", "192.0.2.1"),
+                a4("ens3", "198.51.100.3"),
+            ],
+            vec![
+                a6("lo", "::1"),
+                a6("eth0", "fd00:1::1"),
+                a6("eth0", "fe80::1"),
+                a6("ens1", "fe80::2"),
+                a6("ens1", "fd00:2::2"),
+                a6("ens1", "2001:db8:2::2"),
+                a6("ens2", "fe80::3"),
+            ],
+        )
+    }
+
+    /// [`pick6`] on [`host6`] with the IPv6 default route on `default6` (`None`: there is none).
+    fn pick(sel: &Selection<'_>, default6: Option<&str>) -> Result<(String, Ipv6Addr)> {
+        let (all, all6) = host6();
+        let d = default6.map(str::to_string);
+        pick6(sel, &all, &all6, &move || {
+            d.clone().ok_or_else(|| anyhow!("no IPv6 default route"))
+        })
+    }
+
+    fn v6(s: &str) -> Ipv6Addr {
+        s.parse().expect("literal")
+    }
+
+    #[test]
+    fn ipv6_only_iface_by_address_and_name_needs_no_ipv4() {
+        let iface = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let with = |i: &[String]| {
+            pick(
+                &Selection {
+                    iface: i,
+                    ..Selection::default()
+                },
+                None,
+            )
+        };
+        // An IPv6 address: its interface and that very address (ens1 has no IPv4 address).
+        let i = iface(&["fd00:2::2"]);
+        assert_eq!(with(&i).expect("found"), ("ens1".into(), v6("fd00:2::2")));
+        // A name: its best IPv6 address, global before unique local, never link-local.
+        let i = iface(&["ens1"]);
+        assert_eq!(
+            with(&i).expect("found"),
+            ("ens1".into(), v6("2001:db8:2::2"))
+        );
+        // An IPv4 address: that interface's best IPv6 address.
+        let i = iface(&["192.0.2.1"]);
+        assert_eq!(with(&i).expect("found"), ("eth0".into(), v6("fd00:1::1")));
+        // Only a link-local address, or none: an error naming the interface and what is missing.
+        for name in ["ens2", "ens3"] {
+            let i = iface(&[name]);
+            let e = with(&i).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!(
+                    "--iface {name}: interface {name} has no usable IPv6 address (global or \
+                     unique local)"
+                )) && e.contains("EnableIPv4=false"),
+                "{e}"
+            );
+        }
+        // The first that matches wins; the failures before it do not matter.
+        let i = iface(&["nosuchif0", "2001:db8::77", "ens2", "eth0"]);
+        assert_eq!(with(&i).expect("eth0"), ("eth0".into(), v6("fd00:1::1")));
+        let i = iface(&["nosuchif0", "2001:db8::77"]);
+        let e = with(&i).unwrap_err().to_string();
+        assert!(
+            e.contains("--iface nosuchif0: no such interface")
+                && e.contains("--iface 2001:db8::77: no interface has this address"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ipv6_only_regex_matches_ipv6_addresses_then_names() {
+        let with = |p: &[&str]| {
+            let p: Vec<String> = p.iter().map(|s| s.to_string()).collect();
+            let re = compile_regexes(&p).expect("valid");
+            pick(
+                &Selection {
+                    iface_regex: &re,
+                    ..Selection::default()
+                },
+                None,
+            )
+        };
+        // Addresses first: "^2001:" matches ens1's global address.
+        assert_eq!(
+            with(&["^2001:"]).expect("found"),
+            ("ens1".into(), v6("2001:db8:2::2"))
+        );
+        // Link-local and loopback addresses are never matched.
+        assert!(with(&["^fe80::3$"]).is_err());
+        assert!(with(&[r"^::1$"]).is_err());
+        // Names next, only of interfaces with a usable IPv6 address: ens2 (link-local only) and
+        // ens3 (no IPv6) match "^ens[23]$" but cannot be used; "^ens" then finds ens1.
+        assert_eq!(
+            with(&["^ens[23]$", "^ens"]).expect("second pattern"),
+            ("ens1".into(), v6("2001:db8:2::2"))
+        );
+        let e = with(&["^ens[23]$"]).unwrap_err().to_string();
+        assert!(
+            e.contains("--iface-regex ^ens[23]$: matches no usable IPv6 address and no name of an interface with one (eth0, ens1)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ipv6_only_default_route_and_public_ipv6() {
+        // Nothing given: the IPv6 default route's interface, its best address.
+        assert_eq!(
+            pick(&Selection::default(), Some("ens1")).expect("found"),
+            ("ens1".into(), v6("2001:db8:2::2"))
+        );
+        let e = pick(&Selection::default(), None).unwrap_err().to_string();
+        assert!(e.contains("no IPv6 default route"), "{e}");
+        let e = pick(&Selection::default(), Some("ens2"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the IPv6 default route: interface ens2 has no usable IPv6 address"),
+            "{e}"
+        );
+        // --public-ipv6 on an interface selects it (before the default route) and is its address.
+        let public = Selection {
+            public_ipv6: Some(v6("fd00:2::2")),
+            ..Selection::default()
+        };
+        assert_eq!(
+            pick(&public, Some("eth0")).expect("found"),
+            ("ens1".into(), v6("fd00:2::2"))
+        );
+        // Not on any interface (NAT): the default route picks, the flag is published as given.
+        let nat = Selection {
+            public_ipv6: Some(v6("2001:db8:ff::1")),
+            ..Selection::default()
+        };
+        assert_eq!(
+            pick(&nat, Some("eth0")).expect("found"),
+            ("eth0".into(), v6("fd00:1::1"))
+        );
+        // With --iface, --public-ipv6 on the chosen interface is its address.
+        let iface = vec!["ens1".to_string()];
+        let both = Selection {
+            iface: &iface,
+            public_ipv6: Some(v6("fd00:2::2")),
+            ..Selection::default()
+        };
+        assert_eq!(
+            pick(&both, None).expect("found"),
+            ("ens1".into(), v6("fd00:2::2"))
+        );
+        // --iface-can-reach with an IPv4 target cannot pick an IPv6 underlay.
+        let reach4 = Selection {
+            iface_can_reach: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            ..Selection::default()
+        };
+        let e = pick(&reach4, Some("eth0")).unwrap_err().to_string();
+        assert!(
+            e.contains("--iface-can-reach 127.0.0.1: an IPv6-only network (EnableIPv4=false) needs an IPv6 address here"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ipv6_only_on_this_host() {
+        // lo holds only ::1 (loopback), never an interface's IPv6 address.
+        let iface = vec!["lo".to_string()];
+        let e = select(
+            &Selection {
+                iface: &iface,
+                ..Selection::default()
+            },
+            Stack::Ipv6Only,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--iface lo: interface lo has no usable IPv6 address"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ipv6_default_route_from_proc_net_ipv6_route() {
+        let table = "\
+fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 00000400 00000002 00000000 00000003     ens1
+";
+        assert_eq!(default_route6_in(table).as_deref(), Some("ens1"));
+        // Without ens1's entry: the unreachable default on lo and a /64 are no default route.
+        let without: String = table
+            .lines()
+            .filter(|l| !l.ends_with("ens1"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(default_route6_in(&without), None);
+        assert_eq!(default_route6_in(""), None);
     }
 
     #[test]

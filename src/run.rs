@@ -14,7 +14,7 @@ use crate::backend::{self, engine_net, Backend, HostInfo};
 use crate::blackhole::BlackholeRoute;
 use crate::cli::{PeerArg, RunArgs, VxlanDataplane};
 use crate::health::{self, Status};
-use crate::iface::{self, Underlay};
+use crate::iface::{self, Stack, Underlay};
 use crate::masq;
 use crate::nft;
 use anyhow::{Context, Result};
@@ -322,12 +322,21 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     }
     // Read now, so that a bad --etcd-password-file is a usage error at once.
     let etcd_password = args.etcd_password().map_err(usage)?;
-    let underlay = iface::from_args(&args).map_err(|e| usage(format!("{e:#}")))?;
-    if underlay.mtu <= engine::dataplane::UDP_OVERHEAD + 68 {
-        return Err(usage(format!(
-            "--iface {}: MTU {} is too small for an overlay",
-            underlay.name, underlay.mtu
-        )));
+    // By IPv4 rules (static mode is IPv4; so are most etcd networks). In etcd mode the network
+    // config, read later, may say IPv6 only (EnableIPv4=false): then the interface is picked again
+    // by IPv6 rules, and the flags are a usage error now only if they fit neither.
+    let underlay = underlay_for(&args, Stack::Ipv4);
+    if let Err(e4) = &underlay {
+        let e6 = match static_mode {
+            true => None,
+            false => underlay_for(&args, Stack::Ipv6Only).err(),
+        };
+        if static_mode || e6.is_some() {
+            let also = e6
+                .map(|e6| format!("; for an IPv6-only network (EnableIPv4=false): {e6:#}"))
+                .unwrap_or_default();
+            return Err(usage(format!("{e4:#}{also}")));
+        }
     }
     let status = Arc::new(Status::default());
     if args.healthz_port > 0 {
@@ -337,11 +346,33 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         )
         .map_err(|e| usage(format!("{e:#}")))?;
     }
-    if static_mode {
-        run_static(&args, &underlay, &signals, &status)
-    } else {
-        run_etcd(&args, etcd_password, &underlay, &signals, &status)
+    match underlay {
+        Ok(underlay) if static_mode => run_static(&args, &underlay, &signals, &status),
+        Err(e) if static_mode => Err(usage(format!("{e:#}"))),
+        underlay => run_etcd(&args, etcd_password, underlay, &signals, &status),
     }
+}
+
+/// The underlay by the rules of `stack`, with an MTU that leaves room for the overlay.
+fn underlay_for(args: &RunArgs, stack: Stack) -> Result<Underlay> {
+    let underlay = iface::from_args(args, stack)?;
+    // IPv6 only: the TUN device (underlay − 70) must carry IPv6's minimum MTU of 1280.
+    let least = match stack {
+        Stack::Ipv4 => engine::dataplane::UDP_OVERHEAD + 68 + 1,
+        Stack::Ipv6Only => engine::dataplane::VXLAN6_OVERHEAD + 1280,
+    };
+    if underlay.mtu < least {
+        anyhow::bail!(
+            "--iface {}: MTU {} is too small for an overlay{}",
+            underlay.name,
+            underlay.mtu,
+            match stack {
+                Stack::Ipv4 => String::new(),
+                Stack::Ipv6Only => format!(" over IPv6 (at least {least})"),
+            }
+        );
+    }
+    Ok(underlay)
 }
 
 fn log_started(mode: &str, cfg: &DataplaneConfig, dp: &Dataplane, public_ip: Ipv4Addr) {
@@ -350,7 +381,7 @@ fn log_started(mode: &str, cfg: &DataplaneConfig, dp: &Dataplane, public_ip: Ipv
         mtu = cfg.tun_mtu(),
         address = %cfg.local.addr(),
         network = %cfg.network,
-        bind = %cfg.bind,
+        bind = ?cfg.bind,
         public_ip = %public_ip,
         wire = ?cfg.wire,
         workers = dp.workers(),
@@ -538,13 +569,48 @@ fn write_static_subnet_file(
     }
 }
 
+/// What the host information is made from once the network config is known.
+struct Hosts<'a> {
+    args: &'a RunArgs,
+    /// `--public-ip`, else the IPv4 underlay's address (`0.0.0.0` without one).
+    public_ip: Ipv4Addr,
+    /// The underlay picked by IPv4 rules, or why none could be.
+    v4: std::result::Result<Underlay, String>,
+}
+
+impl Hosts<'_> {
+    /// The host for `config`: on the IPv4 underlay, or IPv6 only (`EnableIPv4: false`) on the
+    /// interface IPv6 rules pick.
+    fn host_for(&self, config: &control::NetworkConfig) -> Result<HostInfo> {
+        let args = self.args;
+        let underlay = if config.enable_ipv4 {
+            self.v4.clone().map_err(anyhow::Error::msg)?
+        } else {
+            if args.public_ip.is_some() {
+                anyhow::bail!(
+                    "--public-ip: the network config has EnableIPv4=false, so no IPv4 address \
+                     is published; remove the flag (--public-ipv6 names the IPv6 one)"
+                );
+            }
+            let u = underlay_for(args, Stack::Ipv6Only)?;
+            if self.v4.as_ref().is_ok_and(|v4| v4.name != u.name) {
+                tracing::info!(underlay = %u.name, "IPv6 only: the underlay is picked by IPv6 rules");
+            }
+            u
+        };
+        let public_ipv6 = args.public_ipv6.or(underlay.addr6);
+        HostInfo::new(args, &underlay, self.public_ip, public_ipv6)
+    }
+}
+
 /// Sets up the backend `config` selects (`--vxlan-dataplane` overrides the config's choice of
-/// vxlan data plane).
+/// vxlan data plane) on the host `hosts` gives for it.
 fn create_backend(
     config: &control::NetworkConfig,
-    host: &HostInfo,
+    hosts: &Hosts<'_>,
     dataplane: Option<VxlanDataplane>,
-) -> Result<Box<dyn Backend>> {
+) -> Result<(Box<dyn Backend>, HostInfo)> {
+    let host = &hosts.host_for(config)?;
     let mut config = config.clone();
     if let (Some(d), control::Backend::Vxlan(v)) = (dataplane, &mut config.backend) {
         v.userspace = d == VxlanDataplane::Userspace;
@@ -581,11 +647,14 @@ fn create_backend(
              config does not use; remove the flag"
         );
     }
-    backend::create(&config, host).with_context(|| format!("setting up the {kind} backend"))
+    let b =
+        backend::create(&config, host).with_context(|| format!("setting up the {kind} backend"))?;
+    Ok((b, host.clone()))
 }
 
-/// Our lease is held: the running control plane and the backend, set up but not started.
-type Started = (control::ControlHandle, Box<dyn Backend>);
+/// Our lease is held: the running control plane and the backend, set up but not started, and
+/// the host it was set up for.
+type Started = (control::ControlHandle, Box<dyn Backend>, HostInfo);
 
 /// Runs the control plane's start-up exchange: the backend is created here, on the main thread
 /// that owns it, when the config is known and before our lease is acquired (its attributes,
@@ -593,7 +662,7 @@ type Started = (control::ControlHandle, Box<dyn Backend>);
 fn start_control(
     opts: control::ControlOptions,
     on_peers: control::OnPeers,
-    host: &HostInfo,
+    hosts: &Hosts<'_>,
     dataplane: Option<VxlanDataplane>,
     signals: &Receiver<i32>,
 ) -> Result<Option<Started>> {
@@ -604,10 +673,10 @@ fn start_control(
         crossbeam_channel::select! {
             recv(events) -> ev => match ev {
                 Ok(control::StartupEvent::Config(config)) => {
-                    match create_backend(&config, host, dataplane) {
-                        Ok(b) => {
+                    match create_backend(&config, hosts, dataplane) {
+                        Ok((b, host)) => {
                             startup.answer(Ok(b.lease_attrs()));
-                            backend = Some(b);
+                            backend = Some((b, host));
                         }
                         Err(e) => {
                             startup.answer(Err(format!("{e:#}")));
@@ -616,9 +685,9 @@ fn start_control(
                     }
                 }
                 Ok(control::StartupEvent::LeaseHeld(held)) => {
-                    let b = backend
+                    let (b, host) = backend
                         .context("the control plane started without setting up a backend")?;
-                    return Ok(Some((startup.finish(held), b)));
+                    return Ok(Some((startup.finish(held), b, host)));
                 }
                 Ok(control::StartupEvent::Failed(e)) => {
                     return Err(anyhow::Error::new(e).context("control plane start-up"));
@@ -641,11 +710,19 @@ fn start_control(
 fn run_etcd(
     args: &RunArgs,
     etcd_password: Option<crate::cli::Secret>,
-    underlay: &Underlay,
+    underlay: Result<Underlay>,
     signals: &Receiver<i32>,
     status: &Status,
 ) -> Result<()> {
-    let public_ip = args.public_ip.unwrap_or(underlay.addr);
+    // No IPv4 underlay (an IPv6-only host): PublicIP 0.0.0.0, as an IPv6-only lease has it.
+    let public_ip = args
+        .public_ip
+        .unwrap_or(underlay.as_ref().map_or(Ipv4Addr::UNSPECIFIED, |u| u.addr));
+    let hosts = Hosts {
+        args,
+        public_ip,
+        v4: underlay.map_err(|e| format!("{e:#}")),
+    };
     let opts = control::ControlOptions {
         etcd: control::EtcdOptions {
             endpoints: args.etcd_endpoints.0.clone(),
@@ -667,15 +744,13 @@ fn run_etcd(
         .zip(prev.subnet)
         .map(|(n, s)| (engine_net(n), engine_net(s)));
     let previous6 = prev.ipv6_network.zip(prev.ipv6_subnet);
-    let public_ipv6 = args.public_ipv6.or(underlay.addr6);
-    let host = HostInfo::new(args, underlay, public_ip, public_ipv6)?;
     let (lease_tx, lease_sets) = backend::lease_sets();
     let on_peers: control::OnPeers = Box::new(move |leases| lease_tx.send(leases));
 
     // Start-up waits for etcd and the config as long as it takes; a signal ends the wait.
     tracing::info!(endpoints = ?opts.etcd.endpoints, prefix = %opts.etcd.prefix, %public_ip, "acquiring a subnet lease");
-    let Some((handle, mut backend)) =
-        start_control(opts, on_peers, &host, args.vxlan_dataplane, signals)?
+    let Some((handle, mut backend, host)) =
+        start_control(opts, on_peers, &hosts, args.vxlan_dataplane, signals)?
     else {
         return Ok(());
     };
@@ -744,7 +819,7 @@ fn run_etcd(
             false
         }
     };
-    tracing::info!(backend = name, subnet = %local, network = %network, subnet6 = ?rules6.map(|v| v.local.to_string()), public_ipv6 = ?host.public_ipv6.filter(|_| rules6.is_some()), mtu, %public_ip, underlay = %underlay.name, file = %args.subnet_file().display(), subnet_file_written, "weft running (etcd): lease held");
+    tracing::info!(backend = name, subnet = %local, network = %network, subnet6 = ?rules6.map(|v| v.local.to_string()), public_ipv6 = ?host.public_ipv6.filter(|_| rules6.is_some()), mtu, public_ip = %backend.lease_attrs().public_ip, underlay = %host.underlay.name, file = %args.subnet_file().display(), subnet_file_written, "weft running (etcd): lease held");
 
     let ticks = crossbeam_channel::tick(TICK);
     let result = loop {

@@ -419,10 +419,14 @@ fn dual_stack_host_gw_two_hosts() {
 /// with a failure.
 fn refused(c: &Cluster, config: &str, extra: &[&str]) -> String {
     c.put_config(config);
-    let mut w: Daemon = c.start_weft(0, extra);
+    exit_log(c.start_weft(0, extra))
+}
+
+/// The log of `w` once it exited with a failure (within 20 s).
+fn exit_log(mut w: Daemon) -> String {
     let st = w
         .wait_exit(Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("weft with {config} {extra:?} keeps running"));
+        .unwrap_or_else(|| panic!("weft keeps running:\n{}", w.lines().join("\n")));
     let log = w.lines().join("\n");
     assert!(!st.success(), "exit status {st}:\n{log}");
     log
@@ -441,15 +445,11 @@ fn dual_stack_refusals_name_what_is_not_carried() {
             &[][..],
             "IPv6 is not supported with the udp backend",
         ),
+        // IPv6 only (weft's own data plane runs it): an IPv4 public address means nothing.
         (
             format!(r#"{{"EnableIPv4":false,{v6},"Backend":{{"Type":"vxlan","Userspace":true}}}}"#),
-            &[][..],
-            "an IPv6-only network is carried by the kernel vxlan backend; weft's own data plane",
-        ),
-        (
-            format!(r#"{{"EnableIPv4":false,{v6},"Backend":{{"Type":"vxlan"}}}}"#),
-            &["--vxlan-dataplane=userspace"][..],
-            "an IPv6-only network is carried by the kernel vxlan backend; weft's own data plane",
+            &["--public-ip", "192.0.2.1"][..],
+            "--public-ip: the network config has EnableIPv4=false",
         ),
         (
             format!(r#"{{"EnableIPv4":false,{v6},"Backend":{{"Type":"udp"}}}}"#),
@@ -485,6 +485,25 @@ fn dual_stack_refusals_name_what_is_not_carried() {
             "",
             "{config}: nothing leased"
         );
+    }
+    // IPv6 only picks the underlay by IPv6 rules: an IPv4 --iface-can-reach target cannot pick
+    // it (the IPv4 rules could, so this is known only once the config is read).
+    let uvxlan6_only =
+        format!(r#"{{"EnableIPv4":false,{v6},"Backend":{{"Type":"vxlan","Userspace":true}}}}"#);
+    c.put_config(&uvxlan6_only);
+    let log = exit_log(c.start_weft_default_iface(0, &["--iface-can-reach", "192.0.2.250"]));
+    let needle = "--iface-can-reach 192.0.2.250: an IPv6-only network (EnableIPv4=false) needs \
+                  an IPv6 address here";
+    assert!(log.contains(needle), "{needle:?} missing:\n{log}");
+    // An interface that fits neither rule (br0 has no IPv4 and no usable IPv6 address yet): a
+    // usage error at once, naming both.
+    let log = exit_log(c.start_weft_default_iface(0, &["--iface", "br0"]));
+    for needle in [
+        "--iface br0: the interface has no IPv4 address",
+        "for an IPv6-only network (EnableIPv4=false)",
+        "--iface br0: interface br0 has no usable IPv6 address (global or unique local)",
+    ] {
+        assert!(log.contains(needle), "{needle:?} missing:\n{log}");
     }
     // No IPv6 address on the underlay and none given: refused, naming the interface.
     c.hosts[0]
@@ -936,4 +955,205 @@ fn mixed_kernel_and_userspace(test: &str, offload: TxOffload) {
             u.stats()
         );
     }
+}
+
+const UVXLAN6_ONLY: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan","Userspace":true}}"#;
+
+/// The VTEP MAC an IPv6-only userspace vxlan host with public IPv6 fd00:192::<i + 1> publishes:
+/// `0e:57:` and the address's last four bytes.
+fn user_mac6(i: usize) -> String {
+    format!("0e:57:00:00:00:{:02x}", i + 1)
+}
+
+/// What weft's own data plane shows on host `i` of an IPv6-only network: the lease as an
+/// IPv6-only vxlan one, the TUN device with only the IPv6 address and route (MTU 1430), and
+/// UDP port 8472 bound on the IPv6 underlay address only.
+fn check_v6_only_userspace_host(c: &Cluster, i: usize) {
+    check_v6_only_env(c, i);
+    assert_eq!(c.subnet_env(i)["FLANNEL_MTU"], "1430", "underlay − 70");
+    assert_eq!(
+        c.get(&v6_only_key(c, i)),
+        format!(
+            r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
+            c.host_ip6(i),
+            user_mac6(i)
+        ),
+        "lease of host{}",
+        i + 1
+    );
+    let h = i + 1;
+    assert_eq!(
+        ip(c, i, &["-4", "addr", "show", "dev", "weft0"]).trim(),
+        "",
+        "host{h}: no IPv4 address on weft0"
+    );
+    assert_eq!(
+        ip(c, i, &["-4", "route", "show", "dev", "weft0"]).trim(),
+        "",
+        "host{h}: no IPv4 route through weft0"
+    );
+    let addrs = ip(
+        c,
+        i,
+        &["-6", "addr", "show", "dev", "weft0", "scope", "global"],
+    );
+    assert!(
+        addrs.contains(&format!("inet6 {}/128 ", addr_of(&c.subnet6(i)))),
+        "host{h}: {addrs}"
+    );
+    let routes = ip(c, i, &["-6", "route", "show", "dev", "weft0"]);
+    assert!(
+        routes.lines().any(|l| l.starts_with("fc00::/48 ")),
+        "host{h}: {routes}"
+    );
+    let link = ip(c, i, &["link", "show", "dev", "weft0"]);
+    assert!(link.contains(" mtu 1430 "), "host{h}: {link}");
+    let udp = c.hosts[i]
+        .ns
+        .run(&["ss", "-Hunl", "sport", "=", ":8472"])
+        .expect("ss");
+    let bound: Vec<&str> = udp
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .collect();
+    assert!(!bound.is_empty(), "host{h}: nothing bound on 8472");
+    let want = format!("[{}]:8472", c.host_ip6(i));
+    assert!(
+        bound.iter().all(|b| *b == want),
+        "host{h}: 8472 bound on {bound:?}, want only {want}"
+    );
+}
+
+/// Pings over IPv6 both ways and a checked TCP transfer over IPv6 each way between the containers
+/// of hosts 0 and 1; each host's weft carried at least `min` packets each way.
+fn v6_only_traffic(c: &Cluster, d: &[Daemon], bytes: u64, min: i64) {
+    for (a, b) in [(0, 1), (1, 0)] {
+        c.ping6(a, b, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    transfer6(c, 0, 1, bytes);
+    transfer6(c, 1, 0, bytes);
+    for (i, dm) in d.iter().enumerate() {
+        let (tx, rx) = (dm.counter("tx_packets"), dm.counter("rx_packets"));
+        eprintln!("host{}: tx_packets {tx} rx_packets {rx}", i + 1);
+        assert!(
+            tx > min && rx > min,
+            "host{}: the traffic went through weft (tx {tx}, rx {rx})",
+            i + 1
+        );
+        for bad in ["drop_spoofed", "drop_unknown_sender", "drop_vxlan_not_ipv6"] {
+            assert!(dm.counter(bad) <= 0, "host{}: {bad}", i + 1);
+        }
+    }
+}
+
+#[test]
+fn ipv6_only_userspace_vxlan_two_hosts() {
+    const T: &str = "ipv6_only_userspace_vxlan_two_hosts";
+    let Some(c) = dual_cluster(T, 2, UVXLAN6_ONLY) else {
+        return;
+    };
+    let d = c.start_weft_all(0..2, &["--ip-masq"]);
+    for i in 0..2 {
+        check_v6_only_userspace_host(&c, i);
+    }
+    assert_ne!(c.subnet6(0), c.subnet6(1));
+    for i in 0..2 {
+        c.attach_container6(i);
+    }
+    v6_only_traffic(&c, &d, 16 << 20, 1000);
+
+    // An inner IPv4 packet read from the TUN device has nowhere to go: counted as no_route, and
+    // no ICMP error (weft0 has no IPv4 address to send one from).
+    let (no_route, icmp) = (d[0].counter("drop_no_route"), d[0].counter("icmp_sent"));
+    ip(&c, 0, &["route", "replace", "10.99.0.0/16", "dev", "weft0"]);
+    let _ = c.hosts[0]
+        .ns
+        .run(&["ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", "10.99.0.1"]);
+    within(Duration::from_secs(5), "IPv4 drops counted", || {
+        d[0].counter("drop_no_route") >= no_route + 3
+    });
+    assert_eq!(
+        d[0].counter("icmp_sent"),
+        icmp,
+        "no ICMP error without IPv4"
+    );
+    ip(&c, 0, &["route", "del", "10.99.0.0/16", "dev", "weft0"]);
+    c.ping6(1, 0, Duration::from_secs(10))
+        .expect("IPv6 after the IPv4 packets");
+}
+
+/// Two hosts whose underlay has no IPv4 address at all (etcd reached over IPv6), `config` in etcd.
+fn v6_only_underlay_cluster(test: &str, config: &str) -> Option<Cluster> {
+    let mut c = Cluster::for_test(test, 2)?;
+    c.ipv6_only_underlay().expect("IPv6-only underlay");
+    c.start_etcd();
+    c.put_config(config);
+    for i in 0..2 {
+        let v4 = ip(&c, i, &["-4", "addr", "show", "dev", "ul0"]);
+        assert_eq!(v4.trim(), "", "host{}: IPv4 left on ul0", i + 1);
+    }
+    Some(c)
+}
+
+#[test]
+fn ipv6_only_without_ipv4_on_the_underlay() {
+    const T: &str = "ipv6_only_without_ipv4_on_the_underlay";
+    // Kernel host-gw, then weft's own data plane, on hosts with no IPv4 address: host 1 names
+    // its underlay (--iface ul0), host 2 runs on the IPv6 default route's interface.
+    let Some(c) = v6_only_underlay_cluster(T, HOST_GW6_ONLY) else {
+        return;
+    };
+    let start = |c: &Cluster| {
+        let d = vec![c.start_weft(0, &[]), c.start_weft_default_iface(1, &[])];
+        for x in &d {
+            x.wait_running();
+        }
+        d
+    };
+    let d = start(&c);
+    for i in 0..2 {
+        check_v6_only_env(&c, i);
+        assert_eq!(c.subnet_env(i)["FLANNEL_MTU"], "1500");
+        assert_eq!(
+            c.get(&v6_only_key(&c, i)),
+            format!(
+                r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{}","BackendType":"host-gw"}}"#,
+                c.host_ip6(i)
+            )
+        );
+    }
+    for (i, p) in [(0, 1), (1, 0)] {
+        let want = format!("{} via {} dev ul0 ", c.subnet6(p), c.host_ip6(p));
+        within(PROPAGATION, "IPv6-only host-gw route", || {
+            ip(&c, i, &["-6", "route", "show", "proto", "153"])
+                .lines()
+                .any(|l| l.trim().starts_with(&want))
+        });
+    }
+    for i in 0..2 {
+        c.attach_container6(i);
+    }
+    for (a, b) in [(0, 1), (1, 0)] {
+        c.ping6(a, b, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    for x in d {
+        assert!(x.stop().success());
+    }
+
+    // The same hosts with weft's own data plane: the leases are kept (found by PublicIPv6) with
+    // the new backend's attributes.
+    c.put_config(UVXLAN6_ONLY);
+    let d = start(&c);
+    for i in 0..2 {
+        check_v6_only_userspace_host(&c, i);
+        c.attach_container6(i);
+    }
+    // host-gw's routes go with the backend switch; the overlay now runs through weft0.
+    for i in 0..2 {
+        let routes = ip(&c, i, &["-6", "route", "show", "proto", "153"]);
+        assert_eq!(routes.trim(), "", "host{}: host-gw routes left", i + 1);
+    }
+    v6_only_traffic(&c, &d, 8 << 20, 500);
 }

@@ -14,7 +14,7 @@ use mio::{Poll, Waker};
 use std::fs::File;
 use std::io;
 use std::io::{Read, Seek};
-use std::net::{SocketAddrV4, SocketAddrV6};
+use std::net::{Ipv4Addr, SocketAddrV4, SocketAddrV6};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -72,8 +72,11 @@ pub struct DataplaneConfig {
     pub network: Ipv4Net,
     /// This host's subnet (its network address is the TUN address).
     pub local: Ipv4Net,
-    /// Underlay address and port to bind.
-    pub bind: SocketAddrV4,
+    /// Underlay address and port to bind: the IPv4 half. `None` (IPv6 only, with a
+    /// [`DataplaneV6`] half; see [`Dataplane::start_dual`]): no IPv4 socket is bound, the TUN
+    /// device gets no IPv4 address, and inner IPv4 packets read from it are dropped as
+    /// [`DropReason::NoRoute`] without an ICMP error (there is no IPv4 address to send one from).
+    pub bind: Option<SocketAddrV4>,
     /// Number of workers (one TUN queue and one socket each).
     pub workers: usize,
     /// Packets per batch, 1..=128.
@@ -278,19 +281,20 @@ fn ctx(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> StartError {
     }
 }
 
-/// Attaches the receive-spread program to the group of the workers' sockets (bound in worker
+/// Attaches the receive-spread program to the group of the workers' IPv4 sockets (bound in worker
 /// order, so socket index = worker index); says which spread applies, with one warning if the
-/// program could not be attached.
+/// program could not be attached. Without an IPv4 half (IPv6 only) the kernel's hash of the outer
+/// addresses and ports spreads the IPv6 sockets' datagrams (the program reads inner IPv4 flows).
 fn attach_spread(setups: &[WorkerSetup], wire: Wire) -> RxSpread {
     let n = setups.len();
     let (Some(first), true) = (setups.first(), n > 1) else {
         return RxSpread::OneWorker;
     };
+    let Some(sock) = &first.sock else {
+        return RxSpread::OuterHash;
+    };
     let n32 = u32::try_from(n).unwrap_or(u32::MAX);
-    match first
-        .sock
-        .attach_reuseport_program(&spread::program(wire, n32))
-    {
+    match sock.attach_reuseport_program(&spread::program(wire, n32)) {
         Ok(()) => {
             tracing::info!(
                 workers = n,
@@ -384,11 +388,24 @@ impl Dataplane {
     /// carries both families (the worker picks by the version nibble) and gets `v6.local`'s
     /// address; its MTU is the smaller of the IPv4 one and the IPv6 underlay's minus 70; each
     /// worker binds an IPv6 socket beside its IPv4 one.
+    ///
+    /// IPv6 only: `cfg.bind` is `None` and `v6` given. The workers bind the IPv6 sockets only,
+    /// the TUN device has only the IPv6 address and its MTU is the IPv6 underlay's minus 70
+    /// (`cfg.network`, `cfg.local` and `cfg.underlay_mtu` are not used).
     pub fn start_dual(
         cfg: &DataplaneConfig,
         v6: Option<&DataplaneV6>,
         routes: Arc<RouteTable>,
     ) -> Result<Dataplane, StartError> {
+        if cfg.bind.is_none() && v6.is_none() {
+            return Err(StartError {
+                what: "starting the data plane".to_string(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "neither an IPv4 nor an IPv6 underlay address to bind",
+                ),
+            });
+        }
         let Wire::Vxlan { vni, .. } = cfg.wire else {
             if v6.is_some() {
                 return Err(StartError {
@@ -401,11 +418,12 @@ impl Dataplane {
             }
             return Self::start_with_mtu(cfg, None, cfg.tun_mtu(), routes);
         };
-        let mtu = match v6 {
-            Some(v6) => cfg
+        let mtu = match (v6, cfg.bind) {
+            (Some(v6), Some(_)) => cfg
                 .tun_mtu()
                 .min(v6.underlay_mtu.saturating_sub(VXLAN6_OVERHEAD)),
-            None => cfg.tun_mtu(),
+            (Some(v6), None) => v6.underlay_mtu.saturating_sub(VXLAN6_OVERHEAD),
+            (None, _) => cfg.tun_mtu(),
         };
         Self::start_with_mtu(cfg, v6.map(|v| (v, vni)), mtu, routes)
     }
@@ -422,7 +440,7 @@ impl Dataplane {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut tun_cfg = TunConfig {
             name: cfg.tun_name.clone(),
-            addr: cfg.local.addr(),
+            addr: cfg.bind.map_or(Ipv4Addr::UNSPECIFIED, |_| cfg.local.addr()),
             mtu,
             queues: workers,
             offload: cfg.offload != Offload::Off,
@@ -457,8 +475,13 @@ impl Dataplane {
         let mut wakers = Vec::with_capacity(workers);
         let mut stats = Vec::with_capacity(workers);
         for (id, tun) in queues.into_iter().enumerate() {
-            let sock = BatchSocket::bind(cfg.bind, cfg.socket_buffer, cfg.offload)
-                .map_err(ctx(|| format!("binding UDP {}", cfg.bind)))?;
+            let sock = match cfg.bind {
+                Some(bind) => Some(
+                    BatchSocket::bind(bind, cfg.socket_buffer, cfg.offload)
+                        .map_err(ctx(|| format!("binding UDP {bind}")))?,
+                ),
+                None => None,
+            };
             let poll = Poll::new().map_err(ctx(|| "creating poll".to_string()))?;
             wakers.push(worker::waker(&poll).map_err(ctx(|| "creating waker".to_string()))?);
             let st = Arc::new(WorkerStats::default());
@@ -483,8 +506,17 @@ impl Dataplane {
             });
         }
         let rx_spread = attach_spread(&setups, cfg.wire);
-        let gso = setups.iter().all(|s| s.sock.gso());
-        let gro = setups.iter().all(|s| s.sock.gro());
+        // The IPv4 sockets' offloads, or the IPv6 ones' without an IPv4 half.
+        let gso = setups.iter().all(|s| match (&s.sock, &s.v6) {
+            (Some(sock), _) => sock.gso(),
+            (None, Some(v6)) => v6.sock.gso(),
+            (None, None) => false,
+        });
+        let gro = setups.iter().all(|s| match (&s.sock, &s.v6) {
+            (Some(sock), _) => sock.gro(),
+            (None, Some(v6)) => v6.sock.gro(),
+            (None, None) => false,
+        });
         let pinned = cores.len() >= 2 || workers == 1;
         // From here on `dp` owns what started: if a worker fails to start, returning drops `dp`,
         // which stops and joins the workers already running; the queues of the others close with
@@ -704,6 +736,35 @@ mod tests {
     }
 
     #[test]
+    fn neither_half_is_refused() {
+        let cfg = DataplaneConfig {
+            tun_name: "weftnone0".into(),
+            underlay_mtu: 1500,
+            wire: Wire::Vxlan {
+                vni: 1,
+                mac: [0x0e, 0x57, 0, 0, 0, 1],
+            },
+            network: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0"),
+            local: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0"),
+            bind: None,
+            workers: 1,
+            batch_size: DEFAULT_BATCH,
+            accept_any_source: false,
+            socket_buffer: 1 << 20,
+            offload: Offload::Off,
+            tso_writes: false,
+        };
+        let e = Dataplane::start(&cfg, Arc::new(RouteTable::new())).expect_err("nothing to bind");
+        assert_eq!(e.what, "starting the data plane");
+        assert!(
+            e.to_string()
+                .contains("neither an IPv4 nor an IPv6 underlay address to bind"),
+            "{e}"
+        );
+        assert!(!device_exists("weftnone0"), "no device made");
+    }
+
+    #[test]
     fn a_failed_start_stops_the_started_workers_and_removes_the_device() {
         if !require_root("a_failed_start_stops_the_started_workers_and_removes_the_device") {
             return;
@@ -715,7 +776,7 @@ mod tests {
             wire: Wire::Udp,
             network: Ipv4Net::new(Ipv4Addr::new(10, 1, 0, 0), 16).expect("/16"),
             local: Ipv4Net::new(Ipv4Addr::new(10, 1, 1, 0), 24).expect("/24"),
-            bind: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            bind: Some(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
             workers: 3,
             batch_size: DEFAULT_BATCH,
             accept_any_source: false,

@@ -172,7 +172,10 @@ impl ErrorLog {
 pub(crate) struct WorkerSetup {
     pub(crate) id: usize,
     pub(crate) tun: TunQueue,
-    pub(crate) sock: BatchSocket,
+    /// The IPv4 underlay socket: the IPv4 half. `None` on an IPv6-only overlay (then `v6` is
+    /// given): inner IPv4 packets find no route and are dropped as `NoRoute`, without an ICMP
+    /// error (the device has no IPv4 address to send one from).
+    pub(crate) sock: Option<BatchSocket>,
     pub(crate) routes: RouteCache,
     pub(crate) policy: DecapPolicy,
     pub(crate) wire: Wire,
@@ -534,15 +537,17 @@ impl Worker {
     /// Registers the TUN queue and socket with the worker's poll and allocates its buffers.
     pub(crate) fn new(setup: WorkerSetup) -> io::Result<Worker> {
         let tun_fd = setup.tun.as_raw_fd();
-        let udp_fd = setup.sock.as_raw_fd();
         setup
             .poll
             .registry()
             .register(&mut SourceFd(&tun_fd), TUN, Interest::READABLE)?;
-        setup
-            .poll
-            .registry()
-            .register(&mut SourceFd(&udp_fd), UDP, Interest::READABLE)?;
+        if let Some(sock) = &setup.sock {
+            let udp_fd = sock.as_raw_fd();
+            setup
+                .poll
+                .registry()
+                .register(&mut SourceFd(&udp_fd), UDP, Interest::READABLE)?;
+        }
         let batch = setup.batch_size.clamp(1, MAX_BATCH);
         let offload = setup.tun.offload();
         // With offloads one TUN read may yield up to TUN_SPLIT_MAX packets, so the tx side keeps
@@ -619,7 +624,7 @@ impl Worker {
         let mut events = Events::with_capacity(8);
         // Edge-triggered readiness: a source is ready until a read on it comes back short.
         let mut tun_ready = true;
-        let mut udp_ready = true;
+        let mut udp_ready = self.setup.sock.is_some();
         let mut udp6_ready = self.setup.v6.is_some();
         loop {
             self.setup.stats.beat();
@@ -874,6 +879,11 @@ impl Worker {
         }
         let seg_hdrs = &self.seg_hdrs;
         let parts = |p: usize| -> [&[u8]; 2] { [&seg_hdrs[p][..h + hl], &pkt[cut.payload(p)]] };
+        let Some(sock) = &mut self.setup.sock else {
+            // No IPv4 half: no route is IPv4, so nothing gets here.
+            self.setup.stats.drop_packets(DropReason::NoRoute, n as u64);
+            return;
+        };
         let pass = TxPass {
             id: self.setup.id,
             stats: &self.setup.stats,
@@ -881,7 +891,7 @@ impl Worker {
         };
         send_planned(
             pass,
-            (&mut self.setup.sock, &mut self.msgs),
+            (sock, &mut self.msgs),
             &self.seg_metas[..n],
             h,
             |sock, msgs| sock.send_batch_gathered(msgs, parts),
@@ -891,6 +901,11 @@ impl Worker {
     /// Writes an ICMP error about the packet in tx slot `slot` back into the TUN device.
     #[cold]
     fn reply_icmp(&mut self, kind: icmp::ErrorKind, slot: usize, len: usize) {
+        if self.setup.sock.is_none() {
+            // IPv6 only: the device has no IPv4 address to send an ICMP error from (the drop
+            // itself is counted).
+            return;
+        }
         let stats = &*self.setup.stats;
         if !self.icmp.allow() {
             stats.add(Counter::IcmpRateLimited, 1);
@@ -914,22 +929,24 @@ impl Worker {
             errors: &mut self.send_errors,
         };
         let (tx, tx6) = (&self.tx, &self.tx6);
-        match (family, &mut self.setup.v6) {
-            (Family::V4, _) => send_planned(
+        match (family, &mut self.setup.sock, &mut self.setup.v6) {
+            (Family::V4, Some(sock), _) => send_planned(
                 pass,
-                (&mut self.setup.sock, &mut self.msgs),
+                (sock, &mut self.msgs),
                 &tx.metas()[..count],
                 h,
                 |sock, msgs| sock.send_batch(msgs, |p| tx.frame(p, h)),
             ),
-            (Family::V6, Some(v6)) => send_planned(
+            // No IPv4 half: no route is IPv4, so nothing is queued (counted should it be).
+            (Family::V4, None, _) => pass.stats.drop_packets(DropReason::NoRoute, count as u64),
+            (Family::V6, _, Some(v6)) => send_planned(
                 pass,
                 (&mut v6.sock, &mut self.msgs6),
                 &tx6.metas()[..count],
                 h,
                 |sock, msgs| sock.send_batch(msgs, |p| tx6.frame(p, h)),
             ),
-            (Family::V6, None) => {}
+            (Family::V6, _, None) => {}
         }
     }
 
@@ -947,20 +964,21 @@ impl Worker {
             routes: &routes,
         };
         let want = self.setup.batch_size;
-        match (family, &self.setup.v6) {
-            (Family::V4, _) => receive(
+        match (family, &self.setup.sock, &self.setup.v6) {
+            (Family::V4, Some(sock), _) => receive(
                 pass,
-                &self.setup.sock,
+                sock,
                 (&mut self.rx_meta[..want], &mut self.rxq_drops_seen),
                 self.decap,
             ),
-            (Family::V6, Some(v6)) => receive(
+            (Family::V4, None, _) => false,
+            (Family::V6, _, Some(v6)) => receive(
                 pass,
                 &v6.sock,
                 (&mut self.rx_meta6[..want], &mut self.rxq6_drops_seen),
                 v6.decap,
             ),
-            (Family::V6, None) => false,
+            (Family::V6, _, None) => false,
         }
     }
 }

@@ -82,7 +82,7 @@ fn interoperates_with_the_kernel_vxlan_driver() {
         wire: Wire::Vxlan { vni: 1, mac: MAC_A },
         network: Ipv4Net::new(Ipv4Addr::new(10, 1, 0, 0), 16).expect("/16"),
         local: Ipv4Net::new(ADDR_A, 24).expect("/24"),
-        bind: SocketAddrV4::new(HOST_A_UL, VXLAN_PORT),
+        bind: Some(SocketAddrV4::new(HOST_A_UL, VXLAN_PORT)),
         workers: 2,
         batch_size: engine::dataplane::DEFAULT_BATCH,
         accept_any_source: false,

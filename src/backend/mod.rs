@@ -229,26 +229,20 @@ pub(crate) fn create(config: &NetworkConfig, host: &HostInfo) -> Result<Box<dyn 
 }
 
 /// Refuses address families the selected backend cannot carry (docs/compatibility.md §11.1):
-/// IPv6 (dual stack or IPv6 only) is carried by the kernel vxlan and host-gw backends, dual stack
-/// also by weft's own data plane (userspace vxlan); udp gets flannel's error; alloc/extension are
-/// IPv4 only.
+/// IPv6 (dual stack or IPv6 only) is carried by the kernel vxlan and host-gw backends and by
+/// weft's own data plane (userspace vxlan); udp gets flannel's error; alloc/extension are IPv4
+/// only.
 fn check_families(config: &NetworkConfig) -> Result<()> {
     if config.ipv6.is_none() {
         return Ok(());
     }
     match &config.backend {
-        control::Backend::Vxlan(v) if !v.userspace => Ok(()),
+        // Userspace vxlan: weft's workers carry both families over one TUN device, or IPv6 only.
+        control::Backend::Vxlan(_) => Ok(()),
         control::Backend::HostGw => Ok(()),
         control::Backend::Udp { .. } => {
             anyhow::bail!("EnableIPv6=true: IPv6 is not supported with the udp backend")
         }
-        // Dual stack: weft's workers carry both families over one TUN device.
-        control::Backend::Vxlan(_) if config.enable_ipv4 => Ok(()),
-        control::Backend::Vxlan(_) => anyhow::bail!(
-            "EnableIPv4=false: an IPv6-only network is carried by the kernel vxlan backend; weft's \
-             own data plane (\"Userspace\": true or --vxlan-dataplane=userspace) carries IPv6 \
-             only beside IPv4 (dual stack)"
-        ),
         _ => anyhow::bail!(
             "EnableIPv6=true: the {} backend carries IPv4 only; IPv6 needs vxlan or host-gw",
             kind(config)

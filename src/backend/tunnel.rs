@@ -11,6 +11,10 @@
 //! only new or changed leases are decoded. A change in a set of 65 536 leases then costs that
 //! pass plus the changed routes, not 65 536 lease decodings and a table rebuild. Any other set
 //! takes [`super::usable`] (address order decides between overlapping leases) and a full diff.
+//!
+//! IPv6 only (`EnableIPv4: false`, userspace vxlan; [`HostInfo::ipv4`] false): the data plane has
+//! no IPv4 half (no IPv4 socket, no IPv4 address or route on the TUN device), leases make IPv6
+//! routes only, and the MTU is the IPv6 one (underlay − 70).
 
 use super::{Backend, HostInfo, SkipLog};
 use crate::netlink::{Netlink, RouteSpec, RTPROT_STATIC};
@@ -57,7 +61,7 @@ pub(crate) struct Tunnel {
     dp: Option<Dataplane>,
     skip: SkipLog,
     name: &'static str,
-    /// Dual stack (userspace vxlan): the IPv6 half.
+    /// Dual stack or IPv6 only (userspace vxlan): the IPv6 half.
     v6: Option<TunnelV6>,
 }
 
@@ -94,7 +98,8 @@ fn route6_of(l: &Lease, vni: u32, port: u16) -> Option<Route6> {
     ))
 }
 
-/// The data plane's configuration for `host` (shared with static mode).
+/// The data plane's configuration for `host` (shared with static mode); without an IPv4 part
+/// ([`HostInfo::ipv4`] false) it binds no IPv4 socket (`bind` is `None`).
 pub(crate) fn dataplane_config(
     host: &HostInfo,
     network: Ipv4Net,
@@ -108,7 +113,9 @@ pub(crate) fn dataplane_config(
         underlay_mtu: host.underlay.mtu,
         network,
         local,
-        bind: SocketAddrV4::new(host.underlay.addr, port),
+        bind: host
+            .ipv4
+            .then(|| SocketAddrV4::new(host.underlay.addr, port)),
         workers: args
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -129,7 +136,8 @@ pub(crate) fn start_dataplane(cfg: &DataplaneConfig, routes: Arc<RouteTable>) ->
     start_dataplane_dual(cfg, None, routes)
 }
 
-/// [`start_dataplane`] with an IPv6 half: the IPv6 network is routed through the TUN device too.
+/// [`start_dataplane`] with an IPv6 half: the IPv6 network is routed through the TUN device too
+/// (IPv6 only, `cfg.bind` `None`: only the IPv6 network).
 pub(crate) fn start_dataplane_dual(
     cfg: &DataplaneConfig,
     v6: Option<&DataplaneV6>,
@@ -143,6 +151,9 @@ pub(crate) fn start_dataplane_dual(
                 v6.network, cfg.tun_name
             )
         })?;
+    }
+    if cfg.bind.is_none() {
+        return Ok(dp);
     }
     // On error `dp` is dropped here, which stops the workers and removes the device.
     route_network(cfg).with_context(|| {
@@ -268,59 +279,9 @@ impl Tunnel {
         let Some((network, local)) = self.net else {
             return;
         };
-        let (to_route, params) = (self.to_route, self.params);
-        let route_of = |l: &Lease| {
-            let subnet = super::engine_net(l.subnet);
-            if !network.contains_net(&subnet) || subnet.overlaps(&local) {
-                return None;
-            }
-            to_route(l, subnet, &params)
-        };
-        let len = one_length(leases);
-        // Incremental if this set and the previous one are of one length (or nothing was published).
-        let fresh = self.prev.is_empty() && self.published.is_empty();
-        let incremental = len.is_some() && (fresh || self.prev_len == len);
-        let mut next = Vec::with_capacity(leases.len());
         let mut changes = Vec::new();
-        let skipped = if incremental {
-            // Merge by subnet with the previous set: removed, changed and new leases only.
-            let published = &mut self.published;
-            let mut old = self.prev.iter().peekable();
-            for l in leases {
-                let print = fingerprint(l);
-                while let Some((s, _)) = old.next_if(|(s, _)| *s < l.subnet) {
-                    forget(published, *s, &mut changes);
-                }
-                let unchanged = old
-                    .next_if(|(s, _)| *s == l.subnet)
-                    .is_some_and(|(_, p)| *p == print);
-                next.push((l.subnet, print));
-                if unchanged {
-                    continue;
-                }
-                match route_of(l) {
-                    Some(r) => {
-                        if published.insert(r.subnet, r) != Some(r) {
-                            changes.push(RouteChange::Set(r));
-                        }
-                    }
-                    None => forget(published, l.subnet, &mut changes),
-                }
-            }
-            for (s, _) in old {
-                forget(published, *s, &mut changes);
-            }
-            leases.len() - published.len()
-        } else {
-            let (routes, skipped) = super::usable(leases, network, local, route_of);
-            changes = diff(&self.published, &routes);
-            self.published = routes;
-            next.extend(leases.iter().map(|l| (l.subnet, fingerprint(l))));
-            skipped
-        };
-        self.prev = next;
-        self.prev_len = len;
-        self.skip.report(self.name, skipped);
+        // IPv6 only: no IPv4 routes (the leases' subnets are all 0.0.0.0/0).
+        let incremental = self.host.ipv4 && self.changes4(leases, network, local, &mut changes);
         self.changes6(leases, &mut changes);
         if changes.is_empty() {
             return;
@@ -346,6 +307,70 @@ impl Tunnel {
                 self.prev_len = None;
             }
         }
+    }
+
+    /// The IPv4 route changes `leases` make against what was published (in `network`, not
+    /// overlapping our `local`); whether they were found incrementally.
+    fn changes4(
+        &mut self,
+        leases: &[Lease],
+        network: Ipv4Net,
+        local: Ipv4Net,
+        changes: &mut Vec<RouteChange>,
+    ) -> bool {
+        let (to_route, params) = (self.to_route, self.params);
+        let route_of = |l: &Lease| {
+            let subnet = super::engine_net(l.subnet);
+            if !network.contains_net(&subnet) || subnet.overlaps(&local) {
+                return None;
+            }
+            to_route(l, subnet, &params)
+        };
+        let len = one_length(leases);
+        // Incremental if this set and the previous one are of one length (or nothing was published).
+        let fresh = self.prev.is_empty() && self.published.is_empty();
+        let incremental = len.is_some() && (fresh || self.prev_len == len);
+        let mut next = Vec::with_capacity(leases.len());
+        let skipped = if incremental {
+            // Merge by subnet with the previous set: removed, changed and new leases only.
+            let published = &mut self.published;
+            let mut old = self.prev.iter().peekable();
+            for l in leases {
+                let print = fingerprint(l);
+                while let Some((s, _)) = old.next_if(|(s, _)| *s < l.subnet) {
+                    forget(published, *s, changes);
+                }
+                let unchanged = old
+                    .next_if(|(s, _)| *s == l.subnet)
+                    .is_some_and(|(_, p)| *p == print);
+                next.push((l.subnet, print));
+                if unchanged {
+                    continue;
+                }
+                match route_of(l) {
+                    Some(r) => {
+                        if published.insert(r.subnet, r) != Some(r) {
+                            changes.push(RouteChange::Set(r));
+                        }
+                    }
+                    None => forget(published, l.subnet, changes),
+                }
+            }
+            for (s, _) in old {
+                forget(published, *s, changes);
+            }
+            leases.len() - published.len()
+        } else {
+            let (routes, skipped) = super::usable(leases, network, local, route_of);
+            changes.extend(diff(&self.published, &routes));
+            self.published = routes;
+            next.extend(leases.iter().map(|l| (l.subnet, fingerprint(l))));
+            skipped
+        };
+        self.prev = next;
+        self.prev_len = len;
+        self.skip.report(self.name, skipped);
+        incremental
     }
 }
 
@@ -446,21 +471,16 @@ impl Backend for Tunnel {
     }
 
     /// The TUN MTU: underlay MTU minus the wire's overhead; dual stack: the smaller of that and
-    /// the underlay MTU minus 70 (VXLAN over IPv6), the one device carrying both.
+    /// the underlay MTU minus 70 (VXLAN over IPv6), the one device carrying both; IPv6 only: the
+    /// underlay MTU minus 70.
     fn mtu(&self) -> u32 {
-        let v4 = self
-            .host
-            .underlay
-            .mtu
-            .saturating_sub(self.params.wire.overhead());
-        match self.v6 {
-            Some(_) => v4.min(
-                self.host
-                    .underlay
-                    .mtu
-                    .saturating_sub(engine::dataplane::VXLAN6_OVERHEAD),
-            ),
-            None => v4,
+        let mtu = self.host.underlay.mtu;
+        let v4 = mtu.saturating_sub(self.params.wire.overhead());
+        let v6 = mtu.saturating_sub(engine::dataplane::VXLAN6_OVERHEAD);
+        match (self.host.ipv4, &self.v6) {
+            (true, Some(_)) => v4.min(v6),
+            (true, None) => v4,
+            (false, _) => v6,
         }
     }
 
@@ -492,7 +512,7 @@ impl Backend for Tunnel {
         let v6 = match &self.v6 {
             Some(v6) => {
                 let Some((network6, local6)) = v6.net else {
-                    anyhow::bail!("{}: dual stack without an IPv6 subnet to carry", self.name);
+                    anyhow::bail!("{}: IPv6 without an IPv6 subnet to carry", self.name);
                 };
                 Some(DataplaneV6 {
                     network: network6,
@@ -501,6 +521,12 @@ impl Backend for Tunnel {
                     mac: v6.mac,
                     underlay_mtu: self.host.underlay.mtu,
                 })
+            }
+            None if !self.host.ipv4 => {
+                anyhow::bail!(
+                    "{}: IPv6 only without an IPv6 address to carry it",
+                    self.name
+                )
             }
             None => None,
         };
@@ -517,9 +543,9 @@ impl Backend for Tunnel {
         tracing::info!(
             backend = self.name,
             tun = %cfg.tun_name,
-            mtu = cfg.tun_mtu(),
-            address = %local.addr(),
-            bind = %cfg.bind,
+            mtu = self.mtu(),
+            address = ?cfg.bind.map(|_| local.addr()),
+            bind = ?cfg.bind,
             workers = dp.workers(),
             pinned = dp.pinned(),
             batch = cfg.batch_size,

@@ -18,6 +18,13 @@ pub(crate) fn vtep_mac(public_ip: Ipv4Addr) -> [u8; 6] {
     [0x0e, 0x57, o[0], o[1], o[2], o[3]]
 }
 
+/// The VTEP MAC of an IPv6-only userspace VXLAN host: `0e:57:` + the last four bytes of its
+/// public IPv6 address.
+pub(crate) fn vtep_mac6(public_ipv6: std::net::Ipv6Addr) -> [u8; 6] {
+    let o = public_ipv6.octets();
+    [0x0e, 0x57, o[12], o[13], o[14], o[15]]
+}
+
 /// vxlan leases with our VNI and valid `BackendData` become routes to the peer's VTEP.
 fn route(l: &Lease, subnet: Ipv4Net, p: &TunnelParams) -> Option<Route> {
     let Wire::Vxlan { vni, .. } = p.wire else {
@@ -29,7 +36,11 @@ fn route(l: &Lease, subnet: Ipv4Net, p: &TunnelParams) -> Option<Route> {
 
 /// The userspace VXLAN backend for `host` with the config's VNI, port and MTU.
 pub(crate) fn new(host: &HostInfo, cfg: &VxlanConfig) -> Tunnel {
-    let mac = vtep_mac(host.public_ip);
+    // IPv6 only: PublicIP is 0.0.0.0 on every host, so the MAC comes from the IPv6 address.
+    let mac = match host.public_ipv6.filter(|_| !host.ipv4) {
+        Some(ip6) => vtep_mac6(ip6),
+        None => vtep_mac(host.public_ip),
+    };
     let mut host = host.clone();
     if let Some(mtu) = cfg.mtu {
         host.underlay.mtu = mtu;
@@ -44,7 +55,7 @@ pub(crate) fn new(host: &HostInfo, cfg: &VxlanConfig) -> Tunnel {
         Some(ip6) => Tunnel::new(
             "vxlan (userspace)",
             &host,
-            LeaseAttrs::vxlan_dual(host.public_ip, ip6, cfg.vni, Some(mac), mac),
+            LeaseAttrs::vxlan_dual(host.public_ip, ip6, cfg.vni, host.ipv4.then_some(mac), mac),
             params,
             route,
         )

@@ -35,6 +35,10 @@ pub(crate) const ETCD_IP: &str = "192.0.2.250";
 pub(crate) const ETCD_URL: &str = "http://192.0.2.250:2379";
 /// Client URL of etcd with TLS.
 pub(crate) const ETCD_TLS_URL: &str = "https://192.0.2.250:2379";
+/// etcd's IPv6 underlay address ([`Cluster::ipv6_only_underlay`]).
+pub(crate) const ETCD_IP6: &str = "fd00:192::fa";
+/// Client URL of etcd over the IPv6 underlay ([`Cluster::ipv6_only_underlay`]).
+pub(crate) const ETCD6_URL: &str = "http://[fd00:192::fa]:2379";
 
 /// Makes a CA, a server certificate for the etcd address and a client certificate in `dir`.
 const MAKE_CERTS: &str = r#"set -e
@@ -90,6 +94,8 @@ pub(crate) struct Cluster {
     pub(crate) dir: PathBuf,
     pub(crate) etcd_args: Vec<String>,
     tls: bool,
+    /// etcd serves clients on [`ETCD6_URL`] ([`Cluster::ipv6_only_underlay`]).
+    etcd6: bool,
     /// Members of a three-member etcd cluster ([`Cluster::start_etcd_cluster3`]); `None` = stopped.
     members: Vec<Option<Child>>,
 }
@@ -139,6 +145,7 @@ impl Cluster {
             dir,
             etcd_args: Vec::new(),
             tls: false,
+            etcd6: false,
             members: Vec::new(),
         };
         c.plug(&c.etcd_ns, "pe", ETCD_IP)?;
@@ -273,6 +280,8 @@ impl Cluster {
     pub(crate) fn url(&self) -> &'static str {
         if !self.members.is_empty() {
             ETCD3_URLS
+        } else if self.etcd6 {
+            ETCD6_URL
         } else if self.tls {
             ETCD_TLS_URL
         } else {
@@ -541,21 +550,27 @@ impl Cluster {
 
     /// Like [`Cluster::start_weft`] with the given RUST_LOG filter.
     pub(crate) fn start_weft_with_log(&self, i: usize, extra: &[&str], filter: &str) -> Daemon {
+        self.start_weft_on(i, Some("ul0"), extra, filter)
+    }
+
+    /// Starts weft on host `i` in etcd mode with `extra` flags and no `--iface`: the default
+    /// route's interface is the underlay.
+    pub(crate) fn start_weft_default_iface(&self, i: usize, extra: &[&str]) -> Daemon {
+        self.start_weft_on(i, None, extra, "info")
+    }
+
+    fn start_weft_on(&self, i: usize, iface: Option<&str>, extra: &[&str], filter: &str) -> Daemon {
         let file = self.subnet_file(i).to_string_lossy().to_string();
         let (ca, cert, key) = (
             self.tls_file("ca.pem"),
             self.tls_file("client.pem"),
             self.tls_file("client.key"),
         );
-        let mut args = vec![
-            "run",
-            "--iface",
-            "ul0",
-            "--etcd-endpoints",
-            self.url(),
-            "--subnet-file",
-            &file,
-        ];
+        let mut args = vec!["run"];
+        if let Some(iface) = iface {
+            args.extend(["--iface", iface]);
+        }
+        args.extend(["--etcd-endpoints", self.url(), "--subnet-file", &file]);
         if self.tls {
             args.extend([
                 "--etcd-cafile",
@@ -678,6 +693,39 @@ impl Cluster {
             h.ns.ip(&["-6", "addr", "add", &addr, "dev", "ul0", "nodad"])?;
             h.ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         }
+        Ok(())
+    }
+
+    /// An IPv6-only underlay (call before [`Cluster::start_etcd`]): the IPv6 addresses of
+    /// [`Cluster::enable_ipv6_underlay`], etcd on [`ETCD_IP6`] serving clients there only, and
+    /// no IPv4 address on any host's `ul0`; each host's IPv6 default route is via `fd00:192::fe`
+    /// on `ul0` (a gateway that is never used: it only names the default route's interface).
+    pub(crate) fn ipv6_only_underlay(&mut self) -> io::Result<()> {
+        assert!(self.etcd.is_none(), "call before start_etcd");
+        self.enable_ipv6_underlay()?;
+        self.etcd_ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{ETCD_IP6}/64"),
+            "dev",
+            "ul0",
+            "nodad",
+        ])?;
+        for h in &self.hosts {
+            h.ns.ip(&["-4", "addr", "flush", "dev", "ul0"])?;
+            h.ns.ip(&[
+                "-6",
+                "route",
+                "replace",
+                "default",
+                "via",
+                "fd00:192::fe",
+                "dev",
+                "ul0",
+            ])?;
+        }
+        self.etcd6 = true;
         Ok(())
     }
 
