@@ -959,10 +959,17 @@ fn mixed_kernel_and_userspace(test: &str, offload: TxOffload) {
 
 const UVXLAN6_ONLY: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan","Userspace":true}}"#;
 
-/// The VTEP MAC an IPv6-only userspace vxlan host with public IPv6 fd00:192::<i + 1> publishes:
-/// `0e:57:` and the address's last four bytes.
-fn user_mac6(i: usize) -> String {
-    format!("0e:57:00:00:00:{:02x}", i + 1)
+/// The VTEP MAC an IPv6-only userspace vxlan host `i` publishes: `0e:57:` and the 32-bit FNV-1a
+/// hash of its public IPv6 address (offset basis 0x811c9dc5, prime 0x01000193).
+fn user_mac6(c: &Cluster, i: usize) -> String {
+    let ip: std::net::Ipv6Addr = c.host_ip6(i).parse().expect("host IPv6");
+    let mut h: u32 = 0x811c_9dc5;
+    for b in ip.octets() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let h = h.to_be_bytes();
+    format!("0e:57:{:02x}:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2], h[3])
 }
 
 /// What weft's own data plane shows on host `i` of an IPv6-only network: the lease as an
@@ -976,7 +983,7 @@ fn check_v6_only_userspace_host(c: &Cluster, i: usize) {
         format!(
             r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
             c.host_ip6(i),
-            user_mac6(i)
+            user_mac6(c, i)
         ),
         "lease of host{}",
         i + 1

@@ -18,11 +18,18 @@ pub(crate) fn vtep_mac(public_ip: Ipv4Addr) -> [u8; 6] {
     [0x0e, 0x57, o[0], o[1], o[2], o[3]]
 }
 
-/// The VTEP MAC of an IPv6-only userspace VXLAN host: `0e:57:` + the last four bytes of its
-/// public IPv6 address.
+/// The VTEP MAC of an IPv6-only userspace VXLAN host: `0e:57:` + the 32-bit FNV-1a hash of its
+/// whole public IPv6 address (every byte counts: hosts in different prefixes often share their
+/// low bytes). Stable across restarts; two hosts collide with odds of about n²/2³³.
 pub(crate) fn vtep_mac6(public_ipv6: std::net::Ipv6Addr) -> [u8; 6] {
-    let o = public_ipv6.octets();
-    [0x0e, 0x57, o[12], o[13], o[14], o[15]]
+    let h = public_ipv6
+        .octets()
+        .iter()
+        .fold(0x811c_9dc5u32, |h, &b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        })
+        .to_be_bytes();
+    [0x0e, 0x57, h[0], h[1], h[2], h[3]]
 }
 
 /// vxlan leases with our VNI and valid `BackendData` become routes to the peer's VTEP.
@@ -80,5 +87,21 @@ mod tests {
         assert_eq!(m, [0x0e, 0x57, 192, 0, 2, 7]);
         assert_eq!(m[0] & 1, 0, "unicast");
         assert_eq!(m[0] & 2, 2, "locally administered");
+    }
+
+    #[test]
+    fn vtep_mac6_hashes_the_whole_address() {
+        let a: std::net::Ipv6Addr = "2001:db8:1::10".parse().unwrap();
+        let b: std::net::Ipv6Addr = "2001:db8:2::10".parse().unwrap();
+        assert_eq!(vtep_mac6(a), vtep_mac6(a), "stable");
+        assert_ne!(vtep_mac6(a), vtep_mac6(b), "same low bytes, other prefix");
+        // FNV-1a of the 16 zero bytes of `::`.
+        let zero = vtep_mac6(std::net::Ipv6Addr::UNSPECIFIED);
+        let mut h: u32 = 0x811c_9dc5;
+        for _ in 0..16 {
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        assert_eq!(zero[2..], h.to_be_bytes());
+        assert_eq!(&zero[..2], &[0x0e, 0x57]);
     }
 }
