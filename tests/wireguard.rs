@@ -927,3 +927,241 @@ fn wireguard_rekey_during_traffic_loses_nothing() {
         assert_eq!(count(&after, k), count(&before, k), "{k}: {after:?}");
     }
 }
+
+/// A dual-stack wireguard network in `mode` (`None`: flannel's default, `separate`).
+fn config_dual(mode: Option<&str>) -> String {
+    let mode = mode
+        .map(|m| format!(r#","Mode":"{m}""#))
+        .unwrap_or_default();
+    format!(
+        r#"{{"Network":"10.1.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{{"Type":"wireguard","PSK":"{PSK}","PersistentKeepaliveInterval":5{mode}}}}}"#
+    )
+}
+
+/// A cluster of two hosts on a dual-stack underlay (IPv4 192.0.2.<n>, IPv6 fd00:192::<n>)
+/// with `config` in etcd.
+fn dual_cluster(test: &str, config: &str) -> Option<Cluster> {
+    let mut c = Cluster::for_test(test, 2)?;
+    c.enable_ipv6_underlay().expect("IPv6 underlay");
+    c.start_etcd();
+    c.put_config(config);
+    Some(c)
+}
+
+/// The lease value flannel's wireguard backend writes on a dual-stack node: the same key in
+/// `BackendData` (IPv4 port) and `BackendV6Data` (IPv6 port).
+fn wg_lease_dual(ip: &str, ip6: &str, public_key: &str, port: u16, port6: u16) -> String {
+    format!(
+        r#"{{"PublicIP":"{ip}","PublicIPv6":"{ip6}","BackendType":"wireguard","BackendData":{{"PublicKey":"{public_key}","Port":{port}}},"BackendV6Data":{{"PublicKey":"{public_key}","Port":{port6}}}}}"#
+    )
+}
+
+/// `ip <args>` in host `i`'s namespace.
+fn ip(c: &Cluster, i: usize, args: &[&str]) -> String {
+    c.hosts[i]
+        .ns
+        .ip(args)
+        .unwrap_or_else(|e| panic!("host{}: ip {args:?}: {e}", i + 1))
+}
+
+/// Host `i`'s public key, from its key file.
+fn host_pubkey(c: &Cluster, i: usize) -> String {
+    pubkey(&std::fs::read_to_string(key_file(c, i)).expect("key file"))
+}
+
+/// A checked TCP transfer over IPv6 from container `from` to container `to`.
+fn transfer6(c: &Cluster, from: usize, to: usize) {
+    let t = testkit::transfer::Transfer::start(
+        &c.hosts[from].ctr,
+        &c.hosts[to].ctr,
+        &c.ctr_ip6(to),
+        TRANSFER_BYTES,
+        false,
+    );
+    let got = t.finish();
+    assert!(
+        got >= TRANSFER_BYTES,
+        "ctr{} → ctr{} over IPv6: {got} bytes",
+        from + 1,
+        to + 1
+    );
+}
+
+/// Pings over both families, both ways.
+fn ping_both(c: &Cluster) {
+    for (a, b) in [(0, 1), (1, 0)] {
+        c.ping(a, b, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"));
+        c.ping6(a, b, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// Host `i`'s device `dev` has MTU 1420, the network address of its IPv6 subnet as /128 and
+/// the route of the IPv6 network.
+fn check_v6_device(c: &Cluster, i: usize, dev: &str) {
+    let link = ip(c, i, &["-o", "link", "show", "dev", dev]);
+    assert!(link.contains("mtu 1420"), "host{}: {link}", i + 1);
+    let want = format!(
+        "inet6 {}/128 ",
+        c.subnet6(i).split('/').next().expect("address")
+    );
+    let addrs = ip(c, i, &["-6", "addr", "show", "dev", dev, "scope", "global"]);
+    assert!(addrs.contains(&want), "host{}: {addrs} lacks {want}", i + 1);
+    let routes = ip(c, i, &["-6", "route", "show", "fc00::/48"]);
+    assert!(
+        routes.contains(&format!("dev {dev} ")),
+        "host{}: {routes}",
+        i + 1
+    );
+}
+
+/// After traffic: the daemon's counters show no refused packets of a peer.
+fn check_clean(d: &[Daemon]) {
+    for (i, x) in d.iter().enumerate() {
+        let s = x.stats();
+        eprintln!("host{}: {s:?}", i + 1);
+        assert!(
+            s.get("tx_packets").copied().unwrap_or(0.0) > 1000.0,
+            "host{}: {s:?}",
+            i + 1
+        );
+        for bad in [
+            "drop_wg_auth_failed",
+            "drop_wg_allowed_ips",
+            "drop_wg_bad_packet",
+            "drop_tx_malformed",
+        ] {
+            assert!(!s.contains_key(bad), "host{}: {bad} in {s:?}", i + 1);
+        }
+        // A few packets the kernel itself sends into a device once its IPv6 is on (to
+        // multicast groups) have no peer; container traffic never lands here.
+        let no_route = s.get("drop_no_route").copied().unwrap_or(0.0);
+        assert!(no_route <= 8.0, "host{}: drop_no_route {no_route}", i + 1);
+    }
+}
+
+#[test]
+fn wireguard_dual_stack_separate_mode_two_devices() {
+    const T: &str = "wireguard_dual_stack_separate_mode_two_devices";
+    if !tools(T) {
+        return;
+    }
+    let Some(mut c) = dual_cluster(T, &config_dual(None)) else {
+        return;
+    };
+    let d = vec![start_weft(&c, 0), start_weft(&c, 1)];
+    for i in 0..2 {
+        // As flannel: BackendV6Data with the same key and ListenPortV6 (51821).
+        let key = host_pubkey(&c, i);
+        assert_eq!(
+            c.get(&c.lease_key_dual(i)),
+            wg_lease_dual(&c.hosts[i].ip, &c.host_ip6(i), &key, 51_820, 51_821),
+            "lease of host{}",
+            i + 1
+        );
+        assert_eq!(c.subnet_env(i)["FLANNEL_MTU"], "1420");
+        // flannel-wg: IPv4 only (its /32, the IPv4 network's route, no global IPv6).
+        let addr = ip(&c, i, &["-o", "-4", "addr", "show", "dev", "flannel-wg"]);
+        let net = c.subnet(i).replace("/24", "/32");
+        assert!(addr.contains(&net), "host{}: {addr} lacks {net}", i + 1);
+        let v6 = ip(
+            &c,
+            i,
+            &["-6", "addr", "show", "dev", "flannel-wg", "scope", "global"],
+        );
+        assert!(v6.trim().is_empty(), "host{}: flannel-wg has {v6}", i + 1);
+        let route = ip(&c, i, &["route", "show", "10.1.0.0/16"]);
+        assert!(route.contains("dev flannel-wg "), "host{}: {route}", i + 1);
+        // flannel-wg-v6: IPv6 only.
+        check_v6_device(&c, i, "flannel-wg-v6");
+        let v4 = ip(&c, i, &["-o", "-4", "addr", "show", "dev", "flannel-wg-v6"]);
+        assert!(
+            v4.trim().is_empty(),
+            "host{}: flannel-wg-v6 has {v4}",
+            i + 1
+        );
+        // The sockets: IPv4 on 51820, IPv6 on 51821 at the host's IPv6 address.
+        let udp = c.hosts[i]
+            .ns
+            .run(&["ss", "-H", "-u", "-l", "-n"])
+            .expect("ss");
+        assert!(
+            udp.contains(&format!("{}:51820 ", c.hosts[i].ip)),
+            "host{}: {udp}",
+            i + 1
+        );
+        assert!(
+            udp.contains(&format!("[{}]:51821 ", c.host_ip6(i))),
+            "host{}: {udp}",
+            i + 1
+        );
+    }
+    for i in 0..2 {
+        c.attach_container(i);
+        c.attach_container6(i);
+    }
+    ping_both(&c);
+    transfer6(&c, 0, 1);
+    transfer6(&c, 1, 0);
+    transfer(&c, 0, 1);
+    check_clean(&d);
+    // Both devices' peers in the stats: one on flannel-wg, one on flannel-wg-v6.
+    for (i, x) in d.iter().enumerate() {
+        let s = x.stats();
+        assert_eq!(s.get("wg_peers"), Some(&2.0), "host{}: {s:?}", i + 1);
+        assert_eq!(
+            s.get("wg_peers_with_session"),
+            Some(&2.0),
+            "host{}: {s:?}",
+            i + 1
+        );
+    }
+}
+
+#[test]
+fn wireguard_dual_stack_auto_mode_one_device() {
+    const T: &str = "wireguard_dual_stack_auto_mode_one_device";
+    if !tools(T) {
+        return;
+    }
+    let Some(mut c) = dual_cluster(T, &config_dual(Some("auto"))) else {
+        return;
+    };
+    let d = vec![start_weft(&c, 0), start_weft(&c, 1)];
+    for i in 0..2 {
+        let key = host_pubkey(&c, i);
+        assert_eq!(
+            c.get(&c.lease_key_dual(i)),
+            wg_lease_dual(&c.hosts[i].ip, &c.host_ip6(i), &key, 51_820, 51_821),
+            "lease of host{}",
+            i + 1
+        );
+        // One device, flannel-wg, with both families; no flannel-wg-v6.
+        check_v6_device(&c, i, "flannel-wg");
+        let addr = ip(&c, i, &["-o", "-4", "addr", "show", "dev", "flannel-wg"]);
+        let net = c.subnet(i).replace("/24", "/32");
+        assert!(addr.contains(&net), "host{}: {addr} lacks {net}", i + 1);
+        assert!(
+            c.hosts[i]
+                .ns
+                .ip(&["link", "show", "dev", "flannel-wg-v6"])
+                .is_err(),
+            "host{}: no flannel-wg-v6 in auto mode",
+            i + 1
+        );
+    }
+    for i in 0..2 {
+        c.attach_container(i);
+        c.attach_container6(i);
+    }
+    ping_both(&c);
+    transfer6(&c, 0, 1);
+    transfer(&c, 1, 0);
+    check_clean(&d);
+    // One peer per host carrying both subnets.
+    for (i, x) in d.iter().enumerate() {
+        let s = x.stats();
+        assert_eq!(s.get("wg_peers"), Some(&1.0), "host{}: {s:?}", i + 1);
+    }
+}

@@ -10,7 +10,8 @@ use std::path::Path;
 pub struct TunConfig {
     /// Interface name (`weft0`).
     pub name: String,
-    /// Address of the device, set as /32 (flannel uses the lease's network address).
+    /// Address of the device, set as /32 (flannel uses the lease's network address); none if
+    /// unspecified (an IPv6-only device).
     pub addr: Ipv4Addr,
     /// Device MTU (underlay MTU − 28 for the udp wire format).
     pub mtu: u16,
@@ -146,9 +147,11 @@ pub fn create(cfg: &TunConfig) -> io::Result<Vec<TunQueue>> {
             ),
         ));
     }
-    let first = tun_rs::DeviceBuilder::new()
-        .name(&cfg.name)
-        .ipv4(cfg.addr, 32u8, None)
+    let mut builder = tun_rs::DeviceBuilder::new().name(&cfg.name);
+    if !cfg.addr.is_unspecified() {
+        builder = builder.ipv4(cfg.addr, 32u8, None);
+    }
+    let first = builder
         .mtu(cfg.mtu)
         .multi_queue(true)
         .offload(cfg.offload)

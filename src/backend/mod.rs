@@ -239,6 +239,8 @@ fn check_families(config: &NetworkConfig) -> Result<()> {
     match &config.backend {
         control::Backend::Vxlan(v) if !v.userspace => Ok(()),
         control::Backend::HostGw => Ok(()),
+        // Both families, in flannel's device layouts (`Mode`).
+        control::Backend::Wireguard(_) => Ok(()),
         control::Backend::Udp { .. } => {
             anyhow::bail!("EnableIPv6=true: IPv6 is not supported with the udp backend")
         }
