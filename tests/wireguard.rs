@@ -1165,3 +1165,114 @@ fn wireguard_dual_stack_auto_mode_one_device() {
         assert_eq!(s.get("wg_peers"), Some(&1.0), "host{}: {s:?}", i + 1);
     }
 }
+
+#[test]
+fn wireguard_ipv6_interop_with_wireguard_go() {
+    const T: &str = "wireguard_ipv6_interop_with_wireguard_go";
+    if !tools(T) {
+        return;
+    }
+    let Some(mut c) = dual_cluster(T, &config_dual(None)) else {
+        return;
+    };
+    // Host 2 plays a dual-stack flannel node's flannel-wg-v6 (separate mode) on wireguard-go:
+    // ListenPortV6 51821, the weft host as peer at [its PublicIPv6]:51821 with its IPv6 subnet
+    // as allowed IPs, and the lease flannel writes.
+    let dev = format!("wgg6{}", std::process::id() % 10_000);
+    let go_private = wg(&["genkey"], "");
+    let go_public = pubkey(&go_private);
+    let go_key_file = c.dir.join("go.key");
+    let psk_file = c.dir.join("psk");
+    std::fs::write(&go_key_file, &go_private).expect("write key");
+    std::fs::write(&psk_file, PSK).expect("write psk");
+    c.etcdctl(&[
+        "put",
+        &format!("{PREFIX}/subnets/10.1.99.0-24&fc00:0:0:99::-64"),
+        &wg_lease_dual("192.0.2.2", &c.host_ip6(1), &go_public, 51_820, 51_821),
+    ]);
+    let _go = WireguardGo::start(&c, &dev);
+    let d = start_weft(&c, 0);
+    let weft_public = host_pubkey(&c, 0);
+    let weft_subnet6 = c.subnet6(0);
+    let h = &c.hosts[1].ns;
+    let ok = |r: std::io::Result<String>, what: &str| {
+        r.unwrap_or_else(|e| panic!("{what}: {e}"));
+    };
+    let weft_ep = format!("[{}]:51821", c.host_ip6(0));
+    ok(
+        h.run(&[
+            "wg",
+            "set",
+            &dev,
+            "private-key",
+            &go_key_file.to_string_lossy(),
+            "listen-port",
+            "51821",
+            "peer",
+            &weft_public,
+            "preshared-key",
+            &psk_file.to_string_lossy(),
+            "endpoint",
+            &weft_ep,
+            "persistent-keepalive",
+            "5",
+            "allowed-ips",
+            &weft_subnet6,
+        ]),
+        "wg set",
+    );
+    ok(
+        h.ip(&[
+            "-6",
+            "addr",
+            "add",
+            "fc00:0:0:99::/128",
+            "dev",
+            &dev,
+            "nodad",
+        ]),
+        "address",
+    );
+    ok(h.ip(&["link", "set", &dev, "mtu", "1420", "up"]), "link up");
+    ok(
+        h.ip(&["-6", "route", "replace", "fc00::/48", "dev", &dev]),
+        "route",
+    );
+    std::fs::write(
+        c.subnet_file(1),
+        "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.99.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:99::1/64\nFLANNEL_MTU=1420\nFLANNEL_IPMASQ=false\n",
+    )
+    .expect("subnet file of the wireguard-go host");
+    for i in 0..2 {
+        c.attach_container(i);
+        c.attach_container6(i);
+    }
+    assert_eq!(c.ctr_ip6(1), "fc00:0:0:99::2");
+    c.ping6(0, 1, Duration::from_secs(10))
+        .expect("weft → wireguard-go over IPv6");
+    c.ping6(1, 0, Duration::from_secs(10))
+        .expect("wireguard-go → weft over IPv6");
+    transfer6(&c, 0, 1);
+    transfer6(&c, 1, 0);
+    let hs = c.hosts[1]
+        .ns
+        .run(&["wg", "show", &dev, "endpoints"])
+        .expect("wg show endpoints");
+    assert!(
+        hs.contains(&weft_ep),
+        "wireguard-go's endpoint of weft: {hs}"
+    );
+    let s = d.stats();
+    eprintln!("{T}: {s:?}");
+    assert!(
+        s.get("wg_peers_with_session").copied().unwrap_or(0.0) >= 1.0,
+        "{s:?}"
+    );
+    for bad in [
+        "drop_wg_auth_failed",
+        "drop_wg_allowed_ips",
+        "drop_wg_bad_packet",
+    ] {
+        assert!(!s.contains_key(bad), "{bad} in {s:?}");
+    }
+}
