@@ -1276,3 +1276,50 @@ fn wireguard_ipv6_interop_with_wireguard_go() {
         assert!(!s.contains_key(bad), "{bad} in {s:?}");
     }
 }
+
+#[test]
+fn wireguard_ipv6_only_separate_mode() {
+    const T: &str = "wireguard_ipv6_only_separate_mode";
+    if !tools(T) {
+        return;
+    }
+    let config = format!(
+        r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{{"Type":"wireguard","PSK":"{PSK}"}}}}"#
+    );
+    let Some(c) = dual_cluster(T, &config) else {
+        return;
+    };
+    let d = vec![start_weft(&c, 0), start_weft(&c, 1)];
+    for i in 0..2 {
+        // PublicIP 0.0.0.0 and no BackendData, as flannel writes an IPv6-only lease.
+        let key = format!(
+            "{PREFIX}/subnets/0.0.0.0-0&{}",
+            c.subnet6(i).replace('/', "-")
+        );
+        assert_eq!(
+            c.get(&key),
+            format!(
+                r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{}","BackendType":"wireguard","BackendV6Data":{{"PublicKey":"{}","Port":51821}}}}"#,
+                c.host_ip6(i),
+                host_pubkey(&c, i)
+            ),
+            "lease of host{}",
+            i + 1
+        );
+        check_v6_device(&c, i, "flannel-wg-v6");
+        assert!(
+            c.hosts[i].ns.ip(&["link", "show", "flannel-wg"]).is_err(),
+            "host{}: no IPv4 device",
+            i + 1
+        );
+    }
+    for i in 0..2 {
+        c.attach_container6(i);
+    }
+    for (a, b) in [(0, 1), (1, 0)] {
+        c.ping6(a, b, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    transfer6(&c, 0, 1);
+    check_clean(&d[..1]);
+}
