@@ -102,11 +102,14 @@ pub enum DropReason {
     /// IPv6 packet read from the TUN device longer than the device's MTU (an ICMPv6 packet too
     /// big is sent back).
     TxTooBig,
+    /// WireGuard: a packet for a peer without a session beyond the 256 its tunnel queues until
+    /// the handshake completes.
+    WgQueueFull,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 38] = [
+    pub const ALL: [DropReason; 39] = [
         DropReason::Truncated,
         DropReason::NotIpv4,
         DropReason::BadHeaderLen,
@@ -145,6 +148,7 @@ impl DropReason {
         DropReason::Ipv6BadSource,
         DropReason::VxlanNotIpv6,
         DropReason::TxTooBig,
+        DropReason::WgQueueFull,
     ];
 
     /// Stable snake_case name used in logs and metrics.
@@ -180,6 +184,7 @@ impl DropReason {
             DropReason::WgAllowedIps => "wg_allowed_ips",
             DropReason::WgHandshakeRejected => "wg_handshake_rejected",
             DropReason::WgUnderLoad => "wg_under_load",
+            DropReason::WgQueueFull => "wg_queue_full",
             DropReason::NotIpv6 => "not_ipv6",
             DropReason::Ipv6Jumbo => "ipv6_jumbo",
             DropReason::Ipv6ExtChainTooLong => "ipv6_ext_chain_too_long",

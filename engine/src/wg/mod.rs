@@ -54,6 +54,9 @@ pub const MTU_OVERHEAD: u32 = 80;
 pub const SEAL_OVERHEAD: usize = 32 + 16;
 /// Smallest output buffer `Tunn` accepts (a handshake initiation).
 pub const MIN_OUT: usize = 148;
+/// Packets boringtun's `Tunn` queues per peer while it has no session (its `MAX_QUEUE_DEPTH`);
+/// it drops the ones beyond silently, so [`PeerState::queued`] follows its queue to count them.
+pub const QUEUE_DEPTH: u16 = 256;
 /// Length of a cookie reply message.
 const COOKIE_REPLY_LEN: usize = 64;
 /// Handshakes a second all peers together may start before cookies are demanded (boringtun's
@@ -124,6 +127,11 @@ struct PeerState {
     /// The endpoint the lease gave last (a changed lease endpoint overrides roaming).
     configured: SocketAddr,
     allowed: AllowedIps,
+    /// How many packets the tunnel holds in its queue, followed from outside (boringtun does
+    /// not expose it): +1 for every packet `encapsulate` takes without a session, −1 for each
+    /// drained one, 0 when a drain finds the queue empty or the timers expire the connection
+    /// (which clears it).
+    queued: u16,
 }
 
 /// One peer: its tunnel state and where it is.
@@ -191,9 +199,22 @@ impl Peer {
         }
         let mut t = self.lock();
         let to = t.endpoint;
+        // With a session every call takes one packet off the queue; without, a packet taken is
+        // queued again (so the count stays).
+        let session = t.tunn.time_since_last_handshake().is_some();
         match t.tunn.decapsulate(None, &[], out) {
-            TunnResult::WriteToNetwork(p) => Some((to, p)),
-            _ => None,
+            TunnResult::WriteToNetwork(p) => {
+                if session && p.first() == Some(&MSG_DATA) {
+                    t.queued = t.queued.saturating_sub(1);
+                }
+                Some((to, p))
+            }
+            _ => {
+                if session {
+                    t.queued = 0;
+                }
+                None
+            }
         }
     }
 
@@ -207,6 +228,11 @@ impl Peer {
         let to = t.endpoint;
         match t.tunn.update_timers(out) {
             TunnResult::WriteToNetwork(p) => Some((to, p)),
+            TunnResult::Err(WireGuardError::ConnectionExpired) => {
+                // The tunnel dropped its queue with the connection.
+                t.queued = 0;
+                None
+            }
             _ => None,
         }
     }
@@ -329,6 +355,9 @@ pub enum TxVerdict<'a> {
         packet: &'a [u8],
         /// Whether it is the data packet (not a handshake initiation).
         data: bool,
+        /// The packet itself did not fit the peer's queue (a `wg_queue_full` drop): only the
+        /// initiation goes.
+        queue_full: bool,
     },
     /// Queued inside the peer's tunnel until its handshake completes.
     Queued,
@@ -374,6 +403,16 @@ impl std::fmt::Debug for WgCore {
             .field("identity", &self.identity)
             .field("peers", &self.table.load().peers.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// One more packet into a queue of `queued` (boringtun's rule): whether it fit.
+fn enqueue(queued: &mut u16) -> bool {
+    if *queued < QUEUE_DEPTH {
+        *queued += 1;
+        true
+    } else {
+        false
     }
 }
 
@@ -500,6 +539,7 @@ impl WgCore {
                             endpoint: c.endpoint,
                             configured: c.endpoint,
                             allowed,
+                            queued: 0,
                         }),
                         contended: AtomicU64::new(0),
                     })
@@ -556,17 +596,22 @@ impl WgCore {
         }
         let mut t = peer.lock();
         let to = t.endpoint;
-        match t.tunn.encapsulate(packet, out) {
+        let state = &mut *t;
+        match state.tunn.encapsulate(packet, out) {
             TunnResult::WriteToNetwork(p) => {
-                // A data packet starts with message type 4.
+                // A data packet starts with message type 4; anything else means no session, and
+                // the packet went into the queue if there was room.
                 let data = p.first() == Some(&MSG_DATA);
+                let queue_full = !data && !enqueue(&mut state.queued);
                 TxVerdict::Send {
                     to,
                     packet: p,
                     data,
+                    queue_full,
                 }
             }
-            TunnResult::Done => TxVerdict::Queued,
+            TunnResult::Done if enqueue(&mut state.queued) => TxVerdict::Queued,
+            TunnResult::Done => TxVerdict::Drop(DropReason::WgQueueFull),
             TunnResult::Err(e) => TxVerdict::Drop(drop_reason(&e)),
             TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {
                 TxVerdict::Drop(DropReason::WgBadPacket)
@@ -785,7 +830,9 @@ mod tests {
         let mut out = vec![0u8; 2048];
         let mut out2 = vec![0u8; 2048];
         let init = match p.a.encapsulate(&p.a.table(), &first, &mut out) {
-            TxVerdict::Send { to, packet, data } => {
+            TxVerdict::Send {
+                to, packet, data, ..
+            } => {
                 assert_eq!(to, p.b_ep.into());
                 assert!(!data, "no session yet: a handshake initiation");
                 packet.to_vec()
@@ -1079,7 +1126,9 @@ mod tests {
         // The handshake carries a queued IPv6 packet a → b, over the IPv6 underlay.
         let first = ipv6("fc00:0:0:1::5", "fc00:0:0:2::7", b"hello");
         let init = match a.encapsulate(&a.table(), &first, &mut out) {
-            TxVerdict::Send { to, packet, data } => {
+            TxVerdict::Send {
+                to, packet, data, ..
+            } => {
                 assert_eq!(to, b_ep);
                 assert!(!data);
                 packet.to_vec()
@@ -1189,5 +1238,57 @@ mod tests {
         assert_eq!(ep_of("fc00:0:0:6::9"), Some(ep("[fd00::2]:1")));
         assert_eq!(ep_of("fc01::1"), None);
         assert!(t.route(Ipv4Addr::new(10, 0, 0, 1)).is_none());
+    }
+
+    #[test]
+    fn packets_beyond_the_queue_without_a_session_are_counted() {
+        let p = pair(None);
+        let mut out = vec![0u8; 2048];
+        let pkt = |n: u16| ipv4([10, 1, 1, 5], [10, 1, 2, 7], &n.to_be_bytes());
+        let (mut sent, mut queued, mut full) = (Vec::new(), 0, 0);
+        for n in 0..300 {
+            match p.a.encapsulate(&p.a.table(), &pkt(n), &mut out) {
+                TxVerdict::Send {
+                    packet,
+                    data,
+                    queue_full,
+                    ..
+                } => {
+                    assert!(!data && !queue_full, "the first: an initiation");
+                    sent.push(packet.to_vec());
+                }
+                TxVerdict::Queued => queued += 1,
+                TxVerdict::Drop(DropReason::WgQueueFull) => full += 1,
+                v => panic!("{v:?}"),
+            }
+        }
+        assert_eq!(sent.len(), 1);
+        assert_eq!((queued + 1, full), (usize::from(QUEUE_DEPTH), 300 - 256));
+        // The handshake completes: exactly the 256 queued packets leave, in order.
+        let resp = match p.b.decapsulate(&p.b.table(), p.a_ep, &sent[0], &mut out) {
+            RxVerdict::Reply { packet, .. } => packet.to_vec(),
+            v => panic!("{v:?}"),
+        };
+        let peer = match p.a.decapsulate(&p.a.table(), p.b_ep, &resp, &mut out) {
+            RxVerdict::Reply { peer, .. } | RxVerdict::Done(peer) => peer.expect("a peer"),
+            v => panic!("{v:?}"),
+        };
+        let mut out2 = vec![0u8; 2048];
+        let mut got = Vec::new();
+        while let Some((_, d)) = peer.drain_queued(&mut out2) {
+            if let RxVerdict::Deliver(inner) = p.b.decapsulate(&p.b.table(), p.a_ep, d, &mut out) {
+                got.push(u16::from_be_bytes([inner[20], inner[21]]));
+            }
+        }
+        assert_eq!(got, (0..256).collect::<Vec<u16>>());
+        assert_eq!(peer.lock().queued, 0);
+        // With the session, packets go at once and nothing counts as queued.
+        match p.a.encapsulate(&p.a.table(), &pkt(999), &mut out) {
+            TxVerdict::Send {
+                data, queue_full, ..
+            } => assert!(data && !queue_full),
+            v => panic!("{v:?}"),
+        }
+        assert_eq!(peer.lock().queued, 0);
     }
 }

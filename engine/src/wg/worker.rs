@@ -626,7 +626,15 @@ impl Worker {
                     continue;
                 };
                 match self.core.encapsulate(&table, packet, &mut self.tx_out[n]) {
-                    TxVerdict::Send { to, packet, data } => {
+                    TxVerdict::Send {
+                        to,
+                        packet,
+                        data,
+                        queue_full,
+                    } => {
+                        if queue_full {
+                            self.stats.drop_packets(DropReason::WgQueueFull, 1);
+                        }
                         self.tx_len[n] = packet.len();
                         self.tx_dst[n] = to;
                         self.tx_data_len[n] = if data { len } else { 0 };
