@@ -1050,7 +1050,7 @@ fn wireguard_dual_stack_separate_mode_two_devices() {
     let Some(mut c) = dual_cluster(T, &config_dual(None)) else {
         return;
     };
-    let d = vec![start_weft(&c, 0), start_weft(&c, 1)];
+    let d = [start_weft(&c, 0), start_weft(&c, 1)];
     for i in 0..2 {
         // As flannel: BackendV6Data with the same key and ListenPortV6 (51821).
         let key = host_pubkey(&c, i);
@@ -1128,7 +1128,7 @@ fn wireguard_dual_stack_auto_mode_one_device() {
     let Some(mut c) = dual_cluster(T, &config_dual(Some("auto"))) else {
         return;
     };
-    let d = vec![start_weft(&c, 0), start_weft(&c, 1)];
+    let d = [start_weft(&c, 0), start_weft(&c, 1)];
     for i in 0..2 {
         let key = host_pubkey(&c, i);
         assert_eq!(
@@ -1289,7 +1289,7 @@ fn wireguard_ipv6_only_separate_mode() {
     let Some(c) = dual_cluster(T, &config) else {
         return;
     };
-    let d = vec![start_weft(&c, 0), start_weft(&c, 1)];
+    let d = [start_weft(&c, 0), start_weft(&c, 1)];
     for i in 0..2 {
         // PublicIP 0.0.0.0 and no BackendData, as flannel writes an IPv6-only lease.
         let key = format!(
