@@ -393,8 +393,18 @@ pub struct WgCore {
     limiter: Arc<RateLimiter>,
     table: arc_swap::ArcSwap<PeerTable>,
     next_index: AtomicU32,
-    /// Serialises `set_peers` calls (control thread only; never taken by workers).
-    update: Mutex<()>,
+    /// Serialises `set_peers` calls and holds the configs last applied with what they gave
+    /// (control thread only; never taken by workers).
+    update: Mutex<Applied>,
+}
+
+/// What the last [`WgCore::set_peers`] was given, the configs its peers were made from, and how
+/// many it skipped.
+#[derive(Debug, Default)]
+struct Applied {
+    configs: Vec<PeerConfig>,
+    accepted: HashMap<[u8; 32], PeerConfig>,
+    skipped: usize,
 }
 
 impl std::fmt::Debug for WgCore {
@@ -467,7 +477,7 @@ impl WgCore {
             public,
             table: arc_swap::ArcSwap::from_pointee(PeerTable::default()),
             next_index: AtomicU32::new(u32::from_le_bytes(seed) & 0x00ff_ffff),
-            update: Mutex::new(()),
+            update: Mutex::new(Applied::default()),
         }
     }
 
@@ -485,8 +495,17 @@ impl WgCore {
     /// and take the new endpoint and allowed IPs; new keys get a fresh tunnel; the others are
     /// gone. A later duplicate of a key or of allowed IPs (of either family), and a peer
     /// without allowed IPs, are skipped. Returns how many were skipped.
+    ///
+    /// Applied by difference: the same configs as last time leave the table as it is, and a
+    /// peer whose config did not change is not touched (its lock, which the workers take per
+    /// packet, is not taken); the lookups are rebuilt when anything changed.
     pub fn set_peers(&self, configs: &[PeerConfig]) -> usize {
-        let _serial = self.update.lock().unwrap_or_else(|p| p.into_inner());
+        let mut applied = self.update.lock().unwrap_or_else(|p| p.into_inner());
+        if applied.configs == configs {
+            return applied.skipped;
+        }
+        let before = std::mem::take(&mut applied.accepted);
+        let mut accepted = HashMap::with_capacity(configs.len());
         let old = self.table.load_full();
         let mut t = PeerTable::default();
         let mut skipped = 0;
@@ -509,6 +528,7 @@ impl WgCore {
                 v6: c.allowed6,
             };
             let peer = match old.by_key(&c.public_key) {
+                Some(p) if before.get(&c.public_key) == Some(c) => Arc::clone(p),
                 Some(p) => {
                     let p = Arc::clone(p);
                     {
@@ -545,6 +565,7 @@ impl WgCore {
                     })
                 }
             };
+            accepted.insert(c.public_key, c.clone());
             let i = t.peers.len();
             t.by_key.insert(c.public_key, i);
             t.by_index.insert(peer.index, i);
@@ -559,6 +580,9 @@ impl WgCore {
         t.by_prefix = groups(&nets, mask4);
         t.by_prefix6 = groups(&nets6, mask6);
         self.table.store(Arc::new(t));
+        applied.configs = configs.to_vec();
+        applied.accepted = accepted;
+        applied.skipped = skipped;
         skipped
     }
 
@@ -1290,5 +1314,56 @@ mod tests {
             v => panic!("{v:?}"),
         }
         assert_eq!(peer.lock().queued, 0);
+    }
+
+    #[test]
+    fn unchanged_leases_leave_the_table_and_peers_alone() {
+        let p = pair(None);
+        let b_key = public(key(2));
+        let cfg = |ep: &str| PeerConfig {
+            public_key: b_key,
+            endpoint: SocketAddr::from(self::ep(ep)),
+            allowed: Some(net("10.1.2.0/24")),
+            allowed6: None,
+        };
+        let c_cfg = PeerConfig {
+            public_key: public(key(3)),
+            endpoint: SocketAddr::from(ep("192.0.2.3:51820")),
+            allowed: Some(net("10.1.3.0/24")),
+            allowed6: None,
+        };
+        handshake(&p);
+        let before = p.a.table().clone();
+        // The same set: the same table.
+        assert_eq!(p.a.set_peers(&[cfg("192.0.2.2:51820")]), 0);
+        assert!(Arc::ptr_eq(&before, &p.a.table()));
+        // The peer roams; an unchanged lease set again does not put the lease endpoint back.
+        let roamed = ep("198.51.100.9:40000");
+        let d = sealed(&p.b, &ipv4([10, 1, 2, 7], [10, 1, 1, 5], b"x"));
+        let mut out = vec![0u8; 2048];
+        assert!(matches!(
+            p.a.decapsulate(&p.a.table(), roamed, &d, &mut out),
+            RxVerdict::Deliver(_)
+        ));
+        // A new peer: a new table, the old peer kept as it is (same Arc, roamed endpoint,
+        // session).
+        assert_eq!(p.a.set_peers(&[cfg("192.0.2.2:51820"), c_cfg.clone()]), 0);
+        let t = p.a.table();
+        assert!(!Arc::ptr_eq(&before, &t));
+        assert_eq!(t.peers().len(), 2);
+        let kept = t.by_key(&b_key).expect("peer b");
+        assert!(Arc::ptr_eq(kept, &before.peers()[0]));
+        assert_eq!(kept.endpoint(), roamed.into());
+        assert!(kept.last_handshake().is_some());
+        // Its lease endpoint changes: that overrides roaming.
+        p.a.set_peers(&[cfg("192.0.2.22:51820"), c_cfg]);
+        assert_eq!(
+            p.a.table().by_key(&b_key).expect("peer b").endpoint(),
+            ep("192.0.2.22:51820").into()
+        );
+        // Skipped ones are reported again for an unchanged set.
+        let dup = [cfg("192.0.2.22:51820"), cfg("192.0.2.22:51820")];
+        assert_eq!(p.a.set_peers(&dup), 1);
+        assert_eq!(p.a.set_peers(&dup), 1);
     }
 }
