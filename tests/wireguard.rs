@@ -1122,12 +1122,17 @@ fn wireguard_dual_stack_separate_mode_two_devices() {
 #[test]
 fn wireguard_dual_stack_auto_mode_one_device() {
     const T: &str = "wireguard_dual_stack_auto_mode_one_device";
-    if !tools(T) {
+    if !tools(T) || !netns::require_privileged(T, &["nft"]) {
         return;
     }
     let Some(mut c) = dual_cluster(T, &config_dual(Some("auto"))) else {
         return;
     };
+    // The peers' IPv4 addresses (192.0.2.<n>) are not RFC 1918 and both hosts have IPv4, so auto
+    // picks IPv4 endpoints: with the IPv6 underlay's port closed both families still flow.
+    for i in 0..2 {
+        block_udp(&c, i, "ipv6", 51_821);
+    }
     let d = [start_weft(&c, 0), start_weft(&c, 1)];
     for i in 0..2 {
         let key = host_pubkey(&c, i);
@@ -1322,4 +1327,65 @@ fn wireguard_ipv6_only_separate_mode() {
     }
     transfer6(&c, 0, 1);
     check_clean(&d[..1]);
+}
+
+/// Drops, in host `i`'s namespace, incoming UDP of family `nfproto` (`ipv4` or `ipv6`) to
+/// `port`: traffic that still flows cannot have used that family's underlay.
+fn block_udp(c: &Cluster, i: usize, nfproto: &str, port: u16) {
+    let port = port.to_string();
+    let cmds: [&[&str]; 3] = [
+        &["add", "table", "inet", "wgtest"],
+        &[
+            "add", "chain", "inet", "wgtest", "input", "{", "type", "filter", "hook", "input",
+            "priority", "0", ";", "}",
+        ],
+        &[
+            "add", "rule", "inet", "wgtest", "input", "meta", "nfproto", nfproto, "udp", "dport",
+            &port, "drop",
+        ],
+    ];
+    for args in cmds {
+        c.hosts[i]
+            .ns
+            .run(&[&["nft"][..], args].concat())
+            .unwrap_or_else(|e| panic!("host{}: nft {args:?}: {e}", i + 1));
+    }
+}
+
+#[test]
+fn wireguard_dual_stack_ipv6_mode_one_device_over_the_ipv6_underlay() {
+    const T: &str = "wireguard_dual_stack_ipv6_mode_one_device_over_the_ipv6_underlay";
+    if !tools(T) || !netns::require_privileged(T, &["nft"]) {
+        return;
+    }
+    let Some(mut c) = dual_cluster(T, &config_dual(Some("ipv6"))) else {
+        return;
+    };
+    // The IPv4 underlay's WireGuard port is closed on both hosts: both inner families must take
+    // the IPv6 endpoints `ipv6` mode gives.
+    for i in 0..2 {
+        block_udp(&c, i, "ipv4", 51_820);
+    }
+    let d = [start_weft(&c, 0), start_weft(&c, 1)];
+    for i in 0..2 {
+        check_v6_device(&c, i, "flannel-wg");
+        let udp = c.hosts[i]
+            .ns
+            .run(&["ss", "-H", "-u", "-l", "-n"])
+            .expect("ss");
+        assert!(
+            udp.contains(&format!("[{}]:51821 ", c.host_ip6(i))),
+            "host{}: the single device's IPv6 socket on ListenPortV6: {udp}",
+            i + 1
+        );
+    }
+    for i in 0..2 {
+        c.attach_container(i);
+        c.attach_container6(i);
+    }
+    ping_both(&c);
+    transfer(&c, 0, 1);
+    check_clean(&d[..1]);
+    let s = d[0].stats();
+    assert_eq!(s.get("wg_peers"), Some(&1.0), "{s:?}");
 }
