@@ -680,6 +680,18 @@ impl Worker {
                 &mut self.send_errors,
                 self.id,
             );
+        } // A datagram for a family this device has no socket of (no peer of such a device gets
+          // such an endpoint; counted should one ever).
+        let (no4, no6) = (self.sock.v4.is_none(), self.sock.v6.is_none());
+        if no4 || no6 {
+            let lost = tx
+                .dsts
+                .iter()
+                .filter(|d| if d.is_ipv4() { no4 } else { no6 })
+                .count();
+            if lost > 0 {
+                self.stats.drop_packets(DropReason::NoRoute, lost as u64);
+            }
         }
     }
 
