@@ -927,3 +927,465 @@ fn wireguard_rekey_during_traffic_loses_nothing() {
         assert_eq!(count(&after, k), count(&before, k), "{k}: {after:?}");
     }
 }
+
+/// A dual-stack wireguard network in `mode` (`None`: flannel's default, `separate`).
+fn config_dual(mode: Option<&str>) -> String {
+    let mode = mode
+        .map(|m| format!(r#","Mode":"{m}""#))
+        .unwrap_or_default();
+    format!(
+        r#"{{"Network":"10.1.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{{"Type":"wireguard","PSK":"{PSK}","PersistentKeepaliveInterval":5{mode}}}}}"#
+    )
+}
+
+/// A cluster of two hosts on a dual-stack underlay (IPv4 192.0.2.<n>, IPv6 fd00:192::<n>)
+/// with `config` in etcd.
+fn dual_cluster(test: &str, config: &str) -> Option<Cluster> {
+    let mut c = Cluster::for_test(test, 2)?;
+    c.enable_ipv6_underlay().expect("IPv6 underlay");
+    c.start_etcd();
+    c.put_config(config);
+    Some(c)
+}
+
+/// The lease value flannel's wireguard backend writes on a dual-stack node: the same key in
+/// `BackendData` (IPv4 port) and `BackendV6Data` (IPv6 port).
+fn wg_lease_dual(ip: &str, ip6: &str, public_key: &str, port: u16, port6: u16) -> String {
+    format!(
+        r#"{{"PublicIP":"{ip}","PublicIPv6":"{ip6}","BackendType":"wireguard","BackendData":{{"PublicKey":"{public_key}","Port":{port}}},"BackendV6Data":{{"PublicKey":"{public_key}","Port":{port6}}}}}"#
+    )
+}
+
+/// `ip <args>` in host `i`'s namespace.
+fn ip(c: &Cluster, i: usize, args: &[&str]) -> String {
+    c.hosts[i]
+        .ns
+        .ip(args)
+        .unwrap_or_else(|e| panic!("host{}: ip {args:?}: {e}", i + 1))
+}
+
+/// Host `i`'s public key, from its key file.
+fn host_pubkey(c: &Cluster, i: usize) -> String {
+    pubkey(&std::fs::read_to_string(key_file(c, i)).expect("key file"))
+}
+
+/// A checked TCP transfer over IPv6 from container `from` to container `to`.
+fn transfer6(c: &Cluster, from: usize, to: usize) {
+    let t = testkit::transfer::Transfer::start(
+        &c.hosts[from].ctr,
+        &c.hosts[to].ctr,
+        &c.ctr_ip6(to),
+        TRANSFER_BYTES,
+        false,
+    );
+    let got = t.finish();
+    assert!(
+        got >= TRANSFER_BYTES,
+        "ctr{} → ctr{} over IPv6: {got} bytes",
+        from + 1,
+        to + 1
+    );
+}
+
+/// Pings over both families, both ways.
+fn ping_both(c: &Cluster) {
+    for (a, b) in [(0, 1), (1, 0)] {
+        c.ping(a, b, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"));
+        c.ping6(a, b, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// Host `i`'s device `dev` has MTU 1420, the network address of its IPv6 subnet as /128 and
+/// the route of the IPv6 network.
+fn check_v6_device(c: &Cluster, i: usize, dev: &str) {
+    let link = ip(c, i, &["-o", "link", "show", "dev", dev]);
+    assert!(link.contains("mtu 1420"), "host{}: {link}", i + 1);
+    let want = format!(
+        "inet6 {}/128 ",
+        c.subnet6(i).split('/').next().expect("address")
+    );
+    let addrs = ip(c, i, &["-6", "addr", "show", "dev", dev, "scope", "global"]);
+    assert!(addrs.contains(&want), "host{}: {addrs} lacks {want}", i + 1);
+    let routes = ip(c, i, &["-6", "route", "show", "fc00::/48"]);
+    assert!(
+        routes.contains(&format!("dev {dev} ")),
+        "host{}: {routes}",
+        i + 1
+    );
+}
+
+/// After traffic: the daemon's counters show no refused packets of a peer.
+fn check_clean(d: &[Daemon]) {
+    for (i, x) in d.iter().enumerate() {
+        let s = x.stats();
+        eprintln!("host{}: {s:?}", i + 1);
+        assert!(
+            s.get("tx_packets").copied().unwrap_or(0.0) > 1000.0,
+            "host{}: {s:?}",
+            i + 1
+        );
+        for bad in [
+            "drop_wg_auth_failed",
+            "drop_wg_allowed_ips",
+            "drop_wg_bad_packet",
+            "drop_tx_malformed",
+        ] {
+            assert!(!s.contains_key(bad), "host{}: {bad} in {s:?}", i + 1);
+        }
+        // A few packets the kernel itself sends into a device once its IPv6 is on (to
+        // multicast groups) have no peer; container traffic never lands here.
+        let no_route = s.get("drop_no_route").copied().unwrap_or(0.0);
+        assert!(no_route <= 8.0, "host{}: drop_no_route {no_route}", i + 1);
+    }
+}
+
+#[test]
+fn wireguard_dual_stack_separate_mode_two_devices() {
+    const T: &str = "wireguard_dual_stack_separate_mode_two_devices";
+    if !tools(T) {
+        return;
+    }
+    let Some(mut c) = dual_cluster(T, &config_dual(None)) else {
+        return;
+    };
+    let d = [start_weft(&c, 0), start_weft(&c, 1)];
+    for i in 0..2 {
+        // As flannel: BackendV6Data with the same key and ListenPortV6 (51821).
+        let key = host_pubkey(&c, i);
+        assert_eq!(
+            c.get(&c.lease_key_dual(i)),
+            wg_lease_dual(&c.hosts[i].ip, &c.host_ip6(i), &key, 51_820, 51_821),
+            "lease of host{}",
+            i + 1
+        );
+        assert_eq!(c.subnet_env(i)["FLANNEL_MTU"], "1420");
+        // flannel-wg: IPv4 only (its /32, the IPv4 network's route, no global IPv6).
+        let addr = ip(&c, i, &["-o", "-4", "addr", "show", "dev", "flannel-wg"]);
+        let net = c.subnet(i).replace("/24", "/32");
+        assert!(addr.contains(&net), "host{}: {addr} lacks {net}", i + 1);
+        let v6 = ip(
+            &c,
+            i,
+            &["-6", "addr", "show", "dev", "flannel-wg", "scope", "global"],
+        );
+        assert!(v6.trim().is_empty(), "host{}: flannel-wg has {v6}", i + 1);
+        let route = ip(&c, i, &["route", "show", "10.1.0.0/16"]);
+        assert!(route.contains("dev flannel-wg "), "host{}: {route}", i + 1);
+        // flannel-wg-v6: IPv6 only.
+        check_v6_device(&c, i, "flannel-wg-v6");
+        let v4 = ip(&c, i, &["-o", "-4", "addr", "show", "dev", "flannel-wg-v6"]);
+        assert!(
+            v4.trim().is_empty(),
+            "host{}: flannel-wg-v6 has {v4}",
+            i + 1
+        );
+        // The sockets: IPv4 on 51820, IPv6 on 51821 at the host's IPv6 address.
+        let udp = c.hosts[i]
+            .ns
+            .run(&["ss", "-H", "-u", "-l", "-n"])
+            .expect("ss");
+        assert!(
+            udp.contains(&format!("{}:51820 ", c.hosts[i].ip)),
+            "host{}: {udp}",
+            i + 1
+        );
+        assert!(
+            udp.contains(&format!("[{}]:51821 ", c.host_ip6(i))),
+            "host{}: {udp}",
+            i + 1
+        );
+    }
+    for i in 0..2 {
+        c.attach_container(i);
+        c.attach_container6(i);
+    }
+    ping_both(&c);
+    transfer6(&c, 0, 1);
+    transfer6(&c, 1, 0);
+    transfer(&c, 0, 1);
+    check_clean(&d);
+    // Both devices' peers in the stats: one on flannel-wg, one on flannel-wg-v6.
+    for (i, x) in d.iter().enumerate() {
+        let s = x.stats();
+        assert_eq!(s.get("wg_peers"), Some(&2.0), "host{}: {s:?}", i + 1);
+        assert_eq!(
+            s.get("wg_peers_with_session"),
+            Some(&2.0),
+            "host{}: {s:?}",
+            i + 1
+        );
+    }
+}
+
+#[test]
+fn wireguard_dual_stack_auto_mode_one_device() {
+    const T: &str = "wireguard_dual_stack_auto_mode_one_device";
+    if !tools(T) || !netns::require_privileged(T, &["nft"]) {
+        return;
+    }
+    let Some(mut c) = dual_cluster(T, &config_dual(Some("auto"))) else {
+        return;
+    };
+    // The peers' IPv4 addresses (192.0.2.<n>) are not RFC 1918 and both hosts have IPv4, so auto
+    // picks IPv4 endpoints: with the IPv6 underlay's port closed both families still flow.
+    for i in 0..2 {
+        block_udp(&c, i, "ipv6", 51_821);
+    }
+    let d = [start_weft(&c, 0), start_weft(&c, 1)];
+    for i in 0..2 {
+        let key = host_pubkey(&c, i);
+        assert_eq!(
+            c.get(&c.lease_key_dual(i)),
+            wg_lease_dual(&c.hosts[i].ip, &c.host_ip6(i), &key, 51_820, 51_821),
+            "lease of host{}",
+            i + 1
+        );
+        // One device, flannel-wg, with both families; no flannel-wg-v6.
+        check_v6_device(&c, i, "flannel-wg");
+        let addr = ip(&c, i, &["-o", "-4", "addr", "show", "dev", "flannel-wg"]);
+        let net = c.subnet(i).replace("/24", "/32");
+        assert!(addr.contains(&net), "host{}: {addr} lacks {net}", i + 1);
+        assert!(
+            c.hosts[i]
+                .ns
+                .ip(&["link", "show", "dev", "flannel-wg-v6"])
+                .is_err(),
+            "host{}: no flannel-wg-v6 in auto mode",
+            i + 1
+        );
+    }
+    for i in 0..2 {
+        c.attach_container(i);
+        c.attach_container6(i);
+    }
+    ping_both(&c);
+    transfer6(&c, 0, 1);
+    transfer(&c, 1, 0);
+    check_clean(&d);
+    // One peer per host carrying both subnets.
+    for (i, x) in d.iter().enumerate() {
+        let s = x.stats();
+        assert_eq!(s.get("wg_peers"), Some(&1.0), "host{}: {s:?}", i + 1);
+    }
+}
+
+#[test]
+fn wireguard_ipv6_interop_with_wireguard_go() {
+    const T: &str = "wireguard_ipv6_interop_with_wireguard_go";
+    if !tools(T) {
+        return;
+    }
+    let Some(mut c) = dual_cluster(T, &config_dual(None)) else {
+        return;
+    };
+    // Host 2 plays a dual-stack flannel node's flannel-wg-v6 (separate mode) on wireguard-go:
+    // ListenPortV6 51821, the weft host as peer at [its PublicIPv6]:51821 with its IPv6 subnet
+    // as allowed IPs, and the lease flannel writes.
+    let dev = format!("wgg6{}", std::process::id() % 10_000);
+    let go_private = wg(&["genkey"], "");
+    let go_public = pubkey(&go_private);
+    let go_key_file = c.dir.join("go.key");
+    let psk_file = c.dir.join("psk");
+    std::fs::write(&go_key_file, &go_private).expect("write key");
+    std::fs::write(&psk_file, PSK).expect("write psk");
+    c.etcdctl(&[
+        "put",
+        &format!("{PREFIX}/subnets/10.1.99.0-24&fc00:0:0:99::-64"),
+        &wg_lease_dual("192.0.2.2", &c.host_ip6(1), &go_public, 51_820, 51_821),
+    ]);
+    let _go = WireguardGo::start(&c, &dev);
+    let d = start_weft(&c, 0);
+    let weft_public = host_pubkey(&c, 0);
+    let weft_subnet6 = c.subnet6(0);
+    let h = &c.hosts[1].ns;
+    let ok = |r: std::io::Result<String>, what: &str| {
+        r.unwrap_or_else(|e| panic!("{what}: {e}"));
+    };
+    let weft_ep = format!("[{}]:51821", c.host_ip6(0));
+    ok(
+        h.run(&[
+            "wg",
+            "set",
+            &dev,
+            "private-key",
+            &go_key_file.to_string_lossy(),
+            "listen-port",
+            "51821",
+            "peer",
+            &weft_public,
+            "preshared-key",
+            &psk_file.to_string_lossy(),
+            "endpoint",
+            &weft_ep,
+            "persistent-keepalive",
+            "5",
+            "allowed-ips",
+            &weft_subnet6,
+        ]),
+        "wg set",
+    );
+    ok(
+        h.ip(&[
+            "-6",
+            "addr",
+            "add",
+            "fc00:0:0:99::/128",
+            "dev",
+            &dev,
+            "nodad",
+        ]),
+        "address",
+    );
+    ok(h.ip(&["link", "set", &dev, "mtu", "1420", "up"]), "link up");
+    ok(
+        h.ip(&["-6", "route", "replace", "fc00::/48", "dev", &dev]),
+        "route",
+    );
+    std::fs::write(
+        c.subnet_file(1),
+        "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.99.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:99::1/64\nFLANNEL_MTU=1420\nFLANNEL_IPMASQ=false\n",
+    )
+    .expect("subnet file of the wireguard-go host");
+    for i in 0..2 {
+        c.attach_container(i);
+        c.attach_container6(i);
+    }
+    assert_eq!(c.ctr_ip6(1), "fc00:0:0:99::2");
+    c.ping6(0, 1, Duration::from_secs(10))
+        .expect("weft → wireguard-go over IPv6");
+    c.ping6(1, 0, Duration::from_secs(10))
+        .expect("wireguard-go → weft over IPv6");
+    transfer6(&c, 0, 1);
+    transfer6(&c, 1, 0);
+    let hs = c.hosts[1]
+        .ns
+        .run(&["wg", "show", &dev, "endpoints"])
+        .expect("wg show endpoints");
+    assert!(
+        hs.contains(&weft_ep),
+        "wireguard-go's endpoint of weft: {hs}"
+    );
+    let s = d.stats();
+    eprintln!("{T}: {s:?}");
+    assert!(
+        s.get("wg_peers_with_session").copied().unwrap_or(0.0) >= 1.0,
+        "{s:?}"
+    );
+    for bad in [
+        "drop_wg_auth_failed",
+        "drop_wg_allowed_ips",
+        "drop_wg_bad_packet",
+    ] {
+        assert!(!s.contains_key(bad), "{bad} in {s:?}");
+    }
+}
+
+#[test]
+fn wireguard_ipv6_only_separate_mode() {
+    const T: &str = "wireguard_ipv6_only_separate_mode";
+    if !tools(T) {
+        return;
+    }
+    let config = format!(
+        r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{{"Type":"wireguard","PSK":"{PSK}"}}}}"#
+    );
+    let Some(c) = dual_cluster(T, &config) else {
+        return;
+    };
+    let d = [start_weft(&c, 0), start_weft(&c, 1)];
+    for i in 0..2 {
+        // PublicIP 0.0.0.0 and no BackendData, as flannel writes an IPv6-only lease.
+        let key = format!(
+            "{PREFIX}/subnets/0.0.0.0-0&{}",
+            c.subnet6(i).replace('/', "-")
+        );
+        assert_eq!(
+            c.get(&key),
+            format!(
+                r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{}","BackendType":"wireguard","BackendV6Data":{{"PublicKey":"{}","Port":51821}}}}"#,
+                c.host_ip6(i),
+                host_pubkey(&c, i)
+            ),
+            "lease of host{}",
+            i + 1
+        );
+        check_v6_device(&c, i, "flannel-wg-v6");
+        assert!(
+            c.hosts[i].ns.ip(&["link", "show", "flannel-wg"]).is_err(),
+            "host{}: no IPv4 device",
+            i + 1
+        );
+    }
+    for i in 0..2 {
+        c.attach_container6(i);
+    }
+    for (a, b) in [(0, 1), (1, 0)] {
+        c.ping6(a, b, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    transfer6(&c, 0, 1);
+    check_clean(&d[..1]);
+}
+
+/// Drops, in host `i`'s namespace, incoming UDP of family `nfproto` (`ipv4` or `ipv6`) to
+/// `port`: traffic that still flows cannot have used that family's underlay.
+fn block_udp(c: &Cluster, i: usize, nfproto: &str, port: u16) {
+    let port = port.to_string();
+    let cmds: [&[&str]; 3] = [
+        &["add", "table", "inet", "wgtest"],
+        &[
+            "add", "chain", "inet", "wgtest", "input", "{", "type", "filter", "hook", "input",
+            "priority", "0", ";", "}",
+        ],
+        &[
+            "add", "rule", "inet", "wgtest", "input", "meta", "nfproto", nfproto, "udp", "dport",
+            &port, "drop",
+        ],
+    ];
+    for args in cmds {
+        c.hosts[i]
+            .ns
+            .run(&[&["nft"][..], args].concat())
+            .unwrap_or_else(|e| panic!("host{}: nft {args:?}: {e}", i + 1));
+    }
+}
+
+#[test]
+fn wireguard_dual_stack_ipv6_mode_one_device_over_the_ipv6_underlay() {
+    const T: &str = "wireguard_dual_stack_ipv6_mode_one_device_over_the_ipv6_underlay";
+    if !tools(T) || !netns::require_privileged(T, &["nft"]) {
+        return;
+    }
+    let Some(mut c) = dual_cluster(T, &config_dual(Some("ipv6"))) else {
+        return;
+    };
+    // The IPv4 underlay's WireGuard port is closed on both hosts: both inner families must take
+    // the IPv6 endpoints `ipv6` mode gives.
+    for i in 0..2 {
+        block_udp(&c, i, "ipv4", 51_820);
+    }
+    let d = [start_weft(&c, 0), start_weft(&c, 1)];
+    for i in 0..2 {
+        check_v6_device(&c, i, "flannel-wg");
+        let udp = c.hosts[i]
+            .ns
+            .run(&["ss", "-H", "-u", "-l", "-n"])
+            .expect("ss");
+        assert!(
+            udp.contains(&format!("[{}]:51821 ", c.host_ip6(i))),
+            "host{}: the single device's IPv6 socket on ListenPortV6: {udp}",
+            i + 1
+        );
+    }
+    for i in 0..2 {
+        c.attach_container(i);
+        c.attach_container6(i);
+    }
+    ping_both(&c);
+    transfer(&c, 0, 1);
+    check_clean(&d[..1]);
+    let s = d[0].stats();
+    assert_eq!(s.get("wg_peers"), Some(&1.0), "{s:?}");
+}

@@ -2,10 +2,10 @@
 //! the private key file, and the lease `BackendData` (`{"PublicKey":"..","Port":51820}`).
 //!
 //! Keys and defaults follow flannel's `pkg/backend/wireguard` (docs/compatibility.md §2.4, §7.8):
-//! `ListenPort` 51820, `PSK` (base64, one preshared key for every peer),
-//! `PersistentKeepaliveInterval` (integer seconds), `Mode` (`separate`, `ipv4`; `auto` and
-//! `ipv6` need IPv6 and are refused for now, as is `ListenPortV6`), `MTU` (base MTU; the device
-//! gets base − 80). Key names match case-insensitively, unknown keys are ignored, as Go does.
+//! `ListenPort` 51820, `ListenPortV6` 51821, `PSK` (base64, one preshared key for every peer),
+//! `PersistentKeepaliveInterval` (integer seconds), `Mode` (`separate`, `auto`, `ipv4`,
+//! `ipv6`), `MTU` (base MTU; the device gets base − 80). Key names match case-insensitively,
+//! unknown keys are ignored, as Go does.
 
 use std::fs;
 use std::io::Write;
@@ -22,6 +22,8 @@ use crate::lease::{LeaseAttrs, RawJson};
 
 /// flannel's default `ListenPort`.
 pub const DEFAULT_LISTEN_PORT: u16 = 51_820;
+/// flannel's default `ListenPortV6`.
+pub const DEFAULT_LISTEN_PORT_V6: u16 = 51_821;
 /// Bytes WireGuard adds to every inner packet over IPv4 and IPv6 alike (flannel's `overhead`):
 /// 20/40 IP + 8 UDP + 16 header + 16 tag, rounded to flannel's figure.
 pub const OVERHEAD: u32 = 80;
@@ -38,10 +40,42 @@ pub type Key = [u8; KEY_LEN];
 /// How flannel lays out devices for the address families (`Mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// `separate` (the default): one device per family; with IPv4 only, `flannel-wg`.
+    /// `separate` (the default): one device per family, `flannel-wg` (IPv4, `ListenPort`) and
+    /// `flannel-wg-v6` (IPv6, `ListenPortV6`), each if its family is enabled.
     Separate,
+    /// `auto`: one device `flannel-wg` carrying both families; each peer's endpoint family
+    /// chosen from the addresses (see [`auto_prefers_ipv6`]).
+    Auto,
     /// `ipv4`: one device, endpoints over IPv4.
     Ipv4,
+    /// `ipv6`: one device, endpoints over IPv6.
+    Ipv6,
+}
+
+impl Mode {
+    /// Whether one device carries both families (every mode but `separate`).
+    pub fn single_device(self) -> bool {
+        self != Mode::Separate
+    }
+}
+
+/// flannel's `auto` choice of a peer's endpoint family: IPv6 only if the peer has an IPv6
+/// address, and not (its IPv4 is public and we have an IPv4), and its IPv6 is not unique-local
+/// (fc00::/7), and ours exists and is not either.
+pub fn auto_prefers_ipv6(
+    peer_v4: Option<std::net::Ipv4Addr>,
+    peer_v6: Option<std::net::Ipv6Addr>,
+    own_v4: Option<std::net::Ipv4Addr>,
+    own_v6: Option<std::net::Ipv6Addr>,
+) -> bool {
+    let ula = |a: std::net::Ipv6Addr| a.segments()[0] & 0xfe00 == 0xfc00;
+    let Some(peer_v6) = peer_v6 else {
+        return false;
+    };
+    if peer_v4.is_some_and(|a| !a.is_private()) && own_v4.is_some() {
+        return false;
+    }
+    !ula(peer_v6) && own_v6.is_some_and(|a| !ula(a))
 }
 
 /// The `wireguard` backend section.
@@ -49,6 +83,8 @@ pub enum Mode {
 pub struct WireguardConfig {
     /// `ListenPort`: our UDP port, published in the lease.
     pub listen_port: u16,
+    /// `ListenPortV6`: our UDP port for IPv6 underlay traffic, published in `BackendV6Data`.
+    pub listen_port_v6: u16,
     /// `MTU`: the base MTU (default: the underlay interface's); the device gets base − 80.
     pub mtu: Option<u32>,
     /// `PSK`: the preshared key of every peer.
@@ -64,6 +100,7 @@ impl std::fmt::Debug for WireguardConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WireguardConfig")
             .field("listen_port", &self.listen_port)
+            .field("listen_port_v6", &self.listen_port_v6)
             .field("mtu", &self.mtu)
             .field("psk", &self.psk.map(|_| "<set>"))
             .field("persistent_keepalive", &self.persistent_keepalive)
@@ -76,6 +113,7 @@ impl Default for WireguardConfig {
     fn default() -> Self {
         WireguardConfig {
             listen_port: DEFAULT_LISTEN_PORT,
+            listen_port_v6: DEFAULT_LISTEN_PORT_V6,
             mtu: None,
             psk: None,
             persistent_keepalive: 0,
@@ -125,7 +163,7 @@ pub fn format_key(key: &Key) -> String {
     BASE64.encode(key)
 }
 
-/// flannel's decoding of the `wireguard` backend section, IPv4 only.
+/// flannel's decoding of the `wireguard` backend section.
 pub(crate) fn parse(obj: &GoObject<Value>) -> Result<WireguardConfig, Error> {
     let mut cfg = WireguardConfig::default();
     if let Some(p) = uint(obj, "Backend.ListenPort", "ListenPort", 65_535)? {
@@ -138,12 +176,15 @@ pub(crate) fn parse(obj: &GoObject<Value>) -> Result<WireguardConfig, Error> {
         }
         cfg.listen_port = p as u16;
     }
-    if let Some(v) = obj.get("ListenPortV6").filter(|v| !v.is_null()) {
-        return Err(cfg_err(
-            "Backend.ListenPortV6",
-            v.to_string(),
-            "IPv6 is not yet supported by weft's wireguard backend (IPv4 only)",
-        ));
+    if let Some(p) = uint(obj, "Backend.ListenPortV6", "ListenPortV6", 65_535)? {
+        if p == 0 {
+            return Err(cfg_err(
+                "Backend.ListenPortV6",
+                "0",
+                "a random port cannot be published to peers: give a UDP port 1..65535",
+            ));
+        }
+        cfg.listen_port_v6 = p as u16;
     }
     if let Some(m) = uint(obj, "Backend.MTU", "MTU", 65_535)? {
         if m != 0 && m < 68 + u64::from(OVERHEAD) {
@@ -191,13 +232,8 @@ pub(crate) fn parse(obj: &GoObject<Value>) -> Result<WireguardConfig, Error> {
             cfg.mode = match s.as_str() {
                 "separate" | "" => Mode::Separate,
                 "ipv4" => Mode::Ipv4,
-                "ipv6" | "auto" => {
-                    return Err(cfg_err(
-                        "Backend.Mode",
-                        format!("{s:?}"),
-                        "IPv6 is not yet supported by weft's wireguard backend (use \"separate\" or \"ipv4\")",
-                    ))
-                }
+                "ipv6" => Mode::Ipv6,
+                "auto" => Mode::Auto,
                 _ => {
                     return Err(cfg_err(
                         "Backend.Mode",
@@ -337,36 +373,70 @@ impl LeaseAttrs {
         }
     }
 
+    /// The attributes flannel's wireguard backend publishes on a dual-stack or IPv6-only node:
+    /// `BackendData` `{"PublicKey":..,"Port":<port>}` when `port` is given (IPv4 enabled),
+    /// `BackendV6Data` `{"PublicKey":<the same key>,"Port":<port_v6>}`.
+    pub fn wireguard_dual(
+        public_ip: std::net::Ipv4Addr,
+        public_ipv6: std::net::Ipv6Addr,
+        public_key: &Key,
+        port: Option<u16>,
+        port_v6: u16,
+    ) -> Self {
+        let data = |port: u16| {
+            RawJson::new(&format!(
+                r#"{{"PublicKey":"{}","Port":{port}}}"#,
+                format_key(public_key)
+            ))
+        };
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: Some(public_ipv6),
+            backend_type: Some("wireguard".into()),
+            backend_data: port.and_then(data),
+            backend_v6_data: data(port_v6),
+        }
+    }
+
     /// Decodes a wireguard lease's `BackendData` as flannel does (keys case-insensitive; a
     /// missing or null `Port` is 0).
     pub fn wireguard_data(&self) -> Result<WireguardData, crate::lease::BadLeaseValue> {
-        use crate::lease::BadLeaseValue;
-        let raw = self
-            .backend_data
-            .as_ref()
-            .ok_or_else(|| BadLeaseValue("BackendData missing".into()))?;
-        let obj: GoObject<Value> = serde_json::from_str(raw.as_str())
-            .map_err(|e| BadLeaseValue(format!("BackendData: not a JSON object: {e}")))?;
-        let public_key = match obj.get("PublicKey") {
-            Some(Value::String(s)) => parse_key(s).ok_or_else(|| {
-                BadLeaseValue(format!("BackendData.PublicKey: not a base64 key: {s:?}"))
-            })?,
-            Some(v) => {
-                return Err(BadLeaseValue(format!(
-                    "BackendData.PublicKey: expected a string, got {v}"
-                )))
-            }
-            None => return Err(BadLeaseValue("BackendData.PublicKey missing".into())),
-        };
-        let port = match obj.get("Port") {
-            None | Some(Value::Null) => 0,
-            Some(v) => v
-                .as_u64()
-                .and_then(|p| u16::try_from(p).ok())
-                .ok_or_else(|| BadLeaseValue(format!("BackendData.Port: invalid {v}")))?,
-        };
-        Ok(WireguardData { public_key, port })
+        decode_wireguard(self.backend_data.as_ref(), "BackendData")
     }
+
+    /// Decodes a wireguard lease's `BackendV6Data` the same way.
+    pub fn wireguard_v6_data(&self) -> Result<WireguardData, crate::lease::BadLeaseValue> {
+        decode_wireguard(self.backend_v6_data.as_ref(), "BackendV6Data")
+    }
+}
+
+/// Decodes `{"PublicKey":"..","Port":..}` from the lease field `field`.
+fn decode_wireguard(
+    raw: Option<&RawJson>,
+    field: &str,
+) -> Result<WireguardData, crate::lease::BadLeaseValue> {
+    use crate::lease::BadLeaseValue;
+    let raw = raw.ok_or_else(|| BadLeaseValue(format!("{field} missing")))?;
+    let obj: GoObject<Value> = serde_json::from_str(raw.as_str())
+        .map_err(|e| BadLeaseValue(format!("{field}: not a JSON object: {e}")))?;
+    let public_key = match obj.get("PublicKey") {
+        Some(Value::String(s)) => parse_key(s)
+            .ok_or_else(|| BadLeaseValue(format!("{field}.PublicKey: not a base64 key: {s:?}")))?,
+        Some(v) => {
+            return Err(BadLeaseValue(format!(
+                "{field}.PublicKey: expected a string, got {v}"
+            )))
+        }
+        None => return Err(BadLeaseValue(format!("{field}.PublicKey missing"))),
+    };
+    let port = match obj.get("Port") {
+        None | Some(Value::Null) => 0,
+        Some(v) => v
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(|| BadLeaseValue(format!("{field}.Port: invalid {v}")))?,
+    };
+    Ok(WireguardData { public_key, port })
 }
 
 #[cfg(test)]
@@ -410,6 +480,66 @@ mod tests {
         assert!(!format!("{c:?}").contains(PSK), "PSK stays out of logs");
         let c = wg(r#"{"Type":"wireguard","Mode":"separate","PSK":""}"#).expect("ok");
         assert_eq!((c.mode, c.psk), (Mode::Separate, None));
+        assert_eq!(c.listen_port_v6, 51_821);
+        let c = wg(r#"{"Type":"wireguard","Mode":"auto","listenportv6":6000}"#).expect("ok");
+        assert_eq!((c.mode, c.listen_port_v6), (Mode::Auto, 6000));
+        assert!(c.mode.single_device());
+        let c = wg(r#"{"Type":"wireguard","Mode":"ipv6"}"#).expect("ok");
+        assert_eq!(c.mode, Mode::Ipv6);
+        assert!(!Mode::Separate.single_device());
+    }
+
+    #[test]
+    fn auto_mode_picks_the_endpoint_family_as_flannel() {
+        let v4 = |s: &str| Some(s.parse::<std::net::Ipv4Addr>().expect("ip"));
+        let v6 = |s: &str| Some(s.parse::<std::net::Ipv6Addr>().expect("ip"));
+        // No peer IPv6: IPv4.
+        assert!(!auto_prefers_ipv6(
+            v4("10.0.0.2"),
+            None,
+            v4("10.0.0.1"),
+            v6("2001:db8::1")
+        ));
+        // Peer's IPv4 public and ours present: IPv4.
+        assert!(!auto_prefers_ipv6(
+            v4("198.51.100.2"),
+            v6("2001:db8::2"),
+            v4("10.0.0.1"),
+            v6("2001:db8::1")
+        ));
+        // Private IPv4, global IPv6 both sides: IPv6.
+        assert!(auto_prefers_ipv6(
+            v4("10.0.0.2"),
+            v6("2001:db8::2"),
+            v4("10.0.0.1"),
+            v6("2001:db8::1")
+        ));
+        // A public peer IPv4 but no IPv4 of ours (IPv6 only): IPv6.
+        assert!(auto_prefers_ipv6(
+            v4("198.51.100.2"),
+            v6("2001:db8::2"),
+            None,
+            v6("2001:db8::1")
+        ));
+        // Unique-local on either side: IPv4.
+        assert!(!auto_prefers_ipv6(
+            v4("10.0.0.2"),
+            v6("fd00::2"),
+            v4("10.0.0.1"),
+            v6("2001:db8::1")
+        ));
+        assert!(!auto_prefers_ipv6(
+            v4("10.0.0.2"),
+            v6("2001:db8::2"),
+            v4("10.0.0.1"),
+            v6("fc00::1")
+        ));
+        assert!(!auto_prefers_ipv6(
+            v4("10.0.0.2"),
+            v6("2001:db8::2"),
+            v4("10.0.0.1"),
+            None
+        ));
     }
 
     #[test]
@@ -430,19 +560,14 @@ mod tests {
             "no valid Mode configured",
         );
         refused(
-            r#"{"Type":"wireguard","Mode":"auto"}"#,
-            "Backend.Mode",
-            "IPv6 is not yet supported",
-        );
-        refused(
-            r#"{"Type":"wireguard","Mode":"ipv6"}"#,
-            "Backend.Mode",
-            "IPv6 is not yet supported",
-        );
-        refused(
-            r#"{"Type":"wireguard","ListenPortV6":51821}"#,
+            r#"{"Type":"wireguard","ListenPortV6":0}"#,
             "Backend.ListenPortV6",
-            "IPv6 is not yet supported",
+            "random port",
+        );
+        refused(
+            r#"{"Type":"wireguard","ListenPortV6":"51821"}"#,
+            "Backend.ListenPortV6",
+            "expected an integer",
         );
         refused(
             r#"{"Type":"wireguard","PersistentKeepaliveInterval":"25s"}"#,
@@ -499,6 +624,41 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(old.wireguard_data().expect("data").port, 0);
+        // Dual stack: the same key in both, each family's port; IPv6 only: no BackendData.
+        let ip6: std::net::Ipv6Addr = "fd00::1".parse().expect("ip");
+        let d = LeaseAttrs::wireguard_dual(
+            "192.0.2.1".parse().expect("ip"),
+            ip6,
+            &public,
+            Some(51_820),
+            51_821,
+        );
+        assert_eq!(
+            d.to_json(),
+            format!(
+                r#"{{"PublicIP":"192.0.2.1","PublicIPv6":"fd00::1","BackendType":"wireguard","BackendData":{{"PublicKey":"{k}","Port":51820}},"BackendV6Data":{{"PublicKey":"{k}","Port":51821}}}}"#,
+                k = format_key(&public)
+            )
+        );
+        let back = LeaseAttrs::parse(d.to_json().as_bytes()).expect("parses");
+        assert_eq!(back.wireguard_data().expect("v4").port, 51_820);
+        assert_eq!(
+            back.wireguard_v6_data().expect("v6"),
+            WireguardData {
+                public_key: public,
+                port: 51_821
+            }
+        );
+        let only6 =
+            LeaseAttrs::wireguard_dual(std::net::Ipv4Addr::UNSPECIFIED, ip6, &public, None, 51_821);
+        assert!(only6.backend_data.is_none());
+        let e = only6.wireguard_data().expect_err("no BackendData");
+        assert!(e.0.contains("BackendData missing"), "{e:?}");
+        assert!(a
+            .wireguard_v6_data()
+            .expect_err("v4 only")
+            .0
+            .contains("BackendV6Data"));
         for bad in [
             r#"{"PublicIP":"192.0.2.2","BackendType":"wireguard"}"#,
             r#"{"PublicIP":"192.0.2.2","BackendType":"wireguard","BackendData":{"PublicKey":"AAAA"}}"#,

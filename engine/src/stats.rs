@@ -106,11 +106,14 @@ pub enum DropReason {
     /// can cut (UDP, ICMP, a fragment, SYN/RST/URG, or headers that leave no room): the kernel
     /// could not forward it whole (see `Counter::RxInnerCuts` for the ones cut).
     InnerTooBig,
+    /// WireGuard: a packet for a peer without a session beyond the 256 its tunnel queues until
+    /// the handshake completes.
+    WgQueueFull,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 39] = [
+    pub const ALL: [DropReason; 40] = [
         DropReason::Truncated,
         DropReason::NotIpv4,
         DropReason::BadHeaderLen,
@@ -150,6 +153,7 @@ impl DropReason {
         DropReason::VxlanNotIpv6,
         DropReason::TxTooBig,
         DropReason::InnerTooBig,
+        DropReason::WgQueueFull,
     ];
 
     /// Stable snake_case name used in logs and metrics.
@@ -185,6 +189,7 @@ impl DropReason {
             DropReason::WgAllowedIps => "wg_allowed_ips",
             DropReason::WgHandshakeRejected => "wg_handshake_rejected",
             DropReason::WgUnderLoad => "wg_under_load",
+            DropReason::WgQueueFull => "wg_queue_full",
             DropReason::NotIpv6 => "not_ipv6",
             DropReason::Ipv6Jumbo => "ipv6_jumbo",
             DropReason::Ipv6ExtChainTooLong => "ipv6_ext_chain_too_long",

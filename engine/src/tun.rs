@@ -11,7 +11,7 @@ pub struct TunConfig {
     /// Interface name (`weft0`).
     pub name: String,
     /// Address of the device, set as /32 (flannel uses the lease's network address);
-    /// `0.0.0.0`: no IPv4 address (an IPv6-only overlay, addressed by [`enable_ipv6`]).
+    /// `0.0.0.0`: no IPv4 address (an IPv6-only device, addressed by [`enable_ipv6`]).
     pub addr: Ipv4Addr,
     /// Device MTU (underlay MTU − 28 for the udp wire format).
     pub mtu: u16,

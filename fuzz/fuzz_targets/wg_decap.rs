@@ -48,13 +48,15 @@ fn pair() -> &'static Pair {
         let (a, b) = (WgCore::new(id(key(1))), WgCore::new(id(key(2))));
         a.set_peers(&[PeerConfig {
             public_key: b.public_key(),
-            endpoint: B_EP,
-            allowed: net("10.1.2.0/24"),
+            endpoint: B_EP.into(),
+            allowed: Some(net("10.1.2.0/24")),
+            allowed6: None,
         }]);
         b.set_peers(&[PeerConfig {
             public_key: a.public_key(),
-            endpoint: A_EP,
-            allowed: net("10.1.1.0/24"),
+            endpoint: A_EP.into(),
+            allowed: Some(net("10.1.1.0/24")),
+            allowed6: None,
         }]);
         // B initiates; A answers; B completes (its keepalive / queued packet goes to A).
         let mut out = vec![0u8; 4096];
@@ -77,7 +79,7 @@ fn pair() -> &'static Pair {
         {
             let ka = packet.to_vec();
             let _ = a.decapsulate(&a.table(), B_EP, &ka, &mut out2);
-            while let Some(q) = p.drain_queued(&mut out) {
+            while let Some((_, q)) = p.drain_queued(&mut out) {
                 let q = q.to_vec();
                 let _ = a.decapsulate(&a.table(), B_EP, &q, &mut out2);
             }

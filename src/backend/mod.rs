@@ -229,9 +229,9 @@ pub(crate) fn create(config: &NetworkConfig, host: &HostInfo) -> Result<Box<dyn 
 }
 
 /// Refuses address families the selected backend cannot carry (docs/compatibility.md §11.1):
-/// IPv6 (dual stack or IPv6 only) is carried by the kernel vxlan and host-gw backends and by
-/// weft's own data plane (userspace vxlan); udp gets flannel's error; alloc/extension are IPv4
-/// only.
+/// IPv6 (dual stack or IPv6 only) is carried by the kernel vxlan, host-gw and wireguard backends
+/// and by weft's own data plane (userspace vxlan); udp gets flannel's error; alloc/extension are
+/// IPv4 only.
 fn check_families(config: &NetworkConfig) -> Result<()> {
     if config.ipv6.is_none() {
         return Ok(());
@@ -240,11 +240,13 @@ fn check_families(config: &NetworkConfig) -> Result<()> {
         // Userspace vxlan: weft's workers carry both families over one TUN device, or IPv6 only.
         control::Backend::Vxlan(_) => Ok(()),
         control::Backend::HostGw => Ok(()),
+        // Both families, in flannel's device layouts (`Mode`).
+        control::Backend::Wireguard(_) => Ok(()),
         control::Backend::Udp { .. } => {
             anyhow::bail!("EnableIPv6=true: IPv6 is not supported with the udp backend")
         }
         _ => anyhow::bail!(
-            "EnableIPv6=true: the {} backend carries IPv4 only; IPv6 needs vxlan or host-gw",
+            "EnableIPv6=true: the {} backend carries IPv4 only; IPv6 needs vxlan, host-gw or wireguard",
             kind(config)
         ),
     }

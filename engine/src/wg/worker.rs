@@ -6,20 +6,26 @@
 //!  recvmmsg (+GRO) → peer by receiver index → decrypt (peer lock) → allowed-IPs check → TUN write
 //!  worker 0, every 250 ms: each peer's timers (rekey, retransmit, keepalive, expiry)
 //! ```
+//!
+//! A device carries IPv4, IPv6 or both inside (by the inner version nibble: the peer by the
+//! longest prefix of its family) and has an IPv4 socket, an IPv6 one (IPV6_V6ONLY) or both per
+//! worker: each datagram leaves by the socket of its endpoint's family, one sendmmsg per family
+//! and batch, UDP GSO and GRO on either socket where the kernel allows.
 
 use super::{PeerTable, RxVerdict, TxVerdict, WgCore, MIN_OUT, SEAL_OVERHEAD};
 use crate::dataplane::StartError;
-use crate::net::Ipv4Net;
+use crate::net::{Ipv4Net, Ipv6Net};
 use crate::stats::{Counter, DropReason, StatsSnapshot, WorkerStats};
 use crate::tun::{self, TunConfig, TunQueue};
 use crate::udp::{
-    BatchSocket, Offload, RecvMeta, SendMsg, MAX_BATCH, MAX_GSO_BYTES, MAX_GSO_SEGMENTS,
+    BatchSocket, Offload, RecvMeta, SendMsg, UnderlayAddr, MAX_BATCH, MAX_GSO_BYTES,
+    MAX_GSO_SEGMENTS,
 };
 use crate::worker::{ErrorLog, TUN_SPLIT_MAX};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -30,6 +36,7 @@ use std::time::{Duration, Instant};
 const TUN: Token = Token(0);
 const UDP: Token = Token(1);
 const WAKE: Token = Token(2);
+const UDP6: Token = Token(3);
 /// How often worker 0 runs the peers' timers (boringtun's device uses 250 ms too).
 const TIMER_TICK: Duration = Duration::from_millis(250);
 /// How often the handshake rate limit's count resets.
@@ -51,10 +58,17 @@ pub struct WgDataplaneConfig {
     pub tun_name: String,
     /// MTU of the device (flannel: base MTU − 80).
     pub mtu: u32,
-    /// This host's subnet (its network address becomes the device address, /32).
-    pub local: Ipv4Net,
-    /// Underlay address and port to bind (flannel: `ListenPort`).
-    pub bind: SocketAddrV4,
+    /// This host's IPv4 subnet, if the device carries IPv4 (its network address becomes the
+    /// device address, /32).
+    pub local: Option<Ipv4Net>,
+    /// This host's IPv6 subnet, if the device carries IPv6 (its network address becomes the
+    /// device's IPv6 address, /128).
+    pub local6: Option<Ipv6Net>,
+    /// IPv4 underlay address and port to bind (flannel: `ListenPort`), if the device has
+    /// peers with IPv4 endpoints.
+    pub bind: Option<SocketAddrV4>,
+    /// IPv6 underlay address and port to bind, if the device has peers with IPv6 endpoints.
+    pub bind6: Option<SocketAddrV6>,
     /// Number of workers.
     pub workers: usize,
     /// Packets per batch, 1..=128.
@@ -83,15 +97,38 @@ pub struct WgDataplane {
 /// A cheap, shareable view of a running WireGuard data plane: its counters, its workers'
 /// health and its peers. Reading it never touches the workers' hot path except for each peer's
 /// lock, taken once per peer by [`Peer::stats`](super::Peer::stats).
+/// Views of several data planes (flannel's `separate` mode: `flannel-wg` and `flannel-wg-v6`)
+/// join into one with [`WgStatsSource::join`].
 #[derive(Debug, Clone)]
 pub struct WgStatsSource {
     stats: Vec<Arc<WorkerStats>>,
-    live: Arc<AtomicUsize>,
+    live: Vec<Arc<AtomicUsize>>,
     workers: usize,
-    core: Arc<WgCore>,
+    cores: Vec<Arc<WgCore>>,
+}
+
+/// The peers of one or more data planes.
+#[derive(Debug, Clone, Default)]
+pub struct PeerList(Vec<Arc<super::Peer>>);
+
+impl PeerList {
+    /// All peers.
+    pub fn peers(&self) -> &[Arc<super::Peer>] {
+        &self.0
+    }
 }
 
 impl WgStatsSource {
+    /// One view of both data planes: counters summed, workers and peers of both.
+    #[must_use]
+    pub fn join(mut self, other: WgStatsSource) -> WgStatsSource {
+        self.stats.extend(other.stats);
+        self.live.extend(other.live);
+        self.workers += other.workers;
+        self.cores.extend(other.cores);
+        self
+    }
+
     /// Counters summed over all workers.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot::sum(self.stats.iter().map(|s| &**s))
@@ -99,7 +136,7 @@ impl WgStatsSource {
 
     /// Workers still running.
     pub fn live_workers(&self) -> usize {
-        self.live.load(Ordering::Acquire)
+        self.live.iter().map(|l| l.load(Ordering::Acquire)).sum()
     }
 
     /// Whether every worker is still running.
@@ -112,9 +149,14 @@ impl WgStatsSource {
         self.stats.iter().map(|s| s.heartbeat_age()).collect()
     }
 
-    /// The current peer table.
-    pub fn peers(&self) -> Arc<super::PeerTable> {
-        self.core.table().clone()
+    /// The current peers.
+    pub fn peers(&self) -> PeerList {
+        PeerList(
+            self.cores
+                .iter()
+                .flat_map(|c| c.table().peers().to_vec())
+                .collect(),
+        )
     }
 }
 
@@ -138,10 +180,17 @@ impl WgDataplane {
     /// nothing is left behind (the queues close, so the device goes).
     pub fn start(cfg: &WgDataplaneConfig, core: Arc<WgCore>) -> Result<WgDataplane, StartError> {
         let workers = cfg.workers.clamp(1, 64);
+        if cfg.bind.is_none() && cfg.bind6.is_none() {
+            return Err(StartError {
+                what: format!("starting {}", cfg.tun_name),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "no underlay socket to bind"),
+            });
+        }
         let mtu = u16::try_from(cfg.mtu).unwrap_or(u16::MAX);
         let mut tun_cfg = TunConfig {
             name: cfg.tun_name.clone(),
-            addr: cfg.local.addr(),
+            // A device without IPv4 (flannel-wg-v6) gets no IPv4 address.
+            addr: cfg.local.map_or(Ipv4Addr::UNSPECIFIED, |l| l.addr()),
             mtu,
             queues: workers,
             offload: cfg.offload != Offload::Off,
@@ -156,6 +205,10 @@ impl WgDataplane {
         }
         .map_err(ctx(|| format!("creating TUN device {}", cfg.tun_name)))?;
         let tun_offload = tun_cfg.offload;
+        if let (Some(l6), Some(q)) = (cfg.local6, queues.first()) {
+            tun::enable_ipv6(&cfg.tun_name, q, l6.addr())
+                .map_err(ctx(|| format!("giving {} its IPv6 address", cfg.tun_name)))?;
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let live = Arc::new(AtomicUsize::new(0));
         let mut dp = WgDataplane {
@@ -170,9 +223,23 @@ impl WgDataplane {
         };
         let mut setups = Vec::with_capacity(workers);
         for (id, tun) in queues.into_iter().enumerate() {
-            let sock = BatchSocket::bind(cfg.bind, cfg.socket_buffer, cfg.offload)
-                .map_err(ctx(|| format!("binding UDP {}", cfg.bind)))?;
-            dp.gso &= sock.gso();
+            let v4 = match cfg.bind {
+                Some(b) => Some(
+                    BatchSocket::bind(b, cfg.socket_buffer, cfg.offload)
+                        .map_err(ctx(|| format!("binding UDP {b}")))?,
+                ),
+                None => None,
+            };
+            let v6 = match cfg.bind6 {
+                Some(b) => Some(
+                    BatchSocket::bind(b, cfg.socket_buffer, cfg.offload)
+                        .map_err(ctx(|| format!("binding UDP {b}")))?,
+                ),
+                None => None,
+            };
+            let sock = Sockets { v4, v6 };
+            dp.gso &= sock.v4.as_ref().is_none_or(BatchSocket::gso)
+                && sock.v6.as_ref().is_none_or(BatchSocket::gso);
             let poll = Poll::new().map_err(ctx(|| "creating poll".to_string()))?;
             dp.wakers.push(
                 Waker::new(poll.registry(), WAKE).map_err(ctx(|| "creating waker".to_string()))?,
@@ -222,9 +289,9 @@ impl WgDataplane {
     pub fn stats_source(&self) -> WgStatsSource {
         WgStatsSource {
             stats: self.stats.clone(),
-            live: Arc::clone(&self.live),
+            live: vec![Arc::clone(&self.live)],
             workers: self.threads.len(),
-            core: Arc::clone(&self.core),
+            cores: vec![Arc::clone(&self.core)],
         }
     }
 
@@ -275,10 +342,44 @@ impl Drop for WgDataplane {
     }
 }
 
+/// A worker's underlay sockets: one per family the device's peers use.
+struct Sockets {
+    v4: Option<BatchSocket<SocketAddrV4>>,
+    v6: Option<BatchSocket<SocketAddrV6>>,
+}
+
+impl Sockets {
+    /// Sends one datagram (handshake, cookie, keepalive, queued packet) by the socket of `to`'s
+    /// family.
+    fn send_one(
+        &self,
+        stats: &WorkerStats,
+        log: &mut ErrorLog,
+        id: usize,
+        to: SocketAddr,
+        packet: &[u8],
+    ) {
+        let r = match to {
+            SocketAddr::V4(a) => self.v4.as_ref().map(|s| send_one(s, a, packet)),
+            SocketAddr::V6(a) => self.v6.as_ref().map(|s| send_one(s, a, packet)),
+        };
+        match r {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                stats.drop_packets(DropReason::SendFailed, 1);
+                log.report(id, &e);
+            }
+            // No socket of that family (cannot happen: peers get endpoints of the device's
+            // families only).
+            None => stats.drop_packets(DropReason::NoRoute, 1),
+        }
+    }
+}
+
 struct Worker {
     id: usize,
     tun: TunQueue,
-    sock: BatchSocket,
+    sock: Sockets,
     poll: Poll,
     core: Arc<WgCore>,
     stats: Arc<WorkerStats>,
@@ -299,15 +400,18 @@ struct Worker {
     /// Per tx datagram: the inner packet's length if it carries one (0 for handshakes,
     /// keepalives and cookies), counted once the kernel took it.
     tx_data_len: Box<[usize]>,
-    tx_dst: Box<[SocketAddrV4]>,
-    msgs: Vec<SendMsg>,
+    tx_dst: Box<[SocketAddr]>,
+    msgs: Vec<SendMsg<SocketAddrV4>>,
+    msgs6: Vec<SendMsg<SocketAddrV6>>,
     rx: Vec<Vec<u8>>,
-    rx_meta: Box<[RecvMeta]>,
+    rx_meta: Box<[RecvMeta<SocketAddrV4>]>,
+    rx_meta6: Box<[RecvMeta<SocketAddrV6>]>,
     /// Decrypted packet on its way into the TUN device.
     plain: Vec<u8>,
     /// Handshake messages, cookies, keepalives, queued packets: sent one at a time.
     control: Vec<u8>,
-    rxq_drops_seen: u32,
+    /// Per socket (IPv4, IPv6): the kernel's drop count last seen.
+    rxq_drops_seen: [u32; 2],
     send_errors: ErrorLog,
     recv_errors: ErrorLog,
     tun_errors: ErrorLog,
@@ -319,7 +423,7 @@ impl Worker {
     fn new(
         id: usize,
         tun: TunQueue,
-        sock: BatchSocket,
+        sock: Sockets,
         poll: Poll,
         core: Arc<WgCore>,
         stats: Arc<WorkerStats>,
@@ -327,18 +431,23 @@ impl Worker {
         cfg: &WgDataplaneConfig,
     ) -> io::Result<Worker> {
         let tun_fd = tun.as_raw_fd();
-        let udp_fd = sock.as_raw_fd();
         poll.registry()
             .register(&mut SourceFd(&tun_fd), TUN, Interest::READABLE)?;
-        poll.registry()
-            .register(&mut SourceFd(&udp_fd), UDP, Interest::READABLE)?;
+        if let Some(s) = &sock.v4 {
+            poll.registry()
+                .register(&mut SourceFd(&s.as_raw_fd()), UDP, Interest::READABLE)?;
+        }
+        if let Some(s) = &sock.v6 {
+            poll.registry()
+                .register(&mut SourceFd(&s.as_raw_fd()), UDP6, Interest::READABLE)?;
+        }
         let batch = cfg.batch_size.clamp(1, MAX_BATCH);
         let offload = tun.offload();
         // The device hands us packets of at most its MTU (with offloads: segments of at most
         // the MTU, cut from the super-packet).
         let packet = (cfg.mtu as usize).max(1500) + 64 + TUN_OFFSET;
         let sealed = (packet + SEAL_OVERHEAD).max(MIN_OUT);
-        let unspec = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+        let unspec = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
         let split = if offload { TUN_SPLIT_MAX } else { 1 };
         let tx_slots = batch + split;
         Ok(Worker {
@@ -373,11 +482,13 @@ impl Worker {
             tx_data_len: vec![0; tx_slots].into_boxed_slice(),
             tx_dst: vec![unspec; tx_slots].into_boxed_slice(),
             msgs: Vec::with_capacity(tx_slots),
+            msgs6: Vec::with_capacity(tx_slots),
             rx: vec![vec![0u8; RX_SLOT]; batch],
             rx_meta: vec![RecvMeta::default(); batch].into_boxed_slice(),
+            rx_meta6: vec![RecvMeta::default(); batch].into_boxed_slice(),
             plain: vec![0u8; RX_SLOT],
             control: vec![0u8; sealed],
-            rxq_drops_seen: 0,
+            rxq_drops_seen: [0; 2],
             send_errors: ErrorLog::new("UDP send failed"),
             recv_errors: ErrorLog::new("UDP receive failed"),
             tun_errors: ErrorLog::new("TUN I/O failed"),
@@ -388,7 +499,8 @@ impl Worker {
     fn run(mut self) {
         let mut events = Events::with_capacity(8);
         let mut tun_ready = true;
-        let mut udp_ready = true;
+        let mut udp_ready = self.sock.v4.is_some();
+        let mut udp6_ready = self.sock.v6.is_some();
         let timers = self.id == 0;
         let mut next_tick = Instant::now();
         let mut next_reset = Instant::now() + RATE_LIMIT_RESET;
@@ -412,7 +524,7 @@ impl Worker {
                     next_reset = now + RATE_LIMIT_RESET;
                 }
             }
-            if !tun_ready && !udp_ready {
+            if !tun_ready && !udp_ready && !udp6_ready {
                 let wait = if timers {
                     next_tick.saturating_duration_since(Instant::now())
                 } else {
@@ -430,6 +542,7 @@ impl Worker {
                     match ev.token() {
                         TUN => tun_ready = true,
                         UDP => udp_ready = true,
+                        UDP6 => udp6_ready = true,
                         _ => {}
                     }
                 }
@@ -439,7 +552,10 @@ impl Worker {
                 tun_ready = self.tun_to_udp();
             }
             if udp_ready {
-                udp_ready = self.udp_to_tun();
+                udp_ready = self.udp_to_tun(false);
+            }
+            if udp6_ready {
+                udp6_ready = self.udp_to_tun(true);
             }
         }
     }
@@ -447,16 +563,9 @@ impl Worker {
     fn run_timers(&mut self) {
         let table = self.core.table();
         for peer in table.peers() {
-            if let Some(p) = peer.update_timers(&mut self.control) {
-                let to = peer.endpoint();
-                send_one(
-                    &self.sock,
-                    &self.stats,
-                    &mut self.send_errors,
-                    self.id,
-                    to,
-                    p,
-                );
+            if let Some((to, p)) = peer.update_timers(&mut self.control) {
+                self.sock
+                    .send_one(&self.stats, &mut self.send_errors, self.id, to, p);
             }
         }
     }
@@ -517,7 +626,15 @@ impl Worker {
                     continue;
                 };
                 match self.core.encapsulate(&table, packet, &mut self.tx_out[n]) {
-                    TxVerdict::Send { to, packet, data } => {
+                    TxVerdict::Send {
+                        to,
+                        packet,
+                        data,
+                        queue_full,
+                    } => {
+                        if queue_full {
+                            self.stats.drop_packets(DropReason::WgQueueFull, 1);
+                        }
                         self.tx_len[n] = packet.len();
                         self.tx_dst[n] = to;
                         self.tx_data_len[n] = if data { len } else { 0 };
@@ -535,75 +652,57 @@ impl Worker {
         more
     }
 
-    /// Sends datagrams `0..n`: runs of equal-length datagrams to one peer as one GSO message.
+    /// Sends datagrams `0..n`, each by the socket of its destination's family: runs of
+    /// equal-length datagrams to one peer as one GSO message.
     fn send(&mut self, n: usize) {
-        plan(
-            &self.tx_len[..n],
-            &self.tx_dst[..n],
-            self.sock.gso(),
-            &mut self.msgs,
-        );
-        let mut at = 0;
-        while at < self.msgs.len() {
-            let out = &self.tx_out;
-            let lens = &self.tx_len;
-            match self
-                .sock
-                .send_batch(&self.msgs[at..], |i| &out[i][..lens[i]])
-            {
-                Ok(0) => {
-                    // Should not happen for UDP; never spin on it.
-                    let lost: usize = self.msgs[at..].iter().map(|m| m.count).sum();
-                    self.stats.drop_packets(DropReason::SendFailed, lost as u64);
-                    break;
-                }
-                Ok(k) => {
-                    self.stats.add(Counter::TxBatches, 1);
-                    let (mut packets, mut bytes) = (0u64, 0u64);
-                    for m in &self.msgs[at..at + k] {
-                        if m.count > 1 {
-                            self.stats.add(Counter::TxGsoSends, 1);
-                        }
-                        for &len in &self.tx_data_len[m.first..m.first + m.count] {
-                            if len > 0 {
-                                packets += 1;
-                                bytes += len as u64;
-                            }
-                        }
-                    }
-                    self.stats.add(Counter::TxPackets, packets);
-                    self.stats.add(Counter::TxBytes, bytes);
-                    at += k;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let m = self.msgs[at];
-                    if m.count > 1 && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) {
-                        tracing::warn!(worker = self.id, error = %e, "UDP GSO send refused; sending plain datagrams from now on");
-                        self.sock.disable_gso();
-                        // Re-plan what is left without GSO.
-                        let first = m.first;
-                        let lens: Vec<usize> = self.tx_len[first..n].to_vec();
-                        let dsts: Vec<SocketAddrV4> = self.tx_dst[first..n].to_vec();
-                        plan(&lens, &dsts, false, &mut self.msgs);
-                        for msg in &mut self.msgs {
-                            msg.first += first;
-                        }
-                        at = 0;
-                        continue;
-                    }
-                    self.stats
-                        .drop_packets(DropReason::SendFailed, m.count as u64);
-                    self.send_errors.report(self.id, &e);
-                    at += 1;
-                }
+        let tx = TxSlots {
+            out: &self.tx_out,
+            lens: &self.tx_len[..n],
+            data_lens: &self.tx_data_len[..n],
+            dsts: &self.tx_dst[..n],
+        };
+        if let Some(sock) = self.sock.v4.as_mut() {
+            send_family(
+                sock,
+                &mut self.msgs,
+                &tx,
+                &self.stats,
+                &mut self.send_errors,
+                self.id,
+            );
+        }
+        if let Some(sock) = self.sock.v6.as_mut() {
+            send_family(
+                sock,
+                &mut self.msgs6,
+                &tx,
+                &self.stats,
+                &mut self.send_errors,
+                self.id,
+            );
+        } // A datagram for a family this device has no socket of (no peer of such a device gets
+          // such an endpoint; counted should one ever).
+        let (no4, no6) = (self.sock.v4.is_none(), self.sock.v6.is_none());
+        if no4 || no6 {
+            let lost = tx
+                .dsts
+                .iter()
+                .filter(|d| if d.is_ipv4() { no4 } else { no6 })
+                .count();
+            if lost > 0 {
+                self.stats.drop_packets(DropReason::NoRoute, lost as u64);
             }
         }
     }
 
     /// Receives, decrypts and writes up to one batch. Returns whether the socket may hold more.
-    fn udp_to_tun(&mut self) -> bool {
-        let k = match self.sock.recv_batch(&mut self.rx, 0, &mut self.rx_meta) {
+    fn udp_to_tun(&mut self, v6: bool) -> bool {
+        let got = match (v6, &self.sock.v4, &self.sock.v6) {
+            (false, Some(s), _) => s.recv_batch(&mut self.rx, 0, &mut self.rx_meta),
+            (true, _, Some(s)) => s.recv_batch(&mut self.rx, 0, &mut self.rx_meta6),
+            _ => return false,
+        };
+        let k = match got {
             Ok(k) => k,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
@@ -616,14 +715,33 @@ impl Worker {
         let table = self.core.table();
         let mut staged = 0;
         for i in 0..k {
-            let m = self.rx_meta[i];
+            let m = if v6 {
+                let m = self.rx_meta6[i];
+                Meta {
+                    len: m.len,
+                    src: m.src.into(),
+                    truncated: m.truncated,
+                    segment: m.segment,
+                    rxq_drops: m.rxq_drops,
+                }
+            } else {
+                let m = self.rx_meta[i];
+                Meta {
+                    len: m.len,
+                    src: m.src.into(),
+                    truncated: m.truncated,
+                    segment: m.segment,
+                    rxq_drops: m.rxq_drops,
+                }
+            };
             if let Some(d) = m.rxq_drops {
-                let delta = d.wrapping_sub(self.rxq_drops_seen);
+                let seen = &mut self.rxq_drops_seen[usize::from(v6)];
+                let delta = d.wrapping_sub(*seen);
                 if delta < u32::MAX / 2 {
                     self.stats
                         .drop_packets(DropReason::SocketRxOverflow, u64::from(delta));
                 }
-                self.rxq_drops_seen = d;
+                *seen = d;
             }
             if m.truncated {
                 self.stats.drop_packets(DropReason::RecvTruncated, 1);
@@ -666,7 +784,7 @@ impl Worker {
     fn rx_datagram(
         &mut self,
         table: &PeerTable,
-        src: SocketAddrV4,
+        src: SocketAddr,
         slot: usize,
         range: Range<usize>,
         mut staged: usize,
@@ -725,27 +843,15 @@ impl Worker {
                 }
             },
             RxVerdict::Reply { to, packet, peer } => {
-                send_one(
-                    &self.sock,
-                    &self.stats,
-                    &mut self.send_errors,
-                    self.id,
-                    to,
-                    packet,
-                );
+                self.sock
+                    .send_one(&self.stats, &mut self.send_errors, self.id, to, packet);
                 match peer {
                     // A cookie reply: the initiation itself is refused under load.
                     None => self.stats.drop_packets(DropReason::WgUnderLoad, 1),
                     Some(peer) => {
-                        while let Some(q) = peer.drain_queued(&mut self.control) {
-                            send_one(
-                                &self.sock,
-                                &self.stats,
-                                &mut self.send_errors,
-                                self.id,
-                                peer.endpoint(),
-                                q,
-                            );
+                        while let Some((to, q)) = peer.drain_queued(&mut self.control) {
+                            self.sock
+                                .send_one(&self.stats, &mut self.send_errors, self.id, to, q);
                         }
                     }
                 }
@@ -783,34 +889,110 @@ fn flush_stage(
     }
 }
 
-/// Sends one datagram (handshake, cookie, keepalive, queued packet).
-fn send_one(
-    sock: &BatchSocket,
+/// One received message's metadata, of either family.
+#[derive(Clone, Copy)]
+struct Meta {
+    len: usize,
+    src: SocketAddr,
+    truncated: bool,
+    segment: usize,
+    rxq_drops: Option<u32>,
+}
+
+/// The datagrams of one TUN batch, ready to go.
+struct TxSlots<'a> {
+    out: &'a [Vec<u8>],
+    lens: &'a [usize],
+    /// The inner packet's length of each (0 for handshakes and the like).
+    data_lens: &'a [usize],
+    dsts: &'a [SocketAddr],
+}
+
+/// Sends the datagrams of `tx` whose destination is of family `A` over `sock`.
+fn send_family<A: UnderlayAddr>(
+    sock: &mut BatchSocket<A>,
+    msgs: &mut Vec<SendMsg<A>>,
+    tx: &TxSlots<'_>,
     stats: &WorkerStats,
     log: &mut ErrorLog,
     id: usize,
-    to: SocketAddrV4,
-    packet: &[u8],
 ) {
+    plan(tx.lens, tx.dsts, 0, sock.gso(), msgs);
+    let mut at = 0;
+    while at < msgs.len() {
+        match sock.send_batch(&msgs[at..], |i| &tx.out[i][..tx.lens[i]]) {
+            Ok(0) => {
+                // Should not happen for UDP; never spin on it.
+                let lost: usize = msgs[at..].iter().map(|m| m.count).sum();
+                stats.drop_packets(DropReason::SendFailed, lost as u64);
+                break;
+            }
+            Ok(k) => {
+                stats.add(Counter::TxBatches, 1);
+                let (mut packets, mut bytes) = (0u64, 0u64);
+                for m in &msgs[at..at + k] {
+                    if m.count > 1 {
+                        stats.add(Counter::TxGsoSends, 1);
+                    }
+                    for &len in &tx.data_lens[m.first..m.first + m.count] {
+                        if len > 0 {
+                            packets += 1;
+                            bytes += len as u64;
+                        }
+                    }
+                }
+                stats.add(Counter::TxPackets, packets);
+                stats.add(Counter::TxBytes, bytes);
+                at += k;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let m = msgs[at];
+                if m.count > 1 && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) {
+                    tracing::warn!(worker = id, error = %e, "UDP GSO send refused; sending plain datagrams from now on");
+                    sock.disable_gso();
+                    // Re-plan what is left without GSO.
+                    plan(tx.lens, tx.dsts, m.first, false, msgs);
+                    at = 0;
+                    continue;
+                }
+                stats.drop_packets(DropReason::SendFailed, m.count as u64);
+                log.report(id, &e);
+                at += 1;
+            }
+        }
+    }
+}
+
+/// Sends one datagram.
+fn send_one<A: UnderlayAddr>(sock: &BatchSocket<A>, to: A, packet: &[u8]) -> io::Result<usize> {
     let msg = [SendMsg {
         first: 0,
         count: 1,
         dst: to,
         segment: 0,
     }];
-    if let Err(e) = sock.send_batch(&msg, |_| packet) {
-        stats.drop_packets(DropReason::SendFailed, 1);
-        log.report(id, &e);
-    }
+    sock.send_batch(&msg, |_| packet)
 }
 
-/// Groups datagrams into messages: with `gso`, a run to one destination whose datagrams all have
-/// the first one's length (the last may be shorter) becomes one message, within the kernel's
-/// segment and size limits.
-fn plan(lens: &[usize], dsts: &[SocketAddrV4], gso: bool, msgs: &mut Vec<SendMsg>) {
+/// Groups the datagrams from index `from` on whose destination is of family `A` into
+/// messages: with `gso`, a run to one destination whose datagrams all have the first one's
+/// length (the last may be shorter) becomes one message, within the kernel's segment and size
+/// limits.
+fn plan<A: UnderlayAddr>(
+    lens: &[usize],
+    dsts: &[SocketAddr],
+    from: usize,
+    gso: bool,
+    msgs: &mut Vec<SendMsg<A>>,
+) {
     msgs.clear();
-    let mut i = 0;
+    let mut i = from;
     while i < lens.len() {
+        let Some(dst) = A::from_std(dsts[i]) else {
+            i += 1;
+            continue;
+        };
         let seg = lens[i];
         let mut j = i + 1;
         if gso {
@@ -831,7 +1013,7 @@ fn plan(lens: &[usize], dsts: &[SocketAddrV4], gso: bool, msgs: &mut Vec<SendMsg
         msgs.push(SendMsg {
             first: i,
             count: j - i,
-            dst: dsts[i],
+            dst,
             segment: u16::try_from(seg).unwrap_or(u16::MAX),
         });
         i = j;
@@ -843,25 +1025,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn plan_groups_equal_runs_per_peer() {
-        let a: SocketAddrV4 = "192.0.2.1:51820".parse().expect("addr");
-        let b: SocketAddrV4 = "192.0.2.2:51820".parse().expect("addr");
-        let mut msgs = Vec::new();
+    fn plan_groups_equal_runs_per_peer_and_family() {
+        let a: SocketAddr = "192.0.2.1:51820".parse().expect("addr");
+        let b: SocketAddr = "192.0.2.2:51820".parse().expect("addr");
+        let c: SocketAddr = "[fd00::3]:51821".parse().expect("addr");
+        let mut msgs: Vec<SendMsg<SocketAddrV4>> = Vec::new();
         plan(
             &[1000, 1000, 1000, 400, 1000, 1000, 1000],
             &[a, a, a, a, a, b, b],
+            0,
             true,
             &mut msgs,
         );
         let got: Vec<(usize, usize, u16)> =
             msgs.iter().map(|m| (m.first, m.count, m.segment)).collect();
         assert_eq!(got, [(0, 4, 1000), (4, 1, 1000), (5, 2, 1000)]);
-        plan(&[1000, 1000], &[a, a], false, &mut msgs);
+        plan(&[1000, 1000], &[a, a], 0, false, &mut msgs);
         assert_eq!(msgs.len(), 2);
         let lens = vec![1500; 100];
         let dsts = vec![a; 100];
-        plan(&lens, &dsts, true, &mut msgs);
+        plan(&lens, &dsts, 0, true, &mut msgs);
         assert!(msgs.iter().all(|m| m.count * 1500 <= MAX_GSO_BYTES));
         assert_eq!(msgs.iter().map(|m| m.count).sum::<usize>(), 100);
+        // Mixed families: each plan takes its own family's datagrams, runs broken by the other.
+        let lens = [1000, 1000, 1000, 1000, 1000];
+        let dsts = [a, a, c, c, a];
+        plan(&lens, &dsts, 0, true, &mut msgs);
+        let got: Vec<(usize, usize)> = msgs.iter().map(|m| (m.first, m.count)).collect();
+        assert_eq!(got, [(0, 2), (4, 1)]);
+        let mut msgs6: Vec<SendMsg<SocketAddrV6>> = Vec::new();
+        plan(&lens, &dsts, 0, true, &mut msgs6);
+        let got: Vec<(usize, usize)> = msgs6.iter().map(|m| (m.first, m.count)).collect();
+        assert_eq!(got, [(2, 2)]);
+        assert_eq!(SocketAddr::V6(msgs6[0].dst), c);
+        // A re-plan from the middle.
+        plan(&lens, &dsts, 1, false, &mut msgs);
+        let got: Vec<usize> = msgs.iter().map(|m| m.first).collect();
+        assert_eq!(got, [1, 4]);
     }
 }
