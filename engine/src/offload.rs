@@ -15,7 +15,8 @@
 //! The rules follow wireguard-go's `tcpPacketsCanCoalesce`, restricted to runs in arrival order:
 //! IPv4 without options, not a fragment, or IPv6 without extension headers (TCP the fixed
 //! header's next header); same addresses, TOS, TTL and DF (IPv6: traffic class, flow label and
-//! hop limit); same ports, TCP header (options included), acknowledgment number and window; flags
+//! hop limit); same ports, TCP header (options included), acknowledgment number, window and
+//! urgent pointer; flags
 //! exactly ACK (PSH only on the last); consecutive sequence numbers; equal payload sizes except a
 //! shorter last one; at most [`MAX_SEGMENTS`] segments and 65 535 bytes of IP packet (as tun-rs's
 //! coalescing, for both families). A run never mixes the two families.
@@ -99,6 +100,9 @@ pub(crate) fn segment(packet: &[u8]) -> Option<Segment> {
     })
 }
 
+/// Offset of the TCP urgent pointer (2 bytes).
+const URGENT: usize = 18;
+
 /// Whether the headers of `a` and `b` (both accepted by [`segment`], of one family and with
 /// equal header lengths) agree on everything but IP ID, total (payload) length, checksums,
 /// sequence number and PSH.
@@ -133,6 +137,9 @@ fn same_flow(v6: bool, a: &[u8], b: &[u8]) -> bool {
         && ta.ack_number() == tb.ack_number()
         && ta.data_offset_byte() == tb.data_offset_byte()
         && ta.window() == tb.window()
+        // The urgent pointer means nothing without URG (which no candidate has), but a cut of
+        // the super-packet repeats the first one's: only identical headers are joined.
+        && a[ip_len + URGENT..ip_len + URGENT + 2] == b[ip_len + URGENT..ip_len + URGENT + 2]
         && ta.options() == tb.options()
 }
 
@@ -282,6 +289,82 @@ impl<'a> TcpRun<'a> {
 }
 
 const _: () = assert!(MAX_HEADER >= VNET_LEN + ipv4::HEADER_LEN + tcp::HEADER_LEN);
+
+/// The coalescing as the fuzz targets drive it (only under `cfg(fuzzing)`).
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    use super::{segment, TcpRun, MAX_HEADER, VNET_LEN};
+
+    /// One write [`coalesce`] makes.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Written {
+        /// `packets[index]` as it is.
+        Alone(usize),
+        /// `count` packets from `packets[first]` on as one super-packet: its virtio header, and
+        /// the packet (the rewritten header, then each segment's payload).
+        Super {
+            /// Index of the first segment.
+            first: usize,
+            /// Number of segments (at least 2).
+            count: usize,
+            /// The virtio_net_hdr.
+            vnet: [u8; VNET_LEN],
+            /// The super-packet.
+            packet: Vec<u8>,
+        },
+    }
+
+    /// Runs `packets` through [`TcpRun`] as the TUN sink does (a packet that is no candidate,
+    /// or does not continue the run, ends it; a run of one goes alone) and returns the writes in
+    /// order.
+    pub fn coalesce(packets: &[&[u8]]) -> Vec<Written> {
+        let mut out = Vec::new();
+        let mut run = TcpRun::default();
+        let mut first = 0;
+        let flush = |run: &mut TcpRun<'_>, first: usize, out: &mut Vec<Written>| {
+            match run.len() {
+                0 => {}
+                1 => out.push(Written::Alone(first)),
+                n => {
+                    let mut header = [0u8; MAX_HEADER];
+                    let len = run.write_header(&mut header);
+                    let mut packet = header[VNET_LEN..len].to_vec();
+                    for p in run.packets() {
+                        packet.extend_from_slice(&p[run.segment_header_len()..]);
+                    }
+                    let mut vnet = [0u8; VNET_LEN];
+                    vnet.copy_from_slice(&header[..VNET_LEN]);
+                    out.push(Written::Super {
+                        first,
+                        count: n,
+                        vnet,
+                        packet,
+                    });
+                }
+            }
+            run.clear();
+        };
+        for (i, &p) in packets.iter().enumerate() {
+            let Some(seg) = segment(p) else {
+                flush(&mut run, first, &mut out);
+                out.push(Written::Alone(i));
+                continue;
+            };
+            if run.push(p, seg) {
+                if run.len() == 1 {
+                    first = i;
+                }
+                continue;
+            }
+            flush(&mut run, first, &mut out);
+            first = i;
+            let started = run.push(p, seg);
+            debug_assert!(started);
+        }
+        flush(&mut run, first, &mut out);
+        out
+    }
+}
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -450,6 +533,7 @@ pub(crate) mod tests {
         assert!(!differ(&|p| p[27] ^= 1), "sequence gap");
         assert!(!differ(&|p| p[31] ^= 1), "ack");
         assert!(!differ(&|p| p[35] ^= 1), "window");
+        assert!(!differ(&|p| p[39] ^= 1), "urgent pointer");
         assert!(!differ(&|p| p[32] = 0x81), "reserved/AE bits");
         assert!(!differ(&|p| p[44] ^= 1), "options bytes");
         // A different TCP header length.
@@ -762,6 +846,7 @@ pub(crate) mod tests {
         assert!(!differ(&|p| p[47] ^= 1), "sequence gap");
         assert!(!differ(&|p| p[51] ^= 1), "ack");
         assert!(!differ(&|p| p[55] ^= 1), "window");
+        assert!(!differ(&|p| p[58] ^= 1), "urgent pointer");
         assert!(!differ(&|p| p[64] ^= 1), "options bytes");
         // The families never mix, even with equal header lengths: IPv4 with 40 bytes of TCP
         // header and IPv6 with 20 are 60 bytes each.
