@@ -36,6 +36,8 @@ pub mod decap;
 pub mod encap;
 pub mod net;
 mod offload;
+#[cfg(fuzzing)]
+pub use offload::fuzzing as offload_fuzzing;
 pub mod route;
 pub mod segment;
 pub mod spread;

@@ -712,17 +712,11 @@ impl Worker {
                 "super-packet with a TCP header length outside 20..=60",
             ));
         };
-        // The in-place cut feeds the IPv4 send path (`forward_super`); an IPv6 super-packet is
-        // cut into slots and goes out as single packets.
-        let cut = match pkt[0] >> 4 {
-            4 => Cut::plan(hdr, pkt, TUN_SPLIT_MAX).ok(),
-            _ => None,
-        };
-        match cut {
-            Some(cut) => Ok(TunRead::Super { cut, len }),
-            None => {
-                // Not ours to cut (IPv6, an unexpected header): tun-rs cuts it into slots or
-                // says why not.
+        match Cut::plan(hdr, pkt, TUN_SPLIT_MAX) {
+            Ok(cut) => Ok(TunRead::Super { cut, len }),
+            Err(_) => {
+                // Not ours to cut (an unexpected header, IPv6 extension headers longer than a
+                // segment header may be): tun-rs cuts it into slots or says why not.
                 let is_v6 = pkt[0] >> 4 == 6;
                 let n = tun_rs::gso_split(
                     pkt,
@@ -763,10 +757,15 @@ impl Worker {
                 Ok(TunRead::Slots(n)) => n,
                 Ok(TunRead::Super { cut, len }) => {
                     reads += 1;
-                    // Packets read before it go first: nothing of one flow overtakes.
+                    // Packets read before it go first: nothing of one flow overtakes (and the
+                    // slots are free for an ICMP error about it).
                     if queued > 0 {
                         self.send_queued(Family::V4, queued);
                         queued = 0;
+                    }
+                    if queued6 > 0 {
+                        self.send_queued(Family::V6, queued6);
+                        queued6 = 0;
                     }
                     self.forward_super(&cut, len, &routes);
                     continue;
@@ -830,11 +829,17 @@ impl Worker {
 
     /// Routes the super-packet in `tun_scratch` (as one packet: one route lookup and TTL decrement
     /// for all its segments) and sends it cut in place, or counts each of its segments as dropped
-    /// (answering with an ICMP error about its first segment where one is due).
+    /// (answering with an ICMP error about its first segment where one is due). An IPv6 one goes
+    /// over the IPv6 socket ([`Worker::forward_super6`]); without one it is dropped as any IPv6
+    /// packet is then (`TxNotIpv4`).
     fn forward_super(&mut self, cut: &Cut, len: usize, routes: &crate::route::RouteSnapshot) {
         let h = self.header;
         if cut.segments() == 0 {
             self.setup.stats.drop_packets(DropReason::TxMalformed, 1);
+            return;
+        }
+        if cut.is_ipv6() && self.setup.v6.is_some() {
+            self.forward_super6(cut, len, routes);
             return;
         }
         let frame = &mut self.tun_scratch[SCRATCH_HEAD - h..SCRATCH_HEAD + len];
@@ -857,26 +862,99 @@ impl Worker {
         }
     }
 
+    /// [`Worker::forward_super`] for an IPv6 super-packet: routed by [`Encapsulator6`] as its
+    /// first segment (the payload length set to that segment's for the check against the MTU,
+    /// which a super-packet as a whole would fail; the hop limit decremented for all segments),
+    /// then sent cut in place over the IPv6 socket. The tx6 slots' metadata describe the
+    /// segments (the caller sent what was queued there).
+    fn forward_super6(&mut self, cut: &Cut, len: usize, routes: &RouteSnapshot) {
+        let Some(v6) = &self.setup.v6 else {
+            return;
+        };
+        let h = self.header;
+        let first = cut.header_len() + cut.payload(0).len();
+        let pkt = &mut self.tun_scratch[SCRATCH_HEAD..SCRATCH_HEAD + len];
+        let whole = [pkt[4], pkt[5]];
+        let first_len = (first - crate::wire::ipv6::HEADER_LEN) as u16;
+        pkt[4..6].copy_from_slice(&first_len.to_be_bytes());
+        let frame = &mut self.tun_scratch[SCRATCH_HEAD - h..SCRATCH_HEAD + first];
+        let verdict = v6.encap.encapsulate(frame, routes);
+        self.tun_scratch[SCRATCH_HEAD + 4..SCRATCH_HEAD + 6].copy_from_slice(&whole);
+        match verdict {
+            EncapVerdict6::Forward(peer) => {
+                self.setup.stats.add(Counter::TxSuperCuts, 1);
+                let n = self.cut_headers(cut, len);
+                for i in 0..n {
+                    let meta = Meta {
+                        len: cut.header_len() + cut.payload(i).len(),
+                        addr: peer,
+                        flow: 0,
+                    };
+                    self.tx6.set_meta(i, meta);
+                }
+                let (hl, pkt) = (cut.header_len(), &self.tun_scratch[SCRATCH_HEAD..]);
+                let seg_hdrs = &self.seg_hdrs;
+                let parts =
+                    |p: usize| -> [&[u8]; 2] { [&seg_hdrs[p][..h + hl], &pkt[cut.payload(p)]] };
+                let pass = TxPass {
+                    id: self.setup.id,
+                    stats: &self.setup.stats,
+                    errors: &mut self.send_errors,
+                };
+                if let Some(v6) = &mut self.setup.v6 {
+                    send_planned(
+                        pass,
+                        (&mut v6.sock, &mut self.msgs6),
+                        &self.tx6.metas()[..n],
+                        h,
+                        |sock, msgs| sock.send_batch_gathered(msgs, parts),
+                    );
+                }
+            }
+            EncapVerdict6::Drop { reason, reply } => {
+                self.setup.stats.drop_packets(reason, cut.segments() as u64);
+                if let Some(kind) = reply {
+                    let pkt = &self.tun_scratch[SCRATCH_HEAD..SCRATCH_HEAD + len];
+                    let (hl, payload) = (cut.header_len(), cut.payload(0));
+                    let area = self.tx.packet_area_mut(0);
+                    cut.write_header(pkt, 0, &mut area[..hl]);
+                    area[hl..hl + payload.len()].copy_from_slice(&pkt[payload.clone()]);
+                    self.reply_icmp6(kind, 0, hl + payload.len());
+                }
+            }
+        }
+    }
+
+    /// Writes each segment's headers of the encapsulated super-packet in `tun_scratch` (the wire
+    /// header, then [`Cut::write_header`]'s) into `seg_hdrs`; returns the number of segments.
+    fn cut_headers(&mut self, cut: &Cut, len: usize) -> usize {
+        let h = self.header;
+        let hl = cut.header_len();
+        let (wire, pkt) = self.tun_scratch[SCRATCH_HEAD - h..SCRATCH_HEAD + len].split_at(h);
+        for (i, hdr) in self.seg_hdrs[..cut.segments()].iter_mut().enumerate() {
+            hdr[..h].copy_from_slice(wire);
+            cut.write_header(pkt, i, &mut hdr[h..h + hl]);
+        }
+        cut.segments()
+    }
+
     /// Sends the encapsulated super-packet in `tun_scratch` as its segments: each segment's
-    /// headers (the wire header, then [`Cut::write_header`]'s) are written into `seg_hdrs`, and
-    /// every datagram is gathered from its header slot and its payload in the read buffer, so the
-    /// payload is read once (for its checksum) and copied only by the kernel. With UDP GSO runs of
-    /// equal segments go as one message each, as in [`Worker::send_queued`].
+    /// headers are written into `seg_hdrs` ([`Worker::cut_headers`]), and every datagram is
+    /// gathered from its header slot and its payload in the read buffer, so the payload is read
+    /// once (for its checksum) and copied only by the kernel. With UDP GSO runs of equal segments
+    /// go as one message each, as in [`Worker::send_queued`].
     fn send_cut(&mut self, cut: &Cut, len: usize, peer: SocketAddrV4) {
         let h = self.header;
         let hl = cut.header_len();
-        let n = cut.segments();
-        let (wire, pkt) = self.tun_scratch[SCRATCH_HEAD - h..SCRATCH_HEAD + len].split_at(h);
-        for i in 0..n {
-            let hdr = &mut self.seg_hdrs[i];
-            hdr[..h].copy_from_slice(wire);
-            cut.write_header(pkt, i, &mut hdr[h..h + hl]);
-            self.seg_metas[i] = Meta {
+        let n = self.cut_headers(cut, len);
+        for (i, meta) in self.seg_metas[..n].iter_mut().enumerate() {
+            *meta = Meta {
                 len: hl + cut.payload(i).len(),
                 addr: peer,
                 flow: 0,
             };
         }
+        let pkt = &self.tun_scratch[SCRATCH_HEAD..SCRATCH_HEAD + len];
         let seg_hdrs = &self.seg_hdrs;
         let parts = |p: usize| -> [&[u8]; 2] { [&seg_hdrs[p][..h + hl], &pkt[cut.payload(p)]] };
         let Some(sock) = &mut self.setup.sock else {

@@ -396,7 +396,7 @@ impl<'a, W: TunWrite> Delivery<'a, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::offload::tests::{seg_pkt, stream, TS};
+    use crate::offload::tests::{seg6_pkt, seg_pkt, stream, stream6, TS};
     use crate::stats::StatsSnapshot;
     use crate::wire::ipv4;
     use std::cell::{Cell, RefCell};
@@ -535,6 +535,51 @@ mod tests {
         assert_eq!(
             s.get(Counter::RxBytes),
             run.iter().map(|p| p.len() as u64).sum::<u64>()
+        );
+    }
+
+    #[test]
+    fn an_ipv6_tcp_run_is_one_tcpv6_write_and_families_do_not_mix() {
+        let (tun, stats) = (FakeTun::new(true), WorkerStats::default());
+        let mut sink = TunSink::new(true, true, 8, MTU);
+        let run6 = stream6(4, 1368, 500);
+        let run4 = stream(2, 1000, 1000);
+        // IPv6, then IPv4, then IPv6 again in one message: three super-packets in order.
+        let more6 = [
+            seg6_pkt(7000 + 3 * 1368 + 500, 1368, false, &TS),
+            seg6_pkt(7000 + 4 * 1368 + 500, 1368, false, &TS),
+        ];
+        let message: Vec<Vec<u8>> = run6.iter().chain(&run4).chain(&more6).cloned().collect();
+        deliver(&mut sink, &tun, &stats, &[&message]);
+        let v6_payloads = |ps: &[Vec<u8>]| ps.iter().map(|p| p[72..].to_vec()).collect();
+        assert_eq!(
+            tun.take(),
+            [
+                Write::Gathered {
+                    header: crate::offload::VNET_LEN + 72,
+                    payloads: v6_payloads(&run6),
+                },
+                Write::Gathered {
+                    header: crate::offload::VNET_LEN + 52,
+                    payloads: payloads(&run4),
+                },
+                Write::Gathered {
+                    header: crate::offload::VNET_LEN + 72,
+                    payloads: v6_payloads(&more6),
+                },
+            ]
+        );
+        let heads = tun.heads.borrow();
+        for (head, want) in heads.iter().zip([4u8, 1, 4]) {
+            let vnet = tun_rs::VirtioNetHdr::decode(head).expect("virtio header");
+            assert_eq!(vnet.gso_type, want);
+        }
+        let s = StatsSnapshot::sum([&stats]);
+        assert_eq!(s.get(Counter::RxTsoWrites), 3);
+        assert_eq!(s.get(Counter::RxPackets), 8);
+        assert_eq!(
+            s.get(Counter::RxBytes),
+            message.iter().map(|p| p.len() as u64).sum::<u64>()
         );
     }
 
