@@ -516,6 +516,19 @@ impl<R: Registry> SubnetManager<R> {
             };
             match created {
                 CreateOutcome::Created { lease_id, ttl } => {
+                    // The key's uniqueness guards the whole `v4&v6` pair, not each half: two
+                    // hosts choosing at once can hold keys that share one subnet
+                    // (docs/compatibility.md §11.1). Whoever sees the other's key after its own
+                    // create gives its lease up; at least one of the two sees the other.
+                    if let Some(other) = self.overlapping_key(&config, subnet).await? {
+                        races += 1;
+                        tracing::info!(%subnet, %other, races, "another host leased an overlapping subnet at the same time; giving ours up and trying again");
+                        self.reg.delete_subnet(&subnet.to_string()).await?;
+                        if races >= RACE_RETRIES {
+                            return Err(Error::Conflict { subnet: subnet.v4 });
+                        }
+                        continue;
+                    }
                     tracing::info!(%subnet, lease_id, "subnet lease acquired");
                     return Ok(self.install_own(subnet, lease_id, Some(ttl)));
                 }
@@ -528,6 +541,24 @@ impl<R: Registry> SubnetManager<R> {
                 }
             }
         }
+    }
+
+    /// Another lease key than `ours` whose IPv4 subnet (with IPv4) or IPv6 subnet overlaps ours.
+    async fn overlapping_key(
+        &mut self,
+        config: &NetworkConfig,
+        ours: SubnetKey,
+    ) -> Result<Option<SubnetKey>, Error> {
+        let listing = self.reg.list_subnets().await?;
+        Ok(listing
+            .entries
+            .iter()
+            .filter_map(|e| parse_subnet_key(&e.key))
+            .find(|k| {
+                *k != ours
+                    && ((config.enable_ipv4 && k.v4.overlaps(&ours.v4))
+                        || matches!((k.v6, ours.v6), (Some(a), Some(b)) if a.overlaps(&b)))
+            }))
     }
 
     /// [`SubnetManager::acquire`] until it works: etcd errors back off and retry forever,
@@ -1147,6 +1178,36 @@ mod tests {
             let mut m = SubnetManager::new(full, opts(ME));
             let e = m.startup(&mut cb, &mut stop).await.expect_err("full");
             assert!(matches!(e, Error::NoFreeSubnet { .. }), "{e}");
+        });
+    }
+
+    #[test]
+    fn a_concurrent_overlapping_lease_makes_us_give_ours_up() {
+        rt().block_on(async {
+            let reg = MemRegistry::new();
+            reg.set_config(CFG);
+            // Another host's key, created between our listing and our create: a different key
+            // (the create succeeds) whose subnet covers the one we chose.
+            reg.race_next_create("10.1.14.0-23", PEER);
+            let mut mgr = SubnetManager::new(reg.clone(), opts(ME));
+            mgr.set_pick(Box::new(|_| 0));
+            let (_tx, mut stop) = watch::channel(false);
+            let (_c, mut cb) = recorder();
+            let (_, lease) = mgr.startup(&mut cb, &mut stop).await.expect("retried");
+            assert_eq!(reg.calls().0, 2, "two create attempts");
+            assert_eq!(
+                lease.subnet.to_string(),
+                "10.1.16.0/24",
+                "10.1.15.0 given up"
+            );
+            assert!(
+                reg.get_raw("10.1.15.0-24").is_none(),
+                "our first key deleted"
+            );
+            assert!(
+                reg.get_raw("10.1.14.0-23").is_some(),
+                "the other host's key kept"
+            );
         });
     }
 

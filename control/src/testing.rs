@@ -24,6 +24,7 @@ struct State {
     down: bool,
     compact_gen: u64,
     steal_next_create: Option<Vec<u8>>,
+    race_next_create: Option<(Vec<u8>, Vec<u8>)>,
     creates: u64,
     puts: u64,
 }
@@ -65,6 +66,7 @@ impl MemRegistry {
                 down: false,
                 compact_gen: 0,
                 steal_next_create: None,
+                race_next_create: None,
                 creates: 0,
                 puts: 0,
             })),
@@ -131,6 +133,12 @@ impl MemRegistry {
     /// Makes the next create lose its race: the key is created with `value` first.
     pub(crate) fn steal_next_create(&self, value: &[u8]) {
         self.lock().steal_next_create = Some(value.to_vec());
+    }
+
+    /// Makes another host win a race on an overlapping key: just before the next create, `key`
+    /// is created with `value` (the create itself then goes through).
+    pub(crate) fn race_next_create(&self, key: &str, value: &[u8]) {
+        self.lock().race_next_create = Some((key.as_bytes().to_vec(), value.to_vec()));
     }
 
     /// Number of create and put calls so far.
@@ -214,6 +222,9 @@ impl Registry for MemRegistry {
             s.creates += 1;
             if let Some(v) = s.steal_next_create.take() {
                 put_locked(&mut s, key.as_bytes(), &v, 0);
+            }
+            if let Some((k, v)) = s.race_next_create.take() {
+                put_locked(&mut s, &k, &v, 0);
             }
             if s.kv.contains_key(key.as_bytes()) {
                 CreateOutcome::Exists
